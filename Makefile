@@ -1,0 +1,35 @@
+# Quick start: `make run` (set up, then start the app) and `make test` (set up, then run the tests).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt tools/install_detectron2.sh pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	bash tools/install_detectron2.sh $(BIN)/python
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/python launch.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/bench_model.py
+	$(BIN)/python bench/bench_mapper.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,250 @@
+"""Command line: `python -m multimask {synth,import,export,train,evaluate,predict}`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+MAX_IMAGE_PIXELS = 80_000_000
+TRAIN_NAME, VAL_NAME = "multimask_train", "multimask_val"
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        key, sep, val = v.partition("=")
+        if not sep or not key or not val:
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {v!r}")
+        out[key] = val
+    return out
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from .data.synth import generate_synthetic_dataset
+
+    paths = generate_synthetic_dataset(args.out, args.num_train, args.num_val, seed=args.seed, height=args.height,
+                                       width=args.width, mask_names=args.mask_names, progress=True)
+    print(f"wrote {paths['train']} and {paths['val']}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from .data import convert
+
+    if args.format == "coco-fields":
+        report = convert.import_coco_fields(args.src, args.out, _pairs(args.field, "--field"))
+    else:
+        report = convert.import_labelme(args.src, args.out, _pairs(args.map, "--map") or None,
+                                        mask_names=args.mask_names)
+    print(f"wrote {args.out}\n{report.summary(max_messages=50)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .data import convert
+
+    report = convert.export_labelme(args.src, args.out, image_root=args.image_root)
+    print(f"wrote labelme files to {args.out}\n{report.summary(max_messages=50)}")
+
+
+def training_config(args: argparse.Namespace):
+    """Register the datasets named on the command line and build the frozen training config."""
+    from detectron2.data import MetadataCatalog
+
+    from .config import get_multimask_cfg, resolve_config_file
+    from .data import register_multimask_dataset
+
+    args.config_file = str(resolve_config_file(args.config_file))  # a preset name becomes its file
+    cfg = get_multimask_cfg(args.config_file, args.opts)
+    names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
+    register_multimask_dataset(TRAIN_NAME, args.train_json, args.image_root, mask_names=names)
+    classes = MetadataCatalog.get(TRAIN_NAME).thing_classes
+    if args.val_json:
+        register_multimask_dataset(VAL_NAME, args.val_json, args.image_root, mask_names=names)
+        val_classes = MetadataCatalog.get(VAL_NAME).thing_classes
+        if val_classes != classes:
+            raise SystemExit(f"{args.val_json}: classes {val_classes} differ from the training set's {classes}")
+    cfg.DATASETS.TRAIN = (TRAIN_NAME,)
+    cfg.DATASETS.TEST = (VAL_NAME,) if args.val_json else ()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
+    cfg.MULTIMASK.CLASS_NAMES = list(classes)
+    cfg.OUTPUT_DIR = str(args.output_dir)
+    cfg.freeze()
+    return cfg
+
+
+def _train_worker(args: argparse.Namespace):
+    from detectron2.engine import default_setup
+
+    from .engine import MultiMaskTrainer
+
+    cfg = training_config(args)
+    default_setup(cfg, args)
+    trainer = MultiMaskTrainer(cfg)
+    if args.eval_only:
+        trainer.resume_or_load(resume=True)
+        return MultiMaskTrainer.test(cfg, trainer.model)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from detectron2.engine import launch
+
+    launch(_train_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from detectron2.utils.logger import setup_logger
+
+    from .data import register_multimask_dataset
+    from .engine import MultiMaskPredictor, MultiMaskTrainer
+    from .evaluation import format_results, save_results
+
+    setup_logger(name="multimask")
+    predictor = MultiMaskPredictor.from_run(args.run, device=args.device)
+    cfg = predictor.cfg.clone()
+    cfg.defrost()
+    register_multimask_dataset(VAL_NAME, args.json, args.image_root, mask_names=predictor.mask_names)
+    cfg.DATASETS.TEST = (VAL_NAME,)
+    results = MultiMaskTrainer.test(cfg, predictor.model)
+    print(format_results(results))
+    out = Path(args.output) if args.output else Path(args.run) / "eval_results.json"
+    save_results(results, out)
+    print(f"wrote {out}")
+
+
+def list_images(path: Path) -> list[Path]:
+    """One image file, or the image files of a folder (sorted)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if path.is_file():
+        return [path]
+    raise SystemExit(f"{path}: no such image or folder")
+
+
+def read_image_bgr(path: Path):
+    """Read an image as BGR uint8, with a clear error for unreadable or oversized files."""
+    import cv2
+    import numpy as np
+
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    if img.shape[0] * img.shape[1] > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path}: {img.shape[1]}x{img.shape[0]} is larger than {MAX_IMAGE_PIXELS} pixels")
+    return img
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import cv2
+    from tqdm import tqdm
+
+    from .engine import MultiMaskPredictor
+    from .evaluation import instances_to_records
+    from .io import atomic_write_bytes, atomic_write_json
+    from .visualizer import MultiMaskVisualizer
+
+    images = list_images(Path(args.input))
+    predictor = MultiMaskPredictor.from_run(args.run, score_threshold=args.score_threshold, device=args.device)
+    classes, names = predictor.metadata.thing_classes, predictor.mask_names
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results, failures = [], []
+    for path in tqdm(images, desc="predict", unit="img"):
+        try:
+            img = read_image_bgr(path)
+        except ValueError as e:
+            failures.append(str(e))
+            continue
+        inst = predictor(img)["instances"].to("cpu")
+        records = instances_to_records(inst, path.name, names)
+        for r in records:
+            r["class_name"] = classes[r["category_id"]]
+        results.append({"file_name": str(path), "height": img.shape[0], "width": img.shape[1],
+                        "instances": records})
+        vis = MultiMaskVisualizer(img[:, :, ::-1], predictor.metadata)
+        overlay = vis.draw_instance_predictions_multimask(inst, names, classes).get_image()
+        ok, png = cv2.imencode(".png", overlay[:, :, ::-1])
+        atomic_write_bytes(out / f"{path.stem}.png", png.tobytes())
+    atomic_write_json(out / "predictions.json", {"mask_names": names, "classes": classes, "images": results})
+    print(f"wrote {len(results)} overlays and {out / 'predictions.json'}")
+    for f in failures:
+        print(f"skipped: {f}", file=sys.stderr)
+    if failures and not results:
+        raise SystemExit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from detectron2.engine import default_argument_parser
+
+    p = argparse.ArgumentParser(prog="python -m multimask", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic multimask dataset with known truth")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--num-train", type=int, default=64)
+    s.add_argument("--num-val", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--height", type=int, default=256)
+    s.add_argument("--width", type=int, default=320)
+    s.add_argument("--mask-names", nargs="+", default=["primary", "secondary"])
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("import", help="convert COCO-with-mask-fields or labelme data to the multimask format")
+    s.add_argument("format", choices=["coco-fields", "labelme"])
+    s.add_argument("src", help="COCO JSON (coco-fields) or folder of labelme JSON files")
+    s.add_argument("out", help="multimask JSON to write")
+    s.add_argument("--field", action="append", help="coco-fields: FIELD=MASK_NAME, in mask order")
+    s.add_argument("--map", action="append", help="labelme: LABEL=MASK or LABEL=CLASS:MASK")
+    s.add_argument("--mask-names", nargs="+", help="labelme: mask names in order")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("export", help="export a multimask JSON as a labelme folder")
+    s.add_argument("src")
+    s.add_argument("out")
+    s.add_argument("--image-root")
+    s.set_defaults(func=cmd_export)
+
+    t = default_argument_parser()  # --config-file, --resume, --num-gpus, --num-machines, --dist-url, opts
+    s = sub.add_parser("train", parents=[t], add_help=False, help="train a model (detectron2 launch)",
+                       epilog="Trailing KEY VALUE pairs override config options.")
+    s.set_defaults(config_file="mask_rcnn_R_50_FPN_3x", func=cmd_train)
+    s.add_argument("--train-json", required=True)
+    s.add_argument("--val-json")
+    s.add_argument("--image-root", help="folder image file names are relative to (default: each JSON's folder)")
+    s.add_argument("--output-dir", default="runs/run", help="run folder (checkpoints, metrics, config)")
+
+    s = sub.add_parser("evaluate", help="COCO AP of a run on a dataset, per mask name")
+    s.add_argument("--run", required=True, help="training run folder")
+    s.add_argument("--json", required=True, help="multimask dataset JSON")
+    s.add_argument("--image-root")
+    s.add_argument("--output", help="results JSON (default: RUN/eval_results.json)")
+    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="predict on an image or a folder; write overlays and predictions.json")
+    s.add_argument("--run", required=True, help="training run folder")
+    s.add_argument("input", help="image file or folder")
+    s.add_argument("--output", required=True, help="output folder")
+    s.add_argument("--score-threshold", type=float, default=0.5)
+    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    s.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point; errors in user input end with a one-line message and exit status 2."""
+    from .engine import WeightsUnavailableError
+    from .io import DatasetError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

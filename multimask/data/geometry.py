@@ -1,0 +1,161 @@
+"""Checks, repairs and measures of one segmentation (COCO polygons or RLE), with shapely and pycocotools."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, box
+
+
+@dataclass
+class Report:
+    """What loading or importing repaired or skipped, counted by kind, with one message per event."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, where: str, detail: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.messages.append(f"{where}: {detail}")
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def summary(self, max_messages: int = 20) -> str:
+        if not self.counts:
+            return "no problems found"
+        head = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        lines = self.messages[:max_messages]
+        more = len(self.messages) - len(lines)
+        return "\n".join([head, *lines] + ([f"... and {more} more"] if more > 0 else []))
+
+
+def clean_polygons(parts: Any, height: int, width: int, where: str, report: Report) -> list[list[float]]:
+    """Valid polygon parts inside the image: bad parts skipped, self-intersections repaired, clipped.
+
+    Each event is recorded in `report` with `where` (file and annotation). Holes cannot be expressed by
+    COCO polygons; a repair that would create one keeps the outer ring and says so.
+    """
+    if not isinstance(parts, list):
+        report.add("skipped masks", where, f"polygons must be a list of lists, got {type(parts).__name__}")
+        return []
+    frame = box(0, 0, width, height)
+    out: list[list[float]] = []
+    for i, part in enumerate(parts):
+        here = f"{where} part {i}"
+        if not isinstance(part, (list, tuple)) or not all(isinstance(v, (int, float)) for v in part):
+            report.add("skipped polygons", here, "not a flat list of numbers")
+            continue
+        if len(part) % 2:
+            report.add("skipped polygons", here, f"odd number of coordinates ({len(part)})")
+            continue
+        if not all(math.isfinite(v) for v in part):
+            report.add("skipped polygons", here, "non-finite coordinate")
+            continue
+        if len(part) < 6:
+            report.add("skipped polygons", here, f"fewer than 3 points ({len(part) // 2})")
+            continue
+        pts = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+        poly = Polygon(pts)
+        geom = poly
+        if not poly.is_valid:
+            geom = shapely.make_valid(poly)
+            report.add("repaired polygons", here, f"invalid polygon repaired ({shapely.is_valid_reason(poly)})")
+        if not frame.contains(geom):
+            geom = geom.intersection(frame)
+            report.add("clipped polygons", here, "coordinates outside the image clipped to it")
+        rings = _polygon_parts(geom)
+        if not rings:
+            report.add("skipped polygons", here, "no area left after repair")
+            continue
+        if any(len(p.interiors) for p in rings):
+            report.add("repaired polygons", here, "a hole appeared; polygons keep the outer ring only")
+        for p in rings:
+            coords = np.asarray(p.exterior.coords)[:-1]
+            if len(coords) >= 3:
+                out.append([round(float(v), 3) for v in coords.reshape(-1)])
+    return out
+
+
+def _polygon_parts(geom) -> list[Polygon]:
+    if isinstance(geom, Polygon):
+        return [geom] if geom.area > 0 else []
+    if isinstance(geom, MultiPolygon) or hasattr(geom, "geoms"):
+        return [p for g in geom.geoms for p in _polygon_parts(g)]
+    return []
+
+
+def clean_rle(rle: Any, height: int, width: int, where: str, report: Report) -> dict | None:
+    """A compressed RLE dict with `counts` as text, or None (recorded) when it does not fit the image."""
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        report.add("skipped masks", where, "RLE must be a dict with 'size' and 'counts'")
+        return None
+    if list(rle["size"]) != [height, width]:
+        report.add("skipped masks", where, f"RLE size {rle['size']} differs from the image size {[height, width]}")
+        return None
+    try:
+        if isinstance(rle["counts"], list):
+            rle = mask_util.frPyObjects(rle, height, width)
+        area = mask_util.area(rle)
+    except Exception as e:  # pycocotools raises bare Exceptions for malformed counts
+        report.add("skipped masks", where, f"RLE cannot be decoded ({e})")
+        return None
+    counts = rle["counts"]
+    if area == 0:
+        return None
+    return {"size": [height, width], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def to_rle(segm: list | dict, height: int, width: int) -> dict:
+    """Compressed RLE (bytes counts, as pycocotools wants) of a polygon list or RLE dict."""
+    if isinstance(segm, list):
+        return mask_util.merge(mask_util.frPyObjects(segm, height, width))
+    counts = segm["counts"]
+    if isinstance(counts, list):
+        return mask_util.frPyObjects(segm, height, width)
+    return {"size": segm["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def is_empty(segm: Any) -> bool:
+    """True for an absent mask: an empty polygon list, None, or an RLE of zero area."""
+    if segm is None or (isinstance(segm, list) and not segm):
+        return True
+    if isinstance(segm, dict):
+        return mask_util.area(to_rle(segm, *segm["size"])) == 0
+    return False
+
+
+def segm_bbox(segm: list | dict, height: int, width: int) -> list[float] | None:
+    """Tight XYWH box of a segmentation, or None when empty."""
+    if is_empty(segm):
+        return None
+    if isinstance(segm, list):
+        pts = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in segm])
+        x0, y0 = pts.min(axis=0)
+        x1, y1 = pts.max(axis=0)
+        return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+    return [float(v) for v in mask_util.toBbox(to_rle(segm, height, width))]
+
+
+def segm_area(segm: list | dict, height: int, width: int) -> float:
+    """Pixel area of a segmentation (0 when empty)."""
+    if is_empty(segm):
+        return 0.0
+    return float(mask_util.area(to_rle(segm, height, width)))
+
+
+def union_bbox(boxes: list[list[float] | None]) -> list[float] | None:
+    """XYWH box enclosing every non-None XYWH box."""
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    x0 = min(b[0] for b in boxes)
+    y0 = min(b[1] for b in boxes)
+    x1 = max(b[0] + b[2] for b in boxes)
+    y1 = max(b[1] + b[3] for b in boxes)
+    return [x0, y0, x1 - x0, y1 - y0]

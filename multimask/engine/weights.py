@@ -1,0 +1,77 @@
+"""Finding and loading weights: model-zoo URLs with a clear offline error, run folders, safe checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+
+logger = logging.getLogger(__name__)
+
+_REMOTE = ("detectron2://", "http://", "https://")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Weights that cannot be fetched or found; the message says what to do."""
+
+
+def resolve_weights(path: str) -> str:
+    """A local file for `path`: model-zoo or URL weights are downloaded (cached) first.
+
+    Raises WeightsUnavailableError naming the source when the download fails (for example offline) or a
+    local file is missing. An empty path means "no weights" and is returned as is.
+    """
+    if not path:
+        return path
+    if path.startswith(_REMOTE):
+        try:
+            return PathManager.get_local_path(path)
+        except Exception as e:  # urllib / iopath raise many kinds
+            raise WeightsUnavailableError(
+                f"cannot download model weights {path!r} ({type(e).__name__}: {e}). Fetching them needs "
+                "internet access; on an offline machine download the file elsewhere and set MODEL.WEIGHTS to "
+                "its local path, or train from scratch with the 'scratch_mask_rcnn_R_50_FPN_gn' preset."
+            ) from e
+    if not Path(path).is_file():
+        raise WeightsUnavailableError(f"model weights file not found: {path}")
+    return path
+
+
+class MultiMaskCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose `.pth` loading uses `torch.load(weights_only=True)` on every torch.
+
+    A checkpoint that holds arbitrary Python objects is refused with a clear message rather than unpickled.
+    Detectron2 model-zoo `.pkl` files are pickles by design; loading one is logged.
+    """
+
+    def _load_file(self, filename: str) -> dict:
+        if filename.endswith(".pkl"):
+            logger.info("Unpickling detectron2-format weights %s (only load .pkl files you trust).", filename)
+        return super()._load_file(filename)
+
+    def _torch_load(self, f: str) -> dict:
+        try:
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise WeightsUnavailableError(
+                f"{f} holds Python objects besides tensors, and loading them could run code; refusing. "
+                f"Re-save its state dict with torch.save or use a checkpoint written by multimask. ({e})"
+            ) from e
+
+
+def run_weights(run_dir: str | Path) -> Path:
+    """The weights of a run folder: `model_final.pth`, else the checkpoint named in `last_checkpoint`."""
+    run_dir = Path(run_dir)
+    final = run_dir / "model_final.pth"
+    if final.is_file():
+        return final
+    last = run_dir / "last_checkpoint"
+    if last.is_file():
+        ckpt = run_dir / last.read_text().strip()
+        if ckpt.is_file() and ckpt.parent == run_dir:
+            return ckpt
+    raise WeightsUnavailableError(f"{run_dir}: no model_final.pth or last checkpoint; is it a training run?")

@@ -1,0 +1,41 @@
+"""`MultiMaskROIHeads`: detectron2's StandardROIHeads with the multimask head on its mask branch."""
+
+from __future__ import annotations
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
+
+from ..config import validate_multimask_config
+
+
+@ROI_HEADS_REGISTRY.register()
+class MultiMaskROIHeads(StandardROIHeads):
+    """Box head as in Mask R-CNN; the mask branch is built from `MODEL.ROI_MULTI_MASK_HEAD`.
+
+    Training losses: detectron2's box losses plus `loss_mask_<name>` per mask name. Inference adds
+    `pred_multimask` (R, NUM_MASK, M, M) and `pred_masks` (the first mask) to each instance.
+    """
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        validate_multimask_config(cfg)
+        head = cfg.MODEL.ROI_MULTI_MASK_HEAD
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        channels = {input_shape[f].channels for f in in_features}
+        if len(channels) != 1:
+            raise ValueError(f"ROI_HEADS.IN_FEATURES {in_features} have different channel counts {channels}")
+        res = head.POOLER_RESOLUTION
+        return {
+            "mask_in_features": in_features,
+            "mask_pooler": ROIPooler(
+                output_size=res,
+                scales=tuple(1.0 / input_shape[f].stride for f in in_features),
+                sampling_ratio=head.POOLER_SAMPLING_RATIO,
+                pooler_type=head.POOLER_TYPE,
+            ),
+            "mask_head": ROI_MASK_HEAD_REGISTRY.get(head.NAME)(
+                cfg, ShapeSpec(channels=channels.pop(), width=res, height=res)
+            ),
+        }

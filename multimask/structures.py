@@ -1,0 +1,129 @@
+"""`MultiMasks`: the ground truth of `Instances.gt_multimask`, several named masks per instance."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from detectron2.structures import BitMasks, Boxes, PolygonMasks
+from detectron2.structures.masks import polygons_to_bitmask
+
+Segmentation = Any  # list of flat polygons, a decoded HxW mask array, or an empty list (absent)
+
+
+class MultiMasks:
+    """NUM_MASK named masks for each of N instances, plus which of them were labelled.
+
+    `masks[name]` is a detectron2 `PolygonMasks` when every mask of that name is a polygon list, else
+    a `BitMasks` (RLE with holes, or a mix). An absent mask is an empty polygon list / an all-zero
+    bitmap, and `present[i, k]` is False for it, so losses and metrics can ignore it.
+    """
+
+    def __init__(self, names: Sequence[str], masks: Sequence[PolygonMasks | BitMasks], present: torch.Tensor):
+        if len(names) != len(masks):
+            raise ValueError(f"{len(names)} mask names but {len(masks)} mask sets")
+        n = len(present)
+        if present.dim() != 2 or present.shape[1] != len(names) or any(len(m) != n for m in masks):
+            raise ValueError("present must be (N, NUM_MASK) and every mask set must hold N masks")
+        self.names = tuple(names)
+        self.masks = dict(zip(self.names, masks))
+        self.present = present.to(torch.bool)
+
+    @classmethod
+    def from_segmentations(
+        cls, names: Sequence[str], segms: Sequence[dict[str, Segmentation]], image_size: tuple[int, int]
+    ) -> "MultiMasks":
+        """Build from one `{name: segmentation}` dict per instance; a missing or empty entry is absent."""
+        h, w = image_size
+        sets, present = [], []
+        for name in names:
+            per_inst = [s.get(name, []) for s in segms]
+            present.append([_is_present(x) for x in per_inst])
+            if all(isinstance(x, list) for x in per_inst):
+                sets.append(PolygonMasks([[np.asarray(p, dtype=np.float64) for p in x] for x in per_inst]))
+            else:
+                sets.append(BitMasks(torch.stack([_to_bitmap(x, h, w) for x in per_inst])
+                                     if per_inst else torch.zeros((0, h, w), dtype=torch.bool)))
+        pres = torch.tensor(present, dtype=torch.bool).T.reshape(len(segms), len(names))
+        return cls(names, sets, pres)
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def __getitem__(self, item: int | slice | torch.Tensor | Iterable) -> "MultiMasks":
+        if isinstance(item, int):
+            item = [item]
+        if isinstance(item, torch.Tensor) and item.dtype == torch.bool:
+            item = item.nonzero().flatten()
+        if not isinstance(item, (slice, torch.Tensor)):
+            item = torch.as_tensor(list(item), dtype=torch.long)
+        return MultiMasks(self.names, [self.masks[n][item] for n in self.names], self.present[item])
+
+    def to(self, *args: Any, **kwargs: Any) -> "MultiMasks":
+        return MultiMasks(self.names, [self.masks[n].to(*args, **kwargs) for n in self.names],
+                          self.present.to(*args, **kwargs))
+
+    @property
+    def device(self) -> torch.device:
+        return self.present.device
+
+    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+        """(N, NUM_MASK, mask_size, mask_size) float targets inside `boxes`; zeros where absent."""
+        out = torch.zeros((len(self), len(self.names), mask_size, mask_size), device=boxes.device)
+        for k, name in enumerate(self.names):
+            idx = self.present[:, k].nonzero().flatten()
+            if len(idx):
+                crops = self.masks[name][idx].crop_and_resize(boxes[idx.to(boxes.device)], mask_size)
+                out[idx.to(boxes.device), k] = crops.to(device=boxes.device, dtype=out.dtype)
+        return out
+
+    def get_bounding_boxes(self) -> Boxes:
+        """Boxes enclosing every present mask of each instance (zero boxes where none is present)."""
+        return Boxes(_union_boxes(self))
+
+    @classmethod
+    def cat(cls, items: list["MultiMasks"]) -> "MultiMasks":
+        names = items[0].names
+        if any(m.names != names for m in items):
+            raise ValueError("cannot concatenate MultiMasks with different mask names")
+        sets = [type(items[0].masks[n]).cat([m.masks[n] for m in items]) for n in names]
+        return cls(names, sets, torch.cat([m.present for m in items]))
+
+    def __repr__(self) -> str:
+        return f"MultiMasks(num_instances={len(self)}, names={list(self.names)})"
+
+
+def _is_present(segm: Segmentation) -> bool:
+    if isinstance(segm, list):
+        return len(segm) > 0
+    if isinstance(segm, dict):
+        return bool(mask_util.area(segm) > 0)
+    return bool(np.asarray(segm).any())
+
+
+def _to_bitmap(segm: Segmentation, h: int, w: int) -> torch.Tensor:
+    if isinstance(segm, list):
+        return torch.from_numpy(polygons_to_bitmask(segm, h, w))
+    if isinstance(segm, dict):
+        segm = mask_util.decode(segm)
+    arr = np.asarray(segm)
+    if arr.shape != (h, w):
+        raise ValueError(f"mask of shape {arr.shape} does not match the image size {(h, w)}")
+    return torch.from_numpy(arr.astype(bool))
+
+
+def _union_boxes(mm: MultiMasks) -> torch.Tensor:
+    """(N, 4) XYXY boxes enclosing each instance's present masks; zeros where none is present."""
+    lo = torch.full((len(mm), 2), float("inf"))
+    hi = torch.full((len(mm), 2), float("-inf"))
+    for k, name in enumerate(mm.names):
+        idx = mm.present[:, k].nonzero().flatten().cpu()
+        if len(idx):
+            b = mm.masks[name][idx].get_bounding_boxes().tensor.cpu().float()
+            lo[idx] = torch.minimum(lo[idx], b[:, :2])
+            hi[idx] = torch.maximum(hi[idx], b[:, 2:])
+    out = torch.cat([lo, hi], dim=1)
+    out[~torch.isfinite(out).all(dim=1)] = 0
+    return out

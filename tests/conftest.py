@@ -1,0 +1,32 @@
+"""Shared fixtures: small configs and a synthetic dataset generated once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multimask.config import get_multimask_cfg
+
+
+def tiny_cfg(num_classes: int = 3, names=("primary", "secondary"), **extra):
+    """The CPU test preset with `num_classes` classes and the given mask names, on the CPU."""
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", num_classes, "MODEL.DEVICE", "cpu",
+            "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", len(names),
+            "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", list(names),
+            "MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS", [1.0] * len(names)]
+    for k, v in extra.items():
+        opts += [k, v]
+    return get_multimask_cfg("tiny_cpu", opts)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """A small synthetic two-mask dataset: {"train": json, "val": json, "images": folder}."""
+    from multimask.data.synth import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_train=24, num_val=8, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

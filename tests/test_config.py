@@ -1,0 +1,57 @@
+import pytest
+
+from multimask.config import add_multimask_config, get_multimask_cfg, list_presets, validate_multimask_config
+from tests.conftest import tiny_cfg
+
+
+def test_defaults_match_the_design():
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_multimask_config(cfg)
+    head = cfg.MODEL.ROI_MULTI_MASK_HEAD
+    assert head.NAME == "MultiMaskRCNNConvUpsampleHead"
+    assert (head.NUM_MASK, head.MASK_NAMES, head.NUM_CONV, head.POOLER_RESOLUTION) == (
+        2, ["primary", "secondary"], 4, 14)
+    assert head.LOSS_WEIGHTS == [1.0, 1.0] and head.SHARED_TRUNK is True
+    assert cfg.MODEL.DEVICE in ("cpu", "cuda")
+    validate_multimask_config(cfg)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 3], "MASK_NAMES has 2 names"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS", [1.0]], "LOSS_WEIGHTS has 1 weights"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 0, "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", []], "NUM_MASK must be"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["a", "a"]], "duplicates"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["ok", "not ok"]], "not valid names"),
+    (["MODEL.MASK_ON", False], "MASK_ON"),
+])
+def test_inconsistent_settings_raise_a_clear_error(opts, message):
+    with pytest.raises(ValueError, match=message):
+        get_multimask_cfg("tiny_cpu", opts)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="tiny_cpu"):
+        get_multimask_cfg("no_such_preset")
+    assert {"tiny_cpu", "scratch_mask_rcnn_R_50_FPN_gn", "mask_rcnn_R_50_FPN_3x"} <= set(list_presets())
+
+
+def test_every_preset_builds_a_model():
+    from detectron2.modeling import build_model
+
+    for name in list_presets():
+        cfg = get_multimask_cfg(name, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+        model = build_model(cfg)
+        assert type(model).__name__ == "MultiMaskRCNN"
+        assert type(model.roi_heads).__name__ == "MultiMaskROIHeads"
+
+
+def test_validation_runs_when_a_model_is_built_from_an_edited_config():
+    from detectron2.modeling import build_model
+
+    cfg = tiny_cfg()
+    cfg.defrost()
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES = ["primary"]
+    with pytest.raises(ValueError, match="NUM_MASK is 2"):
+        build_model(cfg)
