@@ -9,8 +9,8 @@ import itertools
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util

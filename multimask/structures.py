@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -34,7 +35,7 @@ class MultiMasks:
     @classmethod
     def from_segmentations(
         cls, names: Sequence[str], segms: Sequence[dict[str, Segmentation]], image_size: tuple[int, int]
-    ) -> "MultiMasks":
+    ) -> MultiMasks:
         """Build from one `{name: segmentation}` dict per instance; a missing or empty entry is absent."""
         h, w = image_size
         sets, present = [], []
@@ -52,7 +53,7 @@ class MultiMasks:
     def __len__(self) -> int:
         return len(self.present)
 
-    def __getitem__(self, item: int | slice | torch.Tensor | Iterable) -> "MultiMasks":
+    def __getitem__(self, item: int | slice | torch.Tensor | Iterable) -> MultiMasks:
         if isinstance(item, int):
             item = [item]
         if isinstance(item, torch.Tensor) and item.dtype == torch.bool:
@@ -61,7 +62,7 @@ class MultiMasks:
             item = torch.as_tensor(list(item), dtype=torch.long)
         return MultiMasks(self.names, [self.masks[n][item] for n in self.names], self.present[item])
 
-    def to(self, *args: Any, **kwargs: Any) -> "MultiMasks":
+    def to(self, *args: Any, **kwargs: Any) -> MultiMasks:
         return MultiMasks(self.names, [self.masks[n].to(*args, **kwargs) for n in self.names],
                           self.present.to(*args, **kwargs))
 
@@ -84,7 +85,7 @@ class MultiMasks:
         return Boxes(_union_boxes(self))
 
     @classmethod
-    def cat(cls, items: list["MultiMasks"]) -> "MultiMasks":
+    def cat(cls, items: list[MultiMasks]) -> MultiMasks:
         names = items[0].names
         if any(m.names != names for m in items):
             raise ValueError("cannot concatenate MultiMasks with different mask names")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import numpy as np
+import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 
 from ..io import DatasetError, atomic_write_json, read_json
@@ -139,9 +142,15 @@ def make_annotation(ann_id: int, image_id: Any, category_id: int, multimask: dic
     bbox = union_bbox([segm_bbox(m, height, width) for m in masks.values() if m])
     if bbox is None:
         raise ValueError(f"annotation {ann_id}: every mask is empty")
-    first = masks[mask_names[0]]
+    first = masks[mask_names[0]] or empty_rle(height, width)  # plain COCO tools cannot read `[]`
     return {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0, "bbox": bbox,
             "area": segm_area(first, height, width), "segmentation": first, "multimask": masks}
+
+
+def empty_rle(height: int, width: int) -> dict:
+    """The RLE of an all-zero mask, as JSON-ready text."""
+    return {"size": [height, width], "counts": mask_util.encode(np.zeros((height, width), np.uint8, order="F"))[
+        "counts"].decode("ascii")}
 
 
 def write_multimask_json(path: str | Path, images: list[dict], categories: list[dict],

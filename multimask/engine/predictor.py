@@ -35,7 +35,7 @@ class MultiMaskPredictor(DefaultPredictor):
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, score_threshold: float | None = None,
-                 device: str | None = None) -> "MultiMaskPredictor":
+                 device: str | None = None) -> MultiMaskPredictor:
         """Load a training run folder (its `config.yaml` and final or last checkpoint)."""
         run_dir = Path(run_dir)
         config = run_dir / "config.yaml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
