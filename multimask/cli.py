@@ -76,11 +76,14 @@ def training_config(args: argparse.Namespace):
 
 def _train_worker(args: argparse.Namespace):
     from detectron2.engine import default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
 
     from .engine import MultiMaskTrainer
 
     cfg = training_config(args)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="multimask", abbrev_name="mm")
     trainer = MultiMaskTrainer(cfg)
     if args.eval_only:
         trainer.resume_or_load(resume=True)

@@ -63,7 +63,8 @@ class MultiMaskTrainer(DefaultTrainer):
 
     def train(self):
         """Train, then write the final evaluation (if any) to OUTPUT_DIR/eval_results.json."""
-        results = super().train()
+        super().train()
+        results = getattr(self, "_last_eval_results", None)  # set by DefaultTrainer's EvalHook
         if results and comm.is_main_process():
             save_results(results, Path(self.cfg.OUTPUT_DIR) / "eval_results.json")
         return results

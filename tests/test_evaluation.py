@@ -1,0 +1,85 @@
+"""MultiMaskEvaluator: COCO AP per mask name; ground truth fed as predictions scores 100."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures.masks import polygons_to_bitmask
+
+from multimask.data import register_multimask_dataset
+from multimask.data.geometry import to_rle
+from multimask.evaluation import MultiMaskEvaluator, format_results
+
+
+def _gt_as_predictions(d, names, drop_secondary_of=()):
+    h, w = d["height"], d["width"]
+    anns = d["annotations"]
+    inst = Instances((h, w))
+    inst.pred_boxes = Boxes(torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                                          for a in anns], dtype=torch.float32).reshape(-1, 4))
+    inst.scores = torch.ones(len(anns))
+    inst.pred_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.long)
+    masks = np.zeros((len(anns), len(names), h, w), dtype=bool)
+    for i, a in enumerate(anns):
+        for k, n in enumerate(names):
+            segm = a["multimask"][n]
+            if not segm or (n == "secondary" and i in drop_secondary_of):
+                continue
+            if isinstance(segm, list):
+                masks[i, k] = polygons_to_bitmask(segm, h, w)
+            else:
+                import pycocotools.mask as mask_util
+
+                masks[i, k] = mask_util.decode(to_rle(segm, h, w)).astype(bool)
+    inst.pred_multimask = torch.from_numpy(masks)
+    return {"instances": inst}
+
+
+def _run(name, names, drop=()):
+    ev = MultiMaskEvaluator(name, distributed=False)
+    ev.reset()
+    for d in DatasetCatalog.get(name):
+        ev.process([{"image_id": d["image_id"]}], [_gt_as_predictions(d, names, drop)])
+    return ev.evaluate()
+
+
+def test_ground_truth_as_predictions_scores_100_per_mask(synth_data):
+    register_multimask_dataset("eval_gt", synth_data["val"])
+    res = _run("eval_gt", ["primary", "secondary"])
+    assert set(res) == {"bbox", "segm/primary", "segm/secondary"}
+    for task in res:
+        assert res[task]["AP"] == pytest.approx(100.0), task
+        assert res[task]["AP50"] == pytest.approx(100.0)
+        classes_with_gt = [k for k in res[task] if k.startswith("AP-") and not math.isnan(res[task][k])]
+        assert classes_with_gt and all(res[task][k] == pytest.approx(100.0) for k in classes_with_gt)
+    assert "segm/primary" in format_results(res)
+
+
+def test_missing_predicted_secondary_lowers_only_that_name(synth_data):
+    register_multimask_dataset("eval_drop", synth_data["val"])
+    d0 = DatasetCatalog.get("eval_drop")
+    has_sec = [i for i, a in enumerate(d0[0]["annotations"]) if a["multimask"]["secondary"]]
+    assert has_sec, "the first val image needs an instance with a secondary mask"
+    ev = MultiMaskEvaluator("eval_drop", distributed=False)
+    ev.reset()
+    for j, d in enumerate(d0):
+        ev.process([{"image_id": d["image_id"]}],
+                   [_gt_as_predictions(d, ["primary", "secondary"], has_sec if j == 0 else ())])
+    res = ev.evaluate()
+    assert res["segm/primary"]["AP"] == pytest.approx(100.0)
+    assert res["bbox"]["AP"] == pytest.approx(100.0)
+    assert res["segm/secondary"]["AP"] < 100.0
+
+
+def test_no_predictions_give_zero_ap(synth_data):
+    register_multimask_dataset("eval_none", synth_data["val"])
+    ev = MultiMaskEvaluator("eval_none", distributed=False)
+    ev.reset()
+    for d in DatasetCatalog.get("eval_none"):
+        empty = _gt_as_predictions(d, ["primary", "secondary"])["instances"][torch.zeros(0, dtype=torch.long)]
+        ev.process([{"image_id": d["image_id"]}], [{"instances": empty}])
+    res = ev.evaluate()
+    assert all(res[t]["AP"] == 0.0 for t in res)
