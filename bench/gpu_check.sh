@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# All GPU checks of the core issue, in one run on the device machine (see bench/README.md).
+# Needs the wheels in .whl/ (bench/README.md says how to fetch them); writes its results under $OUT.
+set -uo pipefail
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+rm -f /tmp/site/detectron2/_C*.so
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, detectron2, multimask; print(torch.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
+timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --json "$OUT/bench_model.json" \
+  2>&1 | grep -v '^\[' | tee "$OUT/bench_model.txt"
+timeout 60 python3 bench/bench_mapper.py --json "$OUT/bench_mapper.json" 2>&1 | grep -v '^\[' | tee "$OUT/bench_mapper.txt"
+timeout "${COMPARE_TIMEOUT:-380}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-900}" \
+  --workers 8 --out /tmp/compare --json "$OUT/compare.json" 2>&1 \
+  | grep -E 'RESULT|^\||^machine|^preset|^two single|Error|error|Traceback|eta:' | tee "$OUT/compare.txt"
