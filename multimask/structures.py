@@ -61,15 +61,13 @@ class MultiMasks:
             item = item.nonzero().flatten()
         if not isinstance(item, (slice, torch.Tensor)):
             item = torch.as_tensor(list(item), dtype=torch.long)
+        if isinstance(item, torch.Tensor):
+            item = item.cpu()
         return MultiMasks(self.names, [self.masks[n][item] for n in self.names], self.present[item])
 
     def to(self, *args: Any, **kwargs: Any) -> MultiMasks:
-        return MultiMasks(self.names, [self.masks[n].to(*args, **kwargs) for n in self.names],
-                          self.present.to(*args, **kwargs))
-
-    @property
-    def device(self) -> torch.device:
-        return self.present.device
+        """Move the masks (bitmaps; polygons stay on the CPU, as in detectron2)."""
+        return MultiMasks(self.names, [self.masks[n].to(*args, **kwargs) for n in self.names], self.present)
 
     def crop_and_resize(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
         """(N, NUM_MASK, mask_size, mask_size) float targets inside `boxes`; zeros where absent.

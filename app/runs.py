@@ -1,0 +1,136 @@
+"""Training runs under a runs folder: listing them, and checking run names that come from the browser."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+
+
+class RunNotFoundError(LookupError):
+    """A run name that is invalid or not (or no longer) a listed run; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One training run folder that has a config and weights."""
+
+    name: str  # path relative to the runs folder, "/"-separated
+    path: Path  # resolved folder
+    weights: Path  # model_final.pth or the last checkpoint
+    mask_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+    mtime: float  # modification time of the weights file
+
+    @property
+    def key(self) -> tuple[str, str, float]:
+        """Identifies these exact weights: changes when the run is retrained or checkpoints again."""
+        return str(self.path), str(self.weights), self.mtime
+
+
+def find_runs(runs_root: str | Path) -> list[RunInfo]:
+    """Runs that are direct children of `runs_root` or one level further down, newest weights first.
+
+    A folder counts when it holds `config.yaml`. Ones whose config cannot be read, that have no weights
+    yet, or that lie outside `runs_root` through a link are skipped with a logged warning.
+    """
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    root = root.resolve()
+    runs = []
+    for child in _subdirs(root, root):
+        folders = [child] if (child / CONFIG_NAME).is_file() else _subdirs(child, root)
+        for folder in folders:
+            if (folder / CONFIG_NAME).is_file() and (info := _read_run(root, folder)) is not None:
+                runs.append(info)
+    runs.sort(key=lambda r: (-r.mtime, r.name))
+    return runs
+
+
+def get_run(runs_root: str | Path, name: object) -> RunInfo:
+    """The listed run called `name`; raises RunNotFoundError for anything else (never opens other paths)."""
+    if not isinstance(name, str) or not name.strip():
+        raise RunNotFoundError("Pick a run first.")
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or "\\" in name or "\x00" in name:
+        raise RunNotFoundError(f"{name!r} is not a valid run name.")
+    root = Path(runs_root).resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise RunNotFoundError(f"{name!r} is not a valid run name.")
+    for run in find_runs(root):
+        if run.name == name and run.path == target:
+            return run
+    raise RunNotFoundError(f"Run {name!r} is not in {runs_root} (any more); refresh the run list.")
+
+
+def _subdirs(folder: Path, root: Path) -> list[Path]:
+    """Visible sub-folders of `folder` that stay inside `root` once links are resolved."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        _warn_once(f"cannot list {folder}: {e}")
+        return []
+    out = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        resolved = entry.resolve()
+        if not resolved.is_relative_to(root) or resolved == root:
+            _warn_once(f"skipping {entry}: it links outside {root}")
+            continue
+        out.append(entry)
+    return out
+
+
+def _read_run(root: Path, folder: Path) -> RunInfo | None:
+    from multimask.engine.weights import run_weights
+
+    try:
+        weights = run_weights(folder)
+        mask_names, class_names = _config_names(folder / CONFIG_NAME)
+        return RunInfo(
+            name=folder.relative_to(root).as_posix(),
+            path=folder.resolve(),
+            weights=weights,
+            mask_names=mask_names,
+            class_names=class_names,
+            mtime=weights.stat().st_mtime,
+        )
+    except Exception as e:  # a broken folder must not break the listing
+        _warn_once(f"skipping run folder {folder}: {e}")
+        return None
+
+
+_names_cache: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+_warned: set[str] = set()
+
+
+def _config_names(config: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(mask names, class names) of a run config, parsed again only when the file changes."""
+    from multimask.config import get_multimask_cfg
+
+    st = config.stat()
+    key = (str(config), st.st_mtime_ns, st.st_size)
+    if key not in _names_cache:
+        cfg = get_multimask_cfg(config)
+        if len(_names_cache) > 1000:
+            _names_cache.clear()
+        _names_cache[key] = (tuple(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES), tuple(cfg.MULTIMASK.CLASS_NAMES))
+    return _names_cache[key]
+
+
+def _warn_once(message: str) -> None:
+    """Log a warning the first time (listings repeat on every request); later only at debug level."""
+    if message in _warned:
+        logger.debug(message)
+        return
+    if len(_warned) > 1000:
+        _warned.clear()
+    _warned.add(message)
+    logger.warning(message)
