@@ -195,3 +195,21 @@ def test_multimask_checkpoint_round_trip_is_untouched_by_the_expansion(tmp_path)
     MultiMaskCheckpointer(b).load(str(tmp_path / "m.pth"), checkpointables=[])
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+def test_model_zoo_style_pkl_checkpoint_initialises_the_branches(tmp_path):
+    """detectron2's model zoo ships pickles of numpy arrays with an `__author__` key; that path works too."""
+    import pickle
+
+    from multimask.engine import MultiMaskCheckpointer
+
+    state = _standard_mask_rcnn_state(num_classes=3)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test"}, f)
+    model = build_model(tiny_cfg(num_classes=3, **{"MODEL.ROI_MULTI_MASK_HEAD.SHARED_TRUNK": False}))
+    MultiMaskCheckpointer(model).load(str(path), checkpointables=[])
+    head = model.roi_heads.mask_head
+    for name in ("primary", "secondary"):
+        assert torch.equal(head.trunks[name].mask_fcn2.weight, state["roi_heads.mask_head.mask_fcn2.weight"])
+        assert torch.equal(head.predictors[name].bias, state["roi_heads.mask_head.predictor.bias"])
