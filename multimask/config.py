@@ -12,6 +12,11 @@ PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def is_valid_mask_name(name: object) -> bool:
+    """Mask names are identifiers (letters, digits, '_'): they name losses, metrics and modules."""
+    return isinstance(name, str) and bool(_NAME_RE.match(name))
+
+
 def add_multimask_config(cfg: CN) -> None:
     """Add `MODEL.ROI_MULTI_MASK_HEAD` (and the multimask meta-architecture defaults) to `cfg`."""
     cfg.MODEL.ROI_MULTI_MASK_HEAD = CN()
@@ -51,7 +56,7 @@ def validate_multimask_config(cfg: CN) -> None:
         raise ValueError(
             f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES has {len(names)} names {names} but NUM_MASK is {k}"
         )
-    bad = [n for n in names if not isinstance(n, str) or not _NAME_RE.match(n)]
+    bad = [n for n in names if not is_valid_mask_name(n)]
     if bad:
         raise ValueError(
             f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES: {bad} are not valid names "

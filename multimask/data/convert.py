@@ -10,7 +10,6 @@ in the returned `Report` with the file and annotation (or shape) it came from.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
+from ..config import is_valid_mask_name
 from ..io import DatasetError, atomic_write_json, read_json
 from .dataset_json import (
     DEFAULT_MASK_NAMES,
@@ -27,10 +27,9 @@ from .dataset_json import (
     make_annotation,
     write_multimask_json,
 )
-from .geometry import Report, clean_polygons, clean_rle, to_rle
+from .geometry import Report, clean_polygons, clean_segmentation, to_rle
 
 # The rule of MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES (see multimask/config.py).
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Key that export_labelme adds to each labelme file (labelme keeps unknown keys when it saves).
 LABELME_NAMES_KEY = "multimask_mask_names"
 CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask becomes polygons
@@ -80,7 +79,7 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path, field_map: Ma
         for fld, name in field_map.items():
             if fld not in ann:
                 report.add("missing fields", where, f"no field '{fld}': mask '{name}' left empty")
-            masks[name] = _clean_segm(ann.get(fld), h, w, f"{where} field '{fld}'", report)
+            masks[name] = clean_segmentation(ann.get(fld), h, w, f"{where} field '{fld}'", report)
         new = _annotation(len(anns) + 1, ann["image_id"], ann["category_id"], masks, h, w, names, where,
                           report)
         if new is not None:
@@ -216,7 +215,7 @@ def export_labelme(src_json: str | Path, out_folder: str | Path, *,
 
 def _check_names(names: Sequence[Any], what: str) -> list[str]:
     names = list(names)
-    bad = [n for n in names if not isinstance(n, str) or not _NAME_RE.match(n)]
+    bad = [n for n in names if not is_valid_mask_name(n)]
     if bad or not names:
         raise ValueError(f"{what}: {bad or 'no names'} are not valid mask names "
                          "(letters, digits and '_', not starting with a digit)")
@@ -230,7 +229,7 @@ def _parse_label_map(label_map: Mapping[str, str]) -> dict[str, tuple[str | None
     out = {}
     for label, target in label_map.items():
         cls, sep, name = target.rpartition(":") if isinstance(target, str) else ("", "", target)
-        if (sep and not cls) or not isinstance(name, str) or not _NAME_RE.match(name):
+        if (sep and not cls) or not is_valid_mask_name(name):
             raise ValueError(f"label_map[{label!r}] = {target!r}: expected 'MASK' or 'CLASS:MASK' with a "
                              "valid mask name (letters, digits and '_', not starting with a digit)")
         out[label] = (cls if sep else None, name)
@@ -293,17 +292,6 @@ def _image_size(path: Path, doc: dict, report: Report) -> tuple[int, int] | None
         report.add("skipped files", str(path), f"no imageHeight/imageWidth, and image {image} cannot be read")
         return None
     return int(pixels.shape[0]), int(pixels.shape[1])
-
-
-def _clean_segm(segm: Any, height: int, width: int, where: str, report: Report) -> list | dict:
-    if segm is None or (isinstance(segm, list) and not segm):
-        return []
-    if isinstance(segm, list):
-        return clean_polygons(segm, height, width, where, report)
-    if isinstance(segm, dict):
-        return clean_rle(segm, height, width, where, report) or []
-    report.add("skipped masks", where, f"a segmentation must be polygons or RLE, got {type(segm).__name__}")
-    return []
 
 
 def _annotation(ann_id: int, image_id: Any, category_id: int, masks: dict, height: int, width: int,

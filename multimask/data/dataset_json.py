@@ -13,7 +13,7 @@ import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 
 from ..io import DatasetError, atomic_write_json, read_json
-from .geometry import Report, clean_polygons, clean_rle, segm_area, segm_bbox, union_bbox
+from .geometry import Report, clean_segmentation, segm_area, segm_bbox, union_bbox
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
         extra = [k for k in mm if k not in file_names]
         if extra:
             raise DatasetError(f"{where}: mask names {extra} are not declared in 'mask_names' {file_names}")
-        masks = {n: _clean_segm(mm.get(n, []), img["height"], img["width"], f"{where} mask '{n}'", report)
+        masks = {n: clean_segmentation(mm.get(n, []), img["height"], img["width"], f"{where} mask '{n}'", report)
                  for n in names}
         bbox = union_bbox([segm_bbox(m, img["height"], img["width"]) for m in masks.values() if m])
         if bbox is None or bbox[2] <= 0 or bbox[3] <= 0:
@@ -123,16 +123,6 @@ def _checked_categories(cats: list, json_file: Path) -> list[dict]:
     if not cats:
         raise DatasetError(f"{json_file}: 'categories' is empty")
     return cats
-
-
-def _clean_segm(segm: Any, height: int, width: int, where: str, report: Report) -> list | dict:
-    if isinstance(segm, list):
-        return clean_polygons(segm, height, width, where, report) if segm else []
-    if isinstance(segm, dict):
-        return clean_rle(segm, height, width, where, report) or []
-    if segm is not None:
-        report.add("skipped masks", where, f"a segmentation must be polygons or RLE, got {type(segm).__name__}")
-    return []
 
 
 def make_annotation(ann_id: int, image_id: Any, category_id: int, multimask: dict[str, list | dict],

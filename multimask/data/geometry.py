@@ -111,6 +111,18 @@ def clean_rle(rle: Any, height: int, width: int, where: str, report: Report) -> 
     return {"size": [height, width], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
+def clean_segmentation(segm: Any, height: int, width: int, where: str, report: Report) -> list | dict:
+    """A checked polygon list or RLE (see clean_polygons / clean_rle); `[]` when absent or unusable."""
+    if segm is None or (isinstance(segm, list) and not segm):
+        return []
+    if isinstance(segm, list):
+        return clean_polygons(segm, height, width, where, report)
+    if isinstance(segm, dict):
+        return clean_rle(segm, height, width, where, report) or []
+    report.add("skipped masks", where, f"a segmentation must be polygons or RLE, got {type(segm).__name__}")
+    return []
+
+
 def to_rle(segm: list | dict, height: int, width: int) -> dict:
     """Compressed RLE (bytes counts, as pycocotools wants) of a polygon list or RLE dict."""
     if isinstance(segm, list):
