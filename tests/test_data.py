@@ -204,3 +204,18 @@ def test_mapper_names_a_missing_mask(tmp_path):
     dicts, _ = load_multimask_json(_write(tmp_path, [_ann(1, [SQUARE], [])]), mask_names=["primary"])
     with pytest.raises(KeyError, match="no mask named"):
         _mapper([], names=("primary", "secondary"))(dicts[0])
+
+
+def test_crop_recomputes_boxes_from_every_present_mask(tmp_path):
+    rle, hole_mask = _rle_with_hole()
+    path = _write(tmp_path, [_ann(1, [SQUARE], [INNER]), _ann(2, rle, [], cat=9)])
+    dicts, _ = load_multimask_json(path)
+    mapper = MultiMaskDatasetMapper(True, augmentations=[T.CropTransform(5, 8, 40, 24)], image_format="BGR",
+                                    use_instance_mask=True, mask_names=["primary", "secondary"],
+                                    recompute_boxes=True)
+    inst = mapper(dicts[0])["instances"]
+    assert inst.image_size == (24, 40)
+    # the square (10..30) becomes (5..25) x (2..22); the RLE ring (35..55, 5..35) becomes (30..40) x (0..24)
+    assert inst.gt_boxes.tensor[0].tolist() == [5, 2, 25, 22]
+    assert inst.gt_boxes.tensor[1].tolist() == [30, 0, 40, 24]
+    assert np.array_equal(_raster(inst.gt_multimask.masks["primary"], 1, 24, 40), hole_mask[8:32, 5:45].astype(bool))
