@@ -27,7 +27,7 @@ from .dataset_json import (
     make_annotation,
     write_multimask_json,
 )
-from .geometry import Report, clean_polygons, clean_segmentation, to_rle
+from .geometry import Report, clean_polygons, clean_segmentation, mask_to_polygons, to_rle
 
 # The rule of MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES (see multimask/config.py).
 # Key that export_labelme adds to each labelme file (labelme keeps unknown keys when it saves).
@@ -306,23 +306,12 @@ def _to_polygons(segm: list | dict, height: int, width: int, where: str, report:
     """Polygons of a mask; an RLE is traced with OpenCV (outer contours; holes filled and reported)."""
     if isinstance(segm, list):
         return segm
-    mask = np.ascontiguousarray(mask_util.decode(to_rle(segm, height, width)))
-    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-    if hierarchy is None:
-        return []
-    holes = int((hierarchy[0][:, 3] >= 0).sum())  # RETR_CCOMP: contours with a parent bound holes
+    polygons, holes = mask_to_polygons(mask_util.decode(to_rle(segm, height, width)), CONTOUR_EPSILON)
     if holes:
         report.add("masks with holes lost", where, f"{holes} hole(s) filled: labelme polygons have no holes")
-    out = []
-    for contour, (_, _, _, parent) in zip(contours, hierarchy[0], strict=True):
-        if parent >= 0:
-            continue
-        pts = cv2.approxPolyDP(contour, CONTOUR_EPSILON, True).reshape(-1, 2)
-        if len(pts) < 3:
-            report.add("skipped polygons", where, f"a speck ({len(contour)} contour points) has no polygon")
-            continue
-        out.append([float(v) + 0.5 for v in pts.reshape(-1)])  # pixel centres, as detectron2 does
-    return out
+    if not polygons:
+        report.add("skipped polygons", where, "a speck has no polygon")
+    return polygons
 
 
 def _positive(*values: Any) -> bool:

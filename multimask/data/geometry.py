@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import shapely
@@ -121,6 +122,27 @@ def clean_segmentation(segm: Any, height: int, width: int, where: str, report: R
         return clean_rle(segm, height, width, where, report) or []
     report.add("skipped masks", where, f"a segmentation must be polygons or RLE, got {type(segm).__name__}")
     return []
+
+
+def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.7, min_area: float = 0.0) -> tuple[list[list[float]], int]:
+    """Outer contours of a binary mask as COCO polygons (pixel centres), simplified by `epsilon` px.
+
+    Returns (polygons, holes): holes are filled, since polygons cannot hold them; the count says how many.
+    Parts with fewer than 3 points or less than `min_area` px are dropped.
+    """
+    contours, hierarchy = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_CCOMP,
+                                           cv2.CHAIN_APPROX_NONE)
+    if hierarchy is None:
+        return [], 0
+    holes = int((hierarchy[0][:, 3] >= 0).sum())  # RETR_CCOMP: contours with a parent bound holes
+    out = []
+    for contour, (_, _, _, parent) in zip(contours, hierarchy[0], strict=True):
+        if parent >= 0 or cv2.contourArea(contour) < min_area:
+            continue
+        pts = cv2.approxPolyDP(contour, epsilon, True).reshape(-1, 2)
+        if len(pts) >= 3:
+            out.append([float(v) + 0.5 for v in pts.reshape(-1)])
+    return out, holes
 
 
 def to_rle(segm: list | dict, height: int, width: int) -> dict:
