@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup browser run test lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt tools/install_detectron2.sh pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,16 @@ $(STAMP): requirements.txt requirements-dev.txt tools/install_detectron2.sh pypr
 
 setup: $(STAMP)
 
+# The end-to-end tests drive Debian's chromium with playwright (`playwright install` cannot download here).
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
 run: setup
 	$(BIN)/python launch.py $(ARGS)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

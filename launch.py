@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--data-root", default="datasets", help="folder of datasets")
     p.add_argument("--runs-root", default="runs", help="folder of training runs")
+    p.add_argument("--import-root", action="append", default=[], metavar="FOLDER",
+                   help="a server folder the Label tab may import images and datasets from (repeatable; "
+                        "the data root is always allowed)")
     p.add_argument("--share", type=parse_bool, default=False, help="create a public gradio.live link (true/false)")
     return p
 
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from app import build_app
 
-    demo = build_app(args.data_root, args.runs_root)
+    demo = build_app(args.data_root, args.runs_root, args.import_root)
     _, local_url, share_url = demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                                           prevent_thread_lock=True, quiet=True)
     print(f"multimask app running at {local_url}" + (f" (public link: {share_url})" if share_url else ""),

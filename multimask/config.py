@@ -14,7 +14,7 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def is_valid_mask_name(name: object) -> bool:
     """Mask names are identifiers (letters, digits, '_'): they name losses, metrics and modules."""
-    return isinstance(name, str) and bool(_NAME_RE.match(name))
+    return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
 
 
 def add_multimask_config(cfg: CN) -> None:

@@ -70,7 +70,7 @@ def clean_polygons(parts: Any, height: int, width: int, where: str, report: Repo
         if not frame.contains(geom):
             geom = geom.intersection(frame)
             report.add("clipped polygons", here, "coordinates outside the image clipped to it")
-        rings = _polygon_parts(geom)
+        rings = polygon_parts(geom)
         if not rings:
             report.add("skipped polygons", here, "no area left after repair")
             continue
@@ -83,11 +83,12 @@ def clean_polygons(parts: Any, height: int, width: int, where: str, report: Repo
     return out
 
 
-def _polygon_parts(geom) -> list[Polygon]:
+def polygon_parts(geom) -> list[Polygon]:
+    """The polygons with area in a shapely geometry (a Polygon, Multi* or collection)."""
     if isinstance(geom, Polygon):
         return [geom] if geom.area > 0 else []
     if isinstance(geom, MultiPolygon) or hasattr(geom, "geoms"):
-        return [p for g in geom.geoms for p in _polygon_parts(g)]
+        return [p for g in geom.geoms for p in polygon_parts(g)]
     return []
 
 

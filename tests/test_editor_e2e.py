@@ -1,0 +1,647 @@
+"""End-to-end tests of the browser polygon editor (app/labeling/editor.py + static/editor.js).
+
+A small Gradio app serves the editor over an in-memory fake store; headless Chromium (Debian's, driven by
+Python playwright) clicks, drags and types on it, and the tests check what the editor saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import shutil
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from app.labeling.editor import (  # noqa: E402
+    PALETTE_SIZE,
+    _spread_arguments,
+    editor_document,
+    editor_document_dict,
+    make_editor,
+    palette,
+)
+from multimask.visualizer import instance_color  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+W, H = 640, 480
+DATASET = "toy"
+CLASSES = ["cat", "dog"]
+MASK_NAMES = ["primary", "secondary"]
+IMAGES = ["img0", "img1", "img2"]
+STAGE_HEIGHT = 300  # px: the 480 px high image is shown at about 0.62x before zooming
+SCREENSHOT_COPY = Path("/tmp/editor_screenshot.png")
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+
+
+# ---- the fake store behind the server functions --------------------------------------------------------------
+class FakeStore:
+    """Annotations in memory, with the revision check of the real store: a save on an old revision conflicts."""
+
+    def __init__(self, image_dir: Path):
+        self.image_dir = image_dir
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.records = {i: {"revision": 0, "status": "unlabelled", "instances": []} for i in IMAGES}
+            self.saves: list[tuple] = []
+            self.current = IMAGES[0]
+            self.proposals: list[dict] | str = []
+            self.delay = 0.0  # seconds each save takes
+            self.fail: str | None = None  # an error every save reports
+            self.propose_sessions: list[str | None] = []
+
+    def document(self, image_id: str) -> dict:
+        rec = self.records[image_id]
+        return editor_document_dict(
+            dataset=DATASET, image_id=image_id, image_url=f"/gradio_api/file={self.image_dir / (image_id + '.png')}",
+            width=W, height=H, classes=CLASSES, mask_names=MASK_NAMES, instances=copy.deepcopy(rec["instances"]),
+            revision=rec["revision"], status=rec["status"], rules={"secondary_inside_primary": True},
+            position=IMAGES.index(image_id), count=len(IMAGES))
+
+    def initial_value(self) -> str:
+        with self.lock:
+            return json.dumps(self.document(self.current))
+
+    # The four server functions (their names are the contract).
+    def save_annotations(self, dataset, image_id, base_revision, instances, status):
+        time.sleep(self.delay)
+        with self.lock:
+            self.saves.append((image_id, base_revision, copy.deepcopy(instances), status))
+            if self.fail:
+                return {"ok": False, "conflict": False, "error": self.fail}
+            if dataset != DATASET or image_id not in self.records:
+                return {"ok": False, "conflict": False, "error": f"unknown image {image_id!r}"}
+            rec = self.records[image_id]
+            if base_revision != rec["revision"]:
+                return {"ok": False, "conflict": True, "error": "changed in another tab"}
+            _check_instances(instances)
+            rec.update(revision=rec["revision"] + 1, status=status, instances=copy.deepcopy(instances))
+            return {"ok": True, "revision": rec["revision"], "status": status, "warnings": _warnings(instances)}
+
+    def load_image(self, dataset, image_id, direction):
+        with self.lock:
+            i = IMAGES.index(image_id)
+            if direction == "prev":
+                i -= 1
+            elif direction == "next":
+                i += 1
+            elif direction == "next_unlabelled":
+                later = [j for j in range(i + 1, len(IMAGES)) if self.records[IMAGES[j]]["status"] == "unlabelled"]
+                i = later[0] if later else len(IMAGES)
+            if not 0 <= i < len(IMAGES):
+                return {"ok": False, "error": "no such image"}
+            self.current = IMAGES[i]
+            return self.document(IMAGES[i])
+
+    def copy_previous(self, dataset, image_id):
+        with self.lock:
+            i = IMAGES.index(image_id)
+            if i == 0:
+                return {"ok": False, "error": "no previous image"}
+            return {"ok": True, "instances": copy.deepcopy(self.records[IMAGES[i - 1]]["instances"])}
+
+    def propose(self, dataset, image_id, request: gr.Request | None = None):
+        with self.lock:
+            self.propose_sessions.append(getattr(request, "session_hash", None))
+            if isinstance(self.proposals, str):
+                raise RuntimeError(self.proposals)
+            return {"ok": True, "instances": copy.deepcopy(self.proposals)}
+
+
+def _check_instances(instances):
+    ids = [inst["id"] for inst in instances]
+    assert len(set(ids)) == len(ids), ids
+    for inst in instances:
+        assert set(inst) == {"id", "class", "masks"} and inst["class"] in CLASSES
+        assert set(inst["masks"]) == set(MASK_NAMES)
+        for parts in inst["masks"].values():
+            for part in parts:
+                assert len(part) >= 6 and len(part) % 2 == 0
+                assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in part)
+                assert all(0 <= x <= W for x in part[0::2]) and all(0 <= y <= H for y in part[1::2])
+
+
+def _warnings(instances):
+    out = []
+    for inst in instances:
+        prim = [v for part in inst["masks"]["primary"] for v in part]
+        for part in inst["masks"]["secondary"]:
+            if not prim or min(part[0::2]) < min(prim[0::2]) or max(part[0::2]) > max(prim[0::2]):
+                out.append(f"{inst['id']}: secondary not inside primary")
+    return out
+
+
+@contextlib.contextmanager
+def quiet_editor_log():
+    """Silences the editor's log while a test makes a server function fail on purpose."""
+    log = logging.getLogger("app.labeling.editor")
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = False
+
+
+# ---- fixtures -----------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_image(path: Path, seed: int):
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.stack([(xx * 255 // W), (yy * 255 // H), np.full_like(xx, 60 + 60 * seed)], axis=2).astype(np.uint8)
+    cv2.circle(img, (300, 240), 120, (40, 160, 220), -1)
+    cv2.rectangle(img, (260, 200), (340, 290), (200, 80, 60), -1)
+    cv2.imwrite(str(path), img)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    image_dir = tmp_path_factory.mktemp("editor_images")
+    for k, image_id in enumerate(IMAGES):
+        _write_image(image_dir / f"{image_id}.png", k)
+    store = FakeStore(image_dir)
+    with gr.Blocks() as demo:
+        gr.Textbox(label="notes", elem_id="notes")
+        editor = make_editor([store.save_annotations, store.load_image, store.copy_previous, store.propose])
+        show_img2 = gr.Button("show img2", elem_id="show-img2")  # Python setting the value (e.g. a gallery)
+        demo.load(store.initial_value, outputs=editor)
+        show_img2.click(lambda: json.dumps(store.document("img2")), outputs=editor)
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, allowed_paths=[str(image_dir)],
+                quiet=True)
+    yield store, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(app, browser):
+    store, url = app
+    store.reset()
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    open_editor(pg, url)
+    yield pg
+    ctx.close()
+    assert not errors, errors
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+def open_editor(pg, url):
+    pg.goto(url)
+    pg.add_style_tag(content=f"#mm-editor .mm-stage {{ height: {STAGE_HEIGHT}px !important; }}")
+    pg.wait_for_function("() => window.mmEditor && window.mmEditor.state().image_id")
+    # Fitted to the 300 px stage (the editor refits when its stage is resized).
+    pg.wait_for_function(f"""() => {{ const h = document.querySelector('#mm-editor .mm-image')
+        .getBoundingClientRect().height; return h > 100 && h <= {STAGE_HEIGHT}; }}""")
+
+
+def state(pg) -> dict:
+    return pg.evaluate("() => window.mmEditor.state()")
+
+
+def wait_saved(pg):
+    pg.wait_for_function("() => { const s = window.mmEditor.state(); return !s.saving && s.save === 'saved'; }")
+
+
+def wait_store(store, predicate, image_id="img0", timeout=10.0) -> dict:
+    """The stored record of `image_id` once `predicate(record)` holds (saves run in the background)."""
+    deadline = time.monotonic() + timeout
+    while not predicate(rec := stored(store, image_id)):
+        assert time.monotonic() < deadline, rec
+        time.sleep(0.02)
+    return rec
+
+
+def image_rect(pg) -> dict:
+    """Where the image is on screen: the test's own measure of the displayed scale, independent of the JS."""
+    return pg.evaluate("""() => { const r = document.querySelector('#mm-editor .mm-image').getBoundingClientRect();
+        return {left: r.left, top: r.top, width: r.width, height: r.height}; }""")
+
+
+def to_screen(rect, x, y):
+    return rect["left"] + x * rect["width"] / W, rect["top"] + y * rect["height"] / H
+
+
+def to_image(rect, sx, sy):
+    return (sx - rect["left"]) * W / rect["width"], (sy - rect["top"]) * H / rect["height"]
+
+
+def click_at(pg, rect, x, y) -> tuple[float, float]:
+    """Click where image pixel (x, y) is shown, at whole screen pixels; returns the image pixel clicked."""
+    sx, sy = (round(v) for v in to_screen(rect, x, y))
+    pg.mouse.click(sx, sy)
+    return to_image(rect, sx, sy)
+
+
+def drag(pg, rect, start, end, steps=6):
+    """Drag with the left button between image pixels (at whole screen pixels); returns the image pixels
+    actually pressed and released at."""
+    s, e = ([round(v) for v in to_screen(rect, *p)] for p in (start, end))
+    pg.mouse.move(*s)
+    pg.mouse.down()
+    pg.mouse.move(*e, steps=steps)
+    pg.mouse.up()
+    return to_image(rect, *s), to_image(rect, *e)
+
+
+def pairs(flat):
+    return [tuple(flat[i:i + 2]) for i in range(0, len(flat), 2)]
+
+
+def assert_points(flat, expected, tol=1.0):
+    got = pairs(flat)
+    assert len(got) == len(expected), (got, expected)
+    for (gx, gy), (ex, ey) in zip(got, expected):
+        assert abs(gx - ex) <= tol and abs(gy - ey) <= tol, (got, expected)
+
+
+def stored(store, image_id="img0"):
+    with store.lock:
+        return copy.deepcopy(store.records[image_id])
+
+
+def polygon_count(pg) -> int:
+    return pg.locator("#mm-editor .mm-shapes polygon").count()
+
+
+# ---- tests --------------------------------------------------------------------------------------------------
+def test_python_helpers():
+    assert palette(3) == [[int(round(float(c) * 255)) for c in instance_color(i)] for i in range(3)]
+    assert len(palette(PALETTE_SIZE)) == PALETTE_SIZE and palette(0) == []
+    doc = json.loads(editor_document(dataset="d", image_id="a", image_url="/x.png", width=4, height=3, classes=["c"]))
+    assert doc["mask_names"] == ["primary", "secondary"] and doc["status"] == "unlabelled" and doc["revision"] == 0
+    assert doc["rules"] == {"secondary_inside_primary": False} and doc["instances"] == []
+    assert len(doc["palette"]) == PALETTE_SIZE and doc["position"] == 0 and doc["count"] == 1
+    with pytest.raises(ValueError):
+        editor_document(dataset="d", image_id="a", image_url="", width=4, height=3, classes=[], status="bad")
+
+    def save_annotations(dataset, image_id, base_revision, instances, status):
+        if base_revision < 0:
+            raise RuntimeError("boom")
+        return {"ok": True, "revision": base_revision + 1, "status": status, "warnings": []}
+
+    fn = _spread_arguments(save_annotations)
+    assert fn.__name__ == "save_annotations"
+    assert fn(["d", "a", 1, [], "done"])["revision"] == 2  # Gradio passes the JS arguments as one list
+    with quiet_editor_log():
+        assert fn(["d", "a", -1, [], "done"]) == {"ok": False, "error": "RuntimeError: boom", "conflict": False}
+
+    def propose(dataset, image_id, request: gr.Request | None = None):
+        return {"ok": True, "instances": [], "request": request}
+
+    class RawRequest:  # what Gradio hands a server function: Starlette's request, its JSON body read
+        _json = {"session_hash": "abc", "data": ["d", "a"]}
+
+    assert _spread_arguments(propose)(["d", "a"], RawRequest())["request"].session_hash == "abc"
+    assert _spread_arguments(propose)(["d", "a"])["request"] is None
+    html = make_editor([save_annotations], elem_id="ed")
+    assert html.elem_id == "ed" and html.value == "" and hasattr(html, "save_annotations")
+    with pytest.raises(TypeError), quiet_editor_log():
+        make_editor([save_annotations, 3])
+
+
+def test_draw_edit_undo_reload_conflict(app, page, tmp_path):
+    store, url = app
+    pg = page
+    # The image is shown smaller than its natural size, then zoomed once at the stage's centre.
+    assert pg.evaluate("() => Object.keys(window.mmEditors)") == ["mm-editor"]
+    rect0 = image_rect(pg)
+    assert 0.5 < rect0["width"] / W < 0.75, rect0
+    cx, cy = to_screen(rect0, W / 2, H / 2)
+    pg.mouse.move(cx, cy)
+    pg.mouse.wheel(0, -200)
+    pg.wait_for_function(f"() => document.querySelector('#mm-editor .mm-image').getBoundingClientRect().width"
+                         f" > {rect0['width'] + 20}")
+    rect = image_rect(pg)
+    scale = rect["width"] / W
+    assert 0.7 < scale < 0.98 and abs(rect["height"] / H - scale) < 1e-3, rect
+
+    # Instance 1: a primary polygon (4 clicks + a click on the first point) ...
+    prim = [click_at(pg, rect, x, y) for x, y in [(200, 150), (400, 140), (420, 330), (190, 340)]]
+    assert state(pg)["drawing"] == 4
+    click_at(pg, rect, 201, 151)  # within the snap distance of the first point: closes
+    wait_saved(pg)
+    rec = stored(store)
+    assert rec["revision"] == 1 and rec["status"] == "in_progress" and len(rec["instances"]) == 1
+    inst = rec["instances"][0]
+    assert inst["class"] == "cat"
+    assert_points(inst["masks"]["primary"][0], prim)
+    assert inst["masks"]["secondary"] == []
+
+    # ... and a secondary one: key 2, 3 clicks + Enter.
+    pg.keyboard.press("2")
+    sec = [click_at(pg, rect, x, y) for x, y in [(250, 200), (350, 200), (300, 300)]]
+    assert state(pg)["drawing"] == 3 and state(pg)["mask_name"] == "secondary"
+    pg.keyboard.press("Enter")
+    wait_saved(pg)
+    inst = stored(store)["instances"][0]
+    assert_points(inst["masks"]["secondary"][0], sec)
+    assert_points(inst["masks"]["primary"][0], prim)
+    assert stored(store)["revision"] == 2
+
+    # Drag a vertex; undo and redo follow in the store.
+    _, moved = drag(pg, rect, prim[1], (430, 170))
+    wait_saved(pg)
+    after_drag = prim[:1] + [moved] + prim[2:]
+    assert_points(stored(store)["instances"][0]["masks"]["primary"][0], after_drag)
+    assert abs(moved[0] - 430) < 1.5 and abs(moved[1] - 170) < 1.5
+    pg.keyboard.press("Control+z")
+    wait_saved(pg)
+    assert_points(stored(store)["instances"][0]["masks"]["primary"][0], prim)
+    pg.keyboard.press("Control+Shift+z")
+    wait_saved(pg)
+    assert_points(stored(store)["instances"][0]["masks"]["primary"][0], after_drag)
+    revision = stored(store)["revision"]
+    assert revision == 5
+
+    # Insert a vertex from an edge's midpoint handle, then delete it (selected + Delete).
+    mid = ((after_drag[0][0] + after_drag[1][0]) / 2, (after_drag[0][1] + after_drag[1][1]) / 2)
+    click_at(pg, rect, *mid)
+    wait_saved(pg)
+    five = stored(store)["instances"][0]["masks"]["primary"][0]
+    assert_points(five, after_drag[:1] + [mid] + after_drag[1:])
+    pg.keyboard.press("Delete")
+    wait_saved(pg)
+    assert_points(stored(store)["instances"][0]["masks"]["primary"][0], after_drag)
+    # A triangle keeps its 3 points: selecting one of its vertices and pressing Delete changes nothing.
+    click_at(pg, rect, *sec[2])
+    assert state(pg)["mask_name"] == "secondary"
+    pg.keyboard.press("Delete")
+    pg.wait_for_timeout(150)
+    assert len(stored(store)["instances"][0]["masks"]["secondary"][0]) == 6
+    assert stored(store)["revision"] == revision + 2
+
+    # Select the primary by clicking its outline (away from the handles), then drag its interior: it moves.
+    a, b = after_drag[2], after_drag[3]
+    click_at(pg, rect, a[0] + (b[0] - a[0]) * 0.3, a[1] + (b[1] - a[1]) * 0.3)
+    assert state(pg)["mask_name"] == "primary"
+    start, end = drag(pg, rect, (220, 300), (232, 290))
+    dx, dy = end[0] - start[0], end[1] - start[1]
+    wait_saved(pg)
+    assert_points(stored(store)["instances"][0]["masks"]["primary"][0], [(x + dx, y + dy) for x, y in after_drag])
+    pg.keyboard.press("Control+z")
+    wait_saved(pg)
+    assert_points(stored(store)["instances"][0]["masks"]["primary"][0], after_drag)
+    # Delete a whole part: select the triangle's outline, Delete; Ctrl+Z brings it back.
+    click_at(pg, rect, (sec[0][0] + sec[1][0]) / 2 + 20, (sec[0][1] + sec[1][1]) / 2)
+    assert state(pg)["mask_name"] == "secondary"
+    pg.keyboard.press("Delete")
+    wait_saved(pg)
+    assert stored(store)["instances"][0]["masks"]["secondary"] == []
+    pg.keyboard.press("Control+z")
+    wait_saved(pg)
+    assert_points(stored(store)["instances"][0]["masks"]["secondary"][0], sec)
+
+    # N: a second instance, class dog, closed by a double-click.
+    pg.select_option("#mm-editor select.mm-class", "dog")
+    pg.keyboard.press("n")
+    assert state(pg)["active"] == -1 and state(pg)["mask_name"] == "primary"
+    second = [click_at(pg, rect, x, y) for x, y in [(470, 150), (560, 160), (550, 300)]]
+    sx, sy = (round(v) for v in to_screen(rect, 480, 290))
+    pg.mouse.dblclick(sx, sy)
+    second.append(to_image(rect, sx, sy))
+    wait_saved(pg)
+    rec = stored(store)
+    assert len(rec["instances"]) == 2 and rec["instances"][1]["class"] == "dog"
+    assert_points(rec["instances"][1]["masks"]["primary"][0], second)
+    assert rec["instances"][0]["id"] != rec["instances"][1]["id"]
+    assert polygon_count(pg) == 3
+
+    # Hide and show instance 1: view only, nothing saved.
+    revision = stored(store)["revision"]
+    eye = pg.locator("#mm-editor .mm-item").nth(0).locator(".mm-eye")
+    eye.click()
+    assert polygon_count(pg) == 1 and state(pg)["hidden"] == [rec["instances"][0]["id"]]
+    eye = pg.locator("#mm-editor .mm-item").nth(0).locator(".mm-eye")
+    eye.click()
+    assert polygon_count(pg) == 3 and state(pg)["hidden"] == []
+    pg.wait_for_timeout(200)
+    assert stored(store)["revision"] == revision
+
+    # A screenshot with two instances for the humans.
+    shot = tmp_path / "editor.png"
+    pg.mouse.move(5, 5)
+    pg.locator("#mm-editor").screenshot(path=str(shot))
+    shutil.copy(shot, SCREENSHOT_COPY)
+
+    # Click-to-vertex latency: a 14-vertex polygon away from the others, then Esc (never saved: not closed).
+    for k in range(14):
+        a = 2 * math.pi * k / 14
+        click_at(pg, rect, 100 + 60 * math.cos(a), 250 + 100 * math.sin(a))
+    assert state(pg)["drawing"] == 14
+    pg.wait_for_timeout(100)
+    assert stored(store)["revision"] == revision
+    pg.keyboard.press("Escape")
+    assert state(pg)["drawing"] == 0
+    lat = pg.evaluate("() => window.mmEditor.lastLatencies.slice()")
+    assert len(lat) >= 20
+    print(f"\nclick-to-vertex latency over {len(lat)} clicks: median {statistics.median(lat):.1f} ms, "
+          f"max {max(lat):.1f} ms")
+    assert statistics.median(lat) < 16
+
+    # Reload: the editor shows the stored state.
+    expected = stored(store)
+    pg.reload()
+    pg.wait_for_function("() => window.mmEditor && window.mmEditor.state().image_id === 'img0'")
+    s = state(pg)
+    assert s["instances"] == expected["instances"] and s["revision"] == expected["revision"]
+    assert s["status"] == "in_progress" and polygon_count(pg) == 3
+    assert pg.locator("#mm-editor .mm-item:not(.mm-new)").count() == 2
+
+    # A save on a revision that changed behind the editor's back: conflict shown, nothing overwritten.
+    with store.lock:
+        store.records["img0"]["revision"] += 1
+        behind = copy.deepcopy(store.records["img0"])
+    pg.locator("#mm-editor .mm-item").nth(1).locator("select").select_option("cat")
+    pg.wait_for_function("() => window.mmEditor.state().save === 'conflict'")
+    assert "conflict" in pg.inner_text("#mm-editor .mm-save")
+    assert pg.is_visible("#mm-editor .mm-reload")
+    assert stored(store) == behind
+    pg.click("#mm-editor .mm-reload")
+    pg.wait_for_function("() => window.mmEditor.state().save === 'saved'")
+    s = state(pg)
+    assert s["revision"] == behind["revision"] and s["instances"] == behind["instances"]
+    assert s["instances"][1]["class"] == "dog"
+
+
+def test_navigation_copy_propose_done_and_keys_scope(app, page):
+    store, url = app
+    pg = page
+    rect = image_rect(pg)
+    # Typing in a text box elsewhere on the page does not reach the editor.
+    pg.click("#notes textarea")
+    pg.keyboard.type("nd2")
+    assert state(pg)["image_id"] == "img0" and state(pg)["slot"] == 0
+    # Draw one instance on img0 (the editor needs focus or hover for keys: clicking it gives both).
+    pts = [click_at(pg, rect, x, y) for x, y in [(100, 100), (200, 100), (150, 200)]]
+    pg.keyboard.press("Enter")
+    wait_saved(pg)
+    # Clicks outside the image are ignored; a vertex dragged off the image stops at its border.
+    outside = rect["left"] - 60
+    pg.mouse.click(outside, rect["top"] + 100)
+    assert state(pg)["drawing"] == 0
+    drag(pg, rect, pts[2], to_image(rect, outside, rect["top"] + 120))
+    rec = wait_store(store, lambda r: r["revision"] == 2)
+    assert rec["instances"][0]["masks"]["primary"][0][4] == 0
+    pg.keyboard.press("Control+z")
+    wait_store(store, lambda r: r["revision"] == 3)
+    # Right-drag pans, F fits again; Tab cycles the mask slot.
+    cx, cy = to_screen(rect, 320, 240)
+    pg.mouse.move(cx, cy)
+    pg.mouse.down(button="right")
+    pg.mouse.move(cx + 50, cy + 30, steps=4)
+    pg.mouse.up(button="right")
+    panned = image_rect(pg)
+    assert abs(panned["left"] - rect["left"] - 50) < 1 and abs(panned["top"] - rect["top"] - 30) < 1
+    pg.keyboard.press("f")
+    assert abs(image_rect(pg)["left"] - rect["left"]) < 0.5
+    pg.keyboard.press("Tab")
+    assert state(pg)["mask_name"] == "secondary"
+    pg.keyboard.press("Tab")
+    assert state(pg)["mask_name"] == "primary"
+    # D: next image (saved first), A: back.
+    pg.keyboard.press("d")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    assert state(pg)["instances"] == [] and pg.input_value("#notes textarea") == "nd2"
+    pg.keyboard.press("a")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img0'")
+    assert_points(state(pg)["instances"][0]["masks"]["primary"][0], pts)
+    # Next unlabelled skips nothing here (img1 is unlabelled); copy the previous image's instances there.
+    pg.click("#mm-editor button[data-act=next_unlabelled]")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    pg.click("#mm-editor button[data-act=copy]")
+    copied = wait_store(store, lambda r: r["instances"], "img1")["instances"]
+    assert len(copied) == 1 and copied[0]["masks"] == stored(store, "img0")["instances"][0]["masks"]
+    pg.keyboard.press("Control+z")
+    wait_store(store, lambda r: not r["instances"], "img1")
+    # Propose: the proposals come in as one edit, with an unknown class mapped and a colliding id renamed.
+    with store.lock:
+        store.proposals = [
+            {"id": "p1", "class": "cat", "masks": {"primary": [[10, 10, 60, 10, 60, 60]], "secondary": []}},
+            {"id": "p1", "class": "zebra", "masks": {"primary": [[300, 300, 350, 300, 350, 350, 300, 350]],
+                                                     "secondary": [[310, 310, 340, 310, 340, 340]]}},
+            {"id": "p3", "class": "cat", "masks": {"primary": [[1, 2, float("nan"), 4]], "secondary": []}},
+        ]
+    pg.click("#mm-editor button[data-act=propose]")
+    got = wait_store(store, lambda r: r["instances"], "img1")["instances"]
+    assert len(got) == 2 and got[0]["id"] == "p1" and got[1]["id"] != "p1"
+    assert got[1]["class"] in CLASSES and got[1]["masks"]["secondary"] == [[310, 310, 340, 310, 340, 340]]
+    assert state(pg)["undo"] == 1
+    assert store.propose_sessions and all(store.propose_sessions)  # a gr.Request parameter gets the request
+    # The list's delete button removes an instance (one edit).
+    pg.locator("#mm-editor .mm-item").nth(1).locator(".mm-del").click()
+    wait_store(store, lambda r: len(r["instances"]) == 1, "img1")
+    pg.keyboard.press("Control+z")
+    wait_store(store, lambda r: len(r["instances"]) == 2, "img1")
+    # Done toggle.
+    pg.click("#mm-editor button[data-act=done]")
+    wait_store(store, lambda r: r["status"] == "done", "img1")
+    assert "mm-on" in pg.get_attribute("#mm-editor button[data-act=done]", "class")
+    # Next unlabelled from img1 goes to img2; A at img0 reports there is no previous image.
+    pg.click("#mm-editor button[data-act=next_unlabelled]")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img2'")
+    pg.hover("#mm-editor .mm-stage")
+    pg.keyboard.press("a")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    assert state(pg)["status"] == "done" and len(state(pg)["instances"]) == 2
+
+
+def test_slow_saves_coalesce_and_errors_show(app, page):
+    store, _ = app
+    pg = page
+    rect = image_rect(pg)
+    # Edits made while a slow save is in flight go out as ONE follow-up save of the latest state.
+    with store.lock:
+        store.delay = 0.5
+    for x, y in [(100, 100), (300, 100), (300, 300), (100, 300)]:
+        click_at(pg, rect, x, y)
+    pg.keyboard.press("Enter")
+    pg.wait_for_function("() => window.mmEditor.state().save === 'saving'")
+    pg.locator("#mm-editor .mm-item").nth(0).locator("select").select_option("dog")
+    pg.click("#mm-editor button[data-act=done]")
+    assert state(pg)["saving"]
+    rec = wait_store(store, lambda r: r["status"] == "done")
+    wait_saved(pg)
+    assert [(base, status) for _, base, _, status in store.saves] == [(0, "in_progress"), (1, "done")]
+    assert rec["instances"] == state(pg)["instances"] and rec["instances"][0]["class"] == "dog"
+    # A secondary polygon outside the primary: the store's warning is shown.
+    with store.lock:
+        store.delay = 0.0
+    pg.keyboard.press("2")
+    for x, y in [(400, 150), (500, 150), (450, 250)]:
+        click_at(pg, rect, x, y)
+    pg.keyboard.press("Enter")
+    pg.wait_for_function("() => window.mmEditor.state().warnings.length === 1")
+    assert "not inside primary" in pg.inner_text("#mm-editor .mm-warnings")
+    # A failed save says why; clicking the indicator retries.
+    with store.lock:
+        store.fail = "disk full"
+    pg.keyboard.press("Control+z")
+    pg.wait_for_function("() => window.mmEditor.state().save === 'failed'")
+    assert "save failed: disk full" in pg.inner_text("#mm-editor .mm-save")
+    assert stored(store)["instances"][0]["masks"]["secondary"]
+    with store.lock:
+        store.fail = None
+    pg.click("#mm-editor .mm-save")
+    rec = wait_store(store, lambda r: not r["instances"][0]["masks"]["secondary"])
+    wait_saved(pg)
+    assert rec["revision"] == state(pg)["revision"] == 4
+    # Python showing another image while a save is in flight and another edit waits: both edits are stored
+    # (in order) before the other image is shown.
+    with store.lock:
+        store.delay = 0.4
+    pg.locator("#mm-editor .mm-item").nth(0).locator("select").select_option("cat")
+    pg.wait_for_function("() => window.mmEditor.state().save === 'saving'")
+    pg.click("#mm-editor button[data-act=done]")
+    pg.click("#show-img2")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img2'")
+    rec = stored(store)
+    assert rec["revision"] == 6 and rec["status"] == "in_progress" and rec["instances"][0]["class"] == "cat"
+    assert state(pg)["save"] == "saved" and state(pg)["instances"] == []
+    with store.lock:
+        store.delay = 0.0
+    pg.hover("#mm-editor .mm-stage")  # keys go to the editor only with focus or the pointer on it
+    pg.keyboard.press("a")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    pg.keyboard.press("a")
+    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img0'")
+    # A server function that raises: the editor shows the error and carries on.
+    with store.lock:
+        store.proposals = "model not found"
+    with quiet_editor_log():
+        pg.click("#mm-editor button[data-act=propose]")
+        pg.wait_for_function("() => document.querySelector('#mm-editor .mm-toast').textContent.includes('failed')")
+    assert "model not found" in pg.inner_text("#mm-editor .mm-toast")
+    assert len(state(pg)["instances"]) == 1
