@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+MAX_UPLOAD = "64mb"  # per uploaded file; the Label view also refuses images over 50 MB or 80 MP
+
 
 def parse_bool(text: str) -> bool:
     """'true'/'false' (also yes/no, 1/0, on/off) as a bool, for flags such as `--share False`."""
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = build_app(args.data_root, args.runs_root, args.import_root)
     _, local_url, share_url = demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                                          prevent_thread_lock=True, quiet=True)
+                                          prevent_thread_lock=True, quiet=True,
+                                          max_file_size=MAX_UPLOAD)
     print(f"multimask app running at {local_url}" + (f" (public link: {share_url})" if share_url else ""),
           flush=True)
     demo.block_thread()

@@ -30,7 +30,7 @@ def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs"
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
                 demo.label_view = LabelView(data_root, runs_root, import_roots, predictors)
-                demo.editor = build_label_tab(demo.label_view)
+                demo.editor = build_label_tab(demo, demo.label_view)
             with gr.Tab("Predict", id="predict"):
                 demo.predict_view = build_predict_tab(demo, runs_root, PredictView(runs_root, predictors))
             # The "Train" tab is added here in its own issue.

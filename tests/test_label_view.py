@@ -136,12 +136,13 @@ def test_export_then_train_format_and_import_back(view, tmp_path):
     view.upload("leaves", [_png(tmp_path, "a.png"), _png(tmp_path, "b.png")])
     for e in view.store.open("leaves").images():
         view.save_annotations("leaves", e["id"], 0, _instances(), "done")
-    msg = view.export("leaves", "v1", 0.5, 3, False)
-    assert "train.json" in msg
+    msg = view.export("leaves", "v1", 0.5, 3, False, labelme=True)
+    assert "train.json" in msg and "labelme train" in msg
     out = view.store.open("leaves").folder / "exports" / "v1"
     report = Report()
     dicts, meta = load_multimask_json(out / "train.json", report=report)
     assert not report and meta["mask_names"] == ["primary", "secondary"] and len(dicts) == 1
+    assert len(list((out / "labelme_train").glob("*.json"))) == 1
     assert "must be a plain folder name" in view.export("leaves", "../x", 0.5, 0, False)
     view.create_dataset("copy", "leaf, fruit", "primary, secondary")
     assert "Imported" in view.import_data("copy", "multimask JSON", str(out / "train.json"), "", "")

@@ -16,6 +16,8 @@ from typing import Any
 import cv2
 import gradio as gr
 
+from multimask.data import convert
+
 from ..predict_view import PredictorCache
 from ..runs import RunNotFoundError, find_runs, get_run
 from .editor import editor_document_dict, make_editor
@@ -150,8 +152,8 @@ class LabelView:
             return gr.update(), f"⚠️ {e}"
         return gr.update(choices=self.dataset_choices(), value=ds.name), f"Created **{ds.name}**."
 
-    def open_dataset(self, name: str | None, status_filter: str, page: int):
-        """Gallery, class list, the first image in the editor, and a summary."""
+    def open_dataset(self, name: str | None, status_filter: str, page: int, last: dict | None = None):
+        """Gallery, class list, the editor on the tab's last image (else the first), and a summary."""
         if not name:
             return [], gr.update(choices=[]), "", [], "Create or choose a dataset.", gr.update(maximum=1, value=1)
         try:
@@ -160,6 +162,9 @@ class LabelView:
             return [], gr.update(choices=[]), "", [], f"⚠️ {e}", gr.update(maximum=1, value=1)
         gallery, ids, pages, summary = self._gallery(ds, status_filter, page)
         first = ids[0] if ids else None
+        known = {e["id"] for e in ds.images()}
+        if isinstance(last, dict) and last.get("dataset") == name and last.get("image_id") in known:
+            first = last["image_id"]
         return (gallery, gr.update(choices=ds.classes, value=None), self._document_json(ds, first), ids, summary,
                 gr.update(maximum=max(pages, 1), value=min(max(int(page or 1), 1), max(pages, 1))))
 
@@ -176,6 +181,21 @@ class LabelView:
         gallery = [(str(ds.image_path(e["id"])), f"{e['file_name']} · {e['status'].replace('_', ' ')}")
                    for e in chunk]
         return gallery, [e["id"] for e in chunk], pages, summary
+
+    def restore(self, last: dict | None):
+        """On page load: the datasets created meanwhile, and the dataset this browser tab had open."""
+        names = self.dataset_choices()
+        wanted = last.get("dataset") if isinstance(last, dict) else None
+        return gr.update(choices=names, value=wanted if wanted in names else (names[0] if names else None))
+
+    @staticmethod
+    def remember(document: str | None) -> dict:
+        """What to reopen after a reload: the dataset and image shown in the editor."""
+        try:
+            doc = json.loads(document) if document else {}
+        except ValueError:
+            doc = {}
+        return {"dataset": doc.get("dataset"), "image_id": doc.get("image_id")}
 
     def refresh_gallery(self, name: str | None, status_filter: str, page: int):
         if not name:
@@ -270,22 +290,29 @@ class LabelView:
             return f"⚠️ {e}"
         return f"Imported from {path}.\n\n```\n{report.summary(max_messages=30)}\n```"
 
-    def export(self, name: str, folder_name: str, val_fraction: float, seed: int, only_done: bool):
+    def export(self, name: str, folder_name: str, val_fraction: float, seed: int, only_done: bool,
+               labelme: bool = False):
+        """Multimask COCO train/val files (seeded split) in the dataset's exports/, plus labelme if asked."""
         try:
             ds = self._dataset(name)
             out = ds.folder / "exports" / (folder_name or "export").strip()
             if out.parent != ds.folder / "exports" or not out.name or out.name.startswith("."):
                 raise ValueError(f"export name {folder_name!r} must be a plain folder name")
             paths = ds.export(out, float(val_fraction), int(seed), bool(only_done))
+            notes = ""
+            if labelme:
+                for split in ("train", "val"):
+                    report = convert.export_labelme(paths[split], out / f"labelme_{split}")
+                    notes += f"\n- labelme {split}: `{out / f'labelme_{split}'}` ({report.summary(max_messages=3)})"
         except ValueError as e:
             return f"⚠️ {e}"
         return ("Exported (multimask COCO format, seeded split):\n\n" +
-                "\n".join(f"- {k}: `{v}`" for k, v in paths.items()) +
+                "\n".join(f"- {k}: `{v}`" for k, v in paths.items()) + notes +
                 f"\n\nTrain on it: `python -m multimask train --train-json {paths.get('train')} "
                 f"--val-json {paths.get('val')}`")
 
 
-def build_label_tab(view: LabelView) -> gr.HTML:
+def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
     """Add the Label tab's components and events to the current Blocks; returns the editor."""
     datasets = view.dataset_choices()
     with gr.Row():
@@ -303,8 +330,9 @@ def build_label_tab(view: LabelView) -> gr.HTML:
                 status_filter = gr.Radio(STATUS_FILTERS, value="all", label="Show")
                 page = gr.Number(1, label=f"Page ({GALLERY_PAGE} images each)", precision=0, minimum=1)
                 gallery = gr.Gallery(label="Images", columns=4, height=320, allow_preview=False,
-                                     show_label=False)
-                upload = gr.File(label="Add images", file_count="multiple", file_types=["image"])
+                                     show_label=False, elem_id="mm-gallery")
+                upload = gr.File(label="Add images", file_count="multiple", file_types=["image"],
+                                 elem_id="mm-upload")
                 with gr.Row():
                     folder = gr.Textbox(label="Add a server folder", placeholder="/path/inside/an/allowed/folder",
                                         scale=3)
@@ -338,16 +366,21 @@ def build_label_tab(view: LabelView) -> gr.HTML:
                     export_name = gr.Textbox(value="export", label="Export name", scale=2)
                     val_fraction = gr.Number(0.2, label="val fraction", minimum=0, maximum=0.9, scale=1)
                     seed = gr.Number(0, label="seed", precision=0, scale=1)
-                only_done = gr.Checkbox(label="only images marked done")
+                with gr.Row():
+                    only_done = gr.Checkbox(label="only images marked done")
+                    as_labelme = gr.Checkbox(label="also as labelme folders")
                 do_export = gr.Button("Export")
             message = gr.Markdown()
         with gr.Column(scale=3):
             editor = make_editor([view.save_annotations, view.load_image, view.copy_previous, view.propose])
     ids = gr.State([])
+    last = gr.BrowserState({"dataset": None, "image_id": None}, storage_key="multimask-label")
 
-    opened = {"fn": view.open_dataset, "inputs": [dataset, status_filter, page],
+    opened = {"fn": view.open_dataset, "inputs": [dataset, status_filter, page, last],
               "outputs": [gallery, old_class, editor, ids, summary, page]}
     dataset.change(**opened, api_visibility="private")
+    demo.load(view.restore, [last], dataset, api_visibility="private")
+    editor.change(view.remember, [editor], last, api_visibility="private")
     refresh.click(lambda: gr.update(choices=view.dataset_choices()), None, dataset, api_visibility="private")
     regallery = {"fn": view.refresh_gallery, "inputs": [dataset, status_filter, page],
                  "outputs": [gallery, ids, summary, page], "api_visibility": "private"}
@@ -368,6 +401,6 @@ def build_label_tab(view: LabelView) -> gr.HTML:
         trigger(view.choose_run, [run, threshold], run_info, api_visibility="private")
     do_import.click(view.import_data, [dataset, kind, import_path, import_root, mapping], message,
                     api_name="import_data").then(**regallery)
-    do_export.click(view.export, [dataset, export_name, val_fraction, seed, only_done], message,
+    do_export.click(view.export, [dataset, export_name, val_fraction, seed, only_done, as_labelme], message,
                     api_name="export_data")
     return editor
