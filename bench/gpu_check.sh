@@ -13,5 +13,5 @@ timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --j
   2>&1 | grep -v '^\[' | tee "$OUT/bench_model.txt"
 timeout 60 python3 bench/bench_mapper.py --json "$OUT/bench_mapper.json" 2>&1 | grep -v '^\[' | tee "$OUT/bench_mapper.txt"
 timeout "${COMPARE_TIMEOUT:-380}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-900}" \
-  --workers 8 --out /tmp/compare --json "$OUT/compare.json" 2>&1 \
+  --only ${COMPARE_ONLY:-two-mask primary-only secondary-only} --workers 8 --out /tmp/compare --json "$OUT/compare.json" 2>&1 \
   | grep -E 'RESULT|^\||^machine|^preset|^two single|Error|error|Traceback|eta:' | tee "$OUT/compare.txt"
