@@ -44,6 +44,8 @@ def test_upload_then_save_and_load_through_the_server_functions(view, tmp_path):
     assert msg.startswith("Added 1 image(s).") and "missing.png" in msg
     gallery, _, doc_json, ids, summary, _ = view.open_dataset("leaves", "all", 1)
     assert len(gallery) == 1 and len(ids) == 1 and "1 images (1 unlabelled" in summary
+    thumb = cv2.imread(gallery[0][0])
+    assert gallery[0][0].endswith(".jpg") and thumb.shape[:2] == (80, 100)  # small images are not enlarged
     doc = json.loads(doc_json)
     assert (doc["width"], doc["height"], doc["revision"]) == (100, 80, 0)
     assert doc["image_url"].startswith("/gradio_api/file=") and doc["image_url"].endswith(".png")
@@ -118,8 +120,11 @@ def test_remove_needs_confirmation(view, tmp_path):
     image_id = view.store.open("leaves").images()[0]["id"]
     assert "confirm" in view.remove_image("leaves", image_id, False)[0]
     assert len(view.store.open("leaves").images()) == 1
+    thumbs = view.store.open("leaves").folder / "thumbs"
+    view.open_dataset("leaves", "all", 1)
+    assert (thumbs / f"{image_id}.jpg").is_file()
     assert "Removed" in view.remove_image("leaves", image_id, True)[0]
-    assert view.store.open("leaves").images() == []
+    assert view.store.open("leaves").images() == [] and not (thumbs / f"{image_id}.jpg").exists()
 
 
 def test_classes_and_dataset_errors(view):
@@ -148,3 +153,9 @@ def test_export_then_train_format_and_import_back(view, tmp_path):
     assert "Imported" in view.import_data("copy", "multimask JSON", str(out / "train.json"), "", "")
     assert len(view.store.open("copy").images()) == 1
     assert "outside the folders" in view.import_data("copy", "multimask JSON", "/etc/passwd", "", "")
+
+
+def test_gallery_shows_small_thumbnails_of_big_images(view, tmp_path):
+    view.upload("leaves", [_png(tmp_path, "big.png", h=1200, w=1600)])
+    gallery = view.open_dataset("leaves", "all", 1)[0]
+    assert cv2.imread(gallery[0][0]).shape[:2] == (144, 192)

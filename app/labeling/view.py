@@ -17,6 +17,7 @@ import cv2
 import gradio as gr
 
 from multimask.data import convert
+from multimask.io import atomic_write_bytes
 
 from ..predict_view import PredictorCache
 from ..runs import RunNotFoundError, find_runs, get_run
@@ -27,6 +28,7 @@ from .store import ConflictError, LabelDataset, LabelStore
 logger = logging.getLogger(__name__)
 
 GALLERY_PAGE = 60  # thumbnails per gallery page: a 10,000-image dataset opens as fast as a small one
+THUMB_SIZE = 192  # px, longest side of the gallery thumbnails (cached in <dataset>/thumbs/)
 STATUS_FILTERS = ["all", "unlabelled", "in_progress", "done"]
 DEFAULT_PROPOSE_THRESHOLD = 0.5
 
@@ -43,6 +45,24 @@ def _pairs(text: str) -> dict[str, str]:
             raise ValueError(f"expected KEY=VALUE pairs separated by commas, got {item!r}")
         out[key.strip()] = val.strip()
     return out
+
+
+def thumbnail(ds: LabelDataset, image_id: str) -> Path:
+    """A small JPEG of the image for the gallery, made on first use (the gallery never ships full images)."""
+    path = ds.folder / "thumbs" / f"{image_id}.jpg"
+    if not path.is_file():
+        img = cv2.imread(str(ds.image_path(image_id)), cv2.IMREAD_COLOR)
+        if img is None:
+            return ds.image_path(image_id)  # unreadable: let the gallery show what it can
+        scale = THUMB_SIZE / max(img.shape[:2])
+        if scale < 1:
+            img = cv2.resize(img, (max(round(img.shape[1] * scale), 1), max(round(img.shape[0] * scale), 1)),
+                             interpolation=cv2.INTER_AREA)
+        ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if not ok:
+            return ds.image_path(image_id)
+        atomic_write_bytes(path, data.tobytes())
+    return path
 
 
 class LabelView:
@@ -178,7 +198,7 @@ class LabelView:
         summary = (f"**{ds.name}**: {len(images)} images ({counts['unlabelled']} unlabelled, "
                    f"{counts['in_progress']} in progress, {counts['done']} done); classes: "
                    f"{', '.join(ds.classes) or '(none)'}; masks: {', '.join(ds.mask_names)}.")
-        gallery = [(str(ds.image_path(e["id"])), f"{e['file_name']} · {e['status'].replace('_', ' ')}")
+        gallery = [(str(thumbnail(ds, e["id"])), f"{e['file_name']} · {e['status'].replace('_', ' ')}")
                    for e in chunk]
         return gallery, [e["id"] for e in chunk], pages, summary
 
@@ -253,9 +273,11 @@ class LabelView:
         if not confirmed:
             return "Tick **confirm** to remove the image and its annotations.", gr.update()
         try:
-            self._dataset(name).remove_image(image_id)
+            ds = self._dataset(name)
+            ds.remove_image(image_id)  # checks the id
         except ValueError as e:
             return f"⚠️ {e}", gr.update()
+        (ds.folder / "thumbs" / f"{image_id}.jpg").unlink(missing_ok=True)
         return f"Removed image {image_id} and its annotations.", gr.update(value=False)
 
     def add_class(self, name: str, cls: str):
