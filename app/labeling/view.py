@@ -243,7 +243,7 @@ class LabelView:
         for f in files:
             path = Path(f if isinstance(f, (str, Path)) else getattr(f, "name", ""))  # gr.File: paths
             try:
-                ds.add_image_bytes(path.name, path.read_bytes())
+                thumbnail(ds, ds.add_image_bytes(path.name, path.read_bytes())["id"])  # the gallery's, made now
                 added += 1
             except (ValueError, OSError) as e:
                 errors.append(f"{path.name}: {e}")
@@ -256,6 +256,8 @@ class LabelView:
             added, errors = ds.add_images_from_folder(folder, root)
         except ValueError as e:
             return f"⚠️ {e}"
+        for entry in added:
+            thumbnail(ds, entry["id"])
         return f"Added {len(added)} image(s) from {folder}." + ("\n\n⚠️ " + "\n\n⚠️ ".join(errors[:20])
                                                                   if errors else "")
 
