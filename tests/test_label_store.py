@@ -657,3 +657,16 @@ def test_import_labelme(ds, tmp_path):
     assert [i["class"] for i in ds.load(second["id"])["instances"]] == ["leaf", "fruit"]
     with pytest.raises(ValueError, match=r"maps to mask names \['inner'\]; this dataset's mask names are"):
         ds.import_labelme(lm, {"leaf/primary": "inner"})
+
+
+def test_tiff_is_stored_as_png_for_the_browser(tmp_path):
+    import cv2
+    import numpy as np
+
+    from app.labeling.store import LabelStore
+
+    ds = LabelStore(tmp_path).create("tif", ["a"])
+    img = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    entry = ds.add_image_bytes("scan.tif", cv2.imencode(".tiff", img)[1].tobytes())
+    assert entry["file_name"].endswith(".png") and (entry["width"], entry["height"]) == (40, 30)
+    assert np.array_equal(cv2.imread(str(ds.image_path(entry["id"]))), img)

@@ -65,6 +65,7 @@ CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask is trac
 FLUSH_EVERY = 50  # images added in a batch before index.json is rewritten
 DEFAULT_RULES = {"secondary_inside_primary": True}
 # Image formats taken in (those of multimask.cli.IMAGE_SUFFIXES), with their suffixes; the first is the default.
+BROWSER_UNSUPPORTED = (".tif", ".tiff")  # accepted, but browsers cannot display them
 FORMAT_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"),
                    "WEBP": (".webp",)}
 
@@ -286,10 +287,14 @@ class LabelDataset:
         """Check and store one image; returns its index entry. ValueError (naming the file) when it is refused.
 
         Refused: empty, larger than 50 MB, not a PNG, JPEG, BMP, TIFF or WebP image that decodes, or larger
-        than MAX_IMAGE_PIXELS pixels (checked from the header, before decoding). The name is reduced to a safe
-        basename with the suffix of the image's format, made unique with `_2`, `_3`, ... when taken.
+        than MAX_IMAGE_PIXELS pixels (checked from the header, before decoding). TIFF is stored as PNG, which
+        browsers can show. The name is reduced to a safe basename with the suffix of the image's format, made
+        unique with `_2`, `_3`, ... when taken.
         """
         width, height, suffix = _check_image(filename, data)
+        if suffix in BROWSER_UNSUPPORTED:  # stored as PNG (lossless, 8-bit) so the editor can show it
+            data, suffix = cv2.imencode(".png", cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))[
+                1].tobytes(), ".png"
         with self._state.lock:
             entry = self._store_image(filename, data, width, height, suffix)
             try:
