@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point; errors in user input end with a one-line message and exit status 2."""
     from .engine import WeightsUnavailableError
+    from .engine.hooks import STOPPED_EXIT_CODE, TrainingStopped
     from .io import DatasetError
 
     args = build_parser().parse_args(argv)
@@ -251,3 +252,6 @@ def main(argv: list[str] | None = None) -> None:
     except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingStopped as e:
+        print(e, flush=True)
+        raise SystemExit(STOPPED_EXIT_CODE) from None

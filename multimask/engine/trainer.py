@@ -12,6 +12,7 @@ from detectron2.utils import comm
 
 from ..data.mapper import MultiMaskDatasetMapper
 from ..evaluation import MultiMaskEvaluator, save_results
+from .hooks import GracefulStop
 from .weights import MultiMaskCheckpointer, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,10 @@ class MultiMaskTrainer(DefaultTrainer):
     def build_hooks(self) -> list:
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before; hooks must get this one.
         self.checkpointer = MultiMaskCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        if comm.is_main_process():  # last, so the step's metrics are written first
+            hooks.append(GracefulStop())
+        return hooks
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -62,7 +66,10 @@ class MultiMaskTrainer(DefaultTrainer):
                                   output_folder or str(Path(cfg.OUTPUT_DIR) / "inference" / dataset_name))
 
     def train(self):
-        """Train, then write the final evaluation (if any) to OUTPUT_DIR/eval_results.json."""
+        """Train, then write the final evaluation (if any) to OUTPUT_DIR/eval_results.json.
+
+        On SIGTERM/SIGINT, saves a checkpoint after the current step and raises `hooks.TrainingStopped`.
+        """
         super().train()
         results = getattr(self, "_last_eval_results", None)  # set by DefaultTrainer's EvalHook
         if results and comm.is_main_process():
