@@ -1,0 +1,412 @@
+"""Training jobs as separate processes, with their records and queue on disk.
+
+`JobManager(jobs_root, runs_root)` keeps one JSON record per job in `jobs_root/<id>.json` and the job's output
+in `jobs_root/<id>.log`. A job runs in its own process session (`start_new_session=True`), so restarting the
+app does not touch it; a new manager on the same folder re-attaches to it. One job runs at a time per device;
+the others wait, queued on disk, until `start_next()` (or `poll()`) starts them in order.
+
+Each job's command runs under a small supervisor process (the session and process-group leader) that waits
+for it and writes its exit status to `jobs_root/<id>.exit.json`; so the outcome is known even when the app
+was not running when the job ended. `stop()` sends SIGTERM to the process group (the trainer saves a
+checkpoint and exits, see `multimask.engine.hooks.GracefulStop`); after the timeout `refresh()` kills the group.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from pathlib import Path
+
+from multimask.io import atomic_write_json
+
+STATES = ("queued", "running", "stopping", "completed", "failed", "cancelled")
+ACTIVE = ("running", "stopping")
+FINISHED = ("completed", "failed", "cancelled")
+STOPPED_EXIT_CODE = 3  # `python -m multimask train` after a graceful stop (multimask.engine.hooks)
+DEFAULT_STOP_TIMEOUT = 60.0
+_DEVICE_RE = re.compile(r"^(cpu|cuda:\d+)$")
+_ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
+
+# The supervisor: runs the command, passes no signal on (the group gets them), records the exit status.
+# Handlers (not SIG_IGN) so that the command starts with the default dispositions.
+_SUPERVISOR = """\
+import json, os, signal, subprocess, sys, time
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda *a: None)
+status, argv = sys.argv[1], sys.argv[2:]
+try:
+    rc = subprocess.Popen(argv).wait()
+except OSError as e:
+    print(f"error: cannot start {argv[0]}: {e}", flush=True)
+    rc = 127
+tmp = status + ".tmp"
+with open(tmp, "w") as f:
+    json.dump({"returncode": rc, "ended": time.time()}, f)
+os.replace(tmp, status)
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
+
+OOM_MESSAGE = "CUDA ran out of memory: lower SOLVER.IMS_PER_BATCH or the image size (INPUT.MIN_SIZE_TRAIN)"
+NAN_MESSAGE = "the loss became NaN: lower SOLVER.BASE_LR (e.g. halve it) or raise SOLVER.WARMUP_ITERS"
+NO_GPU_MESSAGE = "no usable GPU: run on the CPU (device cpu)"
+UNEXPECTED_MESSAGE = "the process ended unexpectedly"
+
+
+class JobError(ValueError):
+    """A request the job manager refuses (bad command, unknown job, wrong state)."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def classify_failure(log_text: str) -> str:
+    """A one-line explanation of a failed job's log, with what to do about it where known."""
+    text = log_text or ""
+    if re.search(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory", text):
+        return OOM_MESSAGE
+    if re.search(r"Loss became infinite or NaN|FloatingPointError", text):
+        return NAN_MESSAGE
+    if re.search(r"Found no NVIDIA driver|CUDA is not available|no CUDA GPUs|Torch not compiled with CUDA", text):
+        return NO_GPU_MESSAGE
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cli_errors = [ln for ln in lines if ln.startswith("error: ")]  # multimask's CLI: names the file and entry
+    if cli_errors:
+        return cli_errors[-1]
+    errors = [ln for ln in lines if re.match(r"^([\w.]+(Error|Exception|Interrupt)\b|SystemExit\b)", ln)]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else ""
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, start_time: str | None) -> bool:
+    """Whether `pid` is still the process that was started (not a zombie, not a reused pid)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else: a reused pid unless the start time matches
+    if Path("/proc").is_dir():
+        now = _proc_start_time(pid)
+        if now is None or (start_time is not None and now != start_time):
+            return False
+        return _proc_state(pid) not in ("Z", "X")
+    return True
+
+
+def _signal_name(rc: int) -> str:
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
+class JobManager:
+    """Training jobs in `jobs_root`; run folders must lie in `runs_root` (when given).
+
+    Commands must start with one of `allowed_programs` (default: this Python) followed by `-m <module>` for
+    `module` = `require_module` (default "multimask"; None allows any arguments, for tests).
+    """
+
+    def __init__(self, jobs_root: str | Path, runs_root: str | Path | None = None, *,
+                 allowed_programs: tuple[str, ...] | None = None, require_module: str | None = "multimask",
+                 stop_timeout: float = DEFAULT_STOP_TIMEOUT):
+        self.jobs_root = Path(jobs_root)
+        self.jobs_root.mkdir(parents=True, exist_ok=True)
+        self.runs_root = Path(runs_root).resolve() if runs_root is not None else None
+        self.allowed_programs = tuple(allowed_programs or (sys.executable,))
+        self.require_module = require_module
+        self.stop_timeout = stop_timeout
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._lock_file = None
+        self._procs: dict[str, subprocess.Popen] = {}  # this manager's children, only to reap them
+
+    # -- locking and records -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self):
+        """A thread lock plus an exclusive file lock on jobs_root/.lock (other processes, other managers)."""
+        with self._lock:
+            if self._depth == 0:
+                self._lock_file = open(self.jobs_root / ".lock", "a")  # noqa: SIM115 (closed on the way out)
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+                    self._lock_file.close()
+                    self._lock_file = None
+
+    def _path(self, job_id: str) -> Path:
+        if not _ID_RE.match(job_id or ""):
+            raise JobError(f"not a job id: {job_id!r}")
+        return self.jobs_root / f"{job_id}.json"
+
+    def _save(self, job: dict) -> None:
+        atomic_write_json(self._path(job["id"]), job, indent=1)
+
+    def _load(self, job_id: str) -> dict:
+        path = self._path(job_id)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise JobError(f"no job {job_id!r}") from None
+
+    def _all(self) -> list[dict]:
+        out = []
+        for p in self.jobs_root.glob("*.json"):
+            if p.name.endswith(".exit.json"):
+                continue
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue  # a half-written or foreign file
+        return out
+
+    # -- queries ---------------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict:
+        return self._load(job_id)
+
+    def jobs(self) -> list[dict]:
+        """All jobs, newest first."""
+        return sorted(self._all(), key=lambda j: (j.get("created", ""), j["id"]), reverse=True)
+
+    def log_tail(self, job_id: str, n: int = 50) -> str:
+        path = Path(self._load(job_id)["log"])
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 256 * 1024))
+                data = f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        lines = data.replace("\r", "\n").splitlines()
+        return "\n".join(lines[-n:]) if n > 0 else ""
+
+    # -- submitting ------------------------------------------------------------------------------------------
+
+    def validate_argv(self, argv) -> list[str]:
+        if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) for a in argv):
+            raise JobError("the command must be a non-empty list of strings")
+        if any("\0" in a for a in argv):
+            raise JobError("the command contains a NUL character")
+        if argv[0] not in self.allowed_programs:
+            raise JobError(f"the command must start with {' or '.join(self.allowed_programs)}, not {argv[0]!r}")
+        if self.require_module is not None and list(argv[1:3]) != ["-m", self.require_module]:
+            raise JobError(f"the command must run `-m {self.require_module}`")
+        return list(argv)
+
+    def _validate_run_dir(self, run_dir) -> Path:
+        run_dir = Path(run_dir).resolve()
+        if self.runs_root is not None and not run_dir.is_relative_to(self.runs_root):
+            raise JobError(f"{run_dir}: the run folder must be inside {self.runs_root}")
+        return run_dir
+
+    def submit(self, argv: list[str], run_dir: str | Path, device: str = "cpu", *, cwd: str | Path | None = None,
+               start: bool = True, **extra) -> dict:
+        """Queue a job (and start it now when its device is free and `start`); return its record."""
+        argv = self.validate_argv(argv)
+        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            raise JobError(f"device must be 'cpu' or 'cuda:N', not {device!r}")
+        run_dir = self._validate_run_dir(run_dir)
+        job_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        job = {"id": job_id, "command": argv, "run_dir": str(run_dir), "device": device, "state": "queued",
+               "cwd": str(Path(cwd or os.getcwd()).resolve()), "pid": None, "pgid": None, "proc_start": None,
+               "created": _now(), "started": None, "ended": None, "returncode": None, "error": None,
+               "log": str(self.jobs_root / f"{job_id}.log"), "log_tail": None, "stop_requested": None,
+               "stop_deadline": None, **extra}
+        with self._locked():
+            self._save(job)
+        if start:
+            self.start_next()
+            job = self._load(job_id)
+        return job
+
+    def resume(self, job_id: str, **kw) -> dict:
+        """Queue a new job continuing `job_id`'s run from its last checkpoint (same command plus `--resume`)."""
+        old = self._load(job_id)
+        if old["state"] not in FINISHED:
+            raise JobError(f"job {job_id} is {old['state']}; stop it or wait for it to end first")
+        argv = list(old["command"])
+        if "--resume" not in argv:
+            # after the subcommand: trailing KEY VALUE config options swallow everything that follows them
+            at = argv.index("train") + 1 if "train" in argv else len(argv)
+            argv.insert(at, "--resume")
+        kw.setdefault("cwd", old.get("cwd"))
+        return self.submit(argv, old["run_dir"], old["device"], resumed_from=job_id, **kw)
+
+    # -- running -----------------------------------------------------------------------------------------------
+
+    def start_next(self) -> list[dict]:
+        """Start queued jobs in submission order on each device that runs none; return the started jobs."""
+        started = []
+        with self._locked():
+            self.refresh()
+            jobs = self._all()
+            busy = {j["device"] for j in jobs if j["state"] in ACTIVE}
+            for job in sorted((j for j in jobs if j["state"] == "queued"), key=lambda j: (j["created"], j["id"])):
+                if job["device"] in busy:
+                    continue
+                self._launch(job)
+                busy.add(job["device"])
+                started.append(job)
+        return started
+
+    def poll(self) -> list[dict]:
+        """Update the states of running jobs and start the next queued ones; return all jobs, newest first."""
+        self.start_next()
+        return self.jobs()
+
+    def _launch(self, job: dict) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["CUDA_VISIBLE_DEVICES"] = job["device"].partition(":")[2]  # "" for the CPU: no GPU at all
+        status = self.jobs_root / f"{job['id']}.exit.json"
+        status.unlink(missing_ok=True)
+        log_path = Path(job["log"])
+        Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log_path, "ab") as log:
+                log.write(f"$ {' '.join(job['command'])}\n".encode())
+                log.flush()
+                proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(status), *job["command"]],
+                                        cwd=job["cwd"], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        except OSError as e:
+            job.update(state="failed", ended=_now(), error=f"could not start the job: {e}")
+            self._save(job)
+            return
+        self._procs[job["id"]] = proc
+        job.update(state="running", pid=proc.pid, pgid=proc.pid, proc_start=_proc_start_time(proc.pid),
+                   started=_now())
+        self._save(job)
+
+    def _exit_status(self, job: dict) -> int | None:
+        """The command's exit status from the supervisor's file, else the supervisor's own (if ours), else None."""
+        try:
+            rc = json.loads((self.jobs_root / f"{job['id']}.exit.json").read_text())["returncode"]
+        except (OSError, ValueError, KeyError):
+            rc = None
+        proc = self._procs.get(job["id"])
+        if proc is not None:
+            if rc is not None:
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)  # it exits right after writing the file: reap it
+            if proc.poll() is not None:
+                self._procs.pop(job["id"], None)
+                if rc is None:
+                    rc = proc.returncode
+        return rc
+
+    def refresh(self) -> list[dict]:
+        """Update running and stopping jobs whose process ended; kill stopping ones past their deadline."""
+        changed = []
+        with self._locked():
+            for job in self._all():
+                if job["state"] not in ACTIVE:
+                    continue
+                rc = self._exit_status(job)
+                if rc is None and _alive(job["pid"], job.get("proc_start")):
+                    if job["state"] == "stopping" and time.time() > (job.get("stop_deadline") or 0):
+                        self._kill(job, signal.SIGKILL)
+                    continue
+                self._finish(job, rc)
+                changed.append(job)
+        return changed
+
+    def _finish(self, job: dict, rc: int | None) -> None:
+        text = self.log_tail(job["id"], 200)
+        tail = "\n".join(text.splitlines()[-30:])
+        job.update(returncode=rc, ended=_now(), log_tail=tail)
+        if rc is None and self._finished_training(job, text):
+            rc = 0
+        if rc == 0:
+            job.update(state="completed", error=None)
+        elif job["state"] == "stopping" and rc in (None, STOPPED_EXIT_CODE, -signal.SIGTERM, -signal.SIGKILL,
+                                                   -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGKILL):
+            stopped = re.findall(r"stopped at iteration \d+; resume with --resume", text)
+            job.update(state="cancelled",
+                       error=stopped[-1] if stopped else "stopped" + (" (killed)" if rc != STOPPED_EXIT_CODE else ""))
+        else:
+            if rc is None:
+                msg = f"{UNEXPECTED_MESSAGE} (no exit status)"
+            elif rc < 0:
+                msg = f"{UNEXPECTED_MESSAGE} (killed by {_signal_name(rc)})"
+            else:
+                msg = classify_failure(text) or f"the command failed with exit status {rc}"
+            job.update(state="failed", error=msg)
+        self._save(job)
+
+    @staticmethod
+    def _finished_training(job: dict, log_text: str) -> bool:
+        """Without an exit status: did the run write its final model and finish the loop?"""
+        return (Path(job["run_dir"]) / "model_final.pth").is_file() and "Total training time" in log_text
+
+    def _kill(self, job: dict, sig: int) -> None:
+        if not _alive(job["pid"], job.get("proc_start")):
+            return
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(job["pgid"], sig)
+
+    def stop(self, job_id: str, timeout: float | None = None) -> dict:
+        """Cancel a queued job; ask a running one to stop (SIGTERM to its group), killed after `timeout` s."""
+        with self._locked():
+            job = self._load(job_id)
+            if job["state"] == "queued":
+                job.update(state="cancelled", ended=_now(), error="cancelled before it started")
+                self._save(job)
+            elif job["state"] == "running":
+                timeout = self.stop_timeout if timeout is None else timeout
+                job.update(state="stopping", stop_requested=_now(), stop_deadline=time.time() + timeout)
+                self._save(job)
+                self._kill(job, signal.SIGTERM)
+            elif job["state"] == "stopping":
+                pass
+            else:
+                raise JobError(f"job {job_id} has already ended ({job['state']})")
+            return job
+
+    def wait(self, job_id: str, timeout: float = 60.0, interval: float = 0.1) -> dict:
+        """Poll until the job has ended (starting queued jobs as devices free up); return its record."""
+        deadline = time.time() + timeout
+        while True:
+            self.start_next()
+            job = self._load(job_id)
+            if job["state"] in FINISHED or time.time() > deadline:
+                return job
+            time.sleep(interval)

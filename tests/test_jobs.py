@@ -1,0 +1,220 @@
+"""Training jobs: real processes in their own sessions, records and queue on disk, graceful stop and resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.training.jobs import NAN_MESSAGE, NO_GPU_MESSAGE, OOM_MESSAGE, JobError, JobManager, _alive, classify_failure
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _mgr(tmp_path, **kw) -> JobManager:
+    return JobManager(tmp_path / "jobs", tmp_path / "runs", require_module=None, **kw)
+
+
+def _script(code: str) -> list[str]:
+    return [PY, "-c", code]
+
+
+def _wait_for(pred, timeout=20.0, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out")
+
+
+def test_submit_runs_to_completion_with_a_record_on_disk(tmp_path):
+    m = _mgr(tmp_path)
+    job = m.submit(_script("import time; print('hel' + 'lo', flush=True); time.sleep(0.3)"), tmp_path / "runs" / "a")
+    assert job["state"] == "running" and job["pid"] and job["pgid"] == job["pid"]
+    assert os.getsid(job["pid"]) == job["pid"] != os.getsid(0), "its own session"
+    job = m.wait(job["id"], 20)
+    assert job["state"] == "completed" and job["returncode"] == 0 and job["started"] and job["ended"]
+    assert "hello" in m.log_tail(job["id"])
+    on_disk = JobManager(tmp_path / "jobs", require_module=None).get(job["id"])
+    assert on_disk["state"] == "completed" and on_disk["command"][0] == PY
+
+
+def test_jobs_on_one_device_run_one_after_the_other(tmp_path):
+    m = _mgr(tmp_path)
+    code = "import time; print(time.time(), flush=True); time.sleep(0.4); print(time.time(), flush=True)"
+    a = m.submit(_script(code), tmp_path / "runs" / "a")
+    b = m.submit(_script(code), tmp_path / "runs" / "b")
+    c = m.submit(_script(code), tmp_path / "runs" / "c", device="cuda:7")  # another device: not queued behind
+    assert (a["state"], b["state"], c["state"]) == ("running", "queued", "running")
+    assert [j["id"] for j in m.jobs()] == [c["id"], b["id"], a["id"]], "newest first"
+    b = m.wait(b["id"], 20)
+    a = m.get(a["id"])
+    assert a["state"] == b["state"] == "completed"
+    a_end = float(m.log_tail(a["id"]).splitlines()[-1])
+    b_start = float(m.log_tail(b["id"]).splitlines()[-2])
+    assert b_start >= a_end
+    m.wait(c["id"], 20)
+
+
+def test_the_queue_survives_a_restart(tmp_path):
+    m = _mgr(tmp_path)
+    job = m.submit(_script("print('queued job ran')"), tmp_path / "runs" / "a", start=False)
+    assert job["state"] == "queued"
+    m2 = _mgr(tmp_path)  # the app restarted
+    assert [j["id"] for j in m2.start_next()] == [job["id"]]
+    assert m2.wait(job["id"], 20)["state"] == "completed"
+
+
+def test_stopping_a_queued_job_cancels_it(tmp_path):
+    m = _mgr(tmp_path)
+    a = m.submit(_script("import time; time.sleep(30)"), tmp_path / "runs" / "a")
+    b = m.submit(_script("print('must not run')"), tmp_path / "runs" / "b")
+    assert m.stop(b["id"])["state"] == "cancelled"
+    m.stop(a["id"], timeout=5)
+    assert m.wait(a["id"], 20)["state"] == "cancelled"
+    assert m.get(b["id"])["pid"] is None
+    with pytest.raises(JobError, match="already ended"):
+        m.stop(b["id"])
+
+
+def test_stop_is_graceful_when_the_job_handles_sigterm(tmp_path):
+    m = _mgr(tmp_path)
+    code = ("import signal, sys, time\n"
+            "def stop(*a):\n    print('saving ' + 'checkpoint', flush=True); sys.exit(3)\n"
+            "signal.signal(signal.SIGTERM, stop)\nprint('rea' + 'dy', flush=True)\ntime.sleep(30)\n")
+    job = m.submit(_script(code), tmp_path / "runs" / "a")
+    _wait_for(lambda: "ready" in m.log_tail(job["id"]))
+    assert m.stop(job["id"], timeout=20)["state"] == "stopping"
+    job = m.wait(job["id"], 20)
+    assert job["state"] == "cancelled" and job["returncode"] == 3
+    assert "saving checkpoint" in m.log_tail(job["id"])
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path):
+    m = _mgr(tmp_path)
+    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('rea' + 'dy', flush=True)\ntime.sleep(60)\n")
+    job = m.submit(_script(code), tmp_path / "runs" / "a")
+    _wait_for(lambda: "ready" in m.log_tail(job["id"]))
+    t0 = time.time()
+    m.stop(job["id"], timeout=0.5)
+    time.sleep(0.3)
+    assert m.refresh() == [] and m.get(job["id"])["state"] == "stopping", "still within the timeout"
+    job = m.wait(job["id"], 20)
+    assert job["state"] == "cancelled" and "killed" in job["error"]
+    assert 0.5 <= time.time() - t0 < 10
+    assert not _alive(job["pid"], job["proc_start"])
+
+
+def test_a_job_killed_from_outside_is_failed_with_its_log_tail(tmp_path):
+    m = _mgr(tmp_path)
+    job = m.submit(_script("import time; print('working ' + 'on it', flush=True); time.sleep(60)"),
+                   tmp_path / "runs" / "a")
+    _wait_for(lambda: "working on it" in m.log_tail(job["id"]))
+    os.killpg(job["pgid"], signal.SIGKILL)
+    job = m.wait(job["id"], 20)
+    assert job["state"] == "failed" and "ended unexpectedly" in job["error"]
+    assert "working on it" in job["log_tail"]
+
+
+def test_a_failing_job_explains_what_to_do(tmp_path):
+    m = _mgr(tmp_path)
+    code = "import sys; print('RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB'); sys.exit(1)"
+    job = m.wait(m.submit(_script(code), tmp_path / "runs" / "a")["id"], 20)
+    assert job["state"] == "failed" and job["returncode"] == 1 and job["error"] == OOM_MESSAGE
+
+
+def test_a_restarted_app_reattaches_to_a_running_job(tmp_path):
+    m = _mgr(tmp_path)
+    job = m.submit(_script("import time; time.sleep(1.0); print('done', flush=True)"), tmp_path / "runs" / "a")
+    m2 = _mgr(tmp_path)  # a new manager without the Popen object
+    assert m2.refresh() == [] and m2.get(job["id"])["state"] == "running"
+    assert m2.submit(_script("print(1)"), tmp_path / "runs" / "b")["state"] == "queued", "the device is busy"
+    _wait_for(lambda: m2.refresh() or m2.get(job["id"])["state"] != "running", timeout=20)
+    job = m2.get(job["id"])
+    assert job["state"] == "completed" and job["returncode"] == 0
+    m._exit_status(job)  # the old manager reaps its child
+
+
+def test_resume_adds_the_flag_before_the_config_options(tmp_path):
+    m = _mgr(tmp_path)
+    argv = _script("import sys; sys.exit(3)") + ["train", "--config-file", "x", "SOLVER.MAX_ITER", "60"]
+    job = m.wait(m.submit(argv, tmp_path / "runs" / "a")["id"], 20)
+    assert job["state"] == "failed"
+    new = m.resume(job["id"], start=False)
+    assert new["command"] == argv[:4] + ["--resume"] + argv[4:]
+    assert new["run_dir"] == job["run_dir"] and new["resumed_from"] == job["id"]
+    with pytest.raises(JobError, match="is queued"):
+        m.resume(new["id"])
+
+
+def test_commands_are_validated(tmp_path):
+    m = JobManager(tmp_path / "jobs", tmp_path / "runs")
+    run = tmp_path / "runs" / "a"
+    for argv in (["/bin/sh", "-c", "true"], [PY, "-c", "print(1)"], "python -m multimask", [], [PY, "-m", 3]):
+        with pytest.raises(JobError):
+            m.submit(argv, run)
+    with pytest.raises(JobError, match="inside"):
+        m.submit([PY, "-m", "multimask", "train"], tmp_path / "elsewhere")
+    with pytest.raises(JobError, match="device"):
+        m.submit([PY, "-m", "multimask", "train"], run, device="cuda")
+    with pytest.raises(JobError, match="no job"):
+        m.get("nope")
+    with pytest.raises(JobError, match="not a job id"):
+        m.get("../x")
+    assert m.jobs() == []
+
+
+@pytest.mark.parametrize("log, expected", [
+    ("Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate", OOM_MESSAGE),
+    ("FloatingPointError: Loss became infinite or NaN at iteration=12!", NAN_MESSAGE),
+    ("RuntimeError: Found no NVIDIA driver on your system.", NO_GPU_MESSAGE),
+    ("AssertionError: Torch not compiled with CUDA enabled", NO_GPU_MESSAGE),
+    ("INFO x\nerror: data/train.json: annotation 7: segmentation is not a polygon or RLE\n",
+     "error: data/train.json: annotation 7: segmentation is not a polygon or RLE"),
+    ("Traceback (most recent call last):\n  File x\nKeyError: 'boxes'\n", "KeyError: 'boxes'"),
+    ("", ""),
+])
+def test_classify_failure(log, expected):
+    assert classify_failure(log) == expected
+
+
+def test_training_stops_gracefully_and_resumes_to_the_same_schedule(tmp_path):
+    data = tmp_path / "data"
+    subprocess.run([PY, "-m", "multimask", "synth", "--out", str(data), "--num-train", "8", "--num-val", "2",
+                    "--height", "128", "--width", "160"], cwd=REPO, check=True, capture_output=True)
+    run = tmp_path / "runs" / "r"
+    m = JobManager(tmp_path / "jobs", tmp_path / "runs", stop_timeout=60)
+    argv = [PY, "-m", "multimask", "train", "--config-file", "tiny_cpu", "--train-json", str(data / "train.json"),
+            "--output-dir", str(run), "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1000",
+            "SOLVER.WARMUP_ITERS", "5", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
+            "MODEL.DEVICE", "cpu"]
+    job = m.submit(argv, run, cwd=REPO)
+    # PeriodicWriter logs every 20 iterations ("iter: 19")
+    _wait_for(lambda: re.search(r"iter: 19\b", m.log_tail(job["id"], 200)) or m.refresh(), timeout=120)
+    assert m.get(job["id"])["state"] == "running", m.log_tail(job["id"])
+    m.stop(job["id"])
+    job = m.wait(job["id"], 60)
+    assert job["state"] == "cancelled", m.log_tail(job["id"])
+    assert job["returncode"] == 3
+    n = int(re.search(r"stopped at iteration (\d+); resume with --resume", job["error"]).group(1))
+    assert 19 <= n < 39
+    assert (run / "last_checkpoint").read_text() == f"model_{n:07d}.pth"
+    assert not (run / "model_final.pth").exists()
+
+    new = m.resume(job["id"])
+    new = m.wait(new["id"], 120)
+    log = m.log_tail(new["id"], 400)
+    assert new["state"] == "completed", log
+    assert f"Resuming at iteration {n + 1}" in log
+    assert (run / "model_final.pth").is_file()
+    assert (run / "last_checkpoint").read_text() == "model_final.pth"
