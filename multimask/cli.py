@@ -49,29 +49,57 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def training_config(args: argparse.Namespace):
-    """Register the datasets named on the command line and build the frozen training config."""
-    from detectron2.data import MetadataCatalog
+    """Register the datasets named on the command line and build the frozen training config.
+
+    A training start (not --eval-only) picks a concrete seed when SEED < 0, writes OUTPUT_DIR/run_info.json and
+    trains on frozen copies of the dataset JSONs (see `engine.run_record`).
+    """
+    from detectron2.utils import comm
 
     from .config import get_multimask_cfg, resolve_config_file
-    from .data import register_multimask_dataset
+    from .engine import run_record
 
     args.config_file = str(resolve_config_file(args.config_file))  # a preset name becomes its file
     cfg = get_multimask_cfg(args.config_file, args.opts)
+    cfg.OUTPUT_DIR = str(args.output_dir)
     names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
-    register_multimask_dataset(TRAIN_NAME, args.train_json, args.image_root, mask_names=names)
-    classes = MetadataCatalog.get(TRAIN_NAME).thing_classes
-    if args.val_json:
-        register_multimask_dataset(VAL_NAME, args.val_json, args.image_root, mask_names=names)
-        val_classes = MetadataCatalog.get(VAL_NAME).thing_classes
-        if val_classes != classes:
-            raise SystemExit(f"{args.val_json}: classes {val_classes} differ from the training set's {classes}")
+    classes = _register_datasets(args, names)  # the given files first: their errors name them
+    if not args.eval_only:
+        if cfg.SEED < 0:
+            cfg.SEED = run_record.random_seed()  # config.yaml (written by default_setup) records it
+        if comm.is_main_process():
+            run_record.record_start(cfg.OUTPUT_DIR, {"train": args.train_json, "val": args.val_json},
+                                    seed=cfg.SEED, resume=args.resume, argv=sys.argv)
+        comm.synchronize()
+        _register_datasets(args, names, cfg.OUTPUT_DIR)
     cfg.DATASETS.TRAIN = (TRAIN_NAME,)
     cfg.DATASETS.TEST = (VAL_NAME,) if args.val_json else ()
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
     cfg.MULTIMASK.CLASS_NAMES = list(classes)
-    cfg.OUTPUT_DIR = str(args.output_dir)
     cfg.freeze()
     return cfg
+
+
+def _register_datasets(args: argparse.Namespace, names: list[str], run_dir: str | None = None) -> list[str]:
+    """Register the train (and val) JSON, or the run's frozen copies of them; return the classes.
+
+    Image file names stay relative to the given JSON's folder (or --image-root) when a copy is registered.
+    """
+    from detectron2.data import MetadataCatalog
+
+    from .data import register_multimask_dataset
+    from .engine.run_record import frozen_json
+
+    for kind, name, path in (("train", TRAIN_NAME, args.train_json), ("val", VAL_NAME, args.val_json)):
+        if path:
+            copy = frozen_json(run_dir, kind) if run_dir else None
+            register_multimask_dataset(name, copy if copy and copy.is_file() else path,
+                                       args.image_root or Path(path).resolve().parent, mask_names=names)
+    classes = MetadataCatalog.get(TRAIN_NAME).thing_classes
+    if args.val_json and MetadataCatalog.get(VAL_NAME).thing_classes != classes:
+        raise SystemExit(f"{args.val_json}: classes {MetadataCatalog.get(VAL_NAME).thing_classes} differ from "
+                         f"the training set's {classes}")
+    return classes
 
 
 def _train_worker(args: argparse.Namespace):

@@ -37,6 +37,14 @@ def add_multimask_config(cfg: CN) -> None:
     # Class names of the training data, stored with each run so a run folder is self-contained.
     cfg.MULTIMASK = CN()
     cfg.MULTIMASK.CLASS_NAMES = []
+    # The evaluation result that picks model_best.pth: "bbox/<metric>" or "segm/<mask name>/<metric>", where
+    # <metric> is AP, AP50, AP75, APs, APm, APl or AP-<class>. "" means "segm/<first mask name>/AP".
+    cfg.MULTIMASK.BEST_METRIC = ""
+    cfg.MULTIMASK.BEST_MODE = "max"  # "max" or "min": which way BEST_METRIC improves
+    # Stop after this many evaluations in a row without improving BEST_METRIC (0: never stop early).
+    cfg.MULTIMASK.EARLY_STOP_PATIENCE = 0
+    # Write metrics.json, TensorBoard and the console every this many iterations (detectron2 uses 20).
+    cfg.MULTIMASK.WRITE_PERIOD = 20
     cfg.MODEL.META_ARCHITECTURE = "MultiMaskRCNN"
     cfg.MODEL.ROI_HEADS.NAME = "MultiMaskROIHeads"
     cfg.MODEL.MASK_ON = True
@@ -74,6 +82,45 @@ def validate_multimask_config(cfg: CN) -> None:
         raise ValueError("MODEL.ROI_MULTI_MASK_HEAD: NUM_CONV >= 0, CONV_DIM >= 1, POOLER_RESOLUTION >= 1")
     if not cfg.MODEL.MASK_ON:
         raise ValueError("MODEL.MASK_ON must be True for the multimask ROI heads")
+    _validate_training(cfg)
+
+
+def _validate_training(cfg: CN) -> None:
+    mm = cfg.MULTIMASK
+    names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
+    metric = best_metric(cfg)
+    if split_metric(metric, names) is None:
+        from .evaluation import METRICS
+
+        tasks = ", ".join(["bbox", *(f"segm/{n}" for n in names)])
+        raise ValueError(f"MULTIMASK.BEST_METRIC {metric!r} is not an evaluation result: use TASK/METRIC with TASK "
+                         f"one of {tasks} and METRIC one of {', '.join(METRICS)} or AP-<class name>")
+    if mm.BEST_MODE not in ("max", "min"):
+        raise ValueError(f"MULTIMASK.BEST_MODE must be 'max' or 'min', got {mm.BEST_MODE!r}")
+    patience = mm.EARLY_STOP_PATIENCE
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+        raise ValueError(f"MULTIMASK.EARLY_STOP_PATIENCE must be an integer >= 0 (0: off), got {patience!r}")
+    period = mm.WRITE_PERIOD
+    if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+        raise ValueError(f"MULTIMASK.WRITE_PERIOD must be an integer >= 1, got {period!r}")
+    if cfg.SOLVER.AMP.ENABLED and str(cfg.MODEL.DEVICE).split(":")[0] != "cuda":
+        raise ValueError("mixed precision (SOLVER.AMP.ENABLED) needs a CUDA GPU; turn it off to train on the CPU")
+
+
+def best_metric(cfg: CN) -> str:
+    """The flattened evaluation key that picks the best checkpoint (MULTIMASK.BEST_METRIC or its default)."""
+    return cfg.MULTIMASK.BEST_METRIC or f"segm/{cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES[0]}/AP"
+
+
+def split_metric(metric: str, mask_names: list[str]) -> tuple[str, str] | None:
+    """(task, metric name) of a flattened evaluation key such as "segm/primary/AP50"; None if it is not one."""
+    from .evaluation import METRICS
+
+    for task in ["bbox", *(f"segm/{n}" for n in mask_names)]:
+        name = metric[len(task) + 1:] if metric.startswith(f"{task}/") else ""
+        if name in METRICS or (name.startswith("AP-") and len(name) > 3):
+            return task, name
+    return None
 
 
 def list_presets() -> list[str]:

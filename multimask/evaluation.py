@@ -6,8 +6,8 @@ import contextlib
 import copy
 import io
 import itertools
-import json
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +25,7 @@ from .data.geometry import is_empty, segm_area
 from .io import atomic_write_json
 
 logger = logging.getLogger(__name__)
-_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def instances_to_records(instances: Instances, image_id, mask_names: Sequence[str]) -> list[dict]:
@@ -130,9 +130,9 @@ def _coco_ground_truth(dicts: list[dict], mask_name: str | None, classes: Sequen
 def _coco_ap(gt: COCO, dets: list[dict], iou_type: str, classes: Sequence[str]) -> dict[str, float]:
     if not gt.dataset["annotations"]:
         logger.warning("no ground truth for %s evaluation; its AP is NaN", iou_type)
-        return {m: float("nan") for m in _METRICS}
+        return {m: float("nan") for m in METRICS}
     if not dets:
-        return {**{m: 0.0 for m in _METRICS}, **{f"AP-{c}": 0.0 for c in classes}}
+        return {**{m: 0.0 for m in METRICS}, **{f"AP-{c}": 0.0 for c in classes}}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         ev = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)
@@ -140,7 +140,7 @@ def _coco_ap(gt: COCO, dets: list[dict], iou_type: str, classes: Sequence[str]) 
         ev.accumulate()
         ev.summarize()
     logger.debug(out.getvalue())
-    res = {m: float(ev.stats[i] * 100 if ev.stats[i] >= 0 else float("nan")) for i, m in enumerate(_METRICS)}
+    res = {m: float(ev.stats[i] * 100 if ev.stats[i] >= 0 else float("nan")) for i, m in enumerate(METRICS)}
     precision = ev.eval["precision"]  # (iou, recall, class, area, max_dets)
     for k, name in enumerate(classes):
         p = precision[:, :, k, 0, -1]
@@ -151,13 +151,22 @@ def _coco_ap(gt: COCO, dets: list[dict], iou_type: str, classes: Sequence[str]) 
 
 def format_results(results: dict) -> str:
     """A small text table: one row per task (bbox, segm/<name>), the main COCO metrics as columns."""
-    rows = [f"{'task':<20}" + "".join(f"{m:>8}" for m in _METRICS)]
+    rows = [f"{'task':<20}" + "".join(f"{m:>8}" for m in METRICS)]
     for task, res in results.items():
-        rows.append(f"{task:<20}" + "".join(f"{res.get(m, float('nan')):>8.2f}" for m in _METRICS))
+        rows.append(f"{task:<20}" + "".join(f"{res.get(m, float('nan')):>8.2f}" for m in METRICS))
     return "\n".join(rows)
 
 
-def save_results(results: dict, path: str | Path) -> None:
-    """Write evaluation results as JSON (NaN as null)."""
-    clean = json.loads(json.dumps(results, allow_nan=True).replace("NaN", "null"))
-    atomic_write_json(path, clean, indent=2)
+def _nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def save_results(results: dict | list, path: str | Path) -> None:
+    """Write evaluation results (or a list of them) as JSON, NaN as null."""
+    atomic_write_json(path, _nan_to_none(results), indent=2)

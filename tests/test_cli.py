@@ -1,5 +1,6 @@
 """The command line end to end: synth, train, evaluate, predict, import/export; and its bad-input errors."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from multimask.engine import MultiMaskPredictor
 from multimask.visualizer import MultiMaskVisualizer
@@ -42,6 +44,23 @@ def test_train_writes_a_self_contained_run(run_dir):
     pred = MultiMaskPredictor.from_run(run, device="cpu")
     assert pred.metadata.thing_classes == ["disc", "box", "triangle"]
     assert pred.mask_names == ["primary", "secondary"]
+    assert json.loads((run / "summary.json").read_text()) == {"iterations": 6, "max_iter": 6, "early_stopped": False,
+                                                              "best": None}  # TEST.EVAL_PERIOD 0: no best
+
+
+def test_train_records_the_run(run_dir):
+    run = run_dir / "run"
+    info = json.loads((run / "run_info.json").read_text())
+    seed = yaml.safe_load((run / "config.yaml").read_text())["SEED"]
+    # SEED -1 became a concrete seed, recorded in config.yaml and for each start (a resume picks its own)
+    assert seed >= 0 and info["starts"][-1]["seed"] == seed and info["seed"] == info["starts"][0]["seed"]
+    assert info["argv"][1:3] == ["train", "--config-file"]
+    for kind in ("train", "val"):
+        original = run_dir / "data" / f"{kind}.json"
+        assert info["data"][kind]["sha256"] == hashlib.sha256(original.read_bytes()).hexdigest()
+        # the run trained on this copy; its images were found relative to the original's folder
+        assert (run / info["data"][kind]["copy"]).read_bytes() == original.read_bytes()
+    assert info["starts"][0]["resume"] is False
 
 
 def test_predictor_returns_every_mask_at_image_resolution(run_dir):
@@ -101,6 +120,8 @@ def test_resume_through_the_cli(run_dir):
     assert "Resuming at iteration 6" in proc.stdout + proc.stderr
     state = torch.load(run_dir / "run/model_final.pth", weights_only=True)
     assert state["iteration"] == 7
+    starts = json.loads((run_dir / "run/run_info.json").read_text())["starts"]
+    assert [s["resume"] for s in starts] == [False, True]
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):

@@ -1,6 +1,12 @@
 import pytest
 
-from multimask.config import add_multimask_config, get_multimask_cfg, list_presets, validate_multimask_config
+from multimask.config import (
+    add_multimask_config,
+    best_metric,
+    get_multimask_cfg,
+    list_presets,
+    validate_multimask_config,
+)
 from tests.conftest import tiny_cfg
 
 
@@ -15,6 +21,9 @@ def test_defaults_match_the_design():
         2, ["primary", "secondary"], 4, 14)
     assert head.LOSS_WEIGHTS == [1.0, 1.0] and head.SHARED_TRUNK is True
     assert cfg.MODEL.DEVICE in ("cpu", "cuda")
+    mm = cfg.MULTIMASK
+    assert (mm.BEST_METRIC, mm.BEST_MODE, mm.EARLY_STOP_PATIENCE, mm.WRITE_PERIOD) == ("", "max", 0, 20)
+    assert best_metric(cfg) == "segm/primary/AP"
     validate_multimask_config(cfg)
 
 
@@ -25,10 +34,31 @@ def test_defaults_match_the_design():
     (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["a", "a"]], "duplicates"),
     (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["ok", "not ok"]], "not valid names"),
     (["MODEL.MASK_ON", False], "MASK_ON"),
+    (["MULTIMASK.BEST_METRIC", "segm/tertiary/AP"], r"BEST_METRIC 'segm/tertiary/AP' is not an evaluation result"),
+    (["MULTIMASK.BEST_METRIC", "bbox/ap"], "TASK one of bbox, segm/primary, segm/secondary and METRIC one of AP,"),
+    (["MULTIMASK.BEST_METRIC", "AP"], "is not an evaluation result"),
+    (["MULTIMASK.BEST_METRIC", "segm/primary/AP-"], "is not an evaluation result"),
+    (["MULTIMASK.BEST_MODE", "up"], "BEST_MODE must be 'max' or 'min'"),
+    (["MULTIMASK.EARLY_STOP_PATIENCE", -1], "EARLY_STOP_PATIENCE must be an integer >= 0"),
+    (["MULTIMASK.WRITE_PERIOD", 0], "WRITE_PERIOD must be an integer >= 1"),
+    (["SOLVER.AMP.ENABLED", True, "MODEL.DEVICE", "cpu"],
+     r"mixed precision \(SOLVER.AMP.ENABLED\) needs a CUDA GPU; turn it off to train on the CPU"),
 ])
 def test_inconsistent_settings_raise_a_clear_error(opts, message):
     with pytest.raises(ValueError, match=message):
         get_multimask_cfg("tiny_cpu", opts)
+
+
+@pytest.mark.parametrize("metric", ["bbox/AP", "segm/secondary/AP50", "bbox/APl", "segm/primary/AP-disc"])
+def test_best_metric_accepts_flattened_evaluation_keys(metric):
+    cfg = get_multimask_cfg("tiny_cpu", ["MULTIMASK.BEST_METRIC", metric, "MULTIMASK.BEST_MODE", "min",
+                                         "MULTIMASK.EARLY_STOP_PATIENCE", 3])
+    assert best_metric(cfg) == metric
+
+
+def test_amp_is_accepted_on_a_gpu_device():
+    cfg = get_multimask_cfg("tiny_cpu", ["MODEL.DEVICE", "cuda:0", "SOLVER.AMP.ENABLED", True])
+    assert cfg.SOLVER.AMP.ENABLED
 
 
 def test_unknown_preset_lists_the_known_ones():

@@ -219,3 +219,15 @@ def test_crop_recomputes_boxes_from_every_present_mask(tmp_path):
     assert inst.gt_boxes.tensor[0].tolist() == [5, 2, 25, 22]
     assert inst.gt_boxes.tensor[1].tolist() == [30, 0, 40, 24]
     assert np.array_equal(_raster(inst.gt_multimask.masks["primary"], 1, 24, 40), hole_mask[8:32, 5:45].astype(bool))
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not an image"])
+def test_the_mapper_names_an_image_it_cannot_read(tmp_path, content):
+    from multimask.io import DatasetError
+
+    path = tmp_path / "img.png"
+    if content is not None:
+        path.write_bytes(content)
+    record = {"file_name": str(path), "height": 8, "width": 8, "image_id": 1, "annotations": []}
+    with pytest.raises(DatasetError, match=f"{path}: cannot read the image"):
+        _mapper([])(record)

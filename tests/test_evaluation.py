@@ -83,3 +83,13 @@ def test_no_predictions_give_zero_ap(synth_data):
         ev.process([{"image_id": d["image_id"]}], [{"instances": empty}])
     res = ev.evaluate()
     assert all(res[t]["AP"] == 0.0 for t in res)
+
+
+def test_saved_results_turn_nan_into_null_and_keep_names(tmp_path):
+    import json
+    import math
+
+    from multimask.evaluation import save_results
+
+    save_results({"segm/primary": {"AP": math.nan, "AP-NaNoplankton": 1.0}}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"segm/primary": {"AP": None, "AP-NaNoplankton": 1.0}}

@@ -12,6 +12,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from ..io import DatasetError
 from ..structures import MultiMasks
 
 
@@ -41,6 +42,12 @@ class MultiMaskDatasetMapper(DatasetMapper):
     def __init__(self, is_train: bool = True, *, mask_names: Sequence[str], **kwargs):
         super().__init__(is_train, **kwargs)
         self.mask_names = tuple(mask_names)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        try:
+            return super().__call__(dataset_dict)
+        except OSError as e:  # missing, unreadable or damaged image file (PIL's errors are OSErrors)
+            raise DatasetError(f"{dataset_dict.get('file_name')}: cannot read the image ({e})") from e
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:

@@ -1,12 +1,18 @@
-"""`GracefulStop`: SIGTERM/SIGINT end training after the current iteration with a checkpoint to resume from."""
+"""Training hooks: graceful stop on SIGTERM/SIGINT, early stopping on a validation metric, peak GPU memory."""
 
 from __future__ import annotations
 
 import logging
+import math
+import operator
 import signal
 import threading
+from collections.abc import Mapping
 
+import torch
 from detectron2.engine import HookBase
+from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
 
@@ -68,3 +74,88 @@ class GracefulStop(HookBase):
         self.trainer.checkpointer.save(name, iteration=it)
         logger.info("Stop requested (signal %d): saved %s.pth at iteration %d", self.requested, name, it)
         raise TrainingStopped(it, f"{name}.pth")
+
+
+class EarlyStopped(BaseException):
+    """Raised out of the training loop by `EarlyStopping`; `MultiMaskTrainer.train` ends training normally.
+
+    A BaseException, like `TrainingStopped`, so detectron2's loop does not log it as a training error.
+    """
+
+    def __init__(self, iteration: int, reason: str):
+        super().__init__(f"early stopping at iteration {iteration}: {reason}")
+        self.iteration = iteration
+
+
+class MetricTracker:
+    """The best value of a metric over evaluations, and how many evaluations in a row did not improve it.
+
+    Like detectron2's BestCheckpointer: NaN and infinite values never improve, nor does an equal value.
+    """
+
+    def __init__(self, mode: str = "max"):
+        self._better = operator.gt if mode == "max" else operator.lt
+        self.best: float | None = None
+        self.best_iter: int | None = None
+        self.stale = 0
+
+    def update(self, value: float | None, iteration: int) -> bool:
+        """Count one evaluation; True when `value` is the new best."""
+        if value is not None and math.isfinite(value) and (self.best is None or self._better(value, self.best)):
+            self.best, self.best_iter, self.stale = value, iteration, 0
+            return True
+        self.stale += 1
+        return False
+
+
+def track(evaluations: Mapping[int, dict], metric: str, mode: str) -> MetricTracker:
+    """A MetricTracker fed `metric` from `evaluations` ({iteration: nested results}) in iteration order."""
+    tracker = MetricTracker(mode)
+    for it in sorted(evaluations):
+        tracker.update(flatten_results_dict(evaluations[it]).get(metric), it)
+    return tracker
+
+
+class EarlyStopping(HookBase):
+    """Ends training when `patience` evaluations in a row did not improve `metric`.
+
+    Place it after the EvalHook (and BestCheckpointer), on every process: at each step that the EvalHook
+    evaluates (`eval_period`), the main process counts the metric if it was written at this iteration, and
+    all processes stop together: `model_final` is saved, then `EarlyStopped` is raised.
+    """
+
+    def __init__(self, eval_period: int, metric: str, mode: str, patience: int):
+        self.period, self.metric, self.patience = eval_period, metric, patience
+        self.tracker = MetricTracker(mode)
+
+    def after_step(self):
+        it = self.trainer.iter
+        if (it + 1) % self.period or it + 1 == self.trainer.max_iter:
+            return  # the EvalHook did not evaluate (the last evaluation runs after training)
+        reason = comm.all_gather(self.check(it) if comm.is_main_process() else None)[0]
+        if reason:
+            self.trainer.checkpointer.save("model_final", iteration=it)
+            raise EarlyStopped(it, reason)
+
+    def check(self, iteration: int) -> str | None:
+        """Count the evaluation written at `iteration`, if any; the reason to stop once patience runs out."""
+        latest = self.trainer.storage.latest().get(self.metric)
+        if latest is None or latest[1] != iteration:
+            return None
+        self.tracker.update(latest[0], iteration)
+        t = self.tracker
+        if t.stale < self.patience:
+            return None
+        best = "no finite value yet" if t.best is None else f"best {t.best:.4g} at iteration {t.best_iter}"
+        return f"{self.metric} did not improve for {t.stale} evaluations; {best}"
+
+
+class GPUMemory(HookBase):
+    """Puts `max_mem_mb`, the peak CUDA memory allocated so far in MiB, into the event storage after each step.
+
+    Add it only when the model is on a GPU, and before the PeriodicWriter so metrics.json gets it.
+    """
+
+    def after_step(self):
+        self.trainer.storage.put_scalar("max_mem_mb", torch.cuda.max_memory_allocated() / 2**20,
+                                        smoothing_hint=False)

@@ -13,6 +13,7 @@ from detectron2.utils.file_io import PathManager
 logger = logging.getLogger(__name__)
 
 _REMOTE = ("detectron2://", "http://", "https://")
+BEST_CHECKPOINT = "model_best.pth"  # written by detectron2's BestCheckpointer (file prefix "model_best")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -45,8 +46,13 @@ class MultiMaskCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer whose `.pth` loading uses `torch.load(weights_only=True)` on every torch.
 
     A checkpoint that holds arbitrary Python objects is refused with a clear message rather than unpickled.
-    Detectron2 model-zoo `.pkl` files are pickles by design; loading one is logged.
+    Detectron2 model-zoo `.pkl` files are pickles by design; loading one is logged. Saving `model_best.pth`
+    leaves `last_checkpoint` alone: it names the checkpoint that `--resume` continues from.
     """
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if last_filename_basename != BEST_CHECKPOINT:
+            super().tag_last_checkpoint(last_filename_basename)
 
     def _load_file(self, filename: str) -> dict:
         if filename.endswith(".pkl"):
@@ -64,14 +70,18 @@ class MultiMaskCheckpointer(DetectionCheckpointer):
 
 
 def run_weights(run_dir: str | Path) -> Path:
-    """The weights of a run folder: `model_final.pth`, else the checkpoint named in `last_checkpoint`."""
+    """The weights of a run folder: `model_best.pth`, else `model_final.pth`, else the `last_checkpoint` one.
+
+    `model_best.pth` holds the weights of the best evaluation (MULTIMASK.BEST_METRIC) of a run with validation.
+    """
     run_dir = Path(run_dir)
-    final = run_dir / "model_final.pth"
-    if final.is_file():
-        return final
+    for name in (BEST_CHECKPOINT, "model_final.pth"):
+        if (run_dir / name).is_file():
+            return run_dir / name
     last = run_dir / "last_checkpoint"
     if last.is_file():
         ckpt = run_dir / last.read_text().strip()
         if ckpt.is_file() and ckpt.parent == run_dir:
             return ckpt
-    raise WeightsUnavailableError(f"{run_dir}: no model_final.pth or last checkpoint; is it a training run?")
+    raise WeightsUnavailableError(f"{run_dir}: no model_best.pth, model_final.pth or last checkpoint; "
+                                  "is it a training run?")
