@@ -1,4 +1,4 @@
-"""The multimask Gradio app: `build_app(data_root, runs_root)` returns the Blocks that `launch.py` serves."""
+"""`build_app(data_root, runs_root)`: the Blocks that `launch.py` serves, one tab per task."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ import gradio as gr
 
 from .labeling.view import LabelView, build_label_tab
 from .predict_view import PredictorCache, PredictView, build_predict_tab
-
-__all__ = ["build_app"]
+from .runs import RunNotFoundError, get_run
+from .training.service import POLL_SECONDS, TrainingService
+from .training.view import TrainView, build_train_tab
 
 TITLE = "multimask"
 
 
 def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs",
-              import_roots: list[str | Path] | None = None) -> gr.Blocks:
+              import_roots: list[str | Path] | None = None, poll_seconds: float = POLL_SECONDS) -> gr.Blocks:
     """The app's Blocks: one tab per task. Theme, css and head go to `launch()` (Gradio 6).
 
     `data_root` holds the labelling datasets (its images are served to the editor); `import_roots` are further
-    server folders the Label tab may read images and datasets from.
+    server folders the Label tab may read images and datasets from. Training jobs are kept in
+    `runs_root/.jobs`; a thread checks them every `poll_seconds` (starting queued ones), page open or not.
     """
     data_root = Path(data_root).resolve()
     data_root.mkdir(parents=True, exist_ok=True)
@@ -27,12 +29,37 @@ def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs"
     predictors = PredictorCache()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nMask R-CNN with several named masks per instance.")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Label", id="label"):
                 demo.label_view = LabelView(data_root, runs_root, import_roots, predictors)
                 demo.editor = build_label_tab(demo, demo.label_view)
+            with gr.Tab("Train", id="train"):
+                demo.training = TrainingService(data_root, runs_root)
+                train = build_train_tab(demo, TrainView(demo.training))
             with gr.Tab("Predict", id="predict"):
                 demo.predict_view = build_predict_tab(demo, runs_root, PredictView(runs_root, predictors))
-            # The "Train" tab is added here in its own issue.
+        _link_run_buttons(tabs, train, demo.predict_view, demo.label_view, runs_root)
+    demo.training.start_poller(poll_seconds)
     demo.data_root, demo.runs_root = data_root, Path(runs_root)
     return demo
+
+
+def _link_run_buttons(tabs: gr.Tabs, train: dict, predict_view: PredictView, label_view: LabelView,
+                      runs_root: str | Path) -> None:
+    """The Train tab's "Open in Predict" and "Use for labelling": switch tab with the run chosen there."""
+
+    def opener(tab: str, choices, *extra):
+        def open_run(run_name: str | None):
+            try:
+                run = get_run(runs_root, run_name)
+            except RunNotFoundError as e:
+                return gr.update(), gr.update(), f"⚠️ {e} A run is listed once it has saved a checkpoint.", \
+                    *(gr.update() for _ in extra)
+            return gr.Tabs(selected=tab), gr.update(choices=choices(), value=run.name), "", *extra
+        return open_run
+
+    train["open_predict"].click(opener("predict", predict_view.run_choices), [train["run"]],
+                                [tabs, predict_view.run_dropdown, train["message"]], api_visibility="private")
+    train["open_label"].click(opener("label", label_view.run_choices, gr.Accordion(open=True)), [train["run"]],
+                              [tabs, label_view.run_dropdown, train["message"], label_view.propose_panel],
+                              api_visibility="private")

@@ -365,7 +365,7 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
-                run = gr.Dropdown(choices, value=first, label="Run", scale=4)
+                run = gr.Dropdown(choices, value=first, label="Run", scale=4, elem_id="mm-predict-run")
                 refresh = gr.Button("Refresh", scale=1, min_width=80)
             image = gr.Image(type="numpy", format="png", label="Image", sources=["upload", "clipboard"])
             threshold = gr.Slider(0.0, 1.0, value=DEFAULT_SCORE_THRESHOLD, step=0.01, label="Score threshold",
@@ -391,4 +391,5 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
     masks.input(**redraw_io, trigger_mode="always_last", api_visibility="private")
     refresh.click(view.refresh_runs, [run], [run, status], api_name="list_runs")
     demo.load(view.load_runs, [run], [run, status], api_visibility="private")  # runs trained meanwhile
+    view.run_dropdown = run  # the Train tab's "Open in Predict" sets it
     return view

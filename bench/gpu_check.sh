@@ -15,3 +15,9 @@ timeout 60 python3 bench/bench_mapper.py --json "$OUT/bench_mapper.json" 2>&1 | 
 timeout "${COMPARE_TIMEOUT:-380}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-900}" \
   --only ${COMPARE_ONLY:-two-mask primary-only secondary-only} --workers 8 --out /tmp/compare --json "$OUT/compare.json" 2>&1 \
   | grep -E 'RESULT|^\||^machine|^preset|^two single|Error|error|Traceback|eta:' | tee "$OUT/compare.txt"
+# Issue 4: a real fine-tune through the app's Train worker (from scratch: the device machine is offline), with
+# mixed precision; throughput, peak memory and final AP per mask name as the Train tab reads them.
+if [ "${TRAIN_JOB:-1}" = 1 ]; then
+  timeout "${TRAIN_JOB_TIMEOUT:-300}" python3 bench/train_job.py --device cuda --amp --iterations "${TRAIN_JOB_ITERS:-900}" \
+    --timeout "${TRAIN_JOB_TIMEOUT:-300}" --json "$OUT/train_job.json" 2>&1 | tail -30 | tee "$OUT/train_job.txt"
+fi

@@ -373,9 +373,10 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                     old_class = gr.Dropdown([], label="Rename", scale=2)
                     renamed = gr.Textbox(label="to", scale=2)
                     rename = gr.Button("Rename", scale=1)
-            with gr.Accordion("Model-assisted labelling", open=False):
+            with gr.Accordion("Model-assisted labelling", open=False) as view.propose_panel:
                 runs = view.run_choices()
-                run = gr.Dropdown(runs, value=None, label="Run used by Propose")
+                run = gr.Dropdown(runs, value=None, label="Run used by Propose", elem_id="mm-label-run")
+                view.run_dropdown = run  # the Train tab's "Use for labelling" sets it
                 threshold = gr.Slider(0.05, 1.0, value=DEFAULT_PROPOSE_THRESHOLD, step=0.05, label="Score threshold")
                 run_info = gr.Markdown()
             with gr.Accordion("Import / export", open=False):

@@ -34,7 +34,7 @@ ACTIVE = ("running", "stopping")
 FINISHED = ("completed", "failed", "cancelled")
 STOPPED_EXIT_CODE = 3  # `python -m multimask train` after a graceful stop (multimask.engine.hooks)
 DEFAULT_STOP_TIMEOUT = 60.0
-_DEVICE_RE = re.compile(r"^(cpu|cuda:\d+)$")
+_DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*)$")
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
 
 # The supervisor: runs the command, passes no signal on (the group gets them), records the exit status.
@@ -60,6 +60,11 @@ OOM_MESSAGE = "CUDA ran out of memory: lower SOLVER.IMS_PER_BATCH or the image s
 NAN_MESSAGE = "the loss became NaN: lower SOLVER.BASE_LR (e.g. halve it) or raise SOLVER.WARMUP_ITERS"
 NO_GPU_MESSAGE = "no usable GPU: run on the CPU (device cpu)"
 UNEXPECTED_MESSAGE = "the process ended unexpectedly"
+
+
+_RECORD_KEYS = ("id", "command", "run_dir", "device", "state", "cwd", "pid", "pgid", "proc_start", "created",
+                "started", "ended", "returncode", "error", "log", "log_tail", "stop_requested", "stop_deadline",
+                "resumed_from")
 
 
 class JobError(ValueError):
@@ -122,6 +127,12 @@ def _alive(pid: int | None, start_time: str | None) -> bool:
             return False
         return _proc_state(pid) not in ("Z", "X")
     return True
+
+
+def _units(device: str) -> set[str]:
+    """The devices a job occupies: {"cpu"} or {"cuda:0", "cuda:1", ...}."""
+    kind, _, ids = device.partition(":")
+    return {f"{kind}:{i}" for i in ids.split(",")} if ids else {kind}
 
 
 def _signal_name(rc: int) -> str:
@@ -243,7 +254,7 @@ class JobManager:
         """Queue a job (and start it now when its device is free and `start`); return its record."""
         argv = self.validate_argv(argv)
         if not isinstance(device, str) or not _DEVICE_RE.match(device):
-            raise JobError(f"device must be 'cpu' or 'cuda:N', not {device!r}")
+            raise JobError(f"device must be 'cpu' or 'cuda:N[,M...]', not {device!r}")
         run_dir = self._validate_run_dir(run_dir)
         job_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         job = {"id": job_id, "command": argv, "run_dir": str(run_dir), "device": device, "state": "queued",
@@ -269,7 +280,8 @@ class JobManager:
             at = argv.index("train") + 1 if "train" in argv else len(argv)
             argv.insert(at, "--resume")
         kw.setdefault("cwd", old.get("cwd"))
-        return self.submit(argv, old["run_dir"], old["device"], resumed_from=job_id, **kw)
+        extra = {k: v for k, v in old.items() if k not in _RECORD_KEYS}  # what the caller added (dataset, ...)
+        return self.submit(argv, old["run_dir"], old["device"], **{**extra, **kw, "resumed_from": job_id})
 
     # -- running -----------------------------------------------------------------------------------------------
 
@@ -279,12 +291,12 @@ class JobManager:
         with self._locked():
             self.refresh()
             jobs = self._all()
-            busy = {j["device"] for j in jobs if j["state"] in ACTIVE}
+            busy = set().union(*(_units(j["device"]) for j in jobs if j["state"] in ACTIVE))
             for job in sorted((j for j in jobs if j["state"] == "queued"), key=lambda j: (j["created"], j["id"])):
-                if job["device"] in busy:
+                if _units(job["device"]) & busy:
                     continue
                 self._launch(job)
-                busy.add(job["device"])
+                busy |= _units(job["device"])
                 started.append(job)
         return started
 
@@ -400,6 +412,15 @@ class JobManager:
             else:
                 raise JobError(f"job {job_id} has already ended ({job['state']})")
             return job
+
+    def forget(self, job_id: str) -> None:
+        """Delete an ended job's record, exit status and log."""
+        with self._locked():
+            job = self._load(job_id)
+            if job["state"] not in FINISHED:
+                raise JobError(f"job {job_id} is {job['state']}; stop it before deleting it")
+            for path in (self._path(job_id), self.jobs_root / f"{job_id}.exit.json", Path(job["log"])):
+                path.unlink(missing_ok=True)
 
     def wait(self, job_id: str, timeout: float = 60.0, interval: float = 0.1) -> dict:
         """Poll until the job has ended (starting queued jobs as devices free up); return its record."""

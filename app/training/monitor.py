@@ -1,0 +1,152 @@
+"""Reading a run folder while it trains: `metrics.json` (progress, curves), evaluation results, summary.
+
+detectron2's JSONWriter appends one JSON object per line; a resumed run appends again from its checkpoint's
+iteration, and evaluation results arrive as their own lines. `read_metrics` merges all of it into one record
+per iteration (later lines win) and ignores a half-written last line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+EVAL_FILE = "eval_results.json"
+SUMMARY_FILE = "summary.json"
+MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+_cache: dict[str, tuple[tuple[int, int], list[dict]]] = {}
+_cache_lock = threading.Lock()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """One dict per iteration (sorted), merged from every line of the run's metrics.json; [] when absent."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        st = path.stat()
+    except OSError:
+        return []
+    key = (st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        hit = _cache.get(str(path))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    by_iter: dict[int, dict] = {}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the line being written, or garbage
+        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+            by_iter.setdefault(row["iteration"], {}).update(row)
+    rows = [by_iter[i] for i in sorted(by_iter)]
+    with _cache_lock:
+        if len(_cache) > 64:
+            _cache.clear()
+        _cache[str(path)] = (key, rows)
+    return rows
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def progress(rows: list[dict], max_iter: int, ims_per_batch: int) -> dict:
+    """Iterations done, seconds per iteration (median of the last 20), throughput, ETA and peak GPU memory."""
+    train = [r for r in rows if "total_loss" in r]
+    done = train[-1]["iteration"] + 1 if train else 0
+    times = [r["time"] for r in train[-20:] if _finite(r.get("time"))]
+    sec = median(times) if times else None
+    mem = [r["max_mem_mb"] for r in train if _finite(r.get("max_mem_mb"))]
+    return {
+        "iteration": done,
+        "max_iter": max_iter,
+        "fraction": min(1.0, done / max_iter) if max_iter else 0.0,
+        "sec_per_iter": sec,
+        "iters_per_sec": 1 / sec if sec else None,
+        "images_per_sec": ims_per_batch / sec if sec else None,
+        "eta_seconds": sec * max(0, max_iter - done) if sec else None,
+        "max_mem_mb": max(mem) if mem else None,
+        "total_loss": train[-1]["total_loss"] if train else None,
+    }
+
+
+def loss_points(rows: list[dict]) -> list[tuple[int, float, str]]:
+    """(iterations done, value, series) of total_loss and every loss_*."""
+    return [(r["iteration"] + 1, v, k) for r in rows for k, v in r.items()
+            if (k == "total_loss" or k.startswith("loss_")) and _finite(v)]
+
+
+def lr_points(rows: list[dict]) -> list[tuple[int, float]]:
+    return [(r["iteration"] + 1, r["lr"]) for r in rows if _finite(r.get("lr"))]
+
+
+def ap_points(rows: list[dict]) -> list[tuple[int, float, str]]:
+    """(iterations done, AP, series) after each evaluation; series: bbox, segm/<mask name>."""
+    return [(r["iteration"] + 1, v, k[: -len("/AP")]) for r in rows for k, v in r.items()
+            if k.endswith("/AP") and _finite(v)]
+
+
+def latest_evaluation(rows: list[dict]) -> tuple[int | None, dict]:
+    """(iteration, {task: {metric: value}}) of the last evaluation written to metrics.json."""
+    for r in reversed(rows):
+        tasks: dict[str, dict] = {}
+        for k, v in r.items():
+            task, sep, metric = k.rpartition("/")
+            if sep and (metric in MAIN_METRICS or metric.startswith("AP-")) and task.split("/")[0] in ("bbox", "segm"):
+                tasks.setdefault(task, {})[metric] = v
+        if tasks:
+            return r["iteration"] + 1, tasks
+    return None, {}
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def evaluation(run_dir: str | Path) -> tuple[str, dict]:
+    """(caption, results) of the run's final evaluation, else its latest periodic one, else ("", {})."""
+    run_dir = Path(run_dir)
+    final = read_json(run_dir / EVAL_FILE)
+    if isinstance(final, dict) and final:
+        summary = read_json(run_dir / SUMMARY_FILE) or {}
+        best = summary.get("best") if isinstance(summary, dict) else None
+        if isinstance(best, dict) and best.get("iteration") is not None:
+            return f"final evaluation (best checkpoint: iteration {best['iteration'] + 1}, {best['metric']})", final
+        return "final evaluation", final
+    it, tasks = latest_evaluation(read_metrics(run_dir))
+    return (f"evaluation at iteration {it}", tasks) if tasks else ("", {})
+
+
+def eval_rows(results: dict) -> tuple[list[str], list[list]]:
+    """(columns, rows): a row per task (bbox, segm/<mask name>); AP, AP50, AP75, APs, APm, APl, AP per class."""
+    classes: list[str] = []
+    for res in results.values():
+        classes += [k for k in res if k.startswith("AP-") and k not in classes]
+    cols = ["task", *MAIN_METRICS, *classes]
+    rows = [[task, *(_round(res.get(c)) for c in cols[1:])] for task, res in results.items() if isinstance(res, dict)]
+    return cols, rows
+
+
+def final_ap(run_dir: str | Path) -> dict[str, float | None]:
+    """{task: AP} from the run's eval_results.json ({} before the run has one)."""
+    final = read_json(Path(run_dir) / EVAL_FILE)
+    if not isinstance(final, dict):
+        return {}
+    return {task: _round(res.get("AP")) for task, res in final.items() if isinstance(res, dict)}
+
+
+def _round(v: Any) -> float | None:
+    return round(float(v), 2) if _finite(v) else None

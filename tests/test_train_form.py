@@ -1,0 +1,212 @@
+"""The Train tab's form checks, command building, run-folder reading and run actions (no training here)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.training import form, monitor
+from app.training.form import FormError, parse_settings, resolve_device
+
+VALID = {"dataset": "shapes", "start": "tiny", "iterations": 40, "batch_size": 2, "lr": 0.01, "device": "cpu",
+         "amp": False, "eval_period": 20}
+
+
+def _settings(**changes):
+    return parse_settings({**VALID, **changes}, runs=["old-run"])
+
+
+def test_defaults_make_a_first_fine_tune():
+    s = parse_settings({"dataset": "shapes"}, runs=[])
+    assert (s.start, s.iterations, s.batch_size, s.lr, s.schedule, s.device, s.amp) == \
+        ("coco", 1000, 4, 0.005, "step", "auto", True)
+    assert (s.val_fraction, s.seed, s.eval_period, s.patience) == (0.2, 0, 250, 0)
+
+
+def test_numbers_may_arrive_as_text_or_floats():
+    s = _settings(iterations="40", batch_size=2.0, lr="0.02", seed="7")
+    assert (s.iterations, s.batch_size, s.lr, s.seed) == (40, 2, 0.02, 7)
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("iterations", 0, "iterations"), ("iterations", 1.5, "iterations"), ("iterations", True, "iterations"),
+    ("iterations", "ten", "iterations"), ("batch_size", None, "batch size"), ("lr", float("nan"), "lr"),
+    ("lr", 0, "lr"), ("lr", "inf", "lr"), ("image_size", 10, "image size"), ("val_fraction", 0.95, "val"),
+    ("device", "gpu", "device"), ("schedule", "poly", "schedule"), ("start", "run:missing", "starting point"),
+    ("start", "../../etc", "starting point"), ("run_name", "../escape", "run name"), ("run_name", 5, "run name"),
+    ("dataset", "", "dataset"), ("dataset", ["a"], "dataset"), ("amp", "yes", "mixed precision"),
+    ("eval_period", 41, "eval period"), ("best_metric", "segm/primary/AP; rm", "best metric"),
+    ("num_gpus", 3, "multiple of the number of GPUs"), ("advanced", 7, "advanced"),
+])
+def test_bad_values_are_refused_with_the_field_named(field, value, words):
+    with pytest.raises(FormError, match=words):
+        _settings(**{field: value})
+
+
+def test_unknown_fields_and_non_dict_forms_are_refused():
+    with pytest.raises(FormError, match="unknown form fields: extra"):
+        parse_settings({**VALID, "extra": 1}, runs=[])
+    with pytest.raises(FormError, match="named values"):
+        parse_settings(["shapes"], runs=[])
+
+
+def test_starting_from_a_listed_run():
+    assert _settings(start="run:old-run").start == "run:old-run"
+
+
+@pytest.mark.parametrize("text,words", [
+    ("OUTPUT_DIR /tmp/elsewhere", "set by the form"), ("DATASETS.TRAIN ('x',)", "set by the form"),
+    ("MODEL.WEIGHTS /etc/passwd", "set by the form"), ("SOLVER.AMP.ENABLED True", "set by the form"),
+    ("solver.base_lr 1", "line 1"), ("SOLVER.MOMENTUM", "line 1"), ("\n\nSOLVER.MOMENTUM 0.9\nbad", "line 4"),
+])
+def test_advanced_options_cannot_redirect_the_run(text, words):
+    with pytest.raises(FormError, match=words):
+        _settings(advanced=text)
+
+
+def test_advanced_options_are_parsed_in_order():
+    assert form.parse_advanced("# comment\nSOLVER.MOMENTUM 0.8\n\nMODEL.RPN.NMS_THRESH: 0.6\n") == \
+        ["SOLVER.MOMENTUM", "0.8", "MODEL.RPN.NMS_THRESH", "0.6"]
+
+
+def test_device_resolution():
+    assert resolve_device(_settings(device="auto", amp=True), gpu_count=0) == \
+        ("cpu", "cpu", ["mixed precision is off: it needs a CUDA GPU"])
+    assert resolve_device(_settings(device="auto"), gpu_count=1) == ("cuda", "cuda:0", [])
+    assert resolve_device(_settings(device="cuda", num_gpus=2), gpu_count=2) == ("cuda", "cuda:0,1", [])
+    with pytest.raises(FormError, match="choose device 'cpu'"):
+        resolve_device(_settings(device="cuda"), gpu_count=0)
+    with pytest.raises(FormError, match="2 asked for, 1 visible"):
+        resolve_device(_settings(device="cuda", num_gpus=2), gpu_count=1)
+    with pytest.raises(FormError, match="set it to 1"):
+        resolve_device(_settings(device="cpu", num_gpus=2), gpu_count=0)
+
+
+def test_command_and_options(tmp_path):
+    from multimask.config import get_multimask_cfg
+
+    s = _settings(advanced="SOLVER.MOMENTUM 0.8", patience=2, best_metric="bbox/AP")
+    config_file, weights = form.preset_for(s, {})
+    opts = form.training_options(s, get_multimask_cfg(config_file), "cpu", ["whole", "part", "core"], weights,
+                                 has_val=True)
+    pairs = dict(zip(opts[::2], opts[1::2]))
+    assert pairs["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES"] == "['whole', 'part', 'core']"
+    assert pairs["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK"] == "3"
+    assert (pairs["SOLVER.MAX_ITER"], pairs["SOLVER.STEPS"], pairs["SOLVER.AMP.ENABLED"]) == ("40", "(30, 36)", "False")
+    assert (pairs["TEST.EVAL_PERIOD"], pairs["MULTIMASK.EARLY_STOP_PATIENCE"]) == ("20", "2")
+    assert pairs["MULTIMASK.BEST_METRIC"] == "bbox/AP"
+    assert opts[-2:] == ["SOLVER.MOMENTUM", "0.8"], "advanced options come last, so they win"
+    cfg = get_multimask_cfg(config_file, opts)  # the job builds the same config
+    assert cfg.SOLVER.MOMENTUM == 0.8 and list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES) == ["whole", "part", "core"]
+    argv = form.build_command(config_file, tmp_path / "t.json", None, tmp_path / "run", 1, opts)
+    assert argv[:4] == [sys.executable, "-m", "multimask", "train"] and "--val-json" not in argv
+    no_val = dict(zip(*[iter(form.training_options(s, cfg, "cpu", ["a"], None, has_val=False))] * 2))
+    assert (no_val["TEST.EVAL_PERIOD"], no_val["MULTIMASK.EARLY_STOP_PATIENCE"]) == ("0", "0")
+
+
+def test_unknown_advanced_keys_fail_before_the_job_starts():
+    s = _settings(advanced="SOLVER.NOT_A_KEY 1")
+    config_file, _ = form.preset_for(s, {})
+    with pytest.raises(FormError, match="NOT_A_KEY"):
+        form.check_options(config_file, form.parse_advanced(s.advanced))
+
+
+def _write_lines(path, rows, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+
+
+def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp_path):
+    rows = [{"iteration": i, "total_loss": 2.0 - i / 10, "loss_mask_primary": 0.7, "lr": 0.01 * i, "time": 0.5}
+            for i in range(5)]
+    rows.append({"iteration": 4, "bbox/AP": 12.5, "segm/primary/AP": 10.0, "segm/primary/AP-disc": 20.0})
+    rows += [{"iteration": 3, "total_loss": 1.5, "time": 0.25}, {"iteration": 4, "total_loss": 1.4, "time": 0.25}]
+    _write_lines(tmp_path / "metrics.json", rows, tail='{"iteration": 5, "total_lo')
+    merged = monitor.read_metrics(tmp_path)
+    assert [r["iteration"] for r in merged] == [0, 1, 2, 3, 4]
+    assert merged[4]["total_loss"] == 1.4 and merged[4]["bbox/AP"] == 12.5, "a resumed run's lines win"
+    prog = monitor.progress(merged, max_iter=10, ims_per_batch=4)
+    assert (prog["iteration"], prog["fraction"], prog["total_loss"]) == (5, 0.5, 1.4)
+    assert prog["sec_per_iter"] == 0.5 and prog["images_per_sec"] == 8.0 and prog["eta_seconds"] == 2.5
+    assert prog["max_mem_mb"] is None
+    losses = monitor.loss_points(merged)
+    assert {s for _, _, s in losses} == {"total_loss", "loss_mask_primary"} and min(i for i, _, _ in losses) == 1
+    assert [lr for _, lr in monitor.lr_points(merged)][:2] == [0.0, 0.01]
+    it, tasks = monitor.latest_evaluation(merged)
+    assert it == 5 and tasks == {"bbox": {"AP": 12.5}, "segm/primary": {"AP": 10.0, "AP-disc": 20.0}}
+    assert {s for _, _, s in monitor.ap_points(merged)} == {"bbox", "segm/primary"}
+
+
+def test_evaluation_prefers_the_final_results(tmp_path):
+    _write_lines(tmp_path / "metrics.json", [{"iteration": 9, "segm/primary/AP": 10.0}])
+    assert monitor.evaluation(tmp_path)[0] == "evaluation at iteration 10"
+    final = {"bbox": {"AP": 50.0, "AP50": 70.123, "AP-disc": None}, "segm/primary": {"AP": 40.0, "AP-disc": 41.0}}
+    (tmp_path / "eval_results.json").write_text(json.dumps(final))
+    caption, results = monitor.evaluation(tmp_path)
+    assert caption == "final evaluation" and results == final
+    from app.training.view import eval_table
+
+    table = eval_table(results)
+    assert list(table["task"]) == ["bbox", "segm/primary"] and "AP-disc" in table.columns
+    assert table.loc[0, "AP50"] == 70.12 and table.loc[1, "AP-disc"] == 41.0
+    assert monitor.final_ap(tmp_path) == {"bbox": 50.0, "segm/primary": 40.0}
+    assert monitor.final_ap(tmp_path / "missing") == {}
+
+
+def _view_with_job(tmp_path, script, **extra):
+    """A TrainView whose job manager also runs plain Python scripts, with one finished job of `script`."""
+    from app.training.jobs import JobManager
+    from app.training.service import TrainingService
+    from app.training.view import TrainView
+
+    service = TrainingService(tmp_path / "datasets", tmp_path / "runs", gpus=0)
+    service.jobs = JobManager(service.jobs.jobs_root, service.runs_root, require_module=None)
+    view = TrainView(service)
+    argv = [sys.executable, "-c", script, "train", "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True"]
+    job = service.jobs.submit(argv, service.runs_root / "r1", "cpu", run_name="r1", dataset="shapes", max_iter=10)
+    return view, service.jobs.wait(job["id"], timeout=30)
+
+
+def test_a_job_without_a_gpu_is_offered_the_cpu(tmp_path):
+    view, job = _view_with_job(tmp_path, "import sys; print('RuntimeError: Found no NVIDIA driver'); sys.exit(1)")
+    assert job["state"] == "failed" and job["error"] == "no usable GPU: run on the CPU (device cpu)"
+    out = view.status("r1")
+    assert out[-1]["visible"] is True, "the 'Run on the CPU instead' button is shown"
+    assert "running on the CPU" in view.act("retry_on_cpu")("r1")
+    new = view.service.latest("r1")
+    assert new["resumed_from"] == job["id"] and new["dataset"] == "shapes" and new["max_iter"] == 10
+    cmd = new["command"]
+    assert cmd[cmd.index("train") + 1] == "--resume"
+    assert cmd[cmd.index("MODEL.DEVICE") + 1] == "cpu" and cmd[cmd.index("SOLVER.AMP.ENABLED") + 1] == "False"
+
+
+def test_only_no_gpu_failures_are_retried_on_the_cpu(tmp_path):
+    view, job = _view_with_job(tmp_path, "import sys; sys.exit(1)")
+    assert job["state"] == "failed"
+    assert view.status("r1")[-1]["visible"] is False
+    retry = view.act("retry_on_cpu")
+    assert retry("r1") == "⚠️ run r1 did not fail for want of a GPU"
+    assert retry("../r1").startswith("⚠️ no run called")
+
+
+def test_deleting_a_run_needs_the_confirmation_and_an_ended_job(tmp_path):
+    view, job = _view_with_job(tmp_path, "pass")
+    run_dir = tmp_path / "runs" / "r1"
+    (run_dir / "model_final.pth").write_bytes(b"x")
+    message, *_ = view.delete("r1", False)
+    assert message.startswith("Tick 'confirm'") and run_dir.is_dir()
+    assert view.delete("other", True)[0].startswith("⚠️ no run called")
+    message, *_ = view.delete("r1", True)
+    assert message == "Deleted run r1." and not run_dir.exists()
+    assert view.service.run_names() == [] and not Path(job["log"]).exists()
+
+
+@pytest.mark.parametrize("iterations,steps", [(100, "(75, 90)"), (4, "(3,)"), (2, "(1,)"), (1, "()")])
+def test_step_milestones_stay_inside_short_runs(iterations, steps):
+    from multimask.config import get_multimask_cfg
+
+    s = _settings(iterations=iterations, eval_period=0)
+    config_file, _ = form.preset_for(s, {})
+    opts = form.training_options(s, get_multimask_cfg(config_file), "cpu", ["primary"], None, has_val=False)
+    assert opts[opts.index("SOLVER.STEPS") + 1] == steps
+    form.check_options(config_file, opts)
