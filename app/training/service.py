@@ -74,20 +74,21 @@ class TrainingService:
             return []
         return self.store.open(dataset).mask_names
 
+    def _by_run(self) -> dict[str, list[dict]]:
+        """{run name: its jobs, oldest first}, runs with the newest job first; one read of the job records."""
+        groups: dict[str, list[dict]] = {}
+        for job in self.jobs.jobs():  # newest first
+            if isinstance(job.get("run_name"), str):
+                groups.setdefault(job["run_name"], []).insert(0, job)
+        return groups
+
     def run_names(self) -> list[str]:
         """Runs started from this app, newest first."""
-        seen: dict[str, None] = {}
-        for job in self.jobs.jobs():
-            if isinstance(job.get("run_name"), str):
-                seen.setdefault(job["run_name"], None)
-        return list(seen)
+        return list(self._by_run())
 
     def run_jobs(self, run_name: Any) -> list[dict]:
         """The jobs of a run, oldest first; [] for anything that is not a run of this app."""
-        if not isinstance(run_name, str):
-            return []
-        return sorted((j for j in self.jobs.jobs() if j.get("run_name") == run_name),
-                      key=lambda j: (j["created"], j["id"]))
+        return self._by_run().get(run_name, []) if isinstance(run_name, str) else []
 
     def latest(self, run_name: Any) -> dict:
         jobs = self.run_jobs(run_name)
@@ -225,8 +226,7 @@ class TrainingService:
     def runs_overview(self) -> list[dict]:
         """One dict per run of this app: run, state, dataset, iterations, started, seconds, final AP per task."""
         out = []
-        for name in self.run_names():
-            jobs = self.run_jobs(name)
+        for name, jobs in self._by_run().items():
             job = jobs[-1]
             done = monitor.progress(monitor.read_metrics(job["run_dir"]), int(job.get("max_iter") or 0), 1)
             out.append({"run": name, "state": job["state"], "dataset": job.get("dataset"),
