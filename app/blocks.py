@@ -48,18 +48,19 @@ def _link_run_buttons(tabs: gr.Tabs, train: dict, predict_view: PredictView, lab
                       runs_root: str | Path) -> None:
     """The Train tab's "Open in Predict" and "Use for labelling": switch tab with the run chosen there."""
 
-    def opener(tab: str, choices, *extra):
+    def opener(tab: str, choices, open_panel: bool = False):
         def open_run(run_name: str | None):
+            panel = (gr.update(open=True),) if open_panel else ()
             try:
                 run = get_run(runs_root, run_name)
             except RunNotFoundError as e:
                 return gr.update(), gr.update(), f"⚠️ {e} A run is listed once it has saved a checkpoint.", \
-                    *(gr.update() for _ in extra)
-            return gr.Tabs(selected=tab), gr.update(choices=choices(), value=run.name), "", *extra
+                    *(gr.update() for _ in panel)
+            return gr.Tabs(selected=tab), gr.update(choices=choices(), value=run.name), "", *panel
         return open_run
 
     train["open_predict"].click(opener("predict", predict_view.run_choices), [train["run"]],
                                 [tabs, predict_view.run_dropdown, train["message"]], api_visibility="private")
-    train["open_label"].click(opener("label", label_view.run_choices, gr.Accordion(open=True)), [train["run"]],
+    train["open_label"].click(opener("label", label_view.run_choices, open_panel=True), [train["run"]],
                               [tabs, label_view.run_dropdown, train["message"], label_view.propose_panel],
                               api_visibility="private")

@@ -206,9 +206,9 @@ def build_train_tab(demo: gr.Blocks, view: TrainView) -> dict[str, Any]:
                 val_fraction = gr.Number(d["val_fraction"], label="Validation fraction", minimum=0, maximum=0.9)
                 seed = gr.Number(d["seed"], label="Seed (split, training)", precision=0, minimum=0)
             with gr.Row():
-                device = gr.Radio(list(form.DEVICES), value=d["device"], label="Device")
-                num_gpus = gr.Number(d["num_gpus"], label="GPUs", precision=0, minimum=1)
-                amp = gr.Checkbox(d["amp"], label="Mixed precision (GPU)")
+                device = gr.Radio(list(form.DEVICES), value=d["device"], label="Device", scale=2)
+                num_gpus = gr.Number(d["num_gpus"], label="GPUs", precision=0, minimum=1, scale=1)
+            amp = gr.Checkbox(d["amp"], label="Mixed precision (on a GPU; ignored on the CPU)")
             with gr.Row():
                 eval_period = gr.Number(d["eval_period"], label="Evaluate every (iterations; 0: at the end)",
                                         precision=0, minimum=0)
@@ -234,10 +234,10 @@ def build_train_tab(demo: gr.Blocks, view: TrainView) -> dict[str, Any]:
                 open_predict = gr.Button("Open in Predict")
                 open_label = gr.Button("Use for labelling")
             with gr.Row():
-                loss_plot = gr.LinePlot(x="iteration", y="value", color="series", label="Losses", height=260,
+                loss_plot = gr.LinePlot(x="iteration", y="value", color="series", label="Losses",
                                         elem_id="mm-loss-plot")
-                lr_plot = gr.LinePlot(x="iteration", y="lr", label="Learning rate", height=260)
-            ap_plot = gr.LinePlot(x="iteration", y="AP", color="series", label="Validation AP", height=220)
+                lr_plot = gr.LinePlot(x="iteration", y="lr", label="Learning rate")
+            ap_plot = gr.LinePlot(x="iteration", y="AP", color="series", label="Validation AP")
             eval_caption = gr.Markdown()
             ap_table = gr.Dataframe(eval_table({}), label="AP per mask name and class",
                                       interactive=False)
