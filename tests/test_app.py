@@ -3,7 +3,6 @@
 import logging
 import os
 import shutil
-import socket
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from app.predict_view import NO_IMAGE_MESSAGE, PredictView, RawPrediction, rende
 from app.runs import RunNotFoundError, find_runs, get_run
 from multimask.cli import MAX_IMAGE_PIXELS
 from multimask.config import get_multimask_cfg
+from tests.conftest import free_port
 
 CLASSES = ["disc", "box", "triangle"]
 OLD = 1_600_000_000  # an mtime older than the freshly saved run
@@ -266,19 +266,13 @@ def test_launch_parser_defaults_to_localhost():
         launch.build_parser().parse_args(["--share", "maybe"])
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_app_end_to_end(runs_root, tmp_path, image):
     from gradio_client import Client, handle_file
 
     path = tmp_path / "upload.png"
     Image.fromarray(image).save(path)
     demo = build_app(tmp_path / "data", runs_root)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
         overlay, table, status = client.predict("exp1", handle_file(path), 0.0, ["primary", "secondary"],

@@ -144,6 +144,12 @@ def test_evaluation_prefers_the_final_results(tmp_path):
     (tmp_path / "eval_results.json").write_text(json.dumps(final))
     caption, results = monitor.evaluation(tmp_path)
     assert caption == "final evaluation" and results == final
+    summary = {"iterations": 60, "max_iter": 100, "early_stopped": True,
+               "best": {"metric": "segm/primary/AP", "mode": "max", "value": 41.234, "iteration": 39}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert monitor.evaluation(tmp_path)[0] == (
+        "final evaluation; stopped early after 60 iterations, the results are the best evaluation's; "
+        "best segm/primary/AP 41.23 at iteration 40: model_best.pth, used by Predict and Propose")
     from app.training.view import eval_table
 
     table = eval_table(results)

@@ -121,11 +121,17 @@ def evaluation(run_dir: str | Path) -> tuple[str, dict]:
     run_dir = Path(run_dir)
     final = read_json(run_dir / EVAL_FILE)
     if isinstance(final, dict) and final:
-        summary = read_json(run_dir / SUMMARY_FILE) or {}
-        best = summary.get("best") if isinstance(summary, dict) else None
-        if isinstance(best, dict) and best.get("iteration") is not None:
-            return f"final evaluation (best checkpoint: iteration {best['iteration'] + 1}, {best['metric']})", final
-        return "final evaluation", final
+        summary = read_json(run_dir / SUMMARY_FILE)
+        summary = summary if isinstance(summary, dict) else {}
+        notes = []
+        if summary.get("early_stopped"):
+            notes.append(f"stopped early after {summary.get('iterations')} iterations, the results are the best "
+                         "evaluation's")
+        best = summary.get("best")
+        if isinstance(best, dict) and best.get("iteration") is not None and _finite(best.get("value")):
+            notes.append(f"best {best['metric']} {best['value']:.2f} at iteration {best['iteration'] + 1}: "
+                         "model_best.pth, used by Predict and Propose")
+        return "final evaluation" + "".join(f"; {n}" for n in notes), final
     it, tasks = latest_evaluation(read_metrics(run_dir))
     return (f"evaluation at iteration {it}", tasks) if tasks else ("", {})
 
