@@ -218,3 +218,20 @@ def test_training_stops_gracefully_and_resumes_to_the_same_schedule(tmp_path):
     assert f"Resuming at iteration {n + 1}" in log
     assert (run / "model_final.pth").is_file()
     assert (run / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_jobs_asking_for_any_gpu_share_the_gpus_one_job_each(tmp_path):
+    m = _mgr(tmp_path, gpus=2)
+    code = "import os, time; print('GPUS=' + os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(1.0)"
+    a, b, c = (m.submit(_script(code), tmp_path / "runs" / n, device="cuda*1") for n in "abc")
+    both = m.submit(_script(code), tmp_path / "runs" / "both", device="cuda*2")
+    assert (a["state"], b["state"], c["state"], both["state"]) == ("running", "running", "queued", "queued")
+    assert (a["device"], b["device"], a["device_request"]) == ("cuda:0", "cuda:1", "cuda*1")
+    c, both = m.wait(c["id"], 20), m.wait(both["id"], 20)
+    assert c["device"] in ("cuda:0", "cuda:1") and both["device"] == "cuda:0,1"
+    assert "GPUS=0,1" in m.log_tail(both["id"])
+    assert both["started"] >= max(m.get(j)["ended"] for j in (a["id"], b["id"], c["id"])), "it waited for both"
+    too_many = m.wait(m.submit(_script(code), tmp_path / "runs" / "big", device="cuda*3")["id"], 5)
+    assert too_many["state"] == "failed" and too_many["error"] == "needs 3 GPUs, 2 visible"
+    resumed = m.resume(a["id"], start=False)
+    assert resumed["device"] == "cuda*1", "a resumed job asks for any free GPU again"

@@ -73,8 +73,8 @@ def test_advanced_options_are_parsed_in_order():
 def test_device_resolution():
     assert resolve_device(_settings(device="auto", amp=True), gpu_count=0) == \
         ("cpu", "cpu", ["mixed precision is off: it needs a CUDA GPU"])
-    assert resolve_device(_settings(device="auto"), gpu_count=1) == ("cuda", "cuda:0", [])
-    assert resolve_device(_settings(device="cuda", num_gpus=2), gpu_count=2) == ("cuda", "cuda:0,1", [])
+    assert resolve_device(_settings(device="auto"), gpu_count=1) == ("cuda", "cuda*1", [])
+    assert resolve_device(_settings(device="cuda", num_gpus=2), gpu_count=2) == ("cuda", "cuda*2", [])
     with pytest.raises(FormError, match="choose device 'cpu'"):
         resolve_device(_settings(device="cuda"), gpu_count=0)
     with pytest.raises(FormError, match="2 asked for, 1 visible"):

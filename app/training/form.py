@@ -166,7 +166,7 @@ def parse_advanced(text: str) -> list[str]:
 
 
 def resolve_device(settings: TrainSettings, gpu_count: int) -> tuple[str, str, list[str]]:
-    """(MODEL.DEVICE, job device such as 'cpu' or 'cuda:0,1', notes for the user) for the form's device."""
+    """(MODEL.DEVICE, job device 'cpu' or 'cuda*K' (any K free GPUs), notes for the user) for the form."""
     device = settings.device
     if device == "auto":
         device = "cuda" if gpu_count else "cpu"
@@ -176,7 +176,7 @@ def resolve_device(settings: TrainSettings, gpu_count: int) -> tuple[str, str, l
                             "CPU (slow: use the tiny model or few iterations)")
         if settings.num_gpus > gpu_count:
             raise FormError(f"number of GPUs: {settings.num_gpus} asked for, {gpu_count} visible")
-        return "cuda", "cuda:" + ",".join(str(i) for i in range(settings.num_gpus)), []
+        return "cuda", f"cuda*{settings.num_gpus}", []  # the job manager picks free GPUs when it starts
     if settings.num_gpus != 1:
         raise FormError("number of GPUs: CPU training runs one process; set it to 1")
     notes = ["mixed precision is off: it needs a CUDA GPU"] if settings.amp else []

@@ -34,7 +34,7 @@ ACTIVE = ("running", "stopping")
 FINISHED = ("completed", "failed", "cancelled")
 STOPPED_EXIT_CODE = 3  # `python -m multimask train` after a graceful stop (multimask.engine.hooks)
 DEFAULT_STOP_TIMEOUT = 60.0
-_DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*)$")
+_DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*|cuda\*[1-9]\d*)$")
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
 
 # The supervisor: runs the command, passes no signal on (the group gets them), records the exit status.
@@ -62,9 +62,9 @@ NO_GPU_MESSAGE = "no usable GPU: run on the CPU (device cpu)"
 UNEXPECTED_MESSAGE = "the process ended unexpectedly"
 
 
-_RECORD_KEYS = ("id", "command", "run_dir", "device", "state", "cwd", "pid", "pgid", "proc_start", "created",
-                "started", "ended", "returncode", "error", "log", "log_tail", "stop_requested", "stop_deadline",
-                "resumed_from")
+_RECORD_KEYS = ("id", "command", "run_dir", "device", "device_request", "state", "cwd", "pid", "pgid", "proc_start",
+                "created", "started", "ended", "returncode", "error", "log", "log_tail", "stop_requested",
+                "stop_deadline", "resumed_from")
 
 
 class JobError(ValueError):
@@ -146,13 +146,15 @@ class JobManager:
     """Training jobs in `jobs_root`; run folders must lie in `runs_root` (when given).
 
     Commands must start with one of `allowed_programs` (default: this Python) followed by `-m <module>` for
-    `module` = `require_module` (default "multimask"; None allows any arguments, for tests).
+    `module` = `require_module` (default "multimask"; None allows any arguments, for tests). A job's device is
+    "cpu", given GPUs ("cuda:0,1"), or "cuda*K": any K of the `gpus` GPUs that are free when it starts.
     """
 
     def __init__(self, jobs_root: str | Path, runs_root: str | Path | None = None, *,
                  allowed_programs: tuple[str, ...] | None = None, require_module: str | None = "multimask",
-                 stop_timeout: float = DEFAULT_STOP_TIMEOUT):
+                 stop_timeout: float = DEFAULT_STOP_TIMEOUT, gpus: int = 0):
         self.jobs_root = Path(jobs_root)
+        self.gpus = gpus  # GPUs that "cuda*K" jobs may be given
         self.jobs_root.mkdir(parents=True, exist_ok=True)
         self.runs_root = Path(runs_root).resolve() if runs_root is not None else None
         self.allowed_programs = tuple(allowed_programs or (sys.executable,))
@@ -254,10 +256,11 @@ class JobManager:
         """Queue a job (and start it now when its device is free and `start`); return its record."""
         argv = self.validate_argv(argv)
         if not isinstance(device, str) or not _DEVICE_RE.match(device):
-            raise JobError(f"device must be 'cpu' or 'cuda:N[,M...]', not {device!r}")
+            raise JobError(f"device must be 'cpu', 'cuda:N[,M...]' or 'cuda*K', not {device!r}")
         run_dir = self._validate_run_dir(run_dir)
         job_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        job = {"id": job_id, "command": argv, "run_dir": str(run_dir), "device": device, "state": "queued",
+        job = {"id": job_id, "command": argv, "run_dir": str(run_dir), "device": device, "device_request": device,
+               "state": "queued",
                "cwd": str(Path(cwd or os.getcwd()).resolve()), "pid": None, "pgid": None, "proc_start": None,
                "created": _now(), "started": None, "ended": None, "returncode": None, "error": None,
                "log": str(self.jobs_root / f"{job_id}.log"), "log_tail": None, "stop_requested": None,
@@ -281,7 +284,8 @@ class JobManager:
             argv.insert(at, "--resume")
         kw.setdefault("cwd", old.get("cwd"))
         extra = {k: v for k, v in old.items() if k not in _RECORD_KEYS}  # what the caller added (dataset, ...)
-        return self.submit(argv, old["run_dir"], old["device"], **{**extra, **kw, "resumed_from": job_id})
+        device = old.get("device_request") or old["device"]  # "cuda*1" may run on another free GPU this time
+        return self.submit(argv, old["run_dir"], device, **{**extra, **kw, "resumed_from": job_id})
 
     # -- running -----------------------------------------------------------------------------------------------
 
@@ -293,12 +297,29 @@ class JobManager:
             jobs = self._all()
             busy = set().union(*(_units(j["device"]) for j in jobs if j["state"] in ACTIVE))
             for job in sorted((j for j in jobs if j["state"] == "queued"), key=lambda j: (j["created"], j["id"])):
-                if _units(job["device"]) & busy:
+                if job["device"].startswith("cuda*"):
+                    if not self._assign_gpus(job, busy):
+                        continue
+                elif _units(job["device"]) & busy:
                     continue
                 self._launch(job)
                 busy |= _units(job["device"])
                 started.append(job)
         return started
+
+    def _assign_gpus(self, job: dict, busy: set[str]) -> bool:
+        """Give a "cuda*K" job the first K free GPUs (False: not enough free now; a job needing more than
+        there are is failed)."""
+        k = int(job["device"][len("cuda*"):])
+        if k > self.gpus:
+            job.update(state="failed", ended=_now(), error=f"needs {k} GPUs, {self.gpus} visible")
+            self._save(job)
+            return False
+        free = [i for i in range(self.gpus) if f"cuda:{i}" not in busy]
+        if len(free) < k:
+            return False
+        job["device"] = "cuda:" + ",".join(map(str, free[:k]))
+        return True
 
     def poll(self) -> list[dict]:
         """Update the states of running jobs and start the next queued ones; return all jobs, newest first."""

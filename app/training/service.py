@@ -42,8 +42,8 @@ class TrainingService:
         self.store = LabelStore(data_root)
         self.runs_root = Path(runs_root).resolve()
         self.runs_root.mkdir(parents=True, exist_ok=True)
-        self.jobs = JobManager(self.runs_root / JOBS_FOLDER, self.runs_root)
         self.gpus = gpu_count() if gpus is None else gpus
+        self.jobs = JobManager(self.runs_root / JOBS_FOLDER, self.runs_root, gpus=self.gpus)
         self._start_lock = threading.Lock()
         self._poller: threading.Thread | None = None
 
