@@ -33,9 +33,9 @@ def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs"
             with gr.Tab("Label", id="label"):
                 demo.label_view = LabelView(data_root, runs_root, import_roots, predictors)
                 demo.editor = build_label_tab(demo, demo.label_view)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_tab:
                 demo.training = TrainingService(data_root, runs_root)
-                train = build_train_tab(demo, TrainView(demo.training))
+                train = build_train_tab(demo, TrainView(demo.training), train_tab)
             with gr.Tab("Predict", id="predict"):
                 demo.predict_view = build_predict_tab(demo, runs_root, PredictView(runs_root, predictors))
         _link_run_buttons(tabs, train, demo.predict_view, demo.label_view, runs_root)

@@ -198,7 +198,12 @@ def test_a_run_opens_in_predict_and_for_labelling(app, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(app.url)
+        time.sleep(3)  # the page's load events have run
+        app.call("/create_dataset", "made-later", "leaf", "primary, secondary")
         page.get_by_role("tab", name="Train").click()
+        page.locator("#mm-train-dataset input").click()
+        page.get_by_role("option", name="made-later", exact=True).wait_for(timeout=10_000)  # refreshed on opening
+        page.keyboard.press("Escape")
         page.locator("#mm-train-run input").click()
         page.get_by_role("option", name="quick", exact=True).click()
         page.get_by_role("button", name="Open in Predict").click()

@@ -179,8 +179,10 @@ def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
             f"<div>{esc(' · '.join(parts))}</div>{error}</div>")
 
 
-def build_train_tab(demo: gr.Blocks, view: TrainView) -> dict[str, Any]:
-    """Add the Train tab to the current Blocks; returns the components `build_app` links to other tabs.
+def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, Any]:
+    """Add the Train tab's content to the current Blocks; returns the components `build_app` links to other tabs.
+
+    Opening the tab refreshes the datasets and starting points (datasets made or runs finished meanwhile).
 
     API endpoints: `train_start` (the form), `train_status` (run), `train_stop`, `train_resume`,
     `train_retry_on_cpu`, `train_delete` (run, confirm) and `train_runs`.
@@ -190,7 +192,8 @@ def build_train_tab(demo: gr.Blocks, view: TrainView) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             with gr.Row():
-                dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset", scale=4)
+                dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset", scale=4,
+                                      elem_id="mm-train-dataset")
                 refresh = gr.Button("↻", scale=0, min_width=40)
             run_name = gr.Textbox(label="Run name", placeholder="automatic: <dataset>-<date>-<time>")
             start = gr.Dropdown(view.start_choices(), value=d["start"], label="Starting point")
@@ -266,7 +269,8 @@ def build_train_tab(demo: gr.Blocks, view: TrainView) -> dict[str, Any]:
     runs_refresh.click(lambda r: gr.update(choices=view.service.run_names(), value=r), [run], run,
                        api_name="train_runs")
     dataset.change(view.on_dataset, [dataset], best_metric, api_visibility="private")
-    refresh.click(view.refresh_form, [dataset, start], [dataset, start], api_visibility="private")
+    for trigger in (refresh.click, tab.select):
+        trigger(view.refresh_form, [dataset, start], [dataset, start], api_visibility="private")
     demo.load(view.on_load, None, [run, dataset, start], api_visibility="private")
     return {"run": run, "message": message, "open_predict": open_predict, "open_label": open_label}
 
