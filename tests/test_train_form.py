@@ -216,3 +216,37 @@ def test_step_milestones_stay_inside_short_runs(iterations, steps):
     opts = form.training_options(s, get_multimask_cfg(config_file), "cpu", ["primary"], None, has_val=False)
     assert opts[opts.index("SOLVER.STEPS") + 1] == steps
     form.check_options(config_file, opts)
+
+
+def test_a_run_starts_from_a_previous_runs_weights(tmp_path):
+    """A real two-iteration CPU job through the service, starting from a run folder the test builds."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from app.labeling.store import LabelStore
+    from app.training.service import TrainingService
+    from multimask.config import get_multimask_cfg
+    from multimask.data.synth import CLASSES, generate_synthetic_dataset
+
+    synth = generate_synthetic_dataset(tmp_path / "synth", num_train=4, num_val=0, seed=2, height=96, width=128)
+    LabelStore(tmp_path / "datasets").create("shapes", CLASSES).import_multimask(synth["train"])
+    prev = tmp_path / "runs" / "prev"
+    prev.mkdir(parents=True)
+    cfg = get_multimask_cfg("tiny_cpu", ["MODEL.ROI_HEADS.NUM_CLASSES", 2, "MODEL.DEVICE", "cpu"])
+    cfg.MULTIMASK.CLASS_NAMES = ["a", "b"]  # other classes: the class-specific layers start afresh
+    (prev / "config.yaml").write_text(cfg.dump())
+    DetectionCheckpointer(build_model(cfg), save_dir=str(prev)).save("model_final")
+    torch.manual_seed(0)
+
+    service = TrainingService(tmp_path / "datasets", tmp_path / "runs", gpus=0)
+    job, _ = service.start({**VALID, "run_name": "next", "start": "run:prev", "iterations": 2, "eval_period": 0,
+                            "val_fraction": 0.0, "image_size": 96})
+    cmd = job["command"]
+    assert cmd[cmd.index("--config-file") + 1] == str(prev.resolve() / "config.yaml")
+    assert cmd[cmd.index("MODEL.WEIGHTS") + 1] == str(prev.resolve() / "model_final.pth")
+    job = service.jobs.wait(job["id"], timeout=180)
+    assert job["state"] == "completed", service.jobs.log_tail(job["id"])
+    assert (tmp_path / "runs" / "next" / "model_final.pth").is_file()
+    log = service.jobs.log_tail(job["id"], 400)
+    assert f"Loading from {prev.resolve() / 'model_final.pth'}" in log, "the previous run's weights were loaded"
