@@ -121,6 +121,9 @@ class TrainingService:
             raise form.FormError(f"dataset {s.dataset!r} does not exist (any more); refresh the list")
         ds = self.store.open(s.dataset)
         model_device, job_device, notes = form.resolve_device(s, self.gpus)
+        if model_device == "cpu" and s.start != "tiny":
+            notes.append("training an R50-FPN model on the CPU is slow (seconds per iteration); the tiny model is "
+                         "meant for trying the pipeline on a CPU")
         name = s.run_name or f"{s.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_dir = self.runs_root / name
         if run_dir.exists() or name in self.run_names():
