@@ -108,6 +108,7 @@ def _train_worker(args: argparse.Namespace):
     from detectron2.utils.logger import setup_logger
 
     from .engine import MultiMaskTrainer
+    from .engine.hooks import STOPPED_EXIT_CODE, TrainingStopped
 
     cfg = training_config(args)
     default_setup(cfg, args)
@@ -117,14 +118,37 @@ def _train_worker(args: argparse.Namespace):
         trainer.resume_or_load(resume=True)
         return MultiMaskTrainer.test(cfg, trainer.model)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except TrainingStopped as e:
+        if comm.get_world_size() == 1:
+            raise  # main() reports it
+        print(e, flush=True)  # a child process of the launcher: its exit status tells it (see cmd_train)
+        raise SystemExit(STOPPED_EXIT_CODE) from None
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from detectron2.engine import launch
+    import signal
 
-    launch(_train_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    from detectron2.engine import launch
+    from torch.multiprocessing import ProcessExitedException
+
+    from .engine.hooks import STOPPED_EXIT_CODE
+
+    if args.num_gpus * args.num_machines == 1:
+        launch(_train_worker, 1, args=(args,))
+        return
+    # Several processes: a stop signal reaches the whole process group; the launcher waits for its children
+    # (they stop together after saving a checkpoint, see GracefulStop) instead of dying first.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        launch(_train_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except ProcessExitedException as e:
+        if e.exit_code == STOPPED_EXIT_CODE:
+            raise SystemExit(STOPPED_EXIT_CODE) from None
+        raise
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

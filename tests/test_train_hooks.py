@@ -307,3 +307,40 @@ def test_a_training_start_trains_on_frozen_copies_and_resume_checks_them(synth_d
     args = build_parser().parse_args([*argv, "--resume", "MODEL.DEVICE", "cpu"])
     with pytest.raises(ValueError, match=r"train.json: the train JSON changed since this run started"):
         args.func(args)  # the `train` command, through detectron2's launch
+
+
+def _stop_together_worker(out_dir: str) -> None:
+    """One of two CPU processes (gloo): only rank 1 gets the stop signal, at iteration 3."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from detectron2.utils import comm
+
+    from multimask.engine.hooks import GracefulStop, TrainingStopped
+
+    saved = []
+    hook = GracefulStop()
+    hook.trainer = SimpleNamespace(iter=0, max_iter=10, checkpointer=SimpleNamespace(
+        save=lambda name, iteration: saved.append(name) if comm.is_main_process() else None))
+    outcome = "finished"
+    try:
+        for it in range(10):
+            hook.trainer.iter = it
+            if it == 3 and comm.get_rank() == 1:
+                hook.request_stop()
+            hook.after_step()
+    except TrainingStopped as e:
+        outcome = f"stopped at {e.iteration}"
+    Path(out_dir, f"rank{comm.get_rank()}.json").write_text(json.dumps({"outcome": outcome, "saved": saved}))
+
+
+def test_every_process_stops_at_the_same_iteration(tmp_path):
+    import json
+
+    from detectron2.engine import launch
+
+    launch(_stop_together_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["outcome"] for r in ranks] == ["stopped at 3", "stopped at 3"]
+    assert ranks[0]["saved"] == ["model_0000003"] and ranks[1]["saved"] == [], "the main process saves once"

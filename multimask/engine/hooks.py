@@ -36,7 +36,9 @@ class GracefulStop(HookBase):
 
     The checkpoint becomes `last_checkpoint`, so `--resume` continues at the next iteration to the same
     SOLVER.MAX_ITER. A second SIGINT interrupts at once (KeyboardInterrupt). Handlers are installed in
-    `before_train` (main thread only) and restored in `after_train`.
+    `before_train` (main thread only) and restored in `after_train`. In multi-process training every process
+    has this hook and they agree after each step (an all_gather), so all stop at the same iteration once any
+    of them got the signal; the main process writes the checkpoint.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,14 +67,16 @@ class GracefulStop(HookBase):
         self._previous.clear()
 
     def after_step(self):
-        if self.requested is None:
-            return
+        stop = self.requested is not None
+        if comm.get_world_size() > 1:
+            stop = any(comm.all_gather(stop))
         it = self.trainer.iter
-        if it + 1 >= self.trainer.max_iter:
-            return  # the last step: training ends normally and writes model_final
+        if not stop or it + 1 >= self.trainer.max_iter:
+            return  # nothing asked, or the last step: training ends normally and writes model_final
         name = f"model_{it:07d}"
-        self.trainer.checkpointer.save(name, iteration=it)
-        logger.info("Stop requested (signal %d): saved %s.pth at iteration %d", self.requested, name, it)
+        self.trainer.checkpointer.save(name, iteration=it)  # written by the main process only
+        comm.synchronize()
+        logger.info("Stop requested (signal %s): saved %s.pth at iteration %d", self.requested, name, it)
         raise TrainingStopped(it, f"{name}.pth")
 
 

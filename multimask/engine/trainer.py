@@ -70,10 +70,9 @@ class MultiMaskTrainer(DefaultTrainer):
         for k, h in enumerate(hooks):
             if isinstance(h, d2hooks.PeriodicWriter):
                 hooks[k] = d2hooks.PeriodicWriter(h._writers, period=self.cfg.MULTIMASK.WRITE_PERIOD)
-        if comm.is_main_process():
-            if next(self.model.parameters()).is_cuda:
-                hooks.insert(i, GPUMemory())
-            hooks.append(GracefulStop())  # last, so the step's metrics are written first
+        if comm.is_main_process() and next(self.model.parameters()).is_cuda:
+            hooks.insert(i, GPUMemory())
+        hooks.append(GracefulStop())  # every process; last, so the step's metrics are written first
         return hooks
 
     def _best_hooks(self) -> list:
