@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -123,8 +124,11 @@ def _train_worker(args: argparse.Namespace):
     except TrainingStopped as e:
         if comm.get_world_size() == 1:
             raise  # main() reports it
-        print(e, flush=True)  # a child process of the launcher: its exit status tells it (see cmd_train)
-        raise SystemExit(STOPPED_EXIT_CODE) from None
+        # A child process of the launcher: its exit status tells it (see cmd_train). os._exit, because a normal
+        # interpreter exit with the process group's threads alive can abort (SIGABRT) and lose that status.
+        print(e, flush=True)
+        logging.shutdown()
+        os._exit(STOPPED_EXIT_CODE)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -140,13 +144,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     # Several processes: a stop signal reaches the whole process group; the launcher waits for its children
     # (they stop together after saving a checkpoint, see GracefulStop) instead of dying first.
+    stop_requested = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+        signal.signal(sig, lambda signum, _: stop_requested.append(signum))
     try:
         launch(_train_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     except ProcessExitedException as e:
-        if e.exit_code == STOPPED_EXIT_CODE:
+        if e.exit_code == STOPPED_EXIT_CODE or stop_requested:
             raise SystemExit(STOPPED_EXIT_CODE) from None
         raise
 

@@ -312,6 +312,7 @@ def test_a_training_start_trains_on_frozen_copies_and_resume_checks_them(synth_d
 def _stop_together_worker(out_dir: str) -> None:
     """One of two CPU processes (gloo): only rank 1 gets the stop signal, at iteration 3."""
     import json
+    import os
     from pathlib import Path
     from types import SimpleNamespace
 
@@ -333,6 +334,7 @@ def _stop_together_worker(out_dir: str) -> None:
     except TrainingStopped as e:
         outcome = f"stopped at {e.iteration}"
     Path(out_dir, f"rank{comm.get_rank()}.json").write_text(json.dumps({"outcome": outcome, "saved": saved}))
+    os._exit(0)  # as the CLI's workers do after a stop: a normal exit with gloo's threads alive may abort
 
 
 def test_every_process_stops_at_the_same_iteration(tmp_path):

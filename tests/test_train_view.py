@@ -199,11 +199,15 @@ def test_a_run_opens_in_predict_and_for_labelling(app, browser):
     try:
         page.goto(app.url)
         time.sleep(3)  # the page's load events have run
-        app.call("/create_dataset", "made-later", "leaf", "primary, secondary")
+        app.call("/create_dataset", "made-later", "leaf", "whole, lesion")
         page.get_by_role("tab", name="Train").click()
         page.locator("#mm-train-dataset input").click()
-        page.get_by_role("option", name="made-later", exact=True).wait_for(timeout=10_000)  # refreshed on opening
-        page.keyboard.press("Escape")
+        page.get_by_role("option", name="made-later", exact=True).click()  # offered: refreshed on opening
+        page.locator("#mm-train-best input").click()
+        page.get_by_role("option", name="lesion mask AP", exact=True).click()  # its own mask names
+        page.locator("#mm-train-start").click()
+        message = page.locator("#mm-train-message")
+        message.get_by_text("has no labelled images for training yet").wait_for(timeout=10_000)
         page.locator("#mm-train-run input").click()
         page.get_by_role("option", name="quick", exact=True).click()
         page.get_by_role("button", name="Open in Predict").click()

@@ -218,7 +218,8 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
                 patience = gr.Number(d["patience"], label="Early stopping patience (evaluations; 0: off)",
                                      precision=0, minimum=0)
             metrics = view.metric_choices(datasets[0] if datasets else None)
-            best_metric = gr.Dropdown(metrics, value=metrics[0][1], label="Keep the best checkpoint by")
+            best_metric = gr.Dropdown(metrics, value=metrics[0][1], label="Keep the best checkpoint by",
+                                      elem_id="mm-train-best")
             with gr.Accordion("Advanced config options", open=False):
                 advanced = gr.Textbox(label="KEY VALUE per line (detectron2 config)", lines=4,
                                       placeholder="SOLVER.MOMENTUM 0.9\nMODEL.RPN.POST_NMS_TOPK_TRAIN 1000")
