@@ -250,3 +250,18 @@ def test_a_run_starts_from_a_previous_runs_weights(tmp_path):
     assert (tmp_path / "runs" / "next" / "model_final.pth").is_file()
     log = service.jobs.log_tail(job["id"], 400)
     assert f"Loading from {prev.resolve() / 'model_final.pth'}" in log, "the previous run's weights were loaded"
+
+
+def test_the_timer_resends_curves_and_log_only_when_the_run_changed(tmp_path):
+    view, job = _view_with_job(tmp_path, "print('done')")
+    metrics = Path(job["run_dir"]) / "metrics.json"
+    _write_lines(metrics, [{"iteration": 0, "total_loss": 1.0, "lr": 0.1}])
+    first = view.tick("r1", None)
+    assert len(first[1]) == 1 and "done" in first[6], "the first tick sends everything"
+    again = view.tick("r1", first[-1])
+    assert all(again[i] == {"__type__": "update"} for i in range(1, 7)), "unchanged: skipped"
+    assert again[0] == first[0] and again[7] == first[7], "progress and record are always sent"
+    _write_lines(metrics, [{"iteration": i, "total_loss": 1.0, "lr": 0.1} for i in range(2)])
+    changed = view.tick("r1", again[-1])
+    assert len(changed[1]) == 2, "a changed metrics.json is sent"
+    assert view.tick("other", changed[-1])[0].startswith("<p>No run called other")

@@ -226,6 +226,23 @@ class TrainingService:
         return {"job": job, "rows": rows, "record": record, "eval_caption": caption, "results": results,
                 "log": self.jobs.log_tail(job["id"], LOG_LINES)}
 
+    def signature(self, run_name: Any) -> list:
+        """What a run's monitor shows changes only when this changes: its latest job and state, and the size and
+        time of its metrics, evaluation, summary and log files."""
+        jobs = self.run_jobs(run_name)
+        if not jobs:
+            return [run_name]
+        job, run_dir = jobs[-1], Path(jobs[-1]["run_dir"])
+        stats = []
+        for path in (run_dir / monitor.METRICS_FILE, run_dir / monitor.EVAL_FILE, run_dir / monitor.SUMMARY_FILE,
+                     Path(job["log"])):
+            try:
+                st = path.stat()
+                stats.append([st.st_size, st.st_mtime_ns])
+            except OSError:
+                stats.append(None)
+        return [run_name, job["id"], job["state"], *stats]
+
     def runs_overview(self) -> list[dict]:
         """One dict per run of this app: run, state, dataset, iterations, started, seconds, final AP per task."""
         out = []

@@ -110,6 +110,15 @@ class TrainView:
                 gr.update(interactive=job["state"] in ("failed", "cancelled")),
                 gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE))
 
+    def tick(self, run_name: str | None, last: list | None) -> tuple:
+        """The timer's refresh: like `status`, but the curves, evaluation and log are sent only when their files
+        changed since this page's last tick (re-sending them would redraw the plots and reset a zoom)."""
+        sig = self.service.signature(run_name)
+        out = list(self.status(run_name))
+        if sig == last:
+            out[1:7] = [gr.skip()] * 6  # loss, lr and AP plots, evaluation caption and table, log
+        return (*out, sig)
+
     def runs_table(self) -> pd.DataFrame:
         """One row per run: state, dataset, iterations, start, duration, final AP per task."""
         rows, tasks = [], []
@@ -260,7 +269,9 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
     train.click(view.start, form_inputs, [message, run], api_name="train_start").then(**status_io,
                                                                                       api_visibility="private")
     run.change(**status_io, api_name="train_status")
-    gr.Timer(POLL_SECONDS).tick(**status_io, api_visibility="private")
+    shown = gr.State(None)  # the signature of what this page shows (see TrainView.tick)
+    gr.Timer(POLL_SECONDS).tick(view.tick, [run, shown], [*status_io["outputs"], shown], show_progress="hidden",
+                                api_visibility="private")
     stop.click(view.act("stop"), [run], message, api_name="train_stop").then(**status_io, api_visibility="private")
     resume.click(view.act("resume"), [run], message, api_name="train_resume").then(**status_io,
                                                                                   api_visibility="private")
