@@ -265,3 +265,13 @@ def test_the_timer_resends_curves_and_log_only_when_the_run_changed(tmp_path):
     changed = view.tick("r1", again[-1])
     assert len(changed[1]) == 2, "a changed metrics.json is sent"
     assert view.tick("other", changed[-1])[0].startswith("<p>No run called other")
+
+
+def test_the_training_service_imports_without_gradio_or_pandas():
+    """The GPU machine has neither: bench/train_job.py runs the real worker there through these modules."""
+    import subprocess
+
+    code = ("import sys\nfor n in ('gradio', 'pandas'): sys.modules[n] = None\n"
+            "import app.training.service, app.training.monitor, app.labeling.store\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
