@@ -125,6 +125,7 @@ def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp
     merged = monitor.read_metrics(tmp_path)
     assert [r["iteration"] for r in merged] == [0, 1, 2, 3, 4]
     assert merged[4]["total_loss"] == 1.4 and merged[4]["bbox/AP"] == 12.5, "a resumed run's lines win"
+    assert monitor.iterations_done(tmp_path) == 5 and monitor.iterations_done(tmp_path / "none") == 0
     prog = monitor.progress(merged, max_iter=10, ims_per_batch=4)
     assert (prog["iteration"], prog["fraction"], prog["total_loss"]) == (5, 0.5, 1.4)
     assert prog["sec_per_iter"] == 0.5 and prog["images_per_sec"] == 8.0 and prog["eta_seconds"] == 2.5
@@ -275,3 +276,9 @@ def test_the_training_service_imports_without_gradio_or_pandas():
             "import app.training.service, app.training.monitor, app.labeling.store\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_iterations_done_reads_the_whole_file_when_its_tail_has_no_training_line(tmp_path):
+    evals = [{"iteration": 7, **{f"segm/primary/AP-class{i}": 1.0 for i in range(3000)}}] * 2  # > 64 KiB
+    _write_lines(tmp_path / "metrics.json", [{"iteration": 6, "total_loss": 1.0}, *evals])
+    assert monitor.iterations_done(tmp_path) == 7

@@ -49,10 +49,30 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             by_iter.setdefault(row["iteration"], {}).update(row)
     rows = [by_iter[i] for i in sorted(by_iter)]
     with _cache_lock:
-        if len(_cache) > 64:
+        if len(_cache) > 256:
             _cache.clear()
         _cache[str(path)] = (key, rows)
     return rows
+
+
+def iterations_done(run_dir: str | Path) -> int:
+    """Training iterations written to metrics.json so far, from the file's tail (cheap for a runs table)."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "total_loss" in row and isinstance(row.get("iteration"), int):
+            return row["iteration"] + 1
+    return progress(read_metrics(run_dir), 0, 1)["iteration"]  # no training line in the tail
 
 
 def _finite(v: Any) -> bool:

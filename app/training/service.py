@@ -248,9 +248,8 @@ class TrainingService:
         out = []
         for name, jobs in self._by_run().items():
             job = jobs[-1]
-            done = monitor.progress(monitor.read_metrics(job["run_dir"]), int(job.get("max_iter") or 0), 1)
             out.append({"run": name, "state": job["state"], "dataset": job.get("dataset"),
-                        "iterations": f"{done['iteration']}/{done['max_iter']}",
+                        "iterations": f"{monitor.iterations_done(job['run_dir'])}/{job.get('max_iter') or 0}",
                         "started": (jobs[0].get("started") or jobs[0]["created"])[:19].replace("T", " "),
                         "seconds": sum(job_seconds(j) for j in jobs), "ap": monitor.final_ap(job["run_dir"])})
         return out
