@@ -16,6 +16,8 @@ from pathlib import Path
 
 from app.labeling.store import LabelStore
 from app.training import monitor
+from app.training.form import FormError
+from app.training.jobs import FINISHED, JobError
 from app.training.service import TrainingService
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 
@@ -42,13 +44,19 @@ def main() -> None:
     store.create("synth", CLASSES).import_multimask(synth["train"])
     service = TrainingService(work / "datasets", work / "runs")
     t0 = time.time()
-    job, notes = service.start({
-        "dataset": "synth", "run_name": "bench", "start": args.start, "iterations": args.iterations,
-        "batch_size": args.batch, "lr": args.lr, "image_size": args.image_size, "device": args.device,
-        "amp": args.amp, "eval_period": args.eval_period, "best_metric": "segm/primary/AP",
-        "advanced": "DATALOADER.NUM_WORKERS 8" if args.device == "cuda" else ""})
+    try:
+        job, notes = service.start({
+            "dataset": "synth", "run_name": "bench", "start": args.start, "iterations": args.iterations,
+            "batch_size": args.batch, "lr": args.lr, "image_size": args.image_size, "device": args.device,
+            "amp": args.amp, "eval_period": args.eval_period, "best_metric": "segm/primary/AP",
+            "advanced": "DATALOADER.NUM_WORKERS 8" if args.device == "cuda" else ""})
+    except (FormError, JobError) as e:
+        raise SystemExit(f"cannot start: {e}") from None
     print(f"job {job['id']}: {job['state']}", *notes, sep="\n", flush=True)
     job = service.jobs.wait(job["id"], timeout=args.timeout, interval=2.0)
+    if job["state"] not in FINISHED:  # out of time: free the GPU for what runs next (the job has its own session)
+        service.jobs.stop(job["id"], timeout=20)
+        job = service.jobs.wait(job["id"], timeout=60)
     wall = time.time() - t0
     run_dir = Path(job["run_dir"])
     rows = monitor.read_metrics(run_dir)
