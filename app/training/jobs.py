@@ -27,12 +27,12 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
+from multimask.engine.hooks import STOPPED_EXIT_CODE  # `train`'s exit status after a graceful stop
 from multimask.io import atomic_write_json
 
 STATES = ("queued", "running", "stopping", "completed", "failed", "cancelled")
 ACTIVE = ("running", "stopping")
 FINISHED = ("completed", "failed", "cancelled")
-STOPPED_EXIT_CODE = 3  # `python -m multimask train` after a graceful stop (multimask.engine.hooks)
 DEFAULT_STOP_TIMEOUT = 60.0
 _DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*|cuda\*[1-9]\d*)$")
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
