@@ -51,6 +51,8 @@ def test_upload_then_save_and_load_through_the_server_functions(view, tmp_path):
     assert doc["image_url"].startswith("/gradio_api/file=") and doc["image_url"].endswith(".png")
     saved = view.save_annotations("leaves", ids[0], 0, _instances(), None)
     assert saved["ok"] and saved["revision"] == 1 and saved["status"] == "in_progress"
+    assert "0 unlabelled, 1 in progress, 0 done" in view.summary("leaves"), "the counts follow autosaves"
+    assert view.summary("nope") == {"__type__": "update"} and view.summary(None) == {"__type__": "update"}
     again = view.load_image("leaves", ids[0], None)
     assert again["revision"] == 1 and again["instances"][0]["masks"]["secondary"] == [INNER]
 

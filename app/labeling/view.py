@@ -65,6 +65,9 @@ def thumbnail(ds: LabelDataset, image_id: str) -> Path:
     return path
 
 
+SUMMARY_SECONDS = 5.0  # the dataset's counts line follows the editor's autosaves
+
+
 class LabelView:
     """Handlers of the Label tab, independent of the components so that tests can call them directly."""
 
@@ -194,13 +197,16 @@ class LabelView:
         pages = max((len(shown) + GALLERY_PAGE - 1) // GALLERY_PAGE, 1)
         page = min(max(int(page or 1), 1), pages)
         chunk = shown[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
-        counts = {s: sum(e["status"] == s for e in images) for s in STATUS_FILTERS[1:]}
-        summary = (f"**{ds.name}**: {len(images)} images ({counts['unlabelled']} unlabelled, "
-                   f"{counts['in_progress']} in progress, {counts['done']} done); classes: "
-                   f"{', '.join(ds.classes) or '(none)'}; masks: {', '.join(ds.mask_names)}.")
         gallery = [(str(thumbnail(ds, e["id"])), f"{e['file_name']} · {e['status'].replace('_', ' ')}")
                    for e in chunk]
-        return gallery, [e["id"] for e in chunk], pages, summary
+        return gallery, [e["id"] for e in chunk], pages, _summary(ds, images)
+
+    def summary(self, name: str | None) -> Any:
+        """The dataset's counts line, for the tab's timer: autosaves change the statuses behind it."""
+        if not name or name not in self.store.list_datasets():
+            return gr.skip()
+        ds = self._dataset(name)
+        return _summary(ds, ds.images())
 
     def restore(self, last: dict | None):
         """On page load: the datasets created meanwhile, and the dataset this browser tab had open."""
@@ -336,6 +342,13 @@ class LabelView:
                 f"--val-json {paths.get('val')}`")
 
 
+def _summary(ds: LabelDataset, images: list[dict]) -> str:
+    counts = {s: sum(e["status"] == s for e in images) for s in STATUS_FILTERS[1:]}
+    return (f"**{ds.name}**: {len(images)} images ({counts['unlabelled']} unlabelled, "
+            f"{counts['in_progress']} in progress, {counts['done']} done); classes: "
+            f"{', '.join(ds.classes) or '(none)'}; masks: {', '.join(ds.mask_names)}.")
+
+
 def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
     """Add the Label tab's components and events to the current Blocks; returns the editor."""
     datasets = view.dataset_choices()
@@ -428,4 +441,6 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                     api_name="import_data").then(**regallery)
     do_export.click(view.export, [dataset, export_name, val_fraction, seed, only_done, as_labelme], message,
                     api_name="export_data")
+    gr.Timer(SUMMARY_SECONDS).tick(view.summary, [dataset], summary, show_progress="hidden",
+                                   api_visibility="private")
     return editor
