@@ -161,6 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from .data import register_multimask_dataset
     from .engine import MultiMaskPredictor, MultiMaskTrainer
+    from .engine.trainer import EVAL_RESULTS_FILE
     from .evaluation import format_results, save_results
 
     setup_logger(name="multimask")
@@ -171,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg.DATASETS.TEST = (VAL_NAME,)
     results = MultiMaskTrainer.test(cfg, predictor.model)
     print(format_results(results))
-    out = Path(args.output) if args.output else Path(args.run) / "eval_results.json"
+    out = Path(args.output) if args.output else Path(args.run) / EVAL_RESULTS_FILE
     save_results(results, out)
     print(f"wrote {out}")
 

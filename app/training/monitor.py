@@ -14,10 +14,12 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-METRICS_FILE = "metrics.json"
-EVAL_FILE = "eval_results.json"
-SUMMARY_FILE = "summary.json"
-MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+from multimask.engine.trainer import EVAL_RESULTS_FILE, SUMMARY_FILE
+from multimask.evaluation import METRICS
+from multimask.io import DatasetError
+from multimask.io import read_json as read_json_strict
+
+METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
 
 _cache: dict[str, tuple[tuple[int, int], list[dict]]] = {}
 _cache_lock = threading.Lock()
@@ -121,7 +123,7 @@ def latest_evaluation(rows: list[dict]) -> tuple[int | None, dict]:
         tasks: dict[str, dict] = {}
         for k, v in r.items():
             task, sep, metric = k.rpartition("/")
-            if sep and (metric in MAIN_METRICS or metric.startswith("AP-")) and task.split("/")[0] in ("bbox", "segm"):
+            if sep and (metric in METRICS or metric.startswith("AP-")) and task.split("/")[0] in ("bbox", "segm"):
                 tasks.setdefault(task, {})[metric] = v
         if tasks:
             return r["iteration"] + 1, tasks
@@ -129,17 +131,17 @@ def latest_evaluation(rows: list[dict]) -> tuple[int | None, dict]:
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or unreadable."""
+    """A JSON file's content, or None when it is missing or unreadable (a run may not have written it yet)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_strict(path)
+    except DatasetError:
         return None
 
 
 def evaluation(run_dir: str | Path) -> tuple[str, dict]:
     """(caption, results) of the run's final evaluation, else its latest periodic one, else ("", {})."""
     run_dir = Path(run_dir)
-    final = read_json(run_dir / EVAL_FILE)
+    final = read_json(run_dir / EVAL_RESULTS_FILE)
     if isinstance(final, dict) and final:
         summary = read_json(run_dir / SUMMARY_FILE)
         summary = summary if isinstance(summary, dict) else {}
@@ -161,14 +163,14 @@ def eval_rows(results: dict) -> tuple[list[str], list[list]]:
     classes: list[str] = []
     for res in results.values():
         classes += [k for k in res if k.startswith("AP-") and k not in classes]
-    cols = ["task", *MAIN_METRICS, *classes]
+    cols = ["task", *METRICS, *classes]
     rows = [[task, *(_round(res.get(c)) for c in cols[1:])] for task, res in results.items() if isinstance(res, dict)]
     return cols, rows
 
 
 def final_ap(run_dir: str | Path) -> dict[str, float | None]:
     """{task: AP} from the run's eval_results.json ({} before the run has one)."""
-    final = read_json(Path(run_dir) / EVAL_FILE)
+    final = read_json(Path(run_dir) / EVAL_RESULTS_FILE)
     if not isinstance(final, dict):
         return {}
     return {task: _round(res.get("AP")) for task, res in final.items() if isinstance(res, dict)}

@@ -234,8 +234,8 @@ class TrainingService:
             return [run_name]
         job, run_dir = jobs[-1], Path(jobs[-1]["run_dir"])
         stats = []
-        for path in (run_dir / monitor.METRICS_FILE, run_dir / monitor.EVAL_FILE, run_dir / monitor.SUMMARY_FILE,
-                     Path(job["log"])):
+        files = (monitor.METRICS_FILE, monitor.EVAL_RESULTS_FILE, monitor.SUMMARY_FILE)
+        for path in (*(run_dir / f for f in files), Path(job["log"])):
             try:
                 st = path.stat()
                 stats.append([st.st_size, st.st_mtime_ns])

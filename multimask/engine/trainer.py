@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 EVALUATIONS_FILE = "evaluations.json"  # [{"iteration", "results"}] of every evaluation during training
 SUMMARY_FILE = "summary.json"
+EVAL_RESULTS_FILE = "eval_results.json"  # the final evaluation (the best one after an early stop)
 
 
 def check_datasets(cfg) -> None:
@@ -134,7 +135,7 @@ class MultiMaskTrainer(DefaultTrainer):
             results = self._evaluations[best.best_iter]
         if comm.is_main_process():
             if results:
-                save_results(results, Path(self.cfg.OUTPUT_DIR) / "eval_results.json")
+                save_results(results, Path(self.cfg.OUTPUT_DIR) / EVAL_RESULTS_FILE)
             atomic_write_json(Path(self.cfg.OUTPUT_DIR) / SUMMARY_FILE, self._summary(stop, best), indent=2)
         return results
 
