@@ -272,19 +272,20 @@ class JobManager:
             job = self._load(job_id)
         return job
 
-    def resume(self, job_id: str, **kw) -> dict:
-        """Queue a new job continuing `job_id`'s run from its last checkpoint (same command plus `--resume`)."""
+    def resume(self, job_id: str, argv: list[str] | None = None, device: str | None = None, **kw) -> dict:
+        """Queue a new job continuing `job_id`'s run from its last checkpoint: its command (or `argv`) plus
+        `--resume`, on its device (or `device`), with the fields its caller added (dataset, ...)."""
         old = self._load(job_id)
         if old["state"] not in FINISHED:
             raise JobError(f"job {job_id} is {old['state']}; stop it or wait for it to end first")
-        argv = list(old["command"])
+        argv = list(old["command"] if argv is None else argv)
         if "--resume" not in argv:
             # after the subcommand: trailing KEY VALUE config options swallow everything that follows them
             at = argv.index("train") + 1 if "train" in argv else len(argv)
             argv.insert(at, "--resume")
         kw.setdefault("cwd", old.get("cwd"))
         extra = {k: v for k, v in old.items() if k not in _RECORD_KEYS}  # what the caller added (dataset, ...)
-        device = old.get("device_request") or old["device"]  # "cuda*1" may run on another free GPU this time
+        device = device or old.get("device_request") or old["device"]  # "cuda*1": any free GPU this time
         return self.submit(argv, old["run_dir"], device, **{**extra, **kw, "resumed_from": job_id})
 
     # -- running -----------------------------------------------------------------------------------------------

@@ -181,12 +181,7 @@ class TrainingService:
         job = self.latest(run_name)
         if job["state"] != "failed" or job.get("error") != NO_GPU_MESSAGE:
             raise JobError(f"run {run_name} did not fail for want of a GPU")
-        argv = on_cpu(job["command"])
-        if "--resume" not in argv:
-            argv.insert(argv.index("train") + 1, "--resume")
-        extra = {k: job[k] for k in ("dataset", "run_name", "settings", "max_iter", "ims_per_batch", "images")
-                 if k in job}
-        new = self.jobs.submit(argv, job["run_dir"], "cpu", cwd=job.get("cwd"), resumed_from=job["id"], **extra)
+        new = self.jobs.resume(job["id"], argv=on_cpu(job["command"]), device="cpu")
         return f"Run {run_name}: running on the CPU (job {new['id']}, {new['state']})."
 
     def delete(self, run_name: Any, confirm: Any) -> str:
