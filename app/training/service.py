@@ -203,40 +203,31 @@ class TrainingService:
 
     # -- reading -----------------------------------------------------------------------------------------------
 
-    def snapshot(self, run_name: Any) -> dict | None:
-        """A run's latest job, its metrics, progress, evaluation and log tail; None for an unknown run."""
+    def snapshot(self, run_name: Any, last_signature: list | None = None) -> dict:
+        """A run's latest job, metrics, progress and record, and a `signature` of its files; unless that equals
+        `last_signature` (nothing changed since), also its evaluation and log tail (`details`).
+
+        For an unknown run: {"job": None, "signature": [run_name]}.
+        """
         jobs = self.run_jobs(run_name)
         if not jobs:
-            return None
+            return {"job": None, "signature": [run_name]}
         job = jobs[-1]
         run_dir = Path(job["run_dir"])
         rows = monitor.read_metrics(run_dir)
-        caption, results = monitor.evaluation(run_dir)
         record = {k: job.get(k) for k in ("id", "state", "error", "dataset", "device", "pid", "created", "started",
                                           "ended", "returncode", "run_dir", "images", "settings", "command")}
         record.update(progress=monitor.progress(rows, int(job.get("max_iter") or 0), int(job.get("ims_per_batch")
                                                                                            or 1)),
                       final_ap=monitor.final_ap(run_dir), jobs=[j["id"] for j in jobs],
                       seconds=sum(job_seconds(j) for j in jobs))
-        return {"job": job, "rows": rows, "record": record, "eval_caption": caption, "results": results,
-                "log": self.jobs.log_tail(job["id"], LOG_LINES)}
-
-    def signature(self, run_name: Any) -> list:
-        """What a run's monitor shows changes only when this changes: its latest job and state, and the size and
-        time of its metrics, evaluation, summary and log files."""
-        jobs = self.run_jobs(run_name)
-        if not jobs:
-            return [run_name]
-        job, run_dir = jobs[-1], Path(jobs[-1]["run_dir"])
-        stats = []
-        files = (monitor.METRICS_FILE, monitor.EVAL_RESULTS_FILE, monitor.SUMMARY_FILE)
-        for path in (*(run_dir / f for f in files), Path(job["log"])):
-            try:
-                st = path.stat()
-                stats.append([st.st_size, st.st_mtime_ns])
-            except OSError:
-                stats.append(None)
-        return [run_name, job["id"], job["state"], *stats]
+        snap = {"job": job, "rows": rows, "record": record, "signature": _signature(run_name, job),
+                "details": None}
+        if snap["signature"] != last_signature:
+            caption, results = monitor.evaluation(run_dir)
+            snap["details"] = {"eval_caption": caption, "results": results,
+                               "log": self.jobs.log_tail(job["id"], LOG_LINES)}
+        return snap
 
     def runs_overview(self) -> list[dict]:
         """One dict per run of this app: run, state, dataset, iterations, started, seconds, final AP per task."""
@@ -261,6 +252,21 @@ def on_cpu(argv: list[str]) -> list[str]:
     if "--num-gpus" in out:
         out[out.index("--num-gpus") + 1] = "1"
     return out
+
+
+def _signature(run_name: str, job: dict) -> list:
+    """What a run's monitor shows changes only when this changes: its latest job and state, and the size and
+    time of its metrics, evaluation, summary and log files."""
+    run_dir = Path(job["run_dir"])
+    stats = []
+    files = (monitor.METRICS_FILE, monitor.EVAL_RESULTS_FILE, monitor.SUMMARY_FILE)
+    for path in (*(run_dir / f for f in files), Path(job["log"])):
+        try:
+            st = path.stat()
+            stats.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            stats.append(None)
+    return [run_name, job["id"], job["state"], *stats]
 
 
 def job_seconds(job: dict) -> float:

@@ -91,33 +91,39 @@ class TrainView:
 
     def status(self, run_name: str | None) -> tuple:
         """Everything the monitor shows for a run: progress, curves, evaluation, log, record, runs table."""
+        return self._outputs(run_name, None)[0]
+
+    def tick(self, run_name: str | None, last: list | None) -> tuple:
+        """The timer's refresh: like `status`, but the curves, evaluation and log are built and sent only when
+        the run's files changed since this page's last tick (re-sending them would redraw the plots and reset a
+        zoom); the last output is the new signature, kept in the page's state."""
+        out, sig = self._outputs(run_name, last)
+        return (*out, sig)
+
+    def _outputs(self, run_name: str | None, last: list | None) -> tuple[tuple, list]:
         runs = self.runs_table()
-        snap = self.service.snapshot(run_name)
-        if snap is None:
+        snap = self.service.snapshot(run_name, last)
+        job = snap["job"]
+        if job is None:
             hint = "No run selected. Start one with the form, or pick one above." if not run_name else \
                 f"No run called {html.escape(str(run_name))}."
             return (f"<p>{hint}</p>", _frame([], LOSS_COLUMNS), _frame([], LR_COLUMNS), _frame([], AP_COLUMNS),
                     "", eval_table({}), "", {}, runs, gr.update(interactive=False),
-                    gr.update(interactive=False), gr.update(visible=False))
-        job, rows, record = snap["job"], snap["rows"], snap["record"]
-        caption = snap["eval_caption"]
-        return (progress_html(job, record["progress"], record["seconds"], len(record["jobs"])),
-                _thin(_frame(monitor.loss_points(rows), LOSS_COLUMNS)),
-                _thin(_frame(monitor.lr_points(rows), LR_COLUMNS)),
-                _frame(monitor.ap_points(rows), AP_COLUMNS),
-                f"**Evaluation:** {caption}" if caption else "No evaluation yet.", eval_table(snap["results"]),
-                snap["log"], record, runs, gr.update(interactive=job["state"] in ("queued", *ACTIVE)),
+                    gr.update(interactive=False), gr.update(visible=False)), snap["signature"]
+        rows, record, details = snap["rows"], snap["record"], snap["details"]
+        if details is None:  # unchanged: loss, lr and AP plots, evaluation caption and table, log
+            heavy = (gr.skip(),) * 6
+        else:
+            caption = details["eval_caption"]
+            heavy = (_thin(_frame(monitor.loss_points(rows), LOSS_COLUMNS)),
+                     _thin(_frame(monitor.lr_points(rows), LR_COLUMNS)), _frame(monitor.ap_points(rows), AP_COLUMNS),
+                     f"**Evaluation:** {caption}" if caption else "No evaluation yet.",
+                     eval_table(details["results"]), details["log"])
+        return (progress_html(job, record["progress"], record["seconds"], len(record["jobs"])), *heavy, record,
+                runs, gr.update(interactive=job["state"] in ("queued", *ACTIVE)),
                 gr.update(interactive=job["state"] in ("failed", "cancelled")),
-                gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE))
-
-    def tick(self, run_name: str | None, last: list | None) -> tuple:
-        """The timer's refresh: like `status`, but the curves, evaluation and log are sent only when their files
-        changed since this page's last tick (re-sending them would redraw the plots and reset a zoom)."""
-        sig = self.service.signature(run_name)
-        out = list(self.status(run_name))
-        if sig == last:
-            out[1:7] = [gr.skip()] * 6  # loss, lr and AP plots, evaluation caption and table, log
-        return (*out, sig)
+                gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE)), \
+            snap["signature"]
 
     def runs_table(self) -> pd.DataFrame:
         """One row per run: state, dataset, iterations, start, duration, final AP per task."""
