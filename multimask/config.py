@@ -97,14 +97,15 @@ def _validate_training(cfg: CN) -> None:
                          f"one of {tasks} and METRIC one of {', '.join(METRICS)} or AP-<class name>")
     if mm.BEST_MODE not in ("max", "min"):
         raise ValueError(f"MULTIMASK.BEST_MODE must be 'max' or 'min', got {mm.BEST_MODE!r}")
-    patience = mm.EARLY_STOP_PATIENCE
-    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
-        raise ValueError(f"MULTIMASK.EARLY_STOP_PATIENCE must be an integer >= 0 (0: off), got {patience!r}")
-    period = mm.WRITE_PERIOD
-    if not isinstance(period, int) or isinstance(period, bool) or period < 1:
-        raise ValueError(f"MULTIMASK.WRITE_PERIOD must be an integer >= 1, got {period!r}")
+    _check_int("MULTIMASK.EARLY_STOP_PATIENCE", mm.EARLY_STOP_PATIENCE, 0, " (0: off)")
+    _check_int("MULTIMASK.WRITE_PERIOD", mm.WRITE_PERIOD, 1)
     if cfg.SOLVER.AMP.ENABLED and str(cfg.MODEL.DEVICE).split(":")[0] != "cuda":
         raise ValueError("mixed precision (SOLVER.AMP.ENABLED) needs a CUDA GPU; turn it off to train on the CPU")
+
+
+def _check_int(key: str, value: object, minimum: int, note: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}{note}, got {value!r}")
 
 
 def best_metric(cfg: CN) -> str:
