@@ -30,8 +30,7 @@ from pathlib import Path
 from multimask.engine.hooks import STOPPED_EXIT_CODE  # `train`'s exit status after a graceful stop
 from multimask.io import atomic_write_json
 
-STATES = ("queued", "running", "stopping", "completed", "failed", "cancelled")
-ACTIVE = ("running", "stopping")
+ACTIVE = ("running", "stopping")  # a job is queued, then active, then finished
 FINISHED = ("completed", "failed", "cancelled")
 DEFAULT_STOP_TIMEOUT = 60.0
 _DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*|cuda\*[1-9]\d*)$")
@@ -94,21 +93,13 @@ def classify_failure(log_text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22), or None."""
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks after boot) from /proc/<pid>/stat (fields 3 and 22), or None."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
+    return (fields[0], fields[19]) if len(fields) > 19 else None
 
 
 def _alive(pid: int | None, start_time: str | None) -> bool:
@@ -122,10 +113,10 @@ def _alive(pid: int | None, start_time: str | None) -> bool:
     except PermissionError:
         pass  # exists, owned by someone else: a reused pid unless the start time matches
     if Path("/proc").is_dir():
-        now = _proc_start_time(pid)
-        if now is None or (start_time is not None and now != start_time):
+        stat = _proc_stat(pid)
+        if stat is None or (start_time is not None and stat[1] != start_time):
             return False
-        return _proc_state(pid) not in ("Z", "X")
+        return stat[0] not in ("Z", "X")
     return True
 
 
@@ -346,7 +337,7 @@ class JobManager:
             self._save(job)
             return
         self._procs[job["id"]] = proc
-        job.update(state="running", pid=proc.pid, pgid=proc.pid, proc_start=_proc_start_time(proc.pid),
+        job.update(state="running", pid=proc.pid, pgid=proc.pid, proc_start=(_proc_stat(proc.pid) or (None, None))[1],
                    started=_now())
         self._save(job)
 
