@@ -197,6 +197,7 @@ def training_options(settings: TrainSettings, base_cfg, model_device: str, mask_
                      weights: str | None, has_val: bool) -> list[str]:
     """Config options (KEY VALUE pairs as strings) for `python -m multimask train`, advanced options last."""
     it = settings.iterations
+    max_size = str(round(settings.image_size * 1333 / 800))  # detectron2's 800 / 1333 aspect limit
     opts = {
         "MODEL.DEVICE": model_device,
         "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK": str(len(mask_names)),
@@ -209,9 +210,9 @@ def training_options(settings: TrainSettings, base_cfg, model_device: str, mask_
         "SOLVER.CHECKPOINT_PERIOD": str(settings.eval_period or max(1, it // 4)),
         "SOLVER.AMP.ENABLED": str(settings.amp and model_device == "cuda"),
         "INPUT.MIN_SIZE_TRAIN": f"({settings.image_size},)",
-        "INPUT.MAX_SIZE_TRAIN": str(round(settings.image_size * 1333 / 800)),
+        "INPUT.MAX_SIZE_TRAIN": max_size,
         "INPUT.MIN_SIZE_TEST": str(settings.image_size),
-        "INPUT.MAX_SIZE_TEST": str(round(settings.image_size * 1333 / 800)),
+        "INPUT.MAX_SIZE_TEST": max_size,
         "SEED": str(settings.seed),
         "TEST.EVAL_PERIOD": str(settings.eval_period if has_val else 0),
         "MULTIMASK.BEST_METRIC": settings.best_metric or f"segm/{mask_names[0]}/AP",
