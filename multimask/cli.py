@@ -132,28 +132,18 @@ def _train_worker(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import signal
-
     from detectron2.engine import launch
-    from torch.multiprocessing import ProcessExitedException
 
-    from .engine.hooks import STOPPED_EXIT_CODE
+    from .engine.launch import check_gpus, launch_until_stopped
 
     if args.num_gpus * args.num_machines == 1:
         launch(_train_worker, 1, args=(args,))
         return
-    # Several processes: a stop signal reaches the whole process group; the launcher waits for its children
-    # (they stop together after saving a checkpoint, see GracefulStop) instead of dying first.
-    stop_requested = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _: stop_requested.append(signum))
-    try:
-        launch(_train_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except ProcessExitedException as e:
-        if e.exit_code == STOPPED_EXIT_CODE or stop_requested:
-            raise SystemExit(STOPPED_EXIT_CODE) from None
-        raise
+    from .config import get_multimask_cfg, resolve_config_file
+
+    check_gpus(get_multimask_cfg(resolve_config_file(args.config_file), args.opts), args.num_gpus)
+    launch_until_stopped(_train_worker, args.num_gpus, num_machines=args.num_machines,
+                         machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

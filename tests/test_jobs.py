@@ -188,16 +188,21 @@ def test_classify_failure(log, expected):
     assert classify_failure(log) == expected
 
 
-def test_training_stops_gracefully_and_resumes_to_the_same_schedule(tmp_path):
+def _train_argv(tmp_path, run: Path, *options: str) -> list[str]:
     data = tmp_path / "data"
     subprocess.run([PY, "-m", "multimask", "synth", "--out", str(data), "--num-train", "8", "--num-val", "2",
                     "--height", "128", "--width", "160"], cwd=REPO, check=True, capture_output=True)
-    run = tmp_path / "runs" / "r"
-    m = JobManager(tmp_path / "jobs", tmp_path / "runs", stop_timeout=60)
-    argv = [PY, "-m", "multimask", "train", "--config-file", "tiny_cpu", "--train-json", str(data / "train.json"),
-            "--output-dir", str(run), "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1000",
+    return [PY, "-m", "multimask", "train", "--config-file", "tiny_cpu", "--train-json", str(data / "train.json"),
+            "--output-dir", str(run), *options, "SOLVER.CHECKPOINT_PERIOD", "1000",
             "SOLVER.WARMUP_ITERS", "5", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
             "MODEL.DEVICE", "cpu"]
+
+
+def test_training_stops_gracefully_and_resumes_to_the_same_schedule(tmp_path):
+    run = tmp_path / "runs" / "r"
+    m = JobManager(tmp_path / "jobs", tmp_path / "runs", stop_timeout=60)
+    # data-loading workers as the model-zoo presets have (4): the stop must not reach them
+    argv = _train_argv(tmp_path, run, "SOLVER.MAX_ITER", "40", "DATALOADER.NUM_WORKERS", "2")
     job = m.submit(argv, run, cwd=REPO)
     # PeriodicWriter logs every 20 iterations ("iter: 19")
     _wait_for(lambda: re.search(r"iter: 19\b", m.log_tail(job["id"], 200)) or m.refresh(), timeout=120)
@@ -235,3 +240,50 @@ def test_jobs_asking_for_any_gpu_share_the_gpus_one_job_each(tmp_path):
     assert too_many["state"] == "failed" and too_many["error"] == "needs 3 GPUs, 2 visible"
     resumed = m.resume(a["id"], start=False)
     assert resumed["device"] == "cuda*1", "a resumed job asks for any free GPU again"
+
+
+
+def _stoppable_worker(out_dir: str) -> None:
+    """A training process of `_launch_two`: GracefulStop after each step, a data loader with a worker process."""
+    from types import SimpleNamespace
+
+    import torch
+    from detectron2.utils import comm
+
+    from multimask.engine.hooks import STOPPED_EXIT_CODE, GracefulStop, TrainingStopped
+
+    hook = GracefulStop()
+    hook.before_train()
+    hook.trainer = SimpleNamespace(iter=0, max_iter=10**6, checkpointer=SimpleNamespace(save=lambda *a, **k: None))
+    try:
+        for it, _ in enumerate(torch.utils.data.DataLoader(range(10**6), num_workers=1)):
+            hook.trainer.iter = it
+            if it == 3 and comm.is_main_process():
+                print("rea" + "dy", flush=True)
+            time.sleep(0.2)  # a training step: long enough for a worker's death to be noticed within it
+            hook.after_step()
+    except TrainingStopped as e:
+        print(f"rank {comm.get_rank()} {e}", flush=True)
+        os._exit(STOPPED_EXIT_CODE)  # as the CLI's training processes do
+
+
+def _launch_two(out_dir: str) -> None:
+    from multimask.engine.launch import launch_until_stopped
+
+    launch_until_stopped(_stoppable_worker, 2, args=(out_dir,))
+
+
+def test_stop_reaches_every_training_process_through_the_launcher(tmp_path):
+    """Two processes (gloo, as `--num-gpus 2` on two GPUs; each with a data-loading worker): the supervisor
+    passes the stop to the launcher alone, the launcher to both, and they stop at the same iteration."""
+    m = _mgr(tmp_path, stop_timeout=60)
+    argv = _script(f"from tests.test_jobs import _launch_two; _launch_two({str(tmp_path)!r})")
+    job = m.submit(argv, tmp_path / "runs" / "two", cwd=REPO)
+    _wait_for(lambda: "ready" in m.log_tail(job["id"]) or m.refresh(), timeout=120)
+    m.stop(job["id"])
+    job = m.wait(job["id"], 60)
+    log = m.log_tail(job["id"], 200)
+    assert job["state"] == "cancelled" and job["returncode"] == 3, log
+    stops = sorted(re.findall(r"rank (\d) stopped at iteration (\d+)", log))
+    assert [r for r, _ in stops] == ["0", "1"] and stops[0][1] == stops[1][1], log
+    assert "Traceback" not in log, log

@@ -7,8 +7,10 @@ the others wait, queued on disk, until `start_next()` (or `poll()`) starts them 
 
 Each job's command runs under a small supervisor process (the session and process-group leader) that waits
 for it and writes its exit status to `jobs_root/<id>.exit.json`; so the outcome is known even when the app
-was not running when the job ended. `stop()` sends SIGTERM to the process group (the trainer saves a
-checkpoint and exits, see `multimask.engine.hooks.GracefulStop`); after the timeout `refresh()` kills the group.
+was not running when the job ended. `stop()` sends SIGTERM to the supervisor, which passes it to the command
+alone (the trainer saves a checkpoint and exits, see `multimask.engine.hooks.GracefulStop`; its data-loading
+worker processes must not get it: PyTorch's workers die of a SIGTERM that does not come from their parent, and
+the trainer then fails instead of stopping); after the timeout `refresh()` kills the whole group.
 """
 
 from __future__ import annotations
@@ -36,15 +38,26 @@ DEFAULT_STOP_TIMEOUT = 60.0
 _DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*|cuda\*[1-9]\d*)$")
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
 
-# The supervisor: runs the command, passes no signal on (the group gets them), records the exit status.
-# Handlers (not SIG_IGN) so that the command starts with the default dispositions.
+# The supervisor: runs the command, passes SIGTERM or SIGINT on to it alone as SIGTERM (not to the command's own
+# children), ignores SIGHUP, and records the exit status. Handlers (not SIG_IGN) so that the command starts with
+# the default dispositions.
 _SUPERVISOR = """\
 import json, os, signal, subprocess, sys, time
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, lambda *a: None)
+child, pending = None, []
+def forward(signum, frame):
+    if child is None:
+        pending.append(signum)
+    else:
+        child.send_signal(signal.SIGTERM)  # a no-op once it has ended
+for s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, forward)
+signal.signal(signal.SIGHUP, lambda *a: None)
 status, argv = sys.argv[1], sys.argv[2:]
 try:
-    rc = subprocess.Popen(argv).wait()
+    child = subprocess.Popen(argv)
+    if pending:
+        child.send_signal(signal.SIGTERM)
+    rc = child.wait()
 except OSError as e:
     print(f"error: cannot start {argv[0]}: {e}", flush=True)
     rc = 127
@@ -403,13 +416,17 @@ class JobManager:
         return (Path(job["run_dir"]) / "model_final.pth").is_file() and "Total training time" in log_text
 
     def _kill(self, job: dict, sig: int) -> None:
+        """SIGTERM to the supervisor (it passes it on to the command alone); any other signal to the whole group."""
         if not _alive(job["pid"], job.get("proc_start")):
             return
         with suppress(ProcessLookupError, PermissionError):
-            os.killpg(job["pgid"], sig)
+            if sig == signal.SIGTERM:
+                os.kill(job["pid"], sig)
+            else:
+                os.killpg(job["pgid"], sig)
 
     def stop(self, job_id: str, timeout: float | None = None) -> dict:
-        """Cancel a queued job; ask a running one to stop (SIGTERM to its group), killed after `timeout` s."""
+        """Cancel a queued job; ask a running one to stop (SIGTERM to its command), killed after `timeout` s."""
         with self._locked():
             job = self._load(job_id)
             if job["state"] == "queued":
