@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .data.geometry import is_empty, segm_area
+from .data.geometry import is_empty, segm_area, union_area
 from .io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,10 @@ class MultiMaskEvaluator(DatasetEvaluator):
     """Box AP and, per mask name, mask AP (`segm/<name>`: AP, AP50, AP75, APs/m/l and AP per class).
 
     For a mask name, ground truth is the instances that have that mask, and predictions are the predicted
-    instances whose mask of that name is non-empty: an instance without the mask is ignored for that name.
+    instances whose mask of that name is non-empty. An instance without the mask is ignored for that name: its
+    box becomes an ignore region (as COCO's crowd regions), so a mask predicted there is neither a hit nor a
+    false positive, just as it adds nothing to that name's training loss. Size buckets (APs/m/l) use mask
+    areas, boxes included (the union of the instance's masks), as in COCO.
     """
 
     def __init__(self, dataset_name: str, mask_names: Sequence[str] | None = None,
@@ -103,21 +106,24 @@ def evaluate_records(dataset_dicts: list[dict], records: list[dict], mask_names:
 
 
 def _coco_ground_truth(dicts: list[dict], mask_name: str | None, classes: Sequence[str]) -> COCO:
-    """An in-memory COCO object: every instance for boxes, or the instances having `mask_name`."""
+    """An in-memory COCO object: every instance for boxes; for `mask_name`, the instances having that mask,
+    and an ignore region (iscrowd, the box) for each instance without it."""
     images, anns = [], []
     for d in dicts:
         h, w = d["height"], d["width"]
         images.append({"id": d["image_id"], "height": h, "width": w})
         for a in d.get("annotations", []):
-            bbox = BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)
+            bbox = [float(v) for v in BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)]
             ann = {"id": len(anns) + 1, "image_id": d["image_id"], "category_id": a["category_id"],
-                   "iscrowd": a.get("iscrowd", 0), "bbox": list(bbox), "area": bbox[2] * bbox[3]}
-            if mask_name is not None:
-                segm = a["multimask"].get(mask_name) or []
-                if not segm or segm_area(segm, h, w) == 0:
-                    continue
-                ann["segmentation"] = copy.deepcopy(segm)
-                ann["area"] = segm_area(segm, h, w)
+                   "iscrowd": a.get("iscrowd", 0), "bbox": bbox}
+            if mask_name is None:
+                present = [m for m in a["multimask"].values() if not is_empty(m)]
+                ann["area"] = union_area(present, h, w) if present else bbox[2] * bbox[3]
+            elif not is_empty(segm := a["multimask"].get(mask_name) or []):
+                ann["segmentation"], ann["area"] = copy.deepcopy(segm), segm_area(segm, h, w)
+            else:
+                x, y, bw, bh = bbox
+                ann.update(iscrowd=1, segmentation=[[x, y, x + bw, y, x + bw, y + bh, x, y + bh]], area=bw * bh)
             anns.append(ann)
     coco = COCO()
     coco.dataset = {"images": images, "annotations": anns,
@@ -128,11 +134,14 @@ def _coco_ground_truth(dicts: list[dict], mask_name: str | None, classes: Sequen
 
 
 def _coco_ap(gt: COCO, dets: list[dict], iou_type: str, classes: Sequence[str]) -> dict[str, float]:
-    if not gt.dataset["annotations"]:
+    """COCO's AP, AP50, ..., and AP per class: NaN where there is no ground truth, 0 where nothing was found."""
+    with_gt = {a["category_id"] for a in gt.dataset["annotations"] if not a["iscrowd"]}
+    if not with_gt:
         logger.warning("no ground truth for %s evaluation; its AP is NaN", iou_type)
-        return {m: float("nan") for m in METRICS}
+        return {**{m: float("nan") for m in METRICS}, **{f"AP-{c}": float("nan") for c in classes}}
     if not dets:
-        return {**{m: 0.0 for m in METRICS}, **{f"AP-{c}": 0.0 for c in classes}}
+        return {**{m: 0.0 for m in METRICS},
+                **{f"AP-{c}": 0.0 if k in with_gt else float("nan") for k, c in enumerate(classes)}}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         ev = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)

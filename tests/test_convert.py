@@ -116,6 +116,11 @@ def test_import_coco_fields_bad_input(tmp_path):
         import_coco_fields(_write(tmp_path / "broken.json", '{"images": ['), tmp_path / "out.json", UOAIS)
     with pytest.raises(DatasetError, match="file not found"):
         import_coco_fields(tmp_path / "nope.json", tmp_path / "out.json", UOAIS)
+    data = json.loads(src.read_text())
+    data["images"].append({**data["images"][0], "file_name": "images/b.png"})
+    with pytest.raises(DatasetError, match=r"train.json images\[1\]: image id 5 is also the id of images\[0\]"):
+        import_coco_fields(_write(src, data), tmp_path / "out.json", UOAIS)
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_import_coco_fields_missing_field_is_reported(tmp_path):

@@ -131,6 +131,41 @@ def test_unknown_mask_names_raise(tmp_path):
         load_multimask_json(_write(tmp_path, [_ann(1, [SQUARE], [])]), mask_names=["primary", "lesion"])
 
 
+@pytest.mark.parametrize("images, fragment", [
+    ([{"id": 1, "file_name": "a.png", "height": H, "width": W}, {"id": 1, "file_name": "b.png", "height": H,
+                                                                  "width": W}],
+     r"images\[1\]: image id 1 is also the id of images\[0\]"),
+    ([{"file_name": "a.png", "height": H, "width": W}], r"images\[0\]: an image needs an integer or string 'id'"),
+    ([{"id": [1], "file_name": "a.png", "height": H, "width": W}], r"images\[0\]: an image needs an integer"),
+])
+def test_missing_or_duplicate_image_ids_raise_naming_the_image(tmp_path, images, fragment):
+    """Else annotations would silently land on another image."""
+    with pytest.raises(DatasetError, match=r"ds.json " + fragment):
+        load_multimask_json(_write(tmp_path, [_ann(1, [SQUARE], [])], images=images))
+
+
+def test_an_annotation_without_a_declared_mask_is_reported_and_taken_as_absent(tmp_path):
+    ann = _ann(8, [SQUARE], [])
+    del ann["multimask"]["secondary"]
+    report = Report()
+    dicts, _ = load_multimask_json(_write(tmp_path, [ann]), report=report)
+    assert dicts[0]["annotations"][0]["multimask"]["secondary"] == []
+    assert report.counts == {"masks missing (taken as absent)": 1}
+    assert "annotation id=8" in report.messages[0] and "no mask 'secondary'" in report.messages[0]
+
+
+def test_an_rle_whose_runs_do_not_fit_the_image_is_skipped_and_reported(tmp_path):
+    other = mask_util.encode(np.asfortranarray(np.ones((H * 2, W), np.uint8)))["counts"].decode("ascii")
+    report = Report()
+    dicts, _ = load_multimask_json(_write(tmp_path, [_ann(3, [SQUARE], {"size": [H, W], "counts": other}),
+                                                     _ann(4, [SQUARE], {"size": [H, W], "counts": [5, 7]})]),
+                                   report=report)
+    assert [a["multimask"]["secondary"] for a in dicts[0]["annotations"]] == [[], []]
+    assert report.counts == {"skipped masks": 2}
+    assert "annotation id=3" in report.messages[0] and "RLE cannot be decoded" in report.messages[0]
+    assert "annotation id=4" in report.messages[1] and "RLE runs cover 12 pixels, not 40 x 60" in report.messages[1]
+
+
 def test_register_sets_metadata_and_reloads(tmp_path):
     path = _write(tmp_path, [_ann(1, [SQUARE], [INNER])])
     register_multimask_dataset("t_reg", path)

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
@@ -31,8 +32,6 @@ def _gt_as_predictions(d, names, drop_secondary_of=()):
             if isinstance(segm, list):
                 masks[i, k] = polygons_to_bitmask(segm, h, w)
             else:
-                import pycocotools.mask as mask_util
-
                 masks[i, k] = mask_util.decode(to_rle(segm, h, w)).astype(bool)
     inst.pred_multimask = torch.from_numpy(masks)
     return {"instances": inst}
@@ -93,3 +92,62 @@ def test_saved_results_turn_nan_into_null_and_keep_names(tmp_path):
 
     save_results({"segm/primary": {"AP": math.nan, "AP-NaNoplankton": 1.0}}, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == {"segm/primary": {"AP": None, "AP-NaNoplankton": 1.0}}
+
+
+def _square(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def _image(*annotations, size=100):
+    return {"image_id": 1, "height": size, "width": size, "annotations": [
+        {"bbox": [x0, y0, x1 - x0, y1 - y0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": cls,
+         "multimask": masks} for (x0, y0, x1, y1), cls, masks in annotations]}
+
+
+def _record(cls, box, masks, size=100, score=1.0):
+    """A prediction record with masks given as squares (None: an empty mask)."""
+    out = {name: _rle(polygons_to_bitmask(_square(*sq), size, size) if sq else np.zeros((size, size), bool))
+           for name, sq in masks.items()}
+    x0, y0, x1, y1 = box
+    return {"image_id": 1, "category_id": cls, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score, "multimask": out}
+
+
+def _rle(m):
+    rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def test_a_mask_predicted_on_an_instance_without_that_mask_is_ignored_but_one_elsewhere_is_not():
+    from multimask.evaluation import evaluate_records
+
+    names = ["primary", "secondary"]
+    gt = [_image(((10, 10, 40, 40), 0, {"primary": _square(10, 10, 40, 40), "secondary": []}),
+                 ((50, 50, 90, 90), 0, {"primary": _square(50, 50, 90, 90), "secondary": _square(60, 60, 70, 70)}))]
+    exact = [_record(0, (10, 10, 40, 40), {"primary": (10, 10, 40, 40), "secondary": None}),
+             _record(0, (50, 50, 90, 90), {"primary": (50, 50, 90, 90), "secondary": (60, 60, 70, 70)})]
+    assert evaluate_records(gt, exact, names, ["a"])["segm/secondary"]["AP"] == pytest.approx(100.0)
+    # instance A has no secondary drawn: a secondary predicted inside it is neither a hit nor a false positive
+    on_a = [_record(0, (10, 10, 40, 40), {"primary": (10, 10, 40, 40), "secondary": (15, 15, 35, 35)}, score=1.0),
+            _record(0, (50, 50, 90, 90), {"primary": (50, 50, 90, 90), "secondary": (60, 60, 70, 70)}, score=0.9)]
+    assert evaluate_records(gt, on_a, names, ["a"])["segm/secondary"]["AP"] == pytest.approx(100.0)
+    # one predicted where there is no object at all is a false positive, ranked above the hit
+    astray = [_record(0, (0, 0, 100, 100), {"primary": (0, 60, 8, 99), "secondary": (0, 60, 8, 99)}, score=1.0),
+              exact[1] | {"score": 0.9}]
+    res = evaluate_records(gt, astray, names, ["a"])
+    assert res["segm/secondary"]["AP"] < 60.0
+
+
+def test_box_size_buckets_use_the_mask_area_and_classes_without_ground_truth_are_nan():
+    from multimask.evaluation import evaluate_records
+
+    thin = [[0, 0, 3, 0, 99, 96, 99, 99, 96, 99, 0, 3]]  # a sliver: mask area < 32^2, its box > 96^2
+    gt = [_image(((0, 0, 99, 99), 1, {"primary": thin, "secondary": []}))]
+    bitmask = polygons_to_bitmask(thin, 100, 100)
+    pred = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 99, 99], "score": 1.0,
+            "multimask": {"primary": _rle(bitmask), "secondary": _rle(np.zeros_like(bitmask))}}
+    res = evaluate_records(gt, [pred], ["primary", "secondary"], ["a", "b"])
+    assert res["bbox"]["APs"] == pytest.approx(100.0) and math.isnan(res["bbox"]["APl"])
+    assert res["bbox"]["AP-b"] == pytest.approx(100.0) and math.isnan(res["bbox"]["AP-a"])
+    assert math.isnan(res["segm/secondary"]["AP"]) and math.isnan(res["segm/secondary"]["AP-b"])
+    none = evaluate_records(gt, [], ["primary", "secondary"], ["a", "b"])
+    assert none["segm/primary"]["AP-b"] == 0.0 and math.isnan(none["segm/primary"]["AP-a"])

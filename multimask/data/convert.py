@@ -22,6 +22,7 @@ from ..config import is_valid_mask_name
 from ..io import DatasetError, atomic_write_json, read_json
 from .dataset_json import (
     DEFAULT_MASK_NAMES,
+    check_image_ids,
     dataset_meta,
     load_multimask_json,
     make_annotation,
@@ -51,7 +52,7 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path, field_map: Ma
     data = read_json(src_json)
     cat_ids = dataset_meta({**data, "mask_names": names} if isinstance(data, dict) else data,
                            src_json)["thing_dataset_id_to_contiguous_id"]
-    images, sizes = [], {}
+    images, sizes, all_image_ids = [], {}, check_image_ids(data["images"], src_json)
     for i, img in enumerate(data["images"]):
         size = (img.get("height"), img.get("width")) if isinstance(img, dict) else (None, None)
         if not (isinstance(img, dict) and isinstance(img.get("file_name"), str) and _positive(*size)):
@@ -59,8 +60,7 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path, field_map: Ma
                        "an image needs 'id', 'file_name' and positive integer 'height' and 'width'")
             continue
         images.append(img)
-        sizes[img.get("id")] = size
-    all_image_ids = {img.get("id") for img in data["images"] if isinstance(img, dict)}
+        sizes[img["id"]] = size
     anns: list[dict] = []
     for i, ann in enumerate(data["annotations"]):
         where = f"{src_json} annotation id={ann.get('id', '?') if isinstance(ann, dict) else '?'} (index {i})"

@@ -37,10 +37,10 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
     meta = dataset_meta(data, json_file, mask_names)
     file_names, names = data["mask_names"], meta["mask_names"]
     id_map = meta["thing_dataset_id_to_contiguous_id"]
-    images = {}
+    images, all_ids = {}, check_image_ids(data["images"], json_file)
     for i, img in enumerate(data["images"]):
         where = f"{json_file} images[{i}]"
-        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
+        if not isinstance(img.get("file_name"), str):
             raise DatasetError(f"{where}: an image needs 'id', 'file_name', 'height' and 'width'")
         h, w = img.get("height"), img.get("width")
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
@@ -49,10 +49,9 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
         if check_images and not path.is_file():
             report.add("skipped images", where, f"image file not found: {path}")
             continue
-        images[img.get("id")] = {"file_name": str(path), "height": h, "width": w, "image_id": img.get("id"),
-                                 "annotations": []}
+        images[img["id"]] = {"file_name": str(path), "height": h, "width": w, "image_id": img["id"],
+                             "annotations": []}
 
-    all_ids = {img.get("id") for img in data["images"]}
     per_image: dict[Any, list] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
         where = f"{json_file} annotation id={ann.get('id', '?') if isinstance(ann, dict) else '?'} (index {i})"
@@ -74,6 +73,9 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
         extra = [k for k in mm if k not in file_names]
         if extra:
             raise DatasetError(f"{where}: mask names {extra} are not declared in 'mask_names' {file_names}")
+        for n in names:
+            if n not in mm:
+                report.add("masks missing (taken as absent)", where, f"no mask '{n}' (write [] for an absent mask)")
         masks = {n: clean_segmentation(mm.get(n, []), img["height"], img["width"], f"{where} mask '{n}'", report)
                  for n in names}
         bbox = union_bbox([segm_bbox(m, img["height"], img["width"]) for m in masks.values() if m])
@@ -110,6 +112,21 @@ def dataset_meta(data: Any, json_file: str | Path, mask_names: Sequence[str] | N
     cats = sorted(_checked_categories(data["categories"], Path(json_file)), key=lambda c: c["id"])
     return {"thing_classes": [c["name"] for c in cats], "mask_names": names,
             "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)}}
+
+
+def check_image_ids(images: list, json_file: str | Path) -> set:
+    """The ids of a COCO 'images' list; an image that is not an object, or whose id is missing, not an integer
+    or string, or used twice, raises DatasetError (annotations would otherwise land on the wrong image)."""
+    first: dict[Any, int] = {}
+    for i, img in enumerate(images):
+        image_id = img.get("id") if isinstance(img, dict) else None
+        if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
+            raise DatasetError(f"{json_file} images[{i}]: an image needs an integer or string 'id'")
+        if image_id in first:
+            raise DatasetError(f"{json_file} images[{i}]: image id {image_id!r} is also the id of "
+                               f"images[{first[image_id]}]")
+        first[image_id] = i
+    return set(first)
 
 
 def _checked_categories(cats: list, json_file: Path) -> list[dict]:

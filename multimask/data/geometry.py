@@ -100,11 +100,14 @@ def clean_rle(rle: Any, height: int, width: int, where: str, report: Report) -> 
     if list(rle["size"]) != [height, width]:
         report.add("skipped masks", where, f"RLE size {rle['size']} differs from the image size {[height, width]}")
         return None
+    if isinstance(rle["counts"], list) and sum(rle["counts"]) != height * width:
+        report.add("skipped masks", where, f"RLE runs cover {sum(rle['counts'])} pixels, not {height} x {width}")
+        return None
     try:
-        if isinstance(rle["counts"], list):
-            rle = mask_util.frPyObjects(rle, height, width)
+        rle = to_rle(rle, height, width)
         area = mask_util.area(rle)
-    except Exception as e:  # pycocotools raises bare Exceptions for malformed counts
+        mask_util.decode(rle)  # refuses runs beyond height x width pixels
+    except Exception as e:  # pycocotools raises bare Exceptions (or ValueError) for malformed counts
         report.add("skipped masks", where, f"RLE cannot be decoded ({e})")
         return None
     counts = rle["counts"]
@@ -182,6 +185,11 @@ def segm_area(segm: list | dict, height: int, width: int) -> float:
     if is_empty(segm):
         return 0.0
     return float(mask_util.area(to_rle(segm, height, width)))
+
+
+def union_area(segms: list[list | dict], height: int, width: int) -> float:
+    """Pixel area of the union of segmentations."""
+    return float(mask_util.area(mask_util.merge([to_rle(m, height, width) for m in segms]))) if segms else 0.0
 
 
 def union_bbox(boxes: list[list[float] | None]) -> list[float] | None:

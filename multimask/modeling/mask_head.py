@@ -117,7 +117,7 @@ def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict
     if not standard or len(standard) != len(keys):
         return
     own = module.state_dict()
-    loaded, skipped = set(), set()
+    loaded, skipped, unused = set(), set(), set()
     for key in standard:
         value = state_dict.pop(key)
         rest = key[len(prefix):]
@@ -129,7 +129,7 @@ def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict
             else:
                 target = f"trunks.{name}.{rest}"
             if target not in own:
-                skipped.add(rest)
+                unused.add(rest)  # e.g. mask_fcn4 of a 4-conv head loaded into a 2-conv one
             elif own[target].shape != value.shape:
                 skipped.add(f"{rest} {tuple(value.shape)} -> {tuple(own[target].shape)}")
             else:
@@ -138,7 +138,9 @@ def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict
     logger.info("Initialised mask branches %s from a standard Mask R-CNN mask head (%d tensors).",
                 list(module.mask_names), len(loaded))
     if skipped:
-        logger.info("Kept fresh initialisation for %s (shape or layout differs).", sorted(skipped))
+        logger.info("Kept fresh initialisation for %s (shape differs).", sorted(skipped))
+    if unused:
+        logger.info("Not used from the checkpoint (this head has no such layer): %s.", sorted(unused))
 
 
 def _select_class(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
