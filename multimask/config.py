@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -144,11 +145,20 @@ def resolve_config_file(config_file: str | Path) -> Path:
 
 
 def get_multimask_cfg(config_file: str | Path | None = None, opts: list[str] | None = None) -> CN:
-    """A detectron2 config with the multimask keys, merged from a preset name or a YAML file, then `opts`."""
+    """A detectron2 config with the multimask keys, merged from a preset name or a YAML file, then `opts`.
+
+    The file is read with `yaml.safe_load` only (detectron2 would fall back to `yaml.unsafe_load`, which runs
+    code a shared run folder's config.yaml could carry); a file that needs more is refused.
+    """
     cfg = get_cfg()
     add_multimask_config(cfg)
     if config_file:
-        cfg.merge_from_file(str(resolve_config_file(config_file)))
+        path = resolve_config_file(config_file)
+        try:
+            cfg.merge_from_file(str(path), allow_unsafe=False)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not a config file this tool reads (plain YAML only): "
+                             f"{str(e).splitlines()[0]}") from None
     if opts:
         cfg.merge_from_list(list(opts))
     if not cfg.MODEL.DEVICE or cfg.MODEL.DEVICE == "auto":

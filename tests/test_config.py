@@ -67,6 +67,19 @@ def test_unknown_preset_lists_the_known_ones():
     assert {"tiny_cpu", "scratch_mask_rcnn_R_50_FPN_gn", "mask_rcnn_R_50_FPN_3x"} <= set(list_presets())
 
 
+def test_a_config_file_is_read_as_plain_yaml_and_never_runs_code(tmp_path):
+    """A run folder shared by someone else is listed and used by the app: its config.yaml must not run code."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "config.yaml"
+    evil.write_text(f'MODEL:\n  DEVICE: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(ValueError, match=r"config.yaml: not a config file this tool reads \(plain YAML only\)"):
+        get_multimask_cfg(evil)
+    assert not marker.exists()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("MODEL:\n  DEVICE: cpu\nSOLVER:\n  BASE_LR: 0.5\n")
+    assert get_multimask_cfg(plain).SOLVER.BASE_LR == 0.5
+
+
 def test_every_preset_builds_a_model():
     from detectron2.modeling import build_model
 

@@ -74,6 +74,66 @@ def test_the_queue_survives_a_restart(tmp_path):
     assert m2.wait(job["id"], 20)["state"] == "completed"
 
 
+def test_a_file_that_is_not_a_job_record_does_not_stop_the_queue(tmp_path):
+    m = _mgr(tmp_path)
+    for name, text in (("no-state", '{"id": "no-state", "device": "cpu"}'), ("list", "[1, 2]"),
+                       ("other-id", '{"id": "x", "state": "queued", "device": "cpu"}')):
+        (tmp_path / "jobs" / f"{name}.json").write_text(text)
+    job = m.submit(_script("print('ran')"), tmp_path / "runs" / "a")
+    assert m.wait(job["id"], 20)["state"] == "completed"
+    assert [j["id"] for j in m.jobs()] == [job["id"]]
+    with pytest.raises(JobError, match="the record of job 'no-state' is damaged"):
+        m.stop("no-state")
+
+
+def test_a_run_folder_has_one_queued_or_active_job_at_most(tmp_path):
+    m = _mgr(tmp_path)
+    run = tmp_path / "runs" / "a"
+    first = m.submit(_script("import time; time.sleep(30)"), run)
+    with pytest.raises(JobError, match=r"has a job running already"):
+        m.submit(_script("pass"), run)
+    m.stop(first["id"], timeout=5)
+    first = m.wait(first["id"], 20)
+    queued = m.resume(first["id"], start=False)
+    with pytest.raises(JobError, match=r"has a job queued already"):
+        m.resume(first["id"])  # e.g. Resume and "Run on the CPU instead" pressed together
+    m.stop(queued["id"])
+
+
+def test_deleting_a_run_waits_for_its_jobs_and_stays_inside_the_runs_folder(tmp_path):
+    m = _mgr(tmp_path)
+    run = tmp_path / "runs" / "a"
+    job = m.submit(_script("import time; time.sleep(30)"), run)
+    (run / "model_final.pth").write_bytes(b"x")
+    with pytest.raises(JobError, match="a is running; stop it first"):
+        m.delete_run(run)
+    assert (run / "model_final.pth").is_file()
+    m.stop(job["id"], timeout=5)
+    m.wait(job["id"], 20)
+    assert m.delete_run(run) == 1 and not run.exists() and m.jobs() == []
+    for outside in (tmp_path / "runs", tmp_path / "elsewhere"):
+        with pytest.raises(JobError, match="inside"):
+            m.delete_run(outside)
+
+
+@pytest.mark.parametrize("device, inherited, expected", [
+    ("cpu", "2,3", ""), ("cuda:0", None, "0"), ("cuda:0", "", "0"), ("cuda:1", "2,3", "3"),
+    ("cuda:0,1", "GPU-a, GPU-b", "GPU-a,GPU-b"),
+])
+def test_a_job_sees_the_gpus_it_was_given_among_those_the_app_may_use(device, inherited, expected, monkeypatch):
+    from app.training.jobs import visible_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_devices(device, inherited) == expected
+
+
+def test_a_job_asking_for_a_gpu_the_app_may_not_use_fails_to_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    m = _mgr(tmp_path)
+    job = m.submit(_script("pass"), tmp_path / "runs" / "a", device="cuda:1")
+    assert job["state"] == "failed" and "CUDA_VISIBLE_DEVICES=5 has only 1 GPUs" in job["error"]
+
+
 def test_stopping_a_queued_job_cancels_it(tmp_path):
     m = _mgr(tmp_path)
     a = m.submit(_script("import time; time.sleep(30)"), tmp_path / "runs" / "a")
@@ -113,6 +173,24 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path):
     assert job["state"] == "cancelled" and "killed" in job["error"]
     assert 0.5 <= time.time() - t0 < 10
     assert not _alive(job["pid"], job["proc_start"])
+
+
+def test_a_stopping_job_that_still_writes_its_log_gets_longer_before_it_is_killed(tmp_path):
+    """As a run that finishes an evaluation before its checkpoint: killed only at MAX_STOP_TIMEOUTS timeouts."""
+    from app.training.jobs import MAX_STOP_TIMEOUTS
+
+    m = _mgr(tmp_path)
+    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "while True:\n    print('eva' + 'luating', flush=True)\n    time.sleep(0.05)\n")
+    job = m.submit(_script(code), tmp_path / "runs" / "a")
+    _wait_for(lambda: "evaluating" in m.log_tail(job["id"]))
+    t0 = time.time()
+    m.stop(job["id"], timeout=0.4)
+    time.sleep(1.2)
+    assert m.refresh() == [] and m.get(job["id"])["state"] == "stopping", "past the timeout, but still writing"
+    job = m.wait(job["id"], 20)
+    assert job["state"] == "cancelled" and "killed" in job["error"]
+    assert 0.4 * MAX_STOP_TIMEOUTS <= time.time() - t0 < 0.4 * MAX_STOP_TIMEOUTS + 5
 
 
 def test_a_job_killed_from_outside_is_failed_with_its_log_tail(tmp_path):

@@ -58,6 +58,7 @@ def test_starting_from_a_listed_run():
 @pytest.mark.parametrize("text,words", [
     ("OUTPUT_DIR /tmp/elsewhere", "set by the form"), ("DATASETS.TRAIN ('x',)", "set by the form"),
     ("MODEL.WEIGHTS /etc/passwd", "set by the form"), ("SOLVER.AMP.ENABLED True", "set by the form"),
+    ("SOLVER.MAX_ITER 5000", "the form's 'iterations' field"), ("SOLVER.IMS_PER_BATCH 3", "'batch size' field"),
     ("solver.base_lr 1", "line 1"), ("SOLVER.MOMENTUM", "line 1"), ("\n\nSOLVER.MOMENTUM 0.9\nbad", "line 4"),
 ])
 def test_advanced_options_cannot_redirect_the_run(text, words):
@@ -116,15 +117,29 @@ def _write_lines(path, rows, tail=""):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
 
 
+def test_a_run_resumed_after_a_crash_shows_its_own_progress(tmp_path):
+    """Crashed at iteration 9 after a checkpoint at 4; resumed, it has written iterations 5 and 6 so far."""
+    rows = [{"iteration": i, "total_loss": 1.0, "time": 1.0} for i in range(10)]
+    rows += [{"iteration": 5, "total_loss": 0.5, "time": 2.0}, {"iteration": 6, "total_loss": 0.4, "time": 2.0}]
+    _write_lines(tmp_path / "metrics.json", rows)
+    merged = monitor.read_metrics(tmp_path)
+    assert [r["iteration"] for r in merged] == list(range(7))
+    assert monitor.progress(merged, max_iter=10, ims_per_batch=1)["iteration"] == 7
+    assert monitor.iterations_done(tmp_path) == 7
+
+
 def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp_path):
     rows = [{"iteration": i, "total_loss": 2.0 - i / 10, "loss_mask_primary": 0.7, "lr": 0.01 * i, "time": 0.5}
             for i in range(5)]
-    rows.append({"iteration": 4, "bbox/AP": 12.5, "segm/primary/AP": 10.0, "segm/primary/AP-disc": 20.0})
+    rows.insert(3, {"iteration": 2, "bbox/AP": 12.5, "segm/primary/AP": 10.0, "segm/primary/AP-disc": 20.0})
+    rows.append({"iteration": 4, "bbox/AP": 99.0})  # then the run is resumed from a checkpoint at 2
     rows += [{"iteration": 3, "total_loss": 1.5, "time": 0.25}, {"iteration": 4, "total_loss": 1.4, "time": 0.25}]
     _write_lines(tmp_path / "metrics.json", rows, tail='{"iteration": 5, "total_lo')
     merged = monitor.read_metrics(tmp_path)
     assert [r["iteration"] for r in merged] == [0, 1, 2, 3, 4]
-    assert merged[4]["total_loss"] == 1.4 and merged[4]["bbox/AP"] == 12.5, "a resumed run's lines win"
+    assert merged[4]["total_loss"] == 1.4, "a resumed run's lines win"
+    assert "bbox/AP" not in merged[4], "the evaluation at 4 was of the weights before the resume"
+    assert merged[2]["total_loss"] == 1.8 and merged[2]["bbox/AP"] == 12.5
     assert monitor.iterations_done(tmp_path) == 5 and monitor.iterations_done(tmp_path / "none") == 0
     prog = monitor.progress(merged, max_iter=10, ims_per_batch=4)
     assert (prog["iteration"], prog["fraction"], prog["total_loss"]) == (5, 0.5, 1.4)
@@ -134,7 +149,7 @@ def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp
     assert {s for _, _, s in losses} == {"total_loss", "loss_mask_primary"} and min(i for i, _, _ in losses) == 1
     assert [lr for _, lr in monitor.lr_points(merged)][:2] == [0.0, 0.01]
     it, tasks = monitor.latest_evaluation(merged)
-    assert it == 5 and tasks == {"bbox": {"AP": 12.5}, "segm/primary": {"AP": 10.0, "AP-disc": 20.0}}
+    assert it == 3 and tasks == {"bbox": {"AP": 12.5}, "segm/primary": {"AP": 10.0, "AP-disc": 20.0}}
     assert {s for _, _, s in monitor.ap_points(merged)} == {"bbox", "segm/primary"}
 
 

@@ -14,7 +14,15 @@ from detectron2.utils.events import EventStorage
 
 from multimask.data import register_multimask_dataset
 from multimask.engine import MultiMaskTrainer, run_weights
-from multimask.engine.hooks import EarlyStopped, EarlyStopping, GPUMemory, MetricTracker, track
+from multimask.engine.hooks import (
+    EarlyStopped,
+    EarlyStopping,
+    GPUMemory,
+    GracefulStop,
+    MetricTracker,
+    TrainingStopped,
+    track,
+)
 from multimask.engine.run_record import RUN_INFO, record_start
 from tests.conftest import tiny_cfg
 
@@ -160,6 +168,7 @@ def test_hooks_order_and_when_they_are_added(synth_data, tmp_path):
     types = [type(h) for h in hooks]
     assert hooks[types.index(d2hooks.PeriodicWriter)]._period == 3
     i = types.index(d2hooks.EvalHook)
+    assert types[i - 1] is GracefulStop, "a stop does not wait for an evaluation"
     assert types[i + 1:i + 3] == [d2hooks.BestCheckpointer, EarlyStopping]
     assert types.index(d2hooks.PeriodicWriter) > i + 2
     assert GPUMemory not in types, "the model is on the CPU"
@@ -169,6 +178,28 @@ def test_hooks_order_and_when_they_are_added(synth_data, tmp_path):
     cfg = _cfg(synth_data, tmp_path, 4, **{"MULTIMASK.BEST_METRIC": "segm/primary/AP-nope"})
     with pytest.raises(ValueError, match="dataset 'synth_val' has no class 'nope'"):
         MultiMaskTrainer(cfg)
+
+
+class _StopAt(d2hooks.HookBase):
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def before_step(self):
+        if self.trainer.iter == self.iteration:
+            next(h for h in self.trainer._hooks if isinstance(h, GracefulStop)).request_stop()
+
+
+def test_a_stop_saves_and_ends_before_the_evaluation_of_its_step(synth_data, tmp_path):
+    cfg = _cfg(synth_data, tmp_path, 10, **{"TEST.EVAL_PERIOD": 2})
+    trainer = MultiMaskTrainer(cfg)
+    trainer.register_hooks([_StopAt(3)])  # iteration 3 is an evaluation step ((3 + 1) % 2 == 0)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(TrainingStopped, match="stopped at iteration 3"):
+        trainer.train()
+    assert [e["iteration"] for e in _json(tmp_path / "evaluations.json")] == [1]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert _iteration(tmp_path / "model_0000003.pth") == 3
+    assert max(json.loads(line)["iteration"] for line in (tmp_path / "metrics.json").read_text().splitlines()) == 3
 
 
 def test_amp_on_the_cpu_is_refused_before_training(synth_data, tmp_path):

@@ -32,6 +32,11 @@ _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
 RESERVED_KEYS = ("OUTPUT_DIR", "DATASETS.", "MODEL.WEIGHTS", "MODEL.DEVICE", "SEED", "SOLVER.AMP.",
                  "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
                  "MODEL.ROI_HEADS.NUM_CLASSES", "MULTIMASK.CLASS_NAMES")
+# Options the form's fields set (the job's record, progress and checks follow the fields): not in the text box.
+FORM_FIELD_KEYS = {"SOLVER.MAX_ITER": "iterations", "SOLVER.IMS_PER_BATCH": "batch size",
+                   "SOLVER.BASE_LR": "learning rate", "SOLVER.LR_SCHEDULER_NAME": "schedule",
+                   "TEST.EVAL_PERIOD": "evaluation period", "MULTIMASK.EARLY_STOP_PATIENCE": "early stopping",
+                   "MULTIMASK.BEST_METRIC": "best checkpoint metric"}
 MAX_ADVANCED_CHARS = 4000
 
 DEFAULTS: dict[str, Any] = {
@@ -161,6 +166,9 @@ def parse_advanced(text: str) -> list[str]:
                             f"got {line[:80]!r}")
         if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESERVED_KEYS):
             raise FormError(f"advanced options, line {n}: {key} is set by the form or the app, not here")
+        if key in FORM_FIELD_KEYS:
+            raise FormError(f"advanced options, line {n}: {key} is the form's {FORM_FIELD_KEYS[key]!r} field; "
+                            "set it there")
         opts += [key, value]
     return opts
 

@@ -3,7 +3,7 @@
 `JobManager(jobs_root, runs_root)` keeps one JSON record per job in `jobs_root/<id>.json` and the job's output
 in `jobs_root/<id>.log`. A job runs in its own process session (`start_new_session=True`), so restarting the
 app does not touch it; a new manager on the same folder re-attaches to it. One job runs at a time per device;
-the others wait, queued on disk, until `start_next()` (or `poll()`) starts them in order.
+the others wait, queued on disk, until `start_next()` starts them in order (it also updates the states of running jobs).
 
 Each job's command runs under a small supervisor process (the session and process-group leader) that waits
 for it and writes its exit status to `jobs_root/<id>.exit.json`; so the outcome is known even when the app
@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,13 +30,18 @@ import time
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from multimask.engine.hooks import STOPPED_EXIT_CODE  # `train`'s exit status after a graceful stop
 from multimask.io import atomic_write_json
 
 ACTIVE = ("running", "stopping")  # a job is queued, then active, then finished
 FINISHED = ("completed", "failed", "cancelled")
+STATES = ("queued", *ACTIVE, *FINISHED)
 DEFAULT_STOP_TIMEOUT = 60.0
+# A stopping job whose log still grows (e.g. it finishes an evaluation before its checkpoint) is killed only once
+# its log has been silent for the stop timeout, or at this many stop timeouts after the request.
+MAX_STOP_TIMEOUTS = 10
 _DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*|cuda\*[1-9]\d*)$")
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
 
@@ -73,10 +80,12 @@ NAN_MESSAGE = "the loss became NaN: lower SOLVER.BASE_LR (e.g. halve it) or rais
 NO_GPU_MESSAGE = "no usable GPU: run on the CPU (device cpu)"
 UNEXPECTED_MESSAGE = "the process ended unexpectedly"
 
+logger = logging.getLogger(__name__)
+
 
 _RECORD_KEYS = ("id", "command", "run_dir", "device", "device_request", "state", "cwd", "pid", "pgid", "proc_start",
                 "created", "started", "ended", "returncode", "error", "log", "log_tail", "stop_requested",
-                "stop_deadline", "resumed_from")
+                "stop_deadline", "stop_timeout", "resumed_from")
 
 
 class JobError(ValueError):
@@ -139,6 +148,28 @@ def _units(device: str) -> set[str]:
     return {f"{kind}:{i}" for i in ids.split(",")} if ids else {kind}
 
 
+def _is_record(job: Any, job_id: str) -> bool:
+    """Whether a parsed file is a job record this manager can act on (the fields that scheduling reads)."""
+    return (isinstance(job, dict) and job.get("id") == job_id and job.get("state") in STATES
+            and isinstance(job.get("device"), str) and bool(_DEVICE_RE.match(job["device"]))
+            and isinstance(job.get("command"), list) and all(isinstance(a, str) for a in job["command"])
+            and all(isinstance(job.get(k), str) for k in ("run_dir", "log", "created")))
+
+
+def visible_devices(device: str, inherited: str | None = None) -> str:
+    """CUDA_VISIBLE_DEVICES for a job on `device` ("cpu": "", no GPU at all; "cuda:0,1": GPUs 0 and 1 as the
+    app sees them, i.e. entries of the app's own CUDA_VISIBLE_DEVICES when it has one)."""
+    ids = device.partition(":")[2]
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES") if inherited is None else inherited
+    if not ids or not inherited or not inherited.strip():
+        return ids
+    mask = [v.strip() for v in inherited.split(",")]
+    try:
+        return ",".join(mask[int(i)] for i in ids.split(","))
+    except IndexError:
+        raise JobError(f"{device}: CUDA_VISIBLE_DEVICES={inherited} has only {len(mask)} GPUs") from None
+
+
 def _signal_name(rc: int) -> str:
     try:
         return signal.Signals(-rc).name
@@ -199,19 +230,29 @@ class JobManager:
     def _load(self, job_id: str) -> dict:
         path = self._path(job_id)
         try:
-            return json.loads(path.read_text())
+            job = json.loads(path.read_text())
         except FileNotFoundError:
             raise JobError(f"no job {job_id!r}") from None
+        except ValueError:
+            raise JobError(f"the record of job {job_id!r} is damaged ({path})") from None
+        if not _is_record(job, job_id):
+            raise JobError(f"the record of job {job_id!r} is damaged ({path})")
+        return job
 
     def _all(self) -> list[dict]:
+        """Every job record; a file that is not one (half-written, foreign, edited by hand) is left out."""
         out = []
         for p in self.jobs_root.glob("*.json"):
             if p.name.endswith(".exit.json"):
                 continue
             try:
-                out.append(json.loads(p.read_text()))
+                job = json.loads(p.read_text())
             except (OSError, ValueError):
-                continue  # a half-written or foreign file
+                continue
+            if _is_record(job, p.stem):
+                out.append(job)
+            else:
+                logger.warning("%s is not a job record; left out", p)
         return out
 
     # -- queries ---------------------------------------------------------------------------------------------
@@ -270,9 +311,15 @@ class JobManager:
                "log": str(self.jobs_root / f"{job_id}.log"), "log_tail": None, "stop_requested": None,
                "stop_deadline": None, **extra}
         with self._locked():
+            other = [j for j in self._all() if j["run_dir"] == str(run_dir) and j["state"] in ("queued", *ACTIVE)]
+            if other:
+                raise JobError(f"{run_dir} has a job {other[0]['state']} already ({other[0]['id']})")
             self._save(job)
         if start:
-            self.start_next()
+            try:
+                self.start_next()
+            except Exception:  # noqa: BLE001 (the job is queued; the next poll starts it)
+                logger.exception("could not start queued jobs")
             job = self._load(job_id)
         return job
 
@@ -282,6 +329,7 @@ class JobManager:
         old = self._load(job_id)
         if old["state"] not in FINISHED:
             raise JobError(f"job {job_id} is {old['state']}; stop it or wait for it to end first")
+        # (submit refuses a second queued or active job for the run, so two resumes at once cannot both run)
         argv = list(old["command"] if argv is None else argv)
         if "--resume" not in argv:
             # after the subcommand: trailing KEY VALUE config options swallow everything that follows them
@@ -326,26 +374,20 @@ class JobManager:
         job["device"] = "cuda:" + ",".join(map(str, free[:k]))
         return True
 
-    def poll(self) -> list[dict]:
-        """Update the states of running jobs and start the next queued ones; return all jobs, newest first."""
-        self.start_next()
-        return self.jobs()
-
     def _launch(self, job: dict) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["CUDA_VISIBLE_DEVICES"] = job["device"].partition(":")[2]  # "" for the CPU: no GPU at all
         status = self.jobs_root / f"{job['id']}.exit.json"
-        status.unlink(missing_ok=True)
         log_path = Path(job["log"])
-        Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
         try:
+            env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES=visible_devices(job["device"]))
+            status.unlink(missing_ok=True)
+            Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as log:
                 log.write(f"$ {' '.join(job['command'])}\n".encode())
                 log.flush()
                 proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(status), *job["command"]],
                                         cwd=job["cwd"], env=env, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        except OSError as e:
+        except (OSError, JobError) as e:
             job.update(state="failed", ended=_now(), error=f"could not start the job: {e}")
             self._save(job)
             return
@@ -380,12 +422,36 @@ class JobManager:
                     continue
                 rc = self._exit_status(job)
                 if rc is None and _alive(job["pid"], job.get("proc_start")):
-                    if job["state"] == "stopping" and time.time() > (job.get("stop_deadline") or 0):
+                    if job["state"] == "stopping" and self._stop_overdue(job):
                         self._kill(job, signal.SIGKILL)
                     continue
+                if rc is None:
+                    rc = self._exit_status(job)  # written between the first read and the liveness check
                 self._finish(job, rc)
                 changed.append(job)
+            self._reap()
         return changed
+
+    def _reap(self) -> None:
+        """Wait for this manager's supervisors whose jobs another manager has finished (no zombies)."""
+        for job_id, proc in list(self._procs.items()):
+            with suppress(JobError):
+                if self._load(job_id)["state"] in ACTIVE:
+                    continue
+            if proc.poll() is not None:
+                del self._procs[job_id]
+
+    def _stop_overdue(self, job: dict) -> bool:
+        """Past the stop deadline, and its log silent for the stop timeout (or MAX_STOP_TIMEOUTS passed)."""
+        now, deadline = time.time(), job.get("stop_deadline") or 0
+        if now <= deadline:
+            return False
+        timeout = job.get("stop_timeout") or self.stop_timeout
+        try:
+            silent = now - Path(job["log"]).stat().st_mtime
+        except OSError:
+            silent = float("inf")
+        return silent >= timeout or now > deadline + (MAX_STOP_TIMEOUTS - 1) * timeout
 
     def _finish(self, job: dict, rc: int | None) -> None:
         text = self.log_tail(job["id"], 200)
@@ -426,7 +492,8 @@ class JobManager:
                 os.killpg(job["pgid"], sig)
 
     def stop(self, job_id: str, timeout: float | None = None) -> dict:
-        """Cancel a queued job; ask a running one to stop (SIGTERM to its command), killed after `timeout` s."""
+        """Cancel a queued job; ask a running one to stop (SIGTERM to its command), killed after `timeout` s
+        (default: the manager's) without output, or MAX_STOP_TIMEOUTS timeouts after this request."""
         with self._locked():
             job = self._load(job_id)
             if job["state"] == "queued":
@@ -434,7 +501,8 @@ class JobManager:
                 self._save(job)
             elif job["state"] == "running":
                 timeout = self.stop_timeout if timeout is None else timeout
-                job.update(state="stopping", stop_requested=_now(), stop_deadline=time.time() + timeout)
+                job.update(state="stopping", stop_requested=_now(), stop_deadline=time.time() + timeout,
+                           stop_timeout=timeout)
                 self._save(job)
                 self._kill(job, signal.SIGTERM)
             elif job["state"] == "stopping":
@@ -442,6 +510,22 @@ class JobManager:
             else:
                 raise JobError(f"job {job_id} has already ended ({job['state']})")
             return job
+
+    def delete_run(self, run_dir: str | Path) -> int:
+        """Delete a run folder (inside `runs_root`) and every job record of it; refused while one is queued or
+        active. Returns the number of job records deleted."""
+        run_dir = self._validate_run_dir(run_dir)
+        if self.runs_root is None or run_dir == self.runs_root:
+            raise JobError(f"{run_dir} is not a run folder inside the runs folder; not deleting it")
+        with self._locked():
+            jobs = [j for j in self._all() if j["run_dir"] == str(run_dir)]
+            busy = [j for j in jobs if j["state"] not in FINISHED]
+            if busy:
+                raise JobError(f"{run_dir.name} is {busy[0]['state']}; stop it first")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for j in jobs:
+                self.forget(j["id"])
+        return len(jobs)
 
     def forget(self, job_id: str) -> None:
         """Delete an ended job's record, exit status and log."""

@@ -2,7 +2,8 @@
 
 detectron2's JSONWriter appends one JSON object per line; a resumed run appends again from its checkpoint's
 iteration, and evaluation results arrive as their own lines. `read_metrics` merges all of it into one record
-per iteration (later lines win) and ignores a half-written last line.
+per iteration (later lines win; a resumed run's first line drops what the run before it wrote past its
+checkpoint, which a crash may leave) and ignores a half-written last line.
 """
 
 from __future__ import annotations
@@ -42,13 +43,20 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         text = path.read_text(errors="replace")
     except OSError:
         return []
+    last_train = -1
     for line in text.splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue  # the line being written, or garbage
-        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
-            by_iter.setdefault(row["iteration"], {}).update(row)
+        if not (isinstance(row, dict) and isinstance(row.get("iteration"), int)):
+            continue
+        it = row["iteration"]
+        if "total_loss" in row:
+            if it <= last_train:  # a resumed run: what was written from here on belongs to the run before
+                by_iter = {k: v for k, v in by_iter.items() if k < it}
+            last_train = it
+        by_iter.setdefault(it, {}).update(row)
     rows = [by_iter[i] for i in sorted(by_iter)]
     with _cache_lock:
         if len(_cache) > 256:

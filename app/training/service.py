@@ -19,7 +19,7 @@ from typing import Any
 from ..labeling.store import LabelStore
 from ..runs import find_runs
 from . import form, monitor
-from .jobs import ACTIVE, FINISHED, NO_GPU_MESSAGE, JobError, JobManager
+from .jobs import ACTIVE, NO_GPU_MESSAGE, JobError, JobManager
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class TrainingService:
         def loop() -> None:
             while True:
                 try:
-                    self.jobs.poll()
+                    self.jobs.start_next()  # updates the states of running jobs first
                 except Exception:  # a broken record must not stop the queue
                     logger.exception("polling training jobs failed")
                 time.sleep(interval)
@@ -131,10 +131,14 @@ class TrainingService:
         if s.best_metric.startswith("segm/") and s.best_metric.split("/")[1] not in ds.mask_names:
             raise form.FormError(f"best metric: {s.best_metric} names a mask this dataset does not have "
                                  f"({', '.join(ds.mask_names)})")
-        config_file, weights = form.preset_for(s, weight_runs)
         from multimask.config import get_multimask_cfg
+        from multimask.engine import WeightsUnavailableError
 
-        base = get_multimask_cfg(config_file)
+        try:
+            config_file, weights = form.preset_for(s, weight_runs)
+            base = get_multimask_cfg(config_file)
+        except (WeightsUnavailableError, ValueError) as e:
+            raise form.FormError(f"starting point {s.start}: {e}") from None
         run_dir.mkdir(parents=True)
         try:
             paths = ds.export(run_dir / "data", val_fraction=s.val_fraction, seed=s.seed)
@@ -167,7 +171,8 @@ class TrainingService:
             raise JobError(f"run {run_name} is not running ({job['state']})")
         if self.jobs.stop(job["id"])["state"] == "cancelled":
             return f"Run {run_name}: removed from the queue."
-        return f"Run {run_name}: stopping after the current iteration (a checkpoint is saved; then Resume)."
+        return (f"Run {run_name}: stopping after the current iteration, or evaluation if one is under way (a "
+                "checkpoint is saved; then Resume).")
 
     def resume(self, run_name: Any) -> str:
         job = self.latest(run_name)
@@ -191,14 +196,7 @@ class TrainingService:
             raise JobError(f"no run called {run_name!r}")
         if confirm is not True:
             return f"Tick 'confirm' to delete run {run_name} and all its checkpoints."
-        if any(j["state"] not in FINISHED for j in jobs):
-            raise JobError(f"run {run_name} is queued or running; stop it first")
-        run_dir = Path(jobs[-1]["run_dir"]).resolve()
-        if not run_dir.is_relative_to(self.runs_root) or run_dir == self.runs_root:
-            raise JobError(f"{run_dir} is not inside {self.runs_root}; not deleting it")
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for j in jobs:
-            self.jobs.forget(j["id"])
+        self.jobs.delete_run(jobs[-1]["run_dir"])  # refused while a job of the run is queued or running
         return f"Deleted run {run_name}."
 
     # -- reading -----------------------------------------------------------------------------------------------

@@ -73,7 +73,9 @@ class MultiMaskTrainer(DefaultTrainer):
                 hooks[k] = d2hooks.PeriodicWriter(h._writers, period=self.cfg.MULTIMASK.WRITE_PERIOD)
         if comm.is_main_process() and next(self.model.parameters()).is_cuda:
             hooks.insert(i, GPUMemory())
-        hooks.append(GracefulStop())  # every process; last, so the step's metrics are written first
+        # Every process; before the evaluation, so that a stop does not wait for one (the writers still write
+        # the step's metrics: they write in after_train too).
+        hooks.insert(next(k for k, h in enumerate(hooks) if isinstance(h, d2hooks.EvalHook)), GracefulStop())
         return hooks
 
     def _best_hooks(self) -> list:
