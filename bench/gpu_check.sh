@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All GPU checks of the core issue, in one run on the device machine (see bench/README.md).
+# The GPU checks of issues 2 and 4, in one run on the device machine (see bench/README.md).
 # Needs the wheels in .whl/ (bench/README.md says how to fetch them); writes its results under $OUT.
 set -uo pipefail
 OUT=${OUT:-bench/out}
@@ -9,15 +9,17 @@ rm -f /tmp/site/detectron2/_C*.so
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, detectron2, multimask; print(torch.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
-# BENCH=0, COMPARE=0 or TRAIN_JOB=0 leave a part out (one device session has time for about two of them).
-if [ "${BENCH:-1}" = 1 ]; then
+# Defaults fit one device session (under 600 s of run time): the single/two-mask comparison (issue 2) and the
+# Train worker run (issue 4). BENCH=1 adds the model benchmark (about 150 s; done on the H200 on 2026-11-26);
+# COMPARE=0 or TRAIN_JOB=0 leave a part out.
+if [ "${BENCH:-0}" = 1 ]; then
   timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --json "$OUT/bench_model.json" \
     2>&1 | grep -v '^\[' | tee "$OUT/bench_model.txt"
   timeout 60 python3 bench/bench_mapper.py --json "$OUT/bench_mapper.json" 2>&1 | grep -v '^\[' | tee "$OUT/bench_mapper.txt"
 fi
 if [ "${COMPARE:-1}" = 1 ]; then
-  timeout "${COMPARE_TIMEOUT:-380}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-900}" \
-    --only ${COMPARE_ONLY:-two-mask primary-only secondary-only} --workers 8 --out /tmp/compare \
+  timeout "${COMPARE_TIMEOUT:-360}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-600}" \
+    --only ${COMPARE_ONLY:-two-mask primary-only secondary-only} --workers 8 --amp --out /tmp/compare \
     --json "$OUT/compare.json" 2>&1 \
     | grep -E 'RESULT|^\||^machine|^preset|^two single|Error|error|Traceback|eta:' | tee "$OUT/compare.txt"
 fi
@@ -25,7 +27,8 @@ fi
 # mixed precision; throughput, peak memory and final AP per mask name as the Train tab reads them.
 if [ "${TRAIN_JOB:-1}" = 1 ]; then
   # The script stops its job when its own --timeout passes; the outer timeout leaves it the time to.
-  timeout $(( ${TRAIN_JOB_TIMEOUT:-300} + 90 )) python3 bench/train_job.py --device cuda --amp \
-    --iterations "${TRAIN_JOB_ITERS:-900}" --timeout "${TRAIN_JOB_TIMEOUT:-300}" --json "$OUT/train_job.json" 2>&1 \
+  timeout $(( ${TRAIN_JOB_TIMEOUT:-150} + 60 )) python3 bench/train_job.py --device cuda --amp \
+    --iterations "${TRAIN_JOB_ITERS:-400}" --eval-period 200 --timeout "${TRAIN_JOB_TIMEOUT:-150}" \
+    --json "$OUT/train_job.json" 2>&1 \
     | tail -30 | tee "$OUT/train_job.txt"
 fi
