@@ -38,8 +38,8 @@ def train_variant(name: str, names, args, paths) -> dict:
         "SOLVER.STEPS": (int(it * 0.7), int(it * 0.9)), "SOLVER.WARMUP_ITERS": min(200, it // 5),
         "SOLVER.CHECKPOINT_PERIOD": it, "TEST.EVAL_PERIOD": 0, "SEED": 1,
         "DATALOADER.NUM_WORKERS": args.workers, "SOLVER.AMP.ENABLED": args.amp,
-        "INPUT.MIN_SIZE_TRAIN": (256, 288, 320), "INPUT.MAX_SIZE_TRAIN": 533,
-        "INPUT.MIN_SIZE_TEST": 288, "INPUT.MAX_SIZE_TEST": 533})
+        "INPUT.MIN_SIZE_TRAIN": tuple(args.train_sizes), "INPUT.MAX_SIZE_TRAIN": 533,
+        "INPUT.MIN_SIZE_TEST": args.test_size, "INPUT.MAX_SIZE_TEST": 533})
     setup_logger(str(out), name="detectron2")
     trainer = MultiMaskTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -68,6 +68,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--train-images", type=int, default=400)
     p.add_argument("--val-images", type=int, default=60)
+    p.add_argument("--train-sizes", type=int, nargs="+", default=[256, 288, 320],
+                   help="shorter side of training images, one picked per image")
+    p.add_argument("--test-size", type=int, default=288, help="shorter side of validation images")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--out", default="bench/out/compare")
     p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
