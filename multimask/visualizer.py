@@ -22,10 +22,19 @@ def mask_style(k: int) -> tuple[float, str | None, str]:
     return MASK_STYLES[min(k, len(MASK_STYLES) - 1)]
 
 
-def instance_color(i: int) -> np.ndarray:
-    """RGB colour in [0, 1] of the i-th instance (stable across calls)."""
+def _palette() -> np.ndarray:
+    """detectron2's colormap without its greys, black and white (they read as "no colour" on photos)."""
     colors = colormap(rgb=True, maximum=1)
-    return colors[(i * 7) % len(colors)]
+    return colors[np.ptp(colors, axis=1) >= 0.05]
+
+
+PALETTE = _palette()
+
+
+def instance_color(i: int) -> np.ndarray:
+    """RGB colour in [0, 1] of the i-th instance (stable across calls; a stride of 7 keeps neighbours apart
+    and, 7 being prime to the palette's size, cycles through every colour)."""
+    return PALETTE[(i * 7) % len(PALETTE)]
 
 
 class MultiMaskVisualizer(Visualizer):

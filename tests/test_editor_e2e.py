@@ -279,6 +279,9 @@ def polygon_count(pg) -> int:
 def test_python_helpers():
     assert palette(3) == [[int(round(float(c) * 255)) for c in instance_color(i)] for i in range(3)]
     assert len(palette(PALETTE_SIZE)) == PALETTE_SIZE and palette(0) == []
+    colours = palette(PALETTE_SIZE)
+    assert all(max(c) - min(c) >= 12 for c in colours), "no grey, black or white instance colour"
+    assert colours[0] != colours[1] != colours[2] != colours[0]
     doc = json.loads(editor_document(dataset="d", image_id="a", image_url="/x.png", width=4, height=3, classes=["c"]))
     assert doc["mask_names"] == ["primary", "secondary"] and doc["status"] == "unlabelled" and doc["revision"] == 0
     assert doc["rules"] == {"secondary_inside_primary": False} and doc["instances"] == []

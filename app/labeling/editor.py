@@ -28,7 +28,7 @@ from typing import Any
 import gradio as gr
 from gradio import utils as gr_utils
 
-from multimask.visualizer import instance_color
+from multimask.visualizer import PALETTE, instance_color
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ EDITOR_CSS = (STATIC_DIR / "editor.css").read_text(encoding="utf-8")
 SERVER_FUNCTION_NAMES = ("save_annotations", "load_image", "copy_previous", "propose")
 STATUSES = ("unlabelled", "in_progress", "done")
 DEFAULT_MASK_NAMES = ("primary", "secondary")
-PALETTE_SIZE = 74  # detectron2's colormap has 74 colours; instance_color(i) cycles through all of them
+PALETTE_SIZE = len(PALETTE)  # instance_color(i) cycles through all of them
 
 # Static on purpose: the JS adds the drawing into it, and a template that changes with the value would be
 # re-rendered by Gradio, wiping what the JS added. Rendered as a Handlebars + JS template string: no backticks,
