@@ -6,6 +6,8 @@ score slider and mask toggles only re-filter and redraw it. Loaded models are ca
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -26,6 +28,10 @@ from .runs import RunInfo, RunNotFoundError, find_runs, get_run
 logger = logging.getLogger(__name__)
 
 RAW_SCORE_THRESHOLD = 0.05  # detections below this are never kept, whatever the slider says
+# Larger images are shrunk to this longer side (or the model's own test size, if larger) before the model runs:
+# it resizes its input to that size anyway, and its (detections x masks x H x W) output at a photo's full size
+# could take gigabytes. Boxes and areas in the table are given in the original image's pixels.
+PREDICT_MAX_SIDE = 1600
 DEFAULT_SCORE_THRESHOLD = 0.5
 NO_IMAGE_MESSAGE = "Upload an image to detect objects."
 BASE_COLUMNS = ["#", "class", "score", "x0", "y0", "x1", "y1"]
@@ -96,7 +102,9 @@ class RawPrediction:
 
     run_name: str
     run_key: tuple
-    image: np.ndarray  # RGB uint8 (H, W, 3)
+    source: str  # digest of the uploaded image, to reuse the prediction while it is unchanged
+    scale: float  # pixels of the uploaded image per pixel of `image` (1.0 unless it was shrunk)
+    image: np.ndarray  # RGB uint8 (H, W, 3), what the model saw and the overlay shows
     boxes: np.ndarray  # (N, 4) float32 XYXY
     scores: np.ndarray  # (N,) float32
     classes: np.ndarray  # (N,) int64
@@ -105,13 +113,15 @@ class RawPrediction:
     areas: np.ndarray  # (N, K) int64 pixel count per mask
     mask_names: list[str]
     class_names: list[str]
+    rendered: tuple | None = None  # (threshold, mask names) of the overlay last sent for it
 
     def __len__(self) -> int:
         return len(self.scores)
 
     @classmethod
     def from_instances(cls, instances, image: np.ndarray, run_name: str, run_key: tuple,
-                       mask_names: Sequence[str], class_names: Sequence[str]) -> RawPrediction:
+                       mask_names: Sequence[str], class_names: Sequence[str], *, source: str = "",
+                       scale: float = 1.0) -> RawPrediction:
         """Convert a predictor's output Instances (on any device) for `image`."""
         instances = instances.to("cpu")
         h, w = image.shape[:2]
@@ -132,7 +142,7 @@ class RawPrediction:
             origins[j] = xs[0], ys[0]
             crops.append(m[:, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy())
         areas = np.array([c.sum(axis=(1, 2)) for c in crops], dtype=np.int64).reshape(len(crops), k)
-        return cls(run_name=run_name, run_key=tuple(run_key), image=image,
+        return cls(run_name=run_name, run_key=tuple(run_key), source=source, scale=float(scale), image=image,
                    boxes=instances.pred_boxes.tensor.numpy().astype(np.float32)[order].reshape(-1, 4),
                    scores=scores[order], classes=instances.pred_classes.numpy().astype(np.int64)[order],
                    origins=origins, crops=crops, areas=areas, mask_names=list(mask_names),
@@ -179,12 +189,13 @@ def select(raw: RawPrediction, threshold: float) -> np.ndarray:
 
 
 def instance_table(raw: RawPrediction, keep: Sequence[int]) -> pd.DataFrame:
-    """One row per kept detection; "#" matches the "#n" label drawn on the overlay."""
+    """One row per kept detection, box and mask areas in the uploaded image's pixels; "#" matches the "#n"
+    label drawn on the overlay."""
     rows = []
     for j, i in enumerate(keep):
-        box = [round(float(v)) for v in raw.boxes[i]]
+        box = [round(float(v) * raw.scale) for v in raw.boxes[i]]
         rows.append([j, raw.class_name(int(raw.classes[i])), round(float(raw.scores[i]), 3), *box,
-                     *(int(a) for a in raw.areas[i])])
+                     *(round(int(a) * raw.scale ** 2) for a in raw.areas[i])])
     return pd.DataFrame(rows, columns=table_columns(raw.mask_names))
 
 
@@ -240,16 +251,28 @@ class PredictorCache:
             return predictor
 
 
+def image_digest(rgb: np.ndarray) -> str:
+    return f"{rgb.shape}:{hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest()}"
+
+
 def run_model(predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | None = None) -> RawPrediction:
-    """Detections of `predictor` on an RGB uint8 image, at the predictor's (raw) score threshold."""
-    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-    if lock is None:
-        instances = predictor(bgr)["instances"]
+    """Detections of `predictor` on an RGB uint8 image, at the predictor's (raw) score threshold; an image
+    whose longer side exceeds PREDICT_MAX_SIDE (or the model's INPUT.MAX_SIZE_TEST) is shrunk first."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = max(h, w) / max(PREDICT_MAX_SIDE, int(predictor.cfg.INPUT.MAX_SIZE_TEST))
+    shown = rgb
+    if scale > 1:
+        shown = cv2.resize(rgb, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+        scale = w / shown.shape[1]
     else:
-        with lock:
-            instances = predictor(bgr)["instances"]
-    return RawPrediction.from_instances(instances, rgb, run.name, run.key, predictor.mask_names,
-                                        predictor.metadata.thing_classes)
+        scale = 1.0
+    bgr = np.ascontiguousarray(shown[:, :, ::-1])
+    with lock or contextlib.nullcontext():
+        instances = predictor(bgr)["instances"]
+    return RawPrediction.from_instances(instances, shown, run.name, run.key, predictor.mask_names,
+                                        predictor.metadata.thing_classes, source=image_digest(rgb), scale=scale)
 
 
 Outputs = tuple[Any, pd.DataFrame, str, Any]
@@ -301,7 +324,7 @@ class PredictView:
             rgb = to_rgb(image)
             threshold = parse_threshold(threshold)
             ran = None
-            if isinstance(state, RawPrediction) and state.run_key == run.key and np.array_equal(state.image, rgb):
+            if isinstance(state, RawPrediction) and state.run_key == run.key and state.source == image_digest(rgb):
                 raw = state
             else:
                 t0 = time.perf_counter()
@@ -309,6 +332,7 @@ class PredictView:
                 raw = run_model(predictor, rgb, run, self.cache.inference_lock)
                 ran = time.perf_counter() - t0
             overlay, table = render(raw, threshold, visible)
+            raw.rendered = _render_key(threshold, visible)
             return overlay, table, _summary(raw, len(table), threshold, ran), raw
         except (RunNotFoundError, InputError) as e:
             return None, empty_table(), _warn(e), None
@@ -318,12 +342,16 @@ class PredictView:
 
     def redraw(self, state: RawPrediction | None, threshold: Any,
                visible: Sequence[str] | None) -> tuple[Any, Any, str]:
-        """Re-filter and redraw the last prediction without running the model; skips when there is none."""
+        """Re-filter and redraw the last prediction without running the model; skips when there is none, or
+        when the overlay last sent already shows these settings."""
         if not isinstance(state, RawPrediction):
             return gr.skip(), gr.skip(), gr.skip()
         try:
             threshold = parse_threshold(threshold)
+            if state.rendered == _render_key(threshold, visible):
+                return gr.skip(), gr.skip(), gr.skip()
             overlay, table = render(state, threshold, visible)
+            state.rendered = _render_key(threshold, visible)
             return overlay, table, _summary(state, len(table), threshold, None)
         except InputError as e:
             return gr.skip(), gr.skip(), _warn(e)
@@ -335,6 +363,10 @@ class PredictView:
         if not run_name and not find_runs(self.runs_root):
             raise RunNotFoundError(no_runs_message(self.runs_root))
         return get_run(self.runs_root, run_name)
+
+
+def _render_key(threshold: float, visible: Sequence[str] | str | None) -> tuple:
+    return threshold, None if visible is None else tuple([visible] if isinstance(visible, str) else visible)
 
 
 def _run_label(run: RunInfo) -> str:
@@ -381,14 +413,15 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
     predict_io = {"fn": view.predict, "inputs": [run, image, threshold, masks, state],
                   "outputs": [overlay, table, status, state], "concurrency_id": "multimask_model",
                   "concurrency_limit": 1}
-    detect.click(**predict_io, api_name="predict")
-    image.change(**predict_io, api_visibility="private")
-    run.change(view.select_run, [run], [masks, status], api_name="select_run").then(
-        **predict_io, api_visibility="private")
     redraw_io = {"fn": view.redraw, "inputs": [state, threshold, masks], "outputs": [overlay, table, status],
                  "show_progress": "minimal"}
-    threshold.change(**redraw_io, trigger_mode="always_last", api_name="redraw")
+    threshold.change(**redraw_io, trigger_mode="always_last", api_name="redraw")  # first: it owns the name
     masks.input(**redraw_io, trigger_mode="always_last", api_visibility="private")
+    # After a prediction, a redraw with the slider and layers as they are by then (moved while the model ran)
+    detect.click(**predict_io, api_name="predict").then(**redraw_io, api_visibility="private")
+    image.change(**predict_io, api_visibility="private").then(**redraw_io, api_visibility="private")
+    run.change(view.select_run, [run], [masks, status], api_name="select_run").then(
+        **predict_io, api_visibility="private").then(**redraw_io, api_visibility="private")
     refresh.click(view.refresh_runs, [run], [run, status], api_name="list_runs")
     demo.load(view.load_runs, [run], [run, status], api_visibility="private")  # runs trained meanwhile
     view.run_dropdown = run  # the Train tab's "Open in Predict" sets it

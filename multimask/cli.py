@@ -135,7 +135,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from detectron2.engine import launch
 
     from .engine.launch import check_gpus, launch_until_stopped
+    from .engine.run_record import check_fresh_start
 
+    if not (args.resume or args.eval_only):
+        check_fresh_start(args.output_dir)
     if args.num_gpus * args.num_machines == 1:
         launch(_train_worker, 1, args=(args,))
         return
@@ -147,6 +150,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from detectron2.data import MetadataCatalog
     from detectron2.utils.logger import setup_logger
 
     from .data import register_multimask_dataset
@@ -159,10 +163,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = predictor.cfg.clone()
     cfg.defrost()
     register_multimask_dataset(VAL_NAME, args.json, args.image_root, mask_names=predictor.mask_names)
+    classes, run_classes = MetadataCatalog.get(VAL_NAME).thing_classes, predictor.metadata.thing_classes
+    if list(classes) != list(run_classes):
+        raise ValueError(f"{args.json}: classes {list(classes)} differ from the run's {list(run_classes)} (same "
+                         "names in the same order, i.e. the same category ids, are needed)")
+    out = Path(args.output or Path(args.run) / "evaluations" / Path(args.json).stem / EVAL_RESULTS_FILE)
     cfg.DATASETS.TEST = (VAL_NAME,)
+    cfg.OUTPUT_DIR = str(out.parent)  # the predictions go next to the results, never into the run's own files
     results = MultiMaskTrainer.test(cfg, predictor.model)
     print(format_results(results))
-    out = Path(args.output) if args.output else Path(args.run) / EVAL_RESULTS_FILE
     save_results(results, out)
     print(f"wrote {out}")
 
@@ -200,33 +209,44 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .visualizer import MultiMaskVisualizer
 
     images = list_images(Path(args.input))
+    out = Path(args.output)
+    source = Path(args.input) if Path(args.input).is_dir() else Path(args.input).parent
+    if out.resolve() == source.resolve():
+        raise ValueError(f"{out}: write the overlays to another folder than the images' own")
     predictor = MultiMaskPredictor.from_run(args.run, score_threshold=args.score_threshold, device=args.device)
     classes, names = predictor.metadata.thing_classes, predictor.mask_names
-    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results, failures = [], []
     for path in tqdm(images, desc="predict", unit="img"):
         try:
             img = read_image_bgr(path)
-        except ValueError as e:
-            failures.append(str(e))
+            inst = predictor(img)["instances"].to("cpu")
+            vis = MultiMaskVisualizer(img[:, :, ::-1], predictor.metadata)
+            overlay = vis.draw_instance_predictions_multimask(inst, names, classes).get_image()
+        except (ValueError, RuntimeError) as e:  # unreadable image; CUDA out of memory on a huge one, ...
+            message = (str(e).splitlines() or [type(e).__name__])[0]
+            failures.append(message if message.startswith(str(path)) else f"{path}: {message}")
             continue
-        inst = predictor(img)["instances"].to("cpu")
         records = instances_to_records(inst, path.name, names)
         for r in records:
             r["class_name"] = classes[r["category_id"]]
-        results.append({"file_name": str(path), "height": img.shape[0], "width": img.shape[1],
-                        "instances": records})
-        vis = MultiMaskVisualizer(img[:, :, ::-1], predictor.metadata)
-        overlay = vis.draw_instance_predictions_multimask(inst, names, classes).get_image()
+        overlay_name = overlay_file_name(path)
         ok, png = cv2.imencode(".png", overlay[:, :, ::-1])
-        atomic_write_bytes(out / f"{path.stem}.png", png.tobytes())
-    atomic_write_json(out / "predictions.json", {"mask_names": names, "classes": classes, "images": results})
+        atomic_write_bytes(out / overlay_name, png.tobytes())
+        results.append({"file_name": str(path), "height": img.shape[0], "width": img.shape[1],
+                        "overlay": overlay_name, "instances": records})
+    atomic_write_json(out / "predictions.json", {"mask_names": names, "classes": classes, "images": results,
+                                                 "skipped": failures})
     print(f"wrote {len(results)} overlays and {out / 'predictions.json'}")
     for f in failures:
         print(f"skipped: {f}", file=sys.stderr)
     if failures and not results:
         raise SystemExit(1)
+
+
+def overlay_file_name(image: Path) -> str:
+    """`a.jpg` -> `a_jpg.png`: distinct for `a.jpg` and `a.png` of one folder."""
+    return f"{image.stem}_{image.suffix.lstrip('.').lower()}.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="training run folder")
     s.add_argument("--json", required=True, help="multimask dataset JSON")
     s.add_argument("--image-root")
-    s.add_argument("--output", help="results JSON (default: RUN/eval_results.json)")
+    s.add_argument("--output", help="results JSON (default: RUN/evaluations/<JSON's name>/eval_results.json)")
     s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=cmd_evaluate)
 

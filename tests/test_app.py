@@ -163,6 +163,25 @@ def test_predict_loads_the_model_once(view, image, raw):
     assert view.cache.loads == loads
 
 
+def test_a_large_upload_is_shrunk_for_the_model_and_the_table_stays_in_its_pixels(view, image):
+    """The model's masks at a photo's full size could take gigabytes; it resizes its input anyway."""
+    import cv2
+
+    from app.predict_view import PREDICT_MAX_SIDE
+
+    big = cv2.resize(image, (PREDICT_MAX_SIDE * 2, PREDICT_MAX_SIDE * 3 // 2), interpolation=cv2.INTER_NEAREST)
+    overlay, table, _, state = view.predict("exp1", big, 0.0, None, None)
+    assert overlay.shape == state.image.shape == (PREDICT_MAX_SIDE * 3 // 4, PREDICT_MAX_SIDE, 3)
+    assert state.scale == 2.0
+    shrunk = cv2.resize(big, (PREDICT_MAX_SIDE, PREDICT_MAX_SIDE * 3 // 4), interpolation=cv2.INTER_AREA)
+    _, same, _, _ = view.predict("exp1", shrunk, 0.0, None, None)
+    assert len(table) == len(same) > 0
+    for column in ("x0", "y0", "x1", "y1"):
+        assert np.allclose(table[column], 2 * same[column], atol=2), column
+    assert np.allclose(table["primary area"], 4 * same["primary area"], atol=4)
+    assert view.predict("exp1", big, 0.5, None, state)[3] is state, "the same upload: the model does not run again"
+
+
 def test_masks_match_the_model_output(view, image, raw):
     """Cropped masks in the state paste back to exactly what the predictor returned."""
     predictor = view.cache.get(get_run(view.runs_root, "exp1"))
@@ -193,6 +212,16 @@ def test_redraw_without_a_prediction_leaves_the_outputs_alone(view):
 
     assert view.redraw(None, 0.5, ["primary"]) == (gr.skip(),) * 3
     assert view.redraw("not a prediction", 0.5, []) == (gr.skip(),) * 3
+
+
+def test_the_redraw_after_a_prediction_only_draws_when_the_slider_or_layers_moved_meanwhile(view, image):
+    import gradio as gr
+
+    *_, state = view.predict("exp1", image, 0.3, ["primary"], None)
+    assert view.redraw(state, 0.3, ["primary"]) == (gr.skip(),) * 3, "the prediction's overlay shows these"
+    overlay, table, status = view.redraw(state, 0.25, ["primary"])
+    assert overlay.shape == image.shape and "≥ 0.25" in status
+    assert view.redraw(state, 0.25, ["primary"]) == (gr.skip(),) * 3
 
 
 @pytest.mark.parametrize("shape", [(120, 160), (120, 160, 1), (120, 160, 4), (120, 160, 2)])

@@ -94,17 +94,24 @@ def test_visualizer_styles_each_mask_and_draws_a_legend(run_dir):
 def test_predict_cli_writes_overlays_and_json(run_dir, tmp_path):
     images = tmp_path / "imgs"
     images.mkdir()
-    for p in list((run_dir / "data/images").glob("val_*.png"))[:2]:
-        (images / p.name).write_bytes(p.read_bytes())
+    first, second = sorted((run_dir / "data/images").glob("val_*.png"))[:2]
+    (images / "a.png").write_bytes(first.read_bytes())
+    cv2.imwrite(str(images / "a.jpg"), cv2.imread(str(second)))  # same stem: the overlays must not collide
     (images / "broken.png").write_bytes(b"not an image")
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    proc = _cli("predict", "--run", run_dir / "run", images, "--output", images, check=False)
+    assert proc.returncode == 2 and "write the overlays to another folder than the images' own" in proc.stderr
     proc = _cli("predict", "--run", run_dir / "run", images, "--output", tmp_path / "out", "--score-threshold", 0.0,
                 "--device", "cpu")
     assert "broken.png: not a readable image" in proc.stderr
     data = json.loads((tmp_path / "out/predictions.json").read_text())
     assert data["mask_names"] == ["primary", "secondary"] and len(data["images"]) == 2
+    assert data["skipped"] == [f"{images / 'broken.png'}: not a readable image"]
     inst = data["images"][0]["instances"][0]
     assert set(inst["multimask"]) == {"primary", "secondary"} and inst["class_name"] in data["classes"]
-    assert len(list((tmp_path / "out").glob("*.png"))) == 2
+    assert sorted(i["overlay"] for i in data["images"]) == ["a_jpg.png", "a_png.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_jpg.png", "a_png.png"]
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before, "the inputs are untouched"
 
 
 def test_evaluate_cli_prints_ap_per_mask(run_dir, tmp_path):
@@ -112,6 +119,32 @@ def test_evaluate_cli_prints_ap_per_mask(run_dir, tmp_path):
                 tmp_path / "res.json", "--device", "cpu")
     assert "segm/secondary" in proc.stdout
     assert set(json.loads((tmp_path / "res.json").read_text())) == {"bbox", "segm/primary", "segm/secondary"}
+    assert (tmp_path / "inference/multimask_val/multimask_predictions.json").is_file()
+
+
+def test_evaluate_leaves_the_run_s_own_results_alone_and_checks_the_classes(run_dir, tmp_path):
+    own = (run_dir / "run/eval_results.json").read_bytes()
+    _cli("evaluate", "--run", run_dir / "run", "--json", run_dir / "data/val.json", "--device", "cpu")
+    assert (run_dir / "run/eval_results.json").read_bytes() == own
+    assert set(json.loads((run_dir / "run/evaluations/val/eval_results.json").read_text())) == {
+        "bbox", "segm/primary", "segm/secondary"}
+    data = json.loads((run_dir / "data/val.json").read_text())
+    names = [c["name"] for c in data["categories"]]
+    for c, name in zip(data["categories"], names[::-1]):
+        c["name"] = name  # the same names for other ids: the model's classes would be misread
+    (tmp_path / "images").symlink_to(run_dir / "data/images")
+    (tmp_path / "swapped.json").write_text(json.dumps(data))
+    proc = _cli("evaluate", "--run", run_dir / "run", "--json", tmp_path / "swapped.json", "--device", "cpu",
+                check=False)
+    assert proc.returncode == 2 and "swapped.json: classes" in proc.stderr and "differ from the run's" in proc.stderr
+
+
+def test_a_new_training_does_not_overwrite_an_earlier_run(run_dir):
+    before = sorted(p.name for p in (run_dir / "run").iterdir())
+    proc = _cli("train", "--config-file", "tiny_cpu", "--train-json", run_dir / "data/train.json",
+                "--output-dir", run_dir / "run", "SOLVER.MAX_ITER", 2, "MODEL.DEVICE", "cpu", check=False)
+    assert proc.returncode == 2 and "holds an earlier run's checkpoints" in proc.stderr and "--resume" in proc.stderr
+    assert sorted(p.name for p in (run_dir / "run").iterdir()) == before
 
 
 def test_resume_through_the_cli(run_dir):

@@ -54,6 +54,17 @@ def _version(module: str) -> str | None:
         return None
 
 
+def check_fresh_start(output_dir: str | Path) -> None:
+    """Refuse to start a new training in a folder that holds an earlier run's checkpoints: it would overwrite
+    them, and an old `model_best.pth` would outlive the new run and be taken for its best weights."""
+    out = Path(output_dir)
+    found = sorted(p.name for p in (*out.glob("model_*.pth"), out / "last_checkpoint") if p.is_file())
+    if found:
+        raise ValueError(f"{out}: holds an earlier run's checkpoints ({', '.join(found[:3])}"
+                         f"{', ...' if len(found) > 3 else ''}); continue it with --resume, or train into "
+                         "another --output-dir")
+
+
 def record_start(output_dir: str | Path, jsons: dict[str, str | Path | None], *, seed: int, resume: bool,
                  argv: list[str]) -> None:
     """Write the frozen dataset copies and `run_info.json` for a training start (main process only).
