@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = build_app(args.data_root, args.runs_root, args.import_root)
     _, local_url, share_url = demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                                          prevent_thread_lock=True, quiet=True,
-                                          max_file_size=MAX_UPLOAD)
+                                          prevent_thread_lock=True, quiet=True, max_file_size=MAX_UPLOAD,
+                                          show_error=not args.share)  # e.g. an upload that is not an image
     print(f"multimask app running at {local_url}" + (f" (public link: {share_url})" if share_url else ""),
           flush=True)
     demo.block_thread()

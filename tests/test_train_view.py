@@ -219,3 +219,14 @@ def test_a_run_opens_in_predict_and_for_labelling(app, browser):
         assert page.locator("#mm-label-run input").input_value() == "quick"
     finally:
         page.close()
+
+
+def test_the_app_names_an_upload_that_is_not_an_image(app, tmp_path):
+    """launch.py shows errors (show_error) unless the app is shared: a bad upload fails in Gradio's own decoding."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(AppError, match=r"Could not preprocess input component .* `image` component"):
+        app.client.predict(None, handle_file(str(bad)), 0.5, [], api_name="/predict")
