@@ -199,6 +199,7 @@ class JobManager:
         self._depth = 0
         self._lock_file = None
         self._procs: dict[str, subprocess.Popen] = {}  # this manager's children, only to reap them
+        self._not_records: set[str] = set()  # files in jobs_root already reported as not job records
 
     # -- locking and records -------------------------------------------------------------------------------
 
@@ -251,7 +252,8 @@ class JobManager:
                 continue
             if _is_record(job, p.stem):
                 out.append(job)
-            else:
+            elif p.name not in self._not_records:  # once per file: this runs every poll
+                self._not_records.add(p.name)
                 logger.warning("%s is not a job record; left out", p)
         return out
 
