@@ -255,9 +255,11 @@ def image_digest(rgb: np.ndarray) -> str:
     return f"{rgb.shape}:{hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest()}"
 
 
-def run_model(predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | None = None) -> RawPrediction:
+def run_model(predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | None = None, *,
+              source: str | None = None) -> RawPrediction:
     """Detections of `predictor` on an RGB uint8 image, at the predictor's (raw) score threshold; an image
-    whose longer side exceeds PREDICT_MAX_SIDE (or the model's INPUT.MAX_SIZE_TEST) is shrunk first."""
+    whose longer side exceeds PREDICT_MAX_SIDE (or the model's INPUT.MAX_SIZE_TEST) is shrunk first. `source`:
+    the image's `image_digest`, when the caller has it already."""
     import cv2
 
     h, w = rgb.shape[:2]
@@ -272,7 +274,8 @@ def run_model(predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | N
     with lock or contextlib.nullcontext():
         instances = predictor(bgr)["instances"]
     return RawPrediction.from_instances(instances, shown, run.name, run.key, predictor.mask_names,
-                                        predictor.metadata.thing_classes, source=image_digest(rgb), scale=scale)
+                                        predictor.metadata.thing_classes, source=source or image_digest(rgb),
+                                        scale=scale)
 
 
 Outputs = tuple[Any, pd.DataFrame, str, Any]
@@ -324,12 +327,13 @@ class PredictView:
             rgb = to_rgb(image)
             threshold = parse_threshold(threshold)
             ran = None
-            if isinstance(state, RawPrediction) and state.run_key == run.key and state.source == image_digest(rgb):
+            digest = image_digest(rgb)
+            if isinstance(state, RawPrediction) and state.run_key == run.key and state.source == digest:
                 raw = state
             else:
                 t0 = time.perf_counter()
                 predictor = self.cache.get(run)
-                raw = run_model(predictor, rgb, run, self.cache.inference_lock)
+                raw = run_model(predictor, rgb, run, self.cache.inference_lock, source=digest)
                 ran = time.perf_counter() - t0
             overlay, table = render(raw, threshold, visible)
             raw.rendered = _render_key(threshold, visible)

@@ -142,9 +142,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.num_gpus * args.num_machines == 1:
         launch(_train_worker, 1, args=(args,))
         return
-    from .config import get_multimask_cfg, resolve_config_file
+    from .config import get_multimask_cfg
 
-    check_gpus(get_multimask_cfg(resolve_config_file(args.config_file), args.opts), args.num_gpus)
+    check_gpus(get_multimask_cfg(args.config_file, args.opts), args.num_gpus)
     launch_until_stopped(_train_worker, args.num_gpus, num_machines=args.num_machines,
                          machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 

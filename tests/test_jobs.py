@@ -159,12 +159,18 @@ def test_stop_is_graceful_when_the_job_handles_sigterm(tmp_path):
     assert "saving checkpoint" in m.log_tail(job["id"])
 
 
+def _job_ignoring_sigterm(m: JobManager, tmp_path, body: str, word: str) -> dict:
+    """A running job that ignores SIGTERM and then runs `body`, once `word` is in its log (`body` prints it
+    built from two halves, so that the command line echoed at the log's top does not match)."""
+    job = m.submit(_script(f"import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n{body}"),
+                   tmp_path / "runs" / "a")
+    _wait_for(lambda: word in m.log_tail(job["id"]))
+    return job
+
+
 def test_a_job_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path):
     m = _mgr(tmp_path)
-    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('rea' + 'dy', flush=True)\ntime.sleep(60)\n")
-    job = m.submit(_script(code), tmp_path / "runs" / "a")
-    _wait_for(lambda: "ready" in m.log_tail(job["id"]))
+    job = _job_ignoring_sigterm(m, tmp_path, "print('rea' + 'dy', flush=True)\ntime.sleep(60)\n", "ready")
     t0 = time.time()
     m.stop(job["id"], timeout=0.5)
     time.sleep(0.3)
@@ -180,10 +186,8 @@ def test_a_stopping_job_that_still_writes_its_log_gets_longer_before_it_is_kille
     from app.training.jobs import MAX_STOP_TIMEOUTS
 
     m = _mgr(tmp_path)
-    code = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "while True:\n    print('eva' + 'luating', flush=True)\n    time.sleep(0.05)\n")
-    job = m.submit(_script(code), tmp_path / "runs" / "a")
-    _wait_for(lambda: "evaluating" in m.log_tail(job["id"]))
+    job = _job_ignoring_sigterm(m, tmp_path, "while True:\n    print('eva' + 'luating', flush=True)\n"
+                                "    time.sleep(0.05)\n", "evaluating")
     t0 = time.time()
     m.stop(job["id"], timeout=0.4)
     time.sleep(1.2)

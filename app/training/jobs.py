@@ -257,6 +257,10 @@ class JobManager:
                 logger.warning("%s is not a job record; left out", p)
         return out
 
+    def _run_jobs(self, run_dir: Path) -> list[dict]:
+        """The job records of a (resolved) run folder."""
+        return [j for j in self._all() if j["run_dir"] == str(run_dir)]
+
     # -- queries ---------------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> dict:
@@ -313,7 +317,7 @@ class JobManager:
                "log": str(self.jobs_root / f"{job_id}.log"), "log_tail": None, "stop_requested": None,
                "stop_deadline": None, **extra}
         with self._locked():
-            other = [j for j in self._all() if j["run_dir"] == str(run_dir) and j["state"] in ("queued", *ACTIVE)]
+            other = [j for j in self._run_jobs(run_dir) if j["state"] in ("queued", *ACTIVE)]
             if other:
                 raise JobError(f"{run_dir} has a job {other[0]['state']} already ({other[0]['id']})")
             self._save(job)
@@ -419,7 +423,8 @@ class JobManager:
         """Update running and stopping jobs whose process ended; kill stopping ones past their deadline."""
         changed = []
         with self._locked():
-            for job in self._all():
+            jobs = self._all()
+            for job in jobs:
                 if job["state"] not in ACTIVE:
                     continue
                 rc = self._exit_status(job)
@@ -431,16 +436,14 @@ class JobManager:
                     rc = self._exit_status(job)  # written between the first read and the liveness check
                 self._finish(job, rc)
                 changed.append(job)
-            self._reap()
+            self._reap({j["id"]: j["state"] for j in jobs})
         return changed
 
-    def _reap(self) -> None:
-        """Wait for this manager's supervisors whose jobs another manager has finished (no zombies)."""
+    def _reap(self, states: dict[str, str]) -> None:
+        """Wait for this manager's supervisors whose jobs another manager has finished (no zombies); `states`:
+        job id -> state, as `refresh` left them."""
         for job_id, proc in list(self._procs.items()):
-            with suppress(JobError):
-                if self._load(job_id)["state"] in ACTIVE:
-                    continue
-            if proc.poll() is not None:
+            if states.get(job_id) not in ACTIVE and proc.poll() is not None:
                 del self._procs[job_id]
 
     def _stop_overdue(self, job: dict) -> bool:
@@ -520,7 +523,7 @@ class JobManager:
         if self.runs_root is None or run_dir == self.runs_root:
             raise JobError(f"{run_dir} is not a run folder inside the runs folder; not deleting it")
         with self._locked():
-            jobs = [j for j in self._all() if j["run_dir"] == str(run_dir)]
+            jobs = self._run_jobs(run_dir)
             busy = [j for j in jobs if j["state"] not in FINISHED]
             if busy:
                 raise JobError(f"{run_dir.name} is {busy[0]['state']}; stop it first")
