@@ -20,6 +20,7 @@ def test_defaults_match_the_design():
     assert (head.NUM_MASK, head.MASK_NAMES, head.NUM_CONV, head.POOLER_RESOLUTION) == (
         2, ["primary", "secondary"], 4, 14)
     assert head.LOSS_WEIGHTS == [1.0, 1.0] and head.SHARED_TRUNK is True
+    assert head.DICE_WEIGHT == 0.0  # Mask R-CNN's own loss; the presets add Dice
     assert cfg.MODEL.DEVICE in ("cpu", "cuda")
     mm = cfg.MULTIMASK
     assert (mm.BEST_METRIC, mm.BEST_MODE, mm.EARLY_STOP_PATIENCE, mm.WRITE_PERIOD) == ("", "max", 0, 20)
@@ -30,6 +31,7 @@ def test_defaults_match_the_design():
 @pytest.mark.parametrize("opts, message", [
     (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 3], "MASK_NAMES has 2 names"),
     (["MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS", [1.0]], "LOSS_WEIGHTS has 1 weights"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT", -0.5], r"DICE_WEIGHT must be a number >= 0 \(0: off\), got -0.5"),
     (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 0, "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", []], "NUM_MASK must be"),
     (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["a", "a"]], "duplicates"),
     (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["ok", "not ok"]], "not valid names"),
@@ -88,6 +90,7 @@ def test_every_preset_builds_a_model():
         model = build_model(cfg)
         assert type(model).__name__ == "MultiMaskRCNN"
         assert type(model.roi_heads).__name__ == "MultiMaskROIHeads"
+        assert model.roi_heads.mask_head.dice_weight == 1.0, name
 
 
 def test_validation_runs_when_a_model_is_built_from_an_edited_config():

@@ -87,10 +87,31 @@ def test_loss_matches_hand_computation_on_the_matched_class_channel():
     assert stats["mask_rcnn/secondary/false_positive"] == pytest.approx(1.0)
 
 
-def test_absent_masks_contribute_nothing():
+def test_dice_term_adds_to_its_mask_only():
+    # As above (logit +2 on the matched channel everywhere), plus a Dice term of weight 2.
+    logits = torch.full((2, 2, 3, 8, 8), -50.0)
+    logits[0, :, 0] = 2.0
+    logits[1, :, 1] = 2.0
+    names = ("primary", "secondary")
+    with EventStorage():
+        plain = multimask_rcnn_loss(logits, _instances(), names, (1.0, 0.5))
+        dice = multimask_rcnn_loss(logits, _instances(), names, (1.0, 0.5), dice_weight=2.0)
+    p = 1 / (1 + math.exp(-2))
+    # primary: two ROIs with all 64 pixels foreground; secondary: ROI 0 alone, 32 of 64 pixels foreground
+    primary = 1 - (2 * 64 * p + 1) / (64 * p + 64 + 1)
+    secondary = 1 - (2 * 32 * p + 1) / (64 * p + 32 + 1)
+    assert dice["loss_mask_primary"].item() == pytest.approx(plain["loss_mask_primary"].item() + 2 * primary,
+                                                             rel=1e-5)
+    assert dice["loss_mask_secondary"].item() == pytest.approx(
+        plain["loss_mask_secondary"].item() + 0.5 * 2 * secondary, rel=1e-5)
+
+
+@pytest.mark.parametrize("dice_weight", [0.0, 1.0])
+def test_absent_masks_contribute_nothing(dice_weight):
     logits = torch.randn(2, 2, 3, 8, 8, requires_grad=True)
     with EventStorage():
-        losses = multimask_rcnn_loss(logits, _instances(), ("primary", "secondary"), (1.0, 1.0))
+        losses = multimask_rcnn_loss(logits, _instances(), ("primary", "secondary"), (1.0, 1.0),
+                                     dice_weight=dice_weight)
     losses["loss_mask_secondary"].backward()
     # ROI 1 has no secondary: no gradient reaches its logits; ROI 0's matched channel gets one
     assert logits.grad[1].abs().sum() == 0

@@ -50,7 +50,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, mask_names: Sequence[str], num_classes: int,
                  conv_dims: Sequence[int], conv_norm: str = "", shared_trunk: bool = True,
-                 loss_weights: Sequence[float] | None = None, vis_period: int = 0):
+                 loss_weights: Sequence[float] | None = None, dice_weight: float = 0.0, vis_period: int = 0):
         super().__init__()
         if not conv_dims:
             raise ValueError("conv_dims must hold at least the deconv's width")
@@ -58,6 +58,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         self.loss_weights = tuple(float(w) for w in (loss_weights or [1.0] * len(self.mask_names)))
         if len(self.loss_weights) != len(self.mask_names):
             raise ValueError(f"{len(self.loss_weights)} loss weights for {len(self.mask_names)} masks")
+        self.dice_weight = float(dice_weight)
         self.vis_period = vis_period
         self.shared_trunk = shared_trunk
         if shared_trunk:
@@ -86,6 +87,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             "conv_norm": head.NORM,
             "shared_trunk": head.SHARED_TRUNK,
             "loss_weights": list(head.LOSS_WEIGHTS),
+            "dice_weight": float(head.DICE_WEIGHT),
             "vis_period": cfg.VIS_PERIOD,
         }
 
@@ -99,7 +101,8 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
     def forward(self, x: torch.Tensor, instances: list[Instances]):
         logits = self.layers(x)
         if self.training:
-            return multimask_rcnn_loss(logits, instances, self.mask_names, self.loss_weights, self.vis_period)
+            return multimask_rcnn_loss(logits, instances, self.mask_names, self.loss_weights, self.vis_period,
+                                       dice_weight=self.dice_weight)
         multimask_rcnn_inference(logits, instances)
         return instances
 
@@ -151,11 +154,13 @@ def _select_class(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 
 def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_names: Sequence[str],
-                        loss_weights: Sequence[float], vis_period: int = 0) -> dict[str, torch.Tensor]:
+                        loss_weights: Sequence[float], vis_period: int = 0, *,
+                        dice_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """Per-mask-name binary cross-entropy on the matched class channel, `loss_mask_<name>`.
 
-    Each name's loss is the mean over the pixels of the ROIs whose ground truth has that mask; an ROI
-    whose instance lacks it contributes nothing to that name. Logs detectron2's mask accuracy,
+    Each name's loss is its `loss_weights` entry times (the mean cross-entropy over the pixels of the ROIs
+    whose ground truth has that mask + `dice_weight` times their mean Dice loss); an ROI whose instance
+    lacks it contributes nothing to that name. Logs detectron2's mask accuracy,
     false-positive and false-negative rates per name (`mask_rcnn/<name>/...`), with one GPU sync in all.
     """
     mask_size = logits.shape[-1]
@@ -176,7 +181,10 @@ def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_n
         idx = idx.to(logits.device, non_blocking=True)
         pred, target = logits[idx, k], targets[idx, k]
         stats[name] = _mask_stats(pred, target > 0.5)
-        losses[f"loss_mask_{name}"] = F.binary_cross_entropy_with_logits(pred, target) * loss_weights[k]
+        loss = F.binary_cross_entropy_with_logits(pred, target)
+        if dice_weight:
+            loss = loss + dice_loss(pred, target) * dice_weight
+        losses[f"loss_mask_{name}"] = loss * loss_weights[k]
         if vis_period > 0 and storage.iter % vis_period == 0:
             vis = torch.cat([pred.sigmoid(), target], dim=2)
             for i, m in enumerate(vis[:8]):
@@ -188,6 +196,12 @@ def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_n
             for j, key in enumerate(("accuracy", "false_positive", "false_negative")):
                 storage.put_scalar(f"mask_rcnn/{name}/{key}", values[3 * i + j])
     return losses
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over R masks of 1 - Dice(sigmoid(logits), targets), both (R, M, M), smoothed by 1 (V-Net)."""
+    p, t = logits.float().sigmoid().flatten(1), targets.float().flatten(1)
+    return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
 
 
 def _mask_stats(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, ...]:
