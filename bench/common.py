@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from pathlib import Path
@@ -13,6 +12,7 @@ from detectron2.config import get_cfg
 from multimask.config import add_multimask_config, get_multimask_cfg
 from multimask.data import load_multimask_json
 from multimask.data.synth import generate_synthetic_dataset
+from multimask.evaluation import save_results
 
 
 def multimask_cfg(preset: str, device: str, batch: int, names=("primary", "secondary"), **opts):
@@ -67,6 +67,7 @@ def machine() -> str:
 
 
 def write_json(path: str | None, obj) -> None:
+    """Write a benchmark's figures to `path` (if given), NaN (an AP without ground truth) as null."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=2))
+        save_results(obj, path)

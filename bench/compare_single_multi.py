@@ -39,7 +39,8 @@ def train_variant(name: str, names, args, paths) -> dict:
         "SOLVER.CHECKPOINT_PERIOD": it, "TEST.EVAL_PERIOD": 0, "SEED": 1,
         "DATALOADER.NUM_WORKERS": args.workers, "SOLVER.AMP.ENABLED": args.amp,
         "INPUT.MIN_SIZE_TRAIN": tuple(args.train_sizes), "INPUT.MAX_SIZE_TRAIN": 533,
-        "INPUT.MIN_SIZE_TEST": args.test_size, "INPUT.MAX_SIZE_TEST": 533})
+        "INPUT.MIN_SIZE_TEST": args.test_size, "INPUT.MAX_SIZE_TEST": 533,
+        **dict(zip(args.opts[::2], args.opts[1::2]))})
     setup_logger(str(out), name="detectron2")
     trainer = MultiMaskTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -75,8 +76,12 @@ def main() -> None:
     p.add_argument("--out", default="bench/out/compare")
     p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="train only these variants (e.g. to finish a comparison within one device session)")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config options for every model, e.g. MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0")
     p.add_argument("--json")
     args = p.parse_args()
+    if len(args.opts) % 2:
+        p.error("--opts takes KEY VALUE pairs")
 
     from multimask.data.synth import generate_synthetic_dataset
 

@@ -11,7 +11,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, detectron2, multimask; print(torch.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 # Defaults fit one device session (under 600 s of run time): the single/two-mask comparison (issue 2) and the
 # Train worker run (issue 4). BENCH=1 adds the model benchmark (about 150 s; done on the H200 on 2026-11-26);
-# COMPARE=0 or TRAIN_JOB=0 leave a part out.
+# COMPARE=0 or TRAIN_JOB=0 leave a part out; COMPARE_OPTS="KEY VALUE ..." passes config options to the comparison
+# (e.g. "MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0" for the cross-entropy-only loss).
 if [ "${BENCH:-0}" = 1 ]; then
   timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --json "$OUT/bench_model.json" \
     2>&1 | grep -v '^\[' | tee "$OUT/bench_model.txt"
@@ -20,6 +21,7 @@ fi
 if [ "${COMPARE:-1}" = 1 ]; then
   timeout "${COMPARE_TIMEOUT:-360}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-600}" \
     --only ${COMPARE_ONLY:-two-mask primary-only secondary-only} --workers 8 --amp --out /tmp/compare \
+    ${COMPARE_OPTS:+--opts $COMPARE_OPTS} \
     --json "$OUT/compare.json" 2>&1 \
     | grep -E 'RESULT|^\||^machine|^preset|^two single|Error|error|Traceback|eta:' | tee "$OUT/compare.txt"
 fi
