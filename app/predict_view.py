@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from multimask.cli import MAX_IMAGE_PIXELS
+from multimask.data.images import MAX_IMAGE_PIXELS, read_image_bgr
 
 from .runs import RunInfo, RunNotFoundError, find_runs, get_run
 
@@ -55,10 +55,17 @@ def no_runs_message(runs_root: str | Path) -> str:
 def to_rgb(image: Any) -> np.ndarray:
     """An (H, W, 3) uint8 RGB copy of an uploaded image: grayscale is repeated, an alpha channel dropped.
 
-    Raises InputError for no image, an unsupported array, or more than MAX_IMAGE_PIXELS pixels.
+    `image` is the uploaded file's path, as the Image component hands it over, read as training and
+    `multimask predict` read files (`read_image_bgr`), or an array. Raises InputError for no image, an
+    unreadable file, an unsupported array, or more than MAX_IMAGE_PIXELS pixels.
     """
     if image is None:
         raise InputError(NO_IMAGE_MESSAGE)
+    if isinstance(image, (str, Path)):
+        try:
+            image = read_image_bgr(image, max_pixels=None)[:, :, ::-1]
+        except ValueError:
+            raise InputError("The upload is not a readable image: use PNG, JPEG, BMP, TIFF or WebP.") from None
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] in (1, 2):  # gray, gray + alpha
         image = image[:, :, 0]
@@ -403,7 +410,10 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
             with gr.Row():
                 run = gr.Dropdown(choices, value=first, label="Run", scale=4, elem_id="mm-predict-run")
                 refresh = gr.Button("Refresh", scale=1, min_width=80)
-            image = gr.Image(type="numpy", format="png", label="Image", sources=["upload", "clipboard"])
+            # The file as uploaded (image_mode None: no PIL conversion, which clips 16-bit greyscale to white),
+            # read by to_rgb as training and the CLI read images.
+            image = gr.Image(type="filepath", image_mode=None, format="png", label="Image",
+                             sources=["upload", "clipboard"])
             threshold = gr.Slider(0.0, 1.0, value=DEFAULT_SCORE_THRESHOLD, step=0.01, label="Score threshold",
                                   info=f"Detections under {RAW_SCORE_THRESHOLD} are never kept.")
             masks = gr.CheckboxGroup(first_masks, value=first_masks, label="Mask layers")

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-MAX_IMAGE_PIXELS = 80_000_000
+from .data.images import IMAGE_SUFFIXES, read_image_bgr
+
 TRAIN_NAME, VAL_NAME = "multimask_train", "multimask_val"
 
 
@@ -183,20 +183,6 @@ def list_images(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     raise SystemExit(f"{path}: no such image or folder")
-
-
-def read_image_bgr(path: Path):
-    """Read an image as BGR uint8, with a clear error for unreadable or oversized files."""
-    import cv2
-    import numpy as np
-
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ValueError(f"{path}: not a readable image")
-    if img.shape[0] * img.shape[1] > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{path}: {img.shape[1]}x{img.shape[0]} is larger than {MAX_IMAGE_PIXELS} pixels")
-    return img
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

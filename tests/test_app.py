@@ -15,8 +15,8 @@ from PIL import Image
 from app import build_app
 from app.predict_view import NO_IMAGE_MESSAGE, PredictView, RawPrediction, render, to_rgb
 from app.runs import RunNotFoundError, find_runs, get_run
-from multimask.cli import MAX_IMAGE_PIXELS
 from multimask.config import get_multimask_cfg
+from multimask.data.images import MAX_IMAGE_PIXELS
 from tests.conftest import free_port
 
 CLASSES = ["disc", "box", "triangle"]
@@ -235,6 +235,23 @@ def test_grayscale_and_alpha_uploads(view, image, shape):
         assert np.array_equal(state.image, img[:, :, :3])
     else:
         assert np.array_equal(state.image[:, :, 0], img.reshape(120, 160, -1)[:, :, 0])
+
+
+def test_an_uploaded_file_is_read_as_training_and_the_cli_read_it(tmp_path):
+    import cv2
+
+    from multimask.data.images import read_image_bgr
+
+    grey = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100)  # 16-bit: PIL's RGB makes it white
+    path = tmp_path / "grey16.png"
+    cv2.imwrite(str(path), grey)
+    rgb = to_rgb(str(path))
+    assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb, read_image_bgr(path)[:, :, ::-1])
+    assert np.array_equal(rgb[:, :, 0], (grey >> 8).astype(np.uint8))
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="The upload is not a readable image"):
+        to_rgb(str(tmp_path / "notes.png"))
 
 
 def test_to_rgb_converts_other_dtypes():

@@ -256,6 +256,32 @@ def test_crop_recomputes_boxes_from_every_present_mask(tmp_path):
     assert np.array_equal(_raster(inst.gt_multimask.masks["primary"], 1, 24, 40), hole_mask[8:32, 5:45].astype(bool))
 
 
+@pytest.mark.parametrize("image_format", ["BGR", "RGB"])
+def test_the_mapper_reads_a_16_bit_greyscale_image_as_predict_does(tmp_path, image_format):
+    # detectron2's reader (PIL) clips such an image to white; the mapper keeps its top 8 bits, as predict does
+    from multimask.data.images import read_image_bgr
+
+    grey = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 85)  # 0 .. 65195
+    path = tmp_path / "grey16.png"
+    cv2.imwrite(str(path), grey)
+    colour = np.stack([grey, grey // 2, grey // 4], axis=2)
+    cpath = tmp_path / "colour16.png"
+    cv2.imwrite(str(cpath), colour)
+    mapper = MultiMaskDatasetMapper(True, augmentations=[], image_format=image_format, use_instance_mask=True,
+                                    mask_names=["primary", "secondary"], recompute_boxes=False)
+    for p, expected in ((path, np.repeat((grey >> 8)[:, :, None], 3, axis=2)), (cpath, colour >> 8)):
+        record = {"file_name": str(p), "height": 24, "width": 32, "image_id": 1, "annotations": []}
+        image = mapper(record)["image"].permute(1, 2, 0).numpy()
+        expected = expected.astype(np.uint8)
+        assert np.array_equal(image, expected if image_format == "BGR" else expected[:, :, ::-1])
+        assert np.array_equal(read_image_bgr(p), expected)
+
+
+def test_the_mapper_refuses_formats_it_cannot_read():
+    with pytest.raises(ValueError, match="INPUT.FORMAT 'L': multimask models read BGR or RGB images"):
+        MultiMaskDatasetMapper(True, augmentations=[], image_format="L", mask_names=["primary"])
+
+
 @pytest.mark.parametrize("content", [None, b"", b"not an image"])
 def test_the_mapper_names_an_image_it_cannot_read(tmp_path, content):
     from multimask.io import DatasetError

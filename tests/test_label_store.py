@@ -19,9 +19,9 @@ from pycocotools.coco import COCO
 
 from app.labeling import ConflictError, LabelDataset, LabelStore, PayloadError, validate_instances
 from app.labeling import store as store_module
-from multimask.cli import MAX_IMAGE_PIXELS
 from multimask.data.dataset_json import load_multimask_json, make_annotation, write_multimask_json
 from multimask.data.geometry import Report
+from multimask.data.images import MAX_IMAGE_PIXELS
 
 H, W = 60, 80
 CLASSES = ["leaf", "fruit"]

@@ -42,11 +42,11 @@ import shapely
 from PIL import Image
 from shapely.geometry import Polygon, box
 
-from multimask.cli import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from multimask.config import is_valid_mask_name
 from multimask.data import convert
 from multimask.data.dataset_json import load_multimask_json, make_annotation, write_multimask_json
 from multimask.data.geometry import Report, clean_polygons, mask_to_polygons, polygon_parts, to_rle
+from multimask.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from multimask.io import DatasetError, atomic_write_bytes, atomic_write_json, read_json
 
 from .payload import MAX_INSTANCES, MAX_PARTS, MAX_POINTS, PayloadError, validate_instances

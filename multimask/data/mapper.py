@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,11 +10,13 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from ..io import DatasetError
 from ..structures import MultiMasks
+from .images import read_image_bgr
 
 
 def transform_segmentation(segm: list | dict | np.ndarray, transforms: T.TransformList,
@@ -41,13 +44,32 @@ class MultiMaskDatasetMapper(DatasetMapper):
     @configurable
     def __init__(self, is_train: bool = True, *, mask_names: Sequence[str], **kwargs):
         super().__init__(is_train, **kwargs)
+        if self.image_format not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT {self.image_format!r}: multimask models read BGR or RGB images")
+        if self.proposal_topk is not None:
+            raise ValueError("MODEL.LOAD_PROPOSALS: precomputed proposals are not supported by multimask models")
         self.mask_names = tuple(mask_names)
 
     def __call__(self, dataset_dict: dict) -> dict:
+        """DatasetMapper's steps, with the image read by `read_image_bgr` as predict and the app read it."""
+        dataset_dict = copy.deepcopy(dataset_dict)
+        file = dataset_dict["file_name"]
         try:
-            return super().__call__(dataset_dict)
-        except OSError as e:  # missing, unreadable or damaged image file (PIL's errors are OSErrors)
-            raise DatasetError(f"{dataset_dict.get('file_name')}: cannot read the image ({e})") from e
+            image = read_image_bgr(file, max_pixels=None)
+        except ValueError as e:
+            raise DatasetError(f"{file}: cannot read the image ({str(e).removeprefix(f'{file}: ')})") from e
+        if self.image_format == "RGB":
+            image = image[:, :, ::-1]
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+        elif "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image.shape[:2])
+        return dataset_dict
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
