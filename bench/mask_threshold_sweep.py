@@ -7,6 +7,7 @@ is what cross-entropy alone does to a small part inside its object's box (see be
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -17,21 +18,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_json  # noqa: E402
 
 
-def sweep(cfg, json_file: str, thresholds: list[float]) -> dict:
-    """{threshold: evaluate_records results} for the model of `cfg` on the dataset `json_file`."""
-    import cv2
-
+def sweep(predictor, json_file: str, thresholds: list[float]) -> dict:
+    """{threshold: evaluate_records results} for a MultiMaskPredictor's model on the dataset `json_file`."""
     from multimask.data import load_multimask_json
-    from multimask.engine import MultiMaskPredictor
+    from multimask.data.images import read_image_bgr
     from multimask.evaluation import evaluate_records, instances_to_records
     from multimask.modeling.meta_arch import multimask_postprocess
 
-    names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
+    names = predictor.mask_names
     dicts, meta = load_multimask_json(json_file, mask_names=names)
-    predictor = MultiMaskPredictor(cfg)
+    known = list(predictor.cfg.MULTIMASK.CLASS_NAMES)  # a run's; a bare config only has a class count
+    classes = meta["thing_classes"]
+    if (known and known != classes) or len(predictor.metadata.thing_classes) != len(classes):
+        raise SystemExit(f"{json_file}: classes {classes} differ from the model's "
+                         f"{predictor.metadata.thing_classes}")
     raw = []  # per image: detections before pasting (probabilities on the head's grid), image size
     for d in dicts:
-        img = cv2.imread(d["file_name"])
+        img = read_image_bgr(d["file_name"], max_pixels=None)
         if predictor.input_format == "RGB":
             img = img[:, :, ::-1]
         h, w = img.shape[:2]
@@ -43,8 +46,10 @@ def sweep(cfg, json_file: str, thresholds: list[float]) -> dict:
     for t in thresholds:
         records = []
         for d, (inst, h, w) in zip(dicts, raw):
-            records += instances_to_records(multimask_postprocess(inst, h, w, mask_threshold=t), d["image_id"], names)
-        out[t] = evaluate_records(dicts, records, names, meta["thing_classes"])
+            # detector_postprocess scales the boxes in place: each threshold gets its own copy
+            pasted = multimask_postprocess(copy.deepcopy(inst), h, w, mask_threshold=t)
+            records += instances_to_records(pasted, d["image_id"], names)
+        out[t] = evaluate_records(dicts, records, names, classes)
     return out
 
 
@@ -61,16 +66,18 @@ def main() -> None:
     args = p.parse_args()
 
     from multimask.config import get_multimask_cfg
-    from multimask.engine.weights import run_weights
+    from multimask.engine import MultiMaskPredictor
 
     if args.run:
-        cfg = get_multimask_cfg(Path(args.run) / "config.yaml",
-                                ["MODEL.WEIGHTS", str(run_weights(Path(args.run))), "MODEL.DEVICE", "cpu", *args.opts])
+        if args.opts:
+            p.error("--opts goes with --config-file; a run folder brings its own config")
+        predictor = MultiMaskPredictor.from_run(args.run, device="cpu")
     elif args.config_file and args.weights:
-        cfg = get_multimask_cfg(args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *args.opts])
+        predictor = MultiMaskPredictor(get_multimask_cfg(
+            args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *args.opts]))
     else:
         p.error("give --run, or --config-file and --weights")
-    res = sweep(cfg, args.json_file, args.thresholds)
+    res = sweep(predictor, args.json_file, args.thresholds)
     tasks = [t for t in next(iter(res.values())) if t.startswith("segm/")]
     print("| threshold | " + " | ".join(f"{t} AP / AP50 / AP75" for t in tasks) + " |")
     print("|---|" + "---|" * len(tasks))

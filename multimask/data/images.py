@@ -21,7 +21,7 @@ def read_image_bgr(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS) 
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
-        raise ValueError(f"{path}: cannot read the file ({e.strerror or e})") from e
+        raise ValueError(f"{path}: {e.strerror or e}") from e
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     except cv2.error:
