@@ -102,10 +102,19 @@ class MultiMasks:
 
     @classmethod
     def cat(cls, items: list[MultiMasks]) -> MultiMasks:
+        """Concatenate (as `Instances.cat` does); a name held as polygons in some items and bitmaps in others
+        becomes bitmaps, of the bitmaps' image size."""
         names = items[0].names
         if any(m.names != names for m in items):
             raise ValueError("cannot concatenate MultiMasks with different mask names")
-        sets = [type(items[0].masks[n]).cat([m.masks[n] for m in items]) for n in names]
+        sets = []
+        for name in names:
+            parts = [m.masks[name] for m in items]
+            bitmaps = [p for p in parts if isinstance(p, BitMasks)]
+            if bitmaps and len(bitmaps) < len(parts):
+                h, w = bitmaps[0].image_size
+                parts = [p if isinstance(p, BitMasks) else BitMasks.from_polygon_masks(p, h, w) for p in parts]
+            sets.append(type(parts[0]).cat(parts))
         return cls(names, sets, torch.cat([m.present for m in items]))
 
     def __repr__(self) -> str:

@@ -292,3 +292,23 @@ def test_the_mapper_names_an_image_it_cannot_read(tmp_path, content):
     record = {"file_name": str(path), "height": 8, "width": 8, "image_id": 1, "annotations": []}
     with pytest.raises(DatasetError, match=f"{path}: cannot read the image"):
         _mapper([])(record)
+
+
+def test_multimasks_concatenate_polygon_and_bitmap_sets():
+    from detectron2.structures import BitMasks, PolygonMasks
+
+    from multimask.structures import MultiMasks
+
+    square = [[2.0, 2.0, 6.0, 2.0, 6.0, 6.0, 2.0, 6.0]]
+    rle = mask_util.encode(np.asfortranarray(np.pad(np.ones((3, 3), np.uint8), ((1, 6), (4, 3)))))
+    polys = MultiMasks.from_segmentations(["primary", "secondary"], [{"primary": square, "secondary": []}], (10, 10))
+    bits = MultiMasks.from_segmentations(["primary", "secondary"], [{"primary": rle, "secondary": square}], (10, 10))
+    both = MultiMasks.cat([polys, polys, bits])
+    assert len(both) == 3 and both.present.tolist() == [[True, False], [True, False], [True, True]]
+    assert isinstance(both.masks["primary"], BitMasks)  # a mix becomes bitmaps
+    assert isinstance(both.masks["secondary"], PolygonMasks)  # polygons throughout stay polygons
+    primary = both.masks["primary"].tensor
+    assert primary[0].sum() == 16 and primary[0, 2:6, 2:6].all()  # the square, rasterised at 10 x 10
+    assert torch.equal(primary[2], torch.from_numpy(mask_util.decode(rle).astype(bool)))
+    with pytest.raises(ValueError, match="different mask names"):
+        MultiMasks.cat([polys, MultiMasks.from_segmentations(["a", "b"], [{"a": square, "b": []}], (10, 10))])
