@@ -104,6 +104,9 @@ def test_propose_uses_the_run_chosen_in_this_tab(view, tmp_path):
     assert inst and all(i["class"] in ("leaf", "fruit") for i in inst)  # the run's classes are not the dataset's
     assert all(set(i["masks"]) == {"primary", "secondary"} for i in inst)
     assert view.save_annotations("leaves", image_id, 0, inst, None)["ok"]  # proposals are valid payloads
+    view.store.open("leaves").image_path(image_id).write_bytes(b"damaged on disk")
+    damaged = view.propose("leaves", image_id, _request())
+    assert damaged == {"ok": False, "error": f"cannot read the image of {image_id}"}
     assert "choose a trained run" in view.propose("leaves", image_id, _request("other tab"))["error"]
     view.choose_run("../escape", 0.5, _request())
     assert view.propose("leaves", image_id, _request())["ok"] is False

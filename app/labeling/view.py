@@ -17,6 +17,7 @@ import cv2
 import gradio as gr
 
 from multimask.data import convert
+from multimask.data.images import read_image_bgr
 from multimask.io import atomic_write_bytes
 
 from ..predict_view import PredictorCache
@@ -51,8 +52,9 @@ def thumbnail(ds: LabelDataset, image_id: str) -> Path:
     """A small JPEG of the image for the gallery, made on first use (the gallery never ships full images)."""
     path = ds.folder / "thumbs" / f"{image_id}.jpg"
     if not path.is_file():
-        img = cv2.imread(str(ds.image_path(image_id)), cv2.IMREAD_COLOR)
-        if img is None:
+        try:
+            img = read_image_bgr(ds.image_path(image_id), max_pixels=None)
+        except ValueError:
             return ds.image_path(image_id)  # unreadable: let the gallery show what it can
         scale = THUMB_SIZE / max(img.shape[:2])
         if scale < 1:
@@ -142,8 +144,9 @@ class LabelView:
             run = get_run(self.runs_root, run_name)
         except RunNotFoundError as e:
             return {"ok": False, "error": str(e)}
-        img = cv2.imread(str(ds.image_path(image_id)), cv2.IMREAD_COLOR)
-        if img is None:
+        try:  # as training and predict read it
+            img = read_image_bgr(ds.image_path(image_id), max_pixels=None)
+        except ValueError:
             return {"ok": False, "error": f"cannot read the image of {image_id}"}
         predictor = self.predictors.get(run)
         instances = propose(predictor, img, threshold, ds.mask_names, ds.classes, self.predictors.inference_lock)
