@@ -86,7 +86,12 @@ def main() -> None:
     from multimask.data.synth import generate_synthetic_dataset
 
     paths = generate_synthetic_dataset(Path(args.out) / "data", args.train_images, args.val_images, seed=7)
-    runs = {name: train_variant(name, names, args, paths) for name, names in VARIANTS.items() if name in args.only}
+    runs = {}
+    for name, names in VARIANTS.items():
+        if name in args.only:
+            runs[name] = train_variant(name, names, args, paths)
+            # after each model, so that a device session that runs out of time keeps what finished
+            write_json(args.json, {"machine": machine(), "args": vars(args), "runs": runs})
     print(f"\nmachine: {machine()}\npreset {args.preset}, {args.max_iter} iterations x batch {args.batch}, "
           f"{args.train_images} train / {args.val_images} val images, amp {args.amp}\n")
     print("| model | box AP | primary AP | primary AP50 | secondary AP | secondary AP50 | train+eval time (s) |")
@@ -99,7 +104,6 @@ def main() -> None:
         two = runs["primary-only"]["train_and_eval_s"] + runs["secondary-only"]["train_and_eval_s"]
         one = runs["two-mask"]["train_and_eval_s"]
         print(f"\ntwo single-mask models: {two:.0f} s; one two-mask model: {one:.0f} s ({one / two:.2f}x)")
-    write_json(args.json, {"machine": machine(), "args": vars(args), "runs": runs})
 
 
 if __name__ == "__main__":

@@ -9,28 +9,30 @@ rm -f /tmp/site/detectron2/_C*.so
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, detectron2, multimask; print(torch.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
-# Defaults fit one device session (under 600 s of run time): the single/two-mask comparison (issue 2) and the
-# Train worker run (issue 4). BENCH=1 adds the model benchmark (about 150 s; done on the H200 on 2026-11-26);
-# COMPARE=0 or TRAIN_JOB=0 leave a part out; COMPARE_OPTS="KEY VALUE ..." passes config options to the comparison
+# Defaults fit one device session (at most about 560 s of run time): the single/two-mask comparison
+# (issue 2, 400 iterations x batch 8 per model) and the Train worker run (issue 4, 200 iterations), the shorter
+# first; the comparison writes its JSON after each model. BENCH=1 adds the model benchmark (about 150 s; done on
+# the H200 on 2026-11-26); COMPARE=0 or TRAIN_JOB=0 leave a part out; COMPARE_OPTS="KEY VALUE ..." passes config options to the comparison
 # (e.g. "MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0" for the cross-entropy-only loss).
 if [ "${BENCH:-0}" = 1 ]; then
   timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --json "$OUT/bench_model.json" \
     2>&1 | grep -v '^\[' | tee "$OUT/bench_model.txt"
   timeout 60 python3 bench/bench_mapper.py --json "$OUT/bench_mapper.json" 2>&1 | grep -v '^\[' | tee "$OUT/bench_mapper.txt"
 fi
-if [ "${COMPARE:-1}" = 1 ]; then
-  timeout "${COMPARE_TIMEOUT:-360}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-600}" \
-    --only ${COMPARE_ONLY:-two-mask primary-only secondary-only} --workers 8 --amp --out /tmp/compare \
-    ${COMPARE_OPTS:+--opts $COMPARE_OPTS} \
-    --json "$OUT/compare.json" 2>&1 \
-    | grep -E 'RESULT|^\||^machine|^preset|^two single|Error|error|Traceback|eta:' | tee "$OUT/compare.txt"
-fi
 # Issue 4: a real fine-tune through the app's Train worker (from scratch: the device machine is offline), with
 # mixed precision; throughput, peak memory and final AP per mask name as the Train tab reads them.
 if [ "${TRAIN_JOB:-1}" = 1 ]; then
   # The script stops its job when its own --timeout passes; the outer timeout leaves it the time to.
-  timeout $(( ${TRAIN_JOB_TIMEOUT:-150} + 60 )) python3 bench/train_job.py --device cuda --amp \
-    --iterations "${TRAIN_JOB_ITERS:-400}" --eval-period 200 --timeout "${TRAIN_JOB_TIMEOUT:-150}" \
+  timeout $(( ${TRAIN_JOB_TIMEOUT:-110} + 60 )) python3 bench/train_job.py --device cuda --amp \
+    --iterations "${TRAIN_JOB_ITERS:-200}" --eval-period $(( ${TRAIN_JOB_ITERS:-200} / 2 )) --timeout "${TRAIN_JOB_TIMEOUT:-110}" \
     --json "$OUT/train_job.json" 2>&1 \
     | tail -30 | tee "$OUT/train_job.txt"
+fi
+if [ "${COMPARE:-1}" = 1 ]; then
+  timeout "${COMPARE_TIMEOUT:-370}" python3 bench/compare_single_multi.py --max-iter "${COMPARE_ITERS:-400}" \
+    --only ${COMPARE_ONLY:-two-mask primary-only secondary-only} --workers 8 --amp --out /tmp/compare \
+    ${COMPARE_OPTS:+--opts $COMPARE_OPTS} \
+    --json "$OUT/compare.json" 2>&1 \
+    | grep -E 'RESULT|^\||^machine|^preset|^two single|Error|error|Traceback|eta:' | tee "$OUT/compare.txt"
+  for d in /tmp/compare/*/; do [ -f "$d/metrics.json" ] && cp "$d/metrics.json" "$OUT/compare_$(basename "$d")_metrics.json"; done
 fi
