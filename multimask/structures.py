@@ -129,13 +129,15 @@ def rasterize_polygons_in_boxes(polygons: list[list[np.ndarray]], boxes: torch.T
     batched: one frPyObjects and one decode call for all R masks.
     """
     boxes = boxes.detach().cpu().double().numpy()
-    flat, owner = [], []
-    for i, (polys, (x0, y0, x1, y1)) in enumerate(zip(polygons, boxes)):
-        sx, sy = mask_size / max(x1 - x0, 0.1), mask_size / max(y1 - y0, 0.1)
-        for p in polys:
-            q = np.asarray(p, dtype=np.float64).reshape(-1, 2)
-            flat.append(((q - (x0, y0)) * (sx, sy)).ravel().tolist())
-            owner.append(i)
+    parts = [np.asarray(p, dtype=np.float64) for polys in polygons for p in polys]
+    owner = np.repeat(np.arange(len(polygons)), [len(polys) for polys in polygons])
+    flat: list[np.ndarray] = []
+    if parts:  # every vertex of every polygon moved into its box's M x M frame at once
+        xy = np.concatenate(parts).reshape(-1, 2)
+        scale = mask_size / np.maximum(boxes[:, 2:] - boxes[:, :2], 0.1)
+        per_vertex = np.repeat(owner, [len(p) // 2 for p in parts])
+        xy = (xy - boxes[per_vertex, :2]) * scale[per_vertex]
+        flat = np.split(xy.ravel(), np.cumsum([len(p) for p in parts])[:-1])
     rles = mask_util.frPyObjects(flat, mask_size, mask_size) if flat else []
     per_mask: list[list] = [[] for _ in polygons]
     for i, rle in zip(owner, rles):

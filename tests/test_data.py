@@ -312,3 +312,38 @@ def test_multimasks_concatenate_polygon_and_bitmap_sets():
     assert torch.equal(primary[2], torch.from_numpy(mask_util.decode(rle).astype(bool)))
     with pytest.raises(ValueError, match="different mask names"):
         MultiMasks.cat([polys, MultiMasks.from_segmentations(["a", "b"], [{"a": square, "b": []}], (10, 10))])
+
+
+def test_mask_targets_are_detectron2s_pixels_for_every_roi():
+    """The batched target rasteriser gives the same pixels as PolygonMasks.crop_and_resize, ROI by ROI."""
+    from detectron2.structures import PolygonMasks
+
+    from multimask.structures import MultiMasks
+
+    rng = np.random.default_rng(3)
+
+    def blob(cx, cy, r, n):  # a star-ish polygon: irregular, non-convex
+        t = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = r * rng.uniform(0.4, 1.0, n)
+        return np.stack([cx + rad * np.cos(t), cy + rad * np.sin(t)], 1).ravel().tolist()
+
+    segms = []
+    for i in range(40):
+        cx, cy, r = rng.uniform(20, 100), rng.uniform(20, 80), rng.uniform(4, 20)
+        primary = [blob(cx, cy, r, int(rng.integers(3, 30)))]
+        if i % 3 == 0:  # a part in two pieces
+            primary.append(blob(cx + r, cy, r / 2, 5))
+        secondary = [] if i % 4 == 1 else [blob(cx, cy, r / 3, int(rng.integers(3, 12)))]
+        segms.append({"primary": primary, "secondary": secondary})
+    mm = MultiMasks.from_segmentations(["primary", "secondary"], segms, (100, 120))
+    gt = mm.get_bounding_boxes().tensor
+    # proposal-like boxes: jittered around the truth, some cutting the masks, one degenerate
+    boxes = gt + torch.from_numpy(rng.uniform(-6, 6, gt.shape)).float()
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 0.05)
+    targets = mm.crop_and_resize(boxes, 14)
+    for k, name in enumerate(mm.names):
+        present = mm.present[:, k]
+        polys = PolygonMasks([p for p, keep in zip(mm.masks[name].polygons, present) if keep])
+        expected = polys.crop_and_resize(boxes[present], 14).float()
+        assert torch.equal(targets[present, k], expected), name
+        assert not targets[~present, k].any(), name
