@@ -9,11 +9,11 @@ rm -f /tmp/site/detectron2/_C*.so
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, detectron2, multimask; print(torch.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
-# Defaults fit one device session (at most about 560 s of run time): the single/two-mask comparison
-# (issue 2, 400 iterations x batch 8 per model) and the Train worker run (issue 4, 200 iterations), the shorter
-# first; the comparison writes its JSON after each model. BENCH=1 adds the model benchmark (about 150 s; done on
-# the H200 on 2026-11-26); COMPARE=0 or TRAIN_JOB=0 leave a part out; COMPARE_OPTS="KEY VALUE ..." passes config options to the comparison
-# (e.g. "MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0" for the cross-entropy-only loss).
+# Defaults fit one device session (at most about 560 s of run time; 441 s on the H200 on 2026-11-27): the Train
+# worker run (issue 4, 200 iterations; TRAIN_JOB_ITERS=600 reaches a useful model in about 175 s), then the
+# single/two-mask comparison (issue 2, 400 iterations x batch 8 per model), which writes its JSON after each model.
+# BENCH=1 adds the model benchmark (about 150 s); COMPARE=0 or TRAIN_JOB=0 leave a part out; COMPARE_OPTS="KEY
+# VALUE ..." passes config options to the comparison (e.g. "MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0").
 if [ "${BENCH:-0}" = 1 ]; then
   timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --json "$OUT/bench_model.json" \
     2>&1 | grep -v '^\[' | tee "$OUT/bench_model.txt"
