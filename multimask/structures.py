@@ -128,17 +128,17 @@ def rasterize_polygons_in_boxes(polygons: list[list[np.ndarray]], boxes: torch.T
     Same coordinate transform and rasteriser (pycocotools) as detectron2's `rasterize_polygons_within_box`,
     batched: one frPyObjects and one decode call for all R masks.
     """
-    boxes = boxes.detach().cpu().double().numpy()
     parts = [np.asarray(p, dtype=np.float64) for polys in polygons for p in polys]
+    if not parts:
+        return torch.zeros((len(polygons), mask_size, mask_size), dtype=torch.bool)
+    boxes = boxes.detach().cpu().double().numpy()
     owner = np.repeat(np.arange(len(polygons)), [len(polys) for polys in polygons])
-    flat: list[np.ndarray] = []
-    if parts:  # every vertex of every polygon moved into its box's M x M frame at once
-        xy = np.concatenate(parts).reshape(-1, 2)
-        scale = mask_size / np.maximum(boxes[:, 2:] - boxes[:, :2], 0.1)
-        per_vertex = np.repeat(owner, [len(p) // 2 for p in parts])
-        xy = (xy - boxes[per_vertex, :2]) * scale[per_vertex]
-        flat = np.split(xy.ravel(), np.cumsum([len(p) for p in parts])[:-1])
-    rles = mask_util.frPyObjects(flat, mask_size, mask_size) if flat else []
+    lengths = np.array([len(p) for p in parts])
+    # every vertex of every polygon moved into its box's M x M frame at once
+    per_vertex = np.repeat(owner, lengths // 2)
+    scale = mask_size / np.maximum(boxes[:, 2:] - boxes[:, :2], 0.1)
+    xy = (np.concatenate(parts).reshape(-1, 2) - boxes[per_vertex, :2]) * scale[per_vertex]
+    rles = mask_util.frPyObjects(np.split(xy.ravel(), np.cumsum(lengths)[:-1]), mask_size, mask_size)
     per_mask: list[list] = [[] for _ in polygons]
     for i, rle in zip(owner, rles):
         per_mask[i].append(rle)
