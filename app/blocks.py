@@ -13,6 +13,7 @@ from .training.service import POLL_SECONDS, TrainingService
 from .training.view import TrainView, build_train_tab
 
 TITLE = "multimask"
+APP_CSS = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
 
 
 def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs",
@@ -27,12 +28,15 @@ def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs"
     data_root.mkdir(parents=True, exist_ok=True)
     gr.set_static_paths([str(data_root)])
     predictors = PredictorCache()
-    with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\nMask R-CNN with several named masks per instance.")
+    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+        gr.HTML("", head=f"<style>{APP_CSS}</style>", visible="hidden")
+        gr.Markdown(f"# {TITLE}\nMask R-CNN with several named masks per instance.", elem_id="mm-header")
         with gr.Tabs() as tabs:
-            with gr.Tab("Label", id="label"):
+            with gr.Tab("Label", id="label") as label_tab:
                 demo.label_view = LabelView(data_root, runs_root, import_roots, predictors)
                 demo.editor = build_label_tab(demo, demo.label_view)
+                label_tab.select(demo.label_view.refresh_runs, [demo.label_view.run_dropdown],
+                                 [demo.label_view.run_dropdown], api_visibility="private")
             with gr.Tab("Train", id="train") as train_tab:
                 demo.training = TrainingService(data_root, runs_root)
                 train = build_train_tab(demo, TrainView(demo.training), train_tab)

@@ -199,7 +199,8 @@ def page(app, browser):
 # ---- helpers ------------------------------------------------------------------------------------------------
 def open_editor(pg, url):
     pg.goto(url)
-    pg.add_style_tag(content=f"#mm-editor .mm-stage {{ height: {STAGE_HEIGHT}px !important; }}")
+    pg.add_style_tag(content=f"#mm-editor .mm-stage {{ height: {STAGE_HEIGHT}px !important; "
+                             "min-height: 0 !important; }")
     pg.wait_for_function("() => window.mmEditor && window.mmEditor.state().image_id")
     # Fitted to the 300 px stage (the editor refits when its stage is resized).
     pg.wait_for_function(f"""() => {{ const h = document.querySelector('#mm-editor .mm-image')
@@ -491,9 +492,13 @@ def test_navigation_copy_propose_done_and_keys_scope(app, page):
     pts = [click_at(pg, rect, x, y) for x, y in [(100, 100), (200, 100), (150, 200)]]
     pg.keyboard.press("Enter")
     wait_saved(pg)
-    # Clicks outside the image are ignored; a vertex dragged off the image stops at its border.
+    # A click off the image starts a vertex on its border (Esc drops it); a vertex dragged off the image stops
+    # at its border.
     outside = rect["left"] - 60
     pg.mouse.click(outside, rect["top"] + 100)
+    assert state(pg)["drawing"] == 1
+    assert pg.evaluate("() => window.mmEditor.drawingPoints()")[0][0] == 0
+    pg.keyboard.press("Escape")
     assert state(pg)["drawing"] == 0
     drag(pg, rect, pts[2], to_image(rect, outside, rect["top"] + 120))
     rec = wait_store(store, lambda r: r["revision"] == 2)
@@ -514,10 +519,12 @@ def test_navigation_copy_propose_done_and_keys_scope(app, page):
     assert state(pg)["mask_name"] == "secondary"
     pg.keyboard.press("Tab")
     assert state(pg)["mask_name"] == "primary"
-    # D: next image (saved first), A: back.
+    # D: next image (saved first), A: back. The next image starts with a new instance in the first slot.
+    pg.keyboard.press("Tab")
     pg.keyboard.press("d")
     pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
     assert state(pg)["instances"] == [] and pg.input_value("#notes textarea") == "nd2"
+    assert state(pg)["mask_name"] == "primary" and state(pg)["target"] == -1
     pg.keyboard.press("a")
     pg.wait_for_function("() => window.mmEditor.state().image_id === 'img0'")
     assert_points(state(pg)["instances"][0]["masks"]["primary"][0], pts)
@@ -559,6 +566,40 @@ def test_navigation_copy_propose_done_and_keys_scope(app, page):
     pg.keyboard.press("a")
     pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
     assert state(pg)["status"] == "done" and len(state(pg)["instances"]) == 2
+
+
+def test_the_next_object_is_a_new_instance_without_pressing_n(app, page):
+    """Forgetting N never merges two objects: after an instance is drawn, a first-mask polygon starts the next
+    one; 2 adds a part to the instance just drawn; picking an instance adds parts to it."""
+    store, _ = app
+    pg = page
+    rect = image_rect(pg)
+
+    def polygon(x, y, size=40):
+        for dx, dy in [(0, 0), (size, 0), (size, size), (0, size)]:
+            click_at(pg, rect, x + dx, y + dy)
+        pg.keyboard.press("Enter")
+
+    polygon(50, 50, 100)          # object 1
+    pg.keyboard.press("2")
+    polygon(70, 70)               # its part
+    assert state(pg)["slot"] == 0 and state(pg)["target"] == -1, "back to the first slot of a new instance"
+    assert "or press 2 to add a secondary to #1" in pg.inner_text("#mm-editor .mm-mode")
+    polygon(250, 50, 100)         # object 2, no N pressed
+    polygon(400, 50, 100)         # object 3
+    rec = wait_store(store, lambda r: len(r["instances"]) == 3)
+    masks = [i["masks"] for i in rec["instances"]]
+    assert [(len(m["primary"]), len(m["secondary"])) for m in masks] == [(1, 1), (1, 0), (1, 0)]
+    # Picking instance 1 in the list: a further primary polygon is a second part of it.
+    pg.locator("#mm-editor .mm-item").nth(0).click()
+    assert state(pg)["target"] == 0
+    polygon(50, 300, 60)
+    rec = wait_store(store, lambda r: len(r["instances"][0]["masks"]["primary"]) == 2)
+    assert len(rec["instances"]) == 3
+    # A secondary with no instance to go to: the status line says to draw the primary first.
+    pg.keyboard.press("n")
+    pg.keyboard.press("2")
+    assert "press 1 to draw its primary first" in pg.inner_text("#mm-editor .mm-mode")
 
 
 def test_slow_saves_coalesce_and_errors_show(app, page):

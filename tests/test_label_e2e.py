@@ -73,13 +73,14 @@ def test_label_an_image_end_to_end(served, browser, tmp_path):
     pg.get_by_label("Name", exact=True).fill("leaves")
     pg.get_by_label("Classes (comma separated)").fill("leaf, fruit")
     pg.get_by_role("button", name="Create dataset").click()
-    pg.get_by_text("Created").wait_for()
+    pg.locator("#mm-label-side").get_by_text("Created leaves").wait_for()
     # upload an image, open it from the gallery
     pg.set_input_files("#mm-upload input[type=file]", str(image))
-    pg.get_by_text("Added 1 image(s).").wait_for()
+    pg.locator("#mm-label-images-message").get_by_text("Added 1 image(s).").wait_for()
     pg.locator("#mm-gallery img").first.click()
     pg.wait_for_function("() => window.mmEditor && window.mmEditor.state().image_id")
-    pg.add_style_tag(content=f"#mm-editor .mm-stage {{ height: {STAGE_HEIGHT}px !important; }}")
+    pg.add_style_tag(content=f"#mm-editor .mm-stage {{ height: {STAGE_HEIGHT}px !important; "
+                             "min-height: 0 !important; }")
     pg.wait_for_function(f"() => document.querySelector('#mm-editor .mm-image').getBoundingClientRect().height"
                          f" <= {STAGE_HEIGHT}")
     pg.locator("#mm-editor .mm-stage").scroll_into_view_if_needed()

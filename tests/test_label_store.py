@@ -314,9 +314,10 @@ def test_secondary_inside_primary_warning(ds):
     result = ds.save(image, 0, [inside, edge, out, lone])
     warnings = result["warnings"]
     assert len(warnings) == 3
-    assert "instance 1 (id 'edge'" in warnings[0] and "outside its 'primary'" in warnings[0]
-    assert "instance 2 (id 'out'" in warnings[1] and "100%" in warnings[1]
-    assert "instance 3 (id 'lone'" in warnings[2]
+    assert "instance #2 (id 'edge'" in warnings[0] and "outside its 'primary'" in warnings[0]
+    assert "instance #3 (id 'out'" in warnings[1] and "100%" in warnings[1]
+    # A secondary without a primary says so, not "100% outside".
+    assert "instance #4 (id 'lone', leaf) has a 'secondary' mask but no 'primary' mask" in warnings[2]
     assert ds.load(image)["revision"] == 1  # warnings do not stop the save
     tiny = _inst("tiny", secondary=[[45.0, 20.0, 50.05, 20.0, 50.05, 30.0, 45.0, 30.0]])  # 1% out: tolerated
     assert ds.save(image, 1, [tiny])["warnings"] == []
@@ -331,7 +332,7 @@ def test_other_save_warnings(ds):
     text = "\n".join(result["warnings"])
     assert "id 'x'" in text and "crosses itself" in text
     assert "id 'e'" in text and "not saved" in text
-    assert "instance 2 (id 'f'" in text and "no area" in text
+    assert "instance #3 (id 'f'" in text and "no area" in text
     assert [i["id"] for i in ds.load(image)["instances"]] == ["x", "f"]
 
 
@@ -353,20 +354,20 @@ def test_payload_validation():
         return [{"id": "p", "class": "leaf", "masks": {mask: [part]}}]
 
     bad({"id": "a"}, "must be a list")
-    bad(["x"], "instance 0: must be an object")
+    bad(["x"], "instance #1: must be an object")
     bad([{"id": "a", "class": "leaf"}], r"missing \['masks'\]")
     bad([{**_inst(), "extra": 1}], r"unexpected \['extra'\]")
-    bad([_inst(iid="../x")], "instance 0: id must be")
+    bad([_inst(iid="../x")], "instance #1: id must be")
     bad([_inst(iid="")], "id must be")
     bad([_inst(iid=7)], "id must be")
     bad([_inst(iid="x" * 41)], "id must be")
-    bad([_inst("a"), _inst("a")], r"instance 1 \(id 'a'\): duplicate id")
+    bad([_inst("a"), _inst("a")], r"instance #2 \(id 'a'\): duplicate id")
     bad([_inst(cls="tree")], "unknown class 'tree'")
     bad([{"id": "a", "class": "leaf", "masks": [SQUARE]}], "masks must be an object")
     bad([{"id": "a", "class": "leaf", "masks": {"tertiary": [SQUARE]}}], "unknown mask name 'tertiary'")
-    bad([{"id": "a", "class": "leaf", "masks": {"primary": SQUARE}}], "part 0: a polygon must be a flat list")
+    bad([{"id": "a", "class": "leaf", "masks": {"primary": SQUARE}}], "part 1: a polygon must be a flat list")
     bad([{"id": "a", "class": "leaf", "masks": {"primary": "x"}}], "must be a list of polygons")
-    bad(with_part([1, 2, 3, 4, 5]), "part 0: odd number of coordinates")
+    bad(with_part([1, 2, 3, 4, 5]), "part 1: odd number of coordinates")
     bad(with_part([1, 2, 3, 4]), "at least 3 points")
     bad(with_part([1, 2, 3, 4, float("nan"), 6]), "coordinate 4 is not finite")
     bad(with_part([1, 2, 3, 4, float("inf"), 6]), "not finite")
@@ -375,12 +376,12 @@ def test_payload_validation():
     bad(with_part([1, 2, 3, "4", 5, 6]), "not a number")
     bad(with_part([1, 2, 3, None, 5, 6]), "not a number")
     bad(with_part([1, 2, 3, 4, [5], 6]), "not a number")
-    bad(with_part([1, 2, 3, 4, 80.6, 6]), r"point 2 is outside the image \(x = 80.6")
-    bad(with_part([1, 2, 3, -0.6, 5, 6], "secondary"), r"mask 'secondary', part 0: point 1 is outside the image")
+    bad(with_part([1, 2, 3, 4, 80.6, 6]), r"point 3 is outside the image \(x = 80.6")
+    bad(with_part([1, 2, 3, -0.6, 5, 6], "secondary"), r"mask 'secondary', part 1: point 2 is outside the image")
     bad(with_part([0.0, 0.0] * 10_001), "too many points")
     bad([{"id": "a", "class": "leaf", "masks": {"primary": [SQUARE] * 101}}], "too many parts")
     bad([_inst(f"i{k}") for k in range(1001)], "too many instances")
-    bad([_inst("ok"), _inst("z", secondary=[[1, 2, 3]])], r"instance 1 \(id 'z'\), mask 'secondary', part 0")
+    bad([_inst("ok"), _inst("z", secondary=[[1, 2, 3]])], r"instance #2 \(id 'z'\), mask 'secondary', part 1")
     assert len(validate_instances(with_part([0.0, 0.0] * 10_000), **kw)[0]["masks"]["primary"][0]) == 20_000
 
 

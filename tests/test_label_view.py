@@ -4,12 +4,13 @@ import json
 from types import SimpleNamespace
 
 import cv2
+import gradio as gr
 import numpy as np
 import pytest
 
 from app.labeling.view import LabelView
 from multimask.data import Report, load_multimask_json
-from tests.test_app import _make_run
+from tests.test_app import CLASSES, _make_run
 
 SQUARE = [10, 10, 60, 10, 60, 60, 10, 60]
 INNER = [20, 20, 40, 20, 40, 40]
@@ -39,20 +40,32 @@ def _instances():
     return [{"id": "a1", "class": "leaf", "masks": {"primary": [SQUARE], "secondary": [INNER]}}]
 
 
+def _thumbs(gallery_json):
+    """(file name, status, thumbnail path) per gallery card."""
+    return [(i["name"], i["status"], i["thumb"].removeprefix("/gradio_api/file="))
+            for i in json.loads(gallery_json)["items"]]
+
+
 def test_upload_then_save_and_load_through_the_server_functions(view, tmp_path):
-    msg = view.upload("leaves", [_png(tmp_path), tmp_path / "missing.png"])
-    assert msg.startswith("Added 1 image(s).") and "missing.png" in msg
-    gallery, _, doc_json, ids, summary, _ = view.open_dataset("leaves", "all", 1)
-    assert len(gallery) == 1 and len(ids) == 1 and "1 images (1 unlabelled" in summary
-    thumb = cv2.imread(gallery[0][0])
-    assert gallery[0][0].endswith(".jpg") and thumb.shape[:2] == (80, 100)  # small images are not enlarged
+    msg, opened = view.upload("leaves", [_png(tmp_path), tmp_path / "missing.png"])
+    assert msg.startswith("Added 1 image(s).") and "missing.png: No such file" in msg
+    assert json.loads(opened)["file_name"] == "a.png", "the first uploaded image opens in the editor"
+    gallery, _, doc_json, summary, _ = view.open_dataset("leaves", "all", 1)
+    (card,) = _thumbs(gallery)
+    ids = [e["id"] for e in view.store.open("leaves").images()]
+    assert card[:2] == ("a.png", "unlabelled") and "1 images (1 unlabelled" in summary
+    thumb = cv2.imread(card[2])
+    assert card[2].endswith(".jpg") and thumb.shape[:2] == (80, 100)  # small images are not enlarged
     doc = json.loads(doc_json)
     assert (doc["width"], doc["height"], doc["revision"]) == (100, 80, 0)
     assert doc["image_url"].startswith("/gradio_api/file=") and doc["image_url"].endswith(".png")
     saved = view.save_annotations("leaves", ids[0], 0, _instances(), None)
     assert saved["ok"] and saved["revision"] == 1 and saved["status"] == "in_progress"
-    assert "0 unlabelled, 1 in progress, 0 done" in view.summary("leaves"), "the counts follow autosaves"
-    assert view.summary("nope") == {"__type__": "update"} and view.summary(None) == {"__type__": "update"}
+    gallery2, summary, _ = view.refresh_gallery("leaves", "all", 1, gallery)
+    assert "0 unlabelled, 1 in progress, 0 done" in summary, "the counts follow autosaves"
+    assert _thumbs(gallery2)[0][1] == "in_progress", "so do the gallery's badges"
+    assert view.refresh_gallery("leaves", "all", 1, gallery2)[0] == gr.skip(), "an unchanged gallery is not resent"
+    assert view.refresh_gallery("nope", "all", 1, "") == (gr.skip(),) * 3
     again = view.load_image("leaves", ids[0], None)
     assert again["revision"] == 1 and again["instances"][0]["masks"]["secondary"] == [INNER]
 
@@ -101,9 +114,25 @@ def test_propose_uses_the_run_chosen_in_this_tab(view, tmp_path):
     reply = view.propose("leaves", image_id, _request())
     assert reply["ok"], reply
     inst = reply["instances"]
-    assert inst and all(i["class"] in ("leaf", "fruit") for i in inst)  # the run's classes are not the dataset's
-    assert all(set(i["masks"]) == {"primary", "secondary"} for i in inst)
+    assert inst and all(set(i["masks"]) == {"primary", "secondary"} for i in inst)
+    # The run's classes are not the dataset's: they are kept by name (the editor gives them the toolbar's
+    # class), and the notes say so, class by class.
+    unmapped = sorted({i["class"] for i in inst})
+    assert set(unmapped) <= set(CLASSES) and not set(unmapped) & {"leaf", "fruit"}
+    assert [n for n in reply["notes"] if "is not a class of this dataset" in n] == [
+        f"the model's class {c!r} is not a class of this dataset: its {sum(i['class'] == c for i in inst)} "
+        "instance(s) take the toolbar's class" for c in unmapped]
+    for i in inst:
+        i["class"] = "leaf"  # as the editor does
     assert view.save_annotations("leaves", image_id, 0, inst, None)["ok"]  # proposals are valid payloads
+    # Pressing Propose again adds nothing: what the image has is left out, and the notes say how much.
+    again = view.propose("leaves", image_id, _request())
+    assert again["ok"] and again["instances"] == [] and f"{len(inst)} already on the image left out" in again["notes"]
+    # A class of the same name (any case) is the dataset's.
+    view.add_class("leaves", unmapped[0].upper())
+    view.save_annotations("leaves", image_id, 1, [], None)
+    mapped = view.propose("leaves", image_id, _request())["instances"]
+    assert {i["class"] for i in mapped} & {unmapped[0].upper()}
     view.store.open("leaves").image_path(image_id).write_bytes(b"damaged on disk")
     damaged = view.propose("leaves", image_id, _request())
     assert damaged == {"ok": False, "error": f"cannot read the image of {image_id}"}
@@ -115,21 +144,31 @@ def test_propose_uses_the_run_chosen_in_this_tab(view, tmp_path):
 def test_folder_import_only_from_allowed_roots(view, tmp_path):
     (tmp_path / "incoming").mkdir()
     _png(tmp_path / "incoming", "c.png")
-    assert view.add_folder("leaves", str(tmp_path / "incoming")).startswith("Added 1 image(s)")
-    assert "outside the folders this app may read" in view.add_folder("leaves", "/etc")
-    assert "outside the folders" in view.add_folder("leaves", str(tmp_path / "incoming" / ".." / ".."))
+    message, opened = view.add_folder("leaves", str(tmp_path / "incoming"))
+    assert message.startswith("Added 1 image(s)") and json.loads(opened)["file_name"] == "c.png"
+    assert "outside the folders this app may read" in view.add_folder("leaves", "/etc")[0]
+    assert "outside the folders" in view.add_folder("leaves", str(tmp_path / "incoming" / ".." / ".."))[0]
 
 
-def test_remove_needs_confirmation(view, tmp_path):
-    view.upload("leaves", [_png(tmp_path)])
-    image_id = view.store.open("leaves").images()[0]["id"]
-    assert "confirm" in view.remove_image("leaves", image_id, False)[0]
-    assert len(view.store.open("leaves").images()) == 1
+def test_remove_acts_on_the_image_in_the_editor_after_confirmation(view, tmp_path):
+    view.upload("leaves", [_png(tmp_path, f"{n}.png") for n in "abc"])
+    a, b, c = [e["id"] for e in view.store.open("leaves").images()]
+    # The editor moved from a to b with Next: its value (the document) names b, and Remove takes that.
+    shown = json.dumps(view.load_image("leaves", a, "next"))
+    assert view.current_image(shown) == "Open in the editor: **b.png**"
+    message, _, _ = view.remove_image("leaves", shown, False)
+    assert "Tick **confirm** to remove b.png" in message and len(view.store.open("leaves").images()) == 3
     thumbs = view.store.open("leaves").folder / "thumbs"
-    view.open_dataset("leaves", "all", 1)
-    assert (thumbs / f"{image_id}.jpg").is_file()
-    assert "Removed" in view.remove_image("leaves", image_id, True)[0]
-    assert view.store.open("leaves").images() == [] and not (thumbs / f"{image_id}.jpg").exists()
+    assert (thumbs / f"{b}.jpg").is_file()
+    message, confirm, next_doc = view.remove_image("leaves", shown, True)
+    assert message == "Removed b.png and its annotations." and confirm["value"] is False
+    assert [e["file_name"] for e in view.store.open("leaves").images()] == ["a.png", "c.png"]
+    assert not (thumbs / f"{b}.jpg").exists()
+    assert json.loads(next_doc)["image_id"] == c, "the editor moves on to the next image"
+    last = view.remove_image("leaves", next_doc, True)[2]
+    assert json.loads(last)["image_id"] == a, "after the last image, the one before it"
+    assert "Open the image" in view.remove_image("leaves", "", True)[0]
+    assert "not in the dataset" in view.remove_image("leaves", shown, True)[0]
 
 
 def test_classes_and_dataset_errors(view):
@@ -139,7 +178,7 @@ def test_classes_and_dataset_errors(view):
     assert "twig" in view.store.open("leaves").classes
     assert "⚠️" in view.create_dataset("../evil", "a", "primary")[1]
     assert "⚠️" in view.create_dataset("leaves", "a", "primary")[1]  # exists
-    assert "choose or create a dataset" in view.upload("", [object()])
+    assert "choose or create a dataset" in view.upload("", [object()])[0]
 
 
 def test_export_then_train_format_and_import_back(view, tmp_path):
@@ -163,4 +202,38 @@ def test_export_then_train_format_and_import_back(view, tmp_path):
 def test_gallery_shows_small_thumbnails_of_big_images(view, tmp_path):
     view.upload("leaves", [_png(tmp_path, "big.png", h=1200, w=1600)])
     gallery = view.open_dataset("leaves", "all", 1)[0]
-    assert cv2.imread(gallery[0][0]).shape[:2] == (144, 192)
+    assert cv2.imread(_thumbs(gallery)[0][2]).shape[:2] == (144, 192)
+
+
+def test_upload_errors_name_the_file_once(view, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"not an image")
+    message, opened = view.upload("leaves", [notes])
+    assert message.startswith("⚠️ Added 0 image(s).") and opened == gr.skip()
+    assert message.count("notes.png") == 1, message
+
+
+def test_runs_trained_after_the_page_opened_reach_propose(view, tmp_path):
+    assert view.refresh_runs(None)["choices"] == ["tiny"]
+    _make_run(tmp_path / "runs" / "later")
+    update = view.refresh_runs("tiny")
+    assert sorted(update["choices"]) == ["later", "tiny"] and update["value"] == "tiny"
+    assert view.refresh_runs("gone")["value"] is None
+
+
+def test_a_typed_threshold_is_used_and_bad_ones_are_clamped(view):
+    assert "score >= 0.35" in view.choose_run("tiny", "0.35", _request())
+    assert view._session_runs["s1"] == ("tiny", 0.35)
+    assert "score >= 1.00" in view.choose_run("tiny", 7, _request())
+    assert "score >= 0.50" in view.choose_run("tiny", "abc", _request())
+
+
+def test_the_demo_dataset_is_labelled_and_ready_to_train(view):
+    update, message = view.create_demo()
+    assert update["value"] == "demo" and "Created **demo**" in message
+    ds = view.store.open("demo")
+    statuses = [e["status"] for e in ds.images()]
+    assert statuses.count("done") == 24 and statuses.count("unlabelled") == 6
+    assert ds.classes == ["disc", "box", "triangle"] and ds.mask_names == ["primary", "secondary"]
+    assert view.create_demo()[0]["value"] == "demo2", "a second demo does not touch the first"
+    assert len(view.store.open("demo").images()) == 30

@@ -80,6 +80,7 @@ HTML_TEMPLATE = """
       </svg>
       <div class="mm-hint">No image loaded: pick a dataset and an image.</div>
       <div class="mm-mode"></div>
+      <button type="button" class="mm-zoom" title="Zoom level; click or F: fit"></button>
       <div class="mm-toast" hidden></div>
     </div>
     <div class="mm-side">
@@ -118,7 +119,7 @@ def editor_document_dict(*, dataset: str, image_id: str, image_url: str, width: 
                          classes: Sequence[str], mask_names: Sequence[str] = DEFAULT_MASK_NAMES,
                          instances: Sequence[Mapping[str, Any]] = (), revision: int = 0,
                          status: str = "unlabelled", rules: Mapping[str, Any] | None = None, position: int = 0,
-                         count: int = 1) -> dict[str, Any]:
+                         count: int = 1, file_name: str | None = None) -> dict[str, Any]:
     """The editor document as a dict (what `load_image` returns); see `editor_document`."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -137,7 +138,7 @@ def editor_document_dict(*, dataset: str, image_id: str, image_url: str, width: 
         "revision": int(revision), "status": status,
         "instances": [dict(inst) for inst in instances],
         "palette": palette(PALETTE_SIZE),
-        "position": int(position), "count": int(count),
+        "position": int(position), "count": int(count), "file_name": str(file_name or image_id),
     }
 
 
@@ -149,7 +150,7 @@ def editor_document(**kwargs: Any) -> str:
     (default primary/secondary), instances ([{"id", "class", "masks": {name: [[x1, y1, ...], ...]}}]),
     revision (of the stored annotations, sent back as base_revision when saving), status
     ("unlabelled" | "in_progress" | "done"), rules ({"secondary_inside_primary": bool}), position (0-based index
-    of the image in the dataset) and count (number of images).
+    of the image in the dataset), count (number of images) and file_name (shown; default: the image id).
     """
     return json.dumps(editor_document_dict(**kwargs), separators=(",", ":"))
 

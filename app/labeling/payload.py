@@ -52,7 +52,7 @@ def validate_instances(instances: Any, *, classes: Sequence[str], mask_names: Se
     total = 0
     out = []
     for i, inst in enumerate(instances):
-        where = f"instance {i}"
+        where = f"instance #{i + 1}"
         if not isinstance(inst, dict):
             raise PayloadError(f"{where}: must be an object, got {type(inst).__name__}")
         keys = set(inst)
@@ -63,7 +63,7 @@ def validate_instances(instances: Any, *, classes: Sequence[str], mask_names: Se
         iid = inst["id"]
         if not is_valid_instance_id(iid):
             raise PayloadError(f"{where}: id must be 1 to 40 letters, digits, '_' or '-', got {_short(iid)}")
-        where = f"instance {i} (id {iid!r})"
+        where = f"instance #{i + 1} (id {iid!r})"
         if iid in seen_ids:
             raise PayloadError(f"{where}: duplicate id")
         seen_ids.add(iid)
@@ -85,7 +85,7 @@ def validate_instances(instances: Any, *, classes: Sequence[str], mask_names: Se
                 raise PayloadError(f"{here}: must be a list of polygons, got {type(parts).__name__}")
             if len(parts) > MAX_PARTS:
                 raise PayloadError(f"{here}: too many parts ({len(parts)}; at most {MAX_PARTS})")
-            clean[name] = [_part(p, width, height, f"{here}, part {j}") for j, p in enumerate(parts)]
+            clean[name] = [_part(p, width, height, f"{here}, part {j + 1}") for j, p in enumerate(parts)]
             total += sum(len(p) for p in clean[name]) // 2
             if total > MAX_TOTAL_POINTS:
                 raise PayloadError(f"{here}: too many points in this image (more than {MAX_TOTAL_POINTS})")
@@ -121,7 +121,7 @@ def _part(part: Any, width: int, height: int, where: str) -> list[float]:
         limit = width if k % 2 == 0 else height
         if not -TOLERANCE <= f <= limit + TOLERANCE:
             axis = "x" if k % 2 == 0 else "y"
-            raise PayloadError(f"{where}: point {k // 2} is outside the image ({axis} = {f:g}, "
+            raise PayloadError(f"{where}: point {k // 2 + 1} is outside the image ({axis} = {f:g}, "
                                f"image is {width}x{height})")
         out.append(round(min(max(f, 0.0), float(limit)), DECIMALS))
     return out

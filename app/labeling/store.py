@@ -38,14 +38,21 @@ from typing import Any
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
-import shapely
 from PIL import Image
 from shapely.geometry import Polygon, box
 
 from multimask.config import is_valid_mask_name
 from multimask.data import convert
 from multimask.data.dataset_json import load_multimask_json, make_annotation, write_multimask_json
-from multimask.data.geometry import Report, clean_polygons, mask_to_polygons, polygon_parts, to_rle
+from multimask.data.geometry import (
+    Report,
+    clean_polygons,
+    flat_polygon,
+    mask_to_polygons,
+    parts_union,
+    polygon_parts,
+    to_rle,
+)
 from multimask.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from multimask.io import DatasetError, atomic_write_bytes, atomic_write_json, read_json
 
@@ -800,40 +807,35 @@ def _safe_stem(filename: str) -> str:
     return stem or "image"
 
 
-def _polygon(part: Sequence[float]):
-    geom = Polygon(np.asarray(part, dtype=np.float64).reshape(-1, 2))
-    return geom if geom.is_valid else shapely.make_valid(geom)
-
-
-def _union(parts: list[list[float]]):
-    return shapely.union_all([_polygon(p) for p in parts])
-
-
 def _geometry_warnings(instances: list[dict], names: list[str], rules: dict,
                        positions: dict[str, int] | None = None) -> list[str]:
-    """Parts that cross themselves or have no area, and secondaries outside their primary (per the rules).
+    """Parts that cross themselves or have no area, a later mask without the first one, and (per the rules)
+    secondaries outside their primary. Instances are numbered from 1, as the editor lists them.
 
     `positions` maps instance ids to their index in the list the caller was given (default: this list's).
     """
     out = []
     for i, inst in enumerate(instances):
-        where = f"instance {(positions or {}).get(inst['id'], i)} (id {inst['id']!r}, {inst['class']})"
+        where = f"instance #{(positions or {}).get(inst['id'], i) + 1} (id {inst['id']!r}, {inst['class']})"
         for name in names:
             for j, part in enumerate(inst["masks"][name]):
-                poly = Polygon(np.asarray(part, dtype=np.float64).reshape(-1, 2))
-                if _polygon(part).area <= 0:
-                    out.append(f"{where}, mask {name!r}, part {j} has no area: exports leave it out")
-                elif not poly.is_valid:
-                    out.append(f"{where}, mask {name!r}, part {j} crosses itself: exports repair it")
-        if len(names) < 2 or not rules.get("secondary_inside_primary"):
+                if flat_polygon(part).area <= 0:
+                    out.append(f"{where}, mask {name!r}, part {j + 1} has no area: exports leave it out")
+                elif not Polygon(np.asarray(part, dtype=np.float64).reshape(-1, 2)).is_valid:
+                    out.append(f"{where}, mask {name!r}, part {j + 1} crosses itself: exports repair it")
+        primary = inst["masks"][names[0]]
+        if not primary:
+            later = [n for n in names[1:] if inst["masks"][n]]
+            if later:
+                out.append(f"{where} has a {later[0]!r} mask but no {names[0]!r} mask: select the instance and "
+                           f"draw its {names[0]!r}")
             continue
-        primary, secondary = inst["masks"][names[0]], inst["masks"][names[1]]
-        if not secondary:
+        if len(names) < 2 or not rules.get("secondary_inside_primary") or not inst["masks"][names[1]]:
             continue
-        sec = _union(secondary)
+        sec = parts_union(inst["masks"][names[1]])
         if sec.area <= 0:
             continue
-        outside = sec.difference(_union(primary)).area if primary else sec.area
+        outside = sec.difference(parts_union(primary)).area
         if outside > INSIDE_TOLERANCE * sec.area:
             out.append(f"{where}: {outside / sec.area:.0%} of its {names[1]!r} mask lies outside its "
                        f"{names[0]!r} mask")
@@ -844,7 +846,7 @@ def _clip_parts(parts: list[list[float]], width: int, height: int) -> list[list[
     """Polygon parts cut to the image [0, width] x [0, height]; parts left without area are dropped."""
     frame, out = box(0, 0, width, height), []
     for part in parts:
-        for p in polygon_parts(_polygon(part).intersection(frame)):
+        for p in polygon_parts(flat_polygon(part).intersection(frame)):
             coords = np.asarray(p.exterior.coords)[:-1]
             if len(coords) >= 3:
                 out.append([round(float(v), 2) for v in coords.reshape(-1)])
@@ -864,7 +866,7 @@ def _fit_limits(parts: list[list[float]], where: str, report: Report) -> list[li
     out = []
     for part in parts:
         if len(part) // 2 > MAX_POINTS:
-            poly, tol = max(polygon_parts(_polygon(part)), key=lambda p: p.area), 0.5
+            poly, tol = max(polygon_parts(flat_polygon(part)), key=lambda p: p.area), 0.5
             coords = np.asarray(poly.exterior.coords)[:-1]
             while len(coords) > MAX_POINTS:
                 coords = np.asarray(poly.simplify(tol).exterior.coords)[:-1]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,13 @@ import gradio as gr
 
 from multimask.data import convert
 from multimask.data.images import read_image_bgr
+from multimask.data.synth import generate_synthetic_dataset
 from multimask.io import atomic_write_bytes
 
 from ..predict_view import PredictorCache
 from ..runs import RunNotFoundError, find_runs, get_run
 from .editor import editor_document_dict, make_editor
+from .gallery import gallery_value, make_gallery
 from .propose import propose
 from .store import ConflictError, LabelDataset, LabelStore
 
@@ -32,6 +36,8 @@ GALLERY_PAGE = 60  # thumbnails per gallery page: a 10,000-image dataset opens a
 THUMB_SIZE = 192  # px, longest side of the gallery thumbnails (cached in <dataset>/thumbs/)
 STATUS_FILTERS = ["all", "unlabelled", "in_progress", "done"]
 DEFAULT_PROPOSE_THRESHOLD = 0.5
+DEMO_NAME = "demo"
+DEMO_LABELLED, DEMO_UNLABELLED = 24, 6  # synthetic images: labelled ones to train on, unlabelled ones to try
 
 
 def _split_names(text: str) -> list[str]:
@@ -46,6 +52,16 @@ def _pairs(text: str) -> dict[str, str]:
             raise ValueError(f"expected KEY=VALUE pairs separated by commas, got {item!r}")
         out[key.strip()] = val.strip()
     return out
+
+
+def notify(message: str) -> str:
+    """Show `message` as a toast at the top of the page (a warning when it starts with ⚠️); returns it."""
+    bad = message.startswith("⚠️")
+    text = message.split("\n\n")[0].removeprefix("⚠️").strip().replace("**", "").replace("`", "")
+    with warnings.catch_warnings():  # outside an event (tests), Gradio warns instead of showing a toast
+        warnings.simplefilter("ignore")
+        (gr.Warning if bad else gr.Info)(text, duration=8 if bad else 4)
+    return message
 
 
 def thumbnail(ds: LabelDataset, image_id: str) -> Path:
@@ -67,7 +83,18 @@ def thumbnail(ds: LabelDataset, image_id: str) -> Path:
     return path
 
 
-SUMMARY_SECONDS = 5.0  # the dataset's counts line follows the editor's autosaves
+SUMMARY_SECONDS = 5.0  # the gallery's badges and the counts line follow other tabs' autosaves
+
+
+def _doc_image(document: Any) -> tuple[str | None, str | None]:
+    """(dataset, image id) named by an editor document (the editor component's value), else (None, None)."""
+    try:
+        doc = json.loads(document) if isinstance(document, str) and document else {}
+    except ValueError:
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    dataset, image_id = doc.get("dataset"), doc.get("image_id")
+    return (dataset if isinstance(dataset, str) else None), (image_id if isinstance(image_id, str) else None)
 
 
 class LabelView:
@@ -99,7 +126,7 @@ class LabelView:
             dataset=ds.name, image_id=image_id, image_url=f"/gradio_api/file={ds.image_path(image_id)}",
             width=entry["width"], height=entry["height"], classes=ds.classes, mask_names=ds.mask_names,
             instances=ann["instances"], revision=ann["revision"], status=ann["status"], rules=ds.meta["rules"],
-            position=pos, count=len(images))
+            position=pos, count=len(images), file_name=entry["file_name"])
 
     def _document_json(self, ds: LabelDataset, image_id: str | None) -> str:
         return json.dumps(self.document(ds, image_id), separators=(",", ":")) if image_id else ""
@@ -133,7 +160,8 @@ class LabelView:
         return {"ok": True, "instances": self._dataset(dataset).previous_instances(image_id)}
 
     def propose(self, dataset: str, image_id: str, request: gr.Request | None = None) -> dict:
-        """The chosen run's predictions on the image as instances (the run chosen in this browser tab)."""
+        """The chosen run's predictions on the image as instances (the run chosen in this browser tab), leaving
+        out objects the image already has; `notes` say what was left out or could not be mapped."""
         ds = self._dataset(dataset)
         with self._lock:
             choice = self._session_runs.get(getattr(request, "session_hash", None) or "")
@@ -149,70 +177,118 @@ class LabelView:
         except ValueError:
             return {"ok": False, "error": f"cannot read the image of {image_id}"}
         predictor = self.predictors.get(run)
-        instances = propose(predictor, img, threshold, ds.mask_names, ds.classes, self.predictors.inference_lock)
-        if not instances:
+        instances, notes = propose(predictor, img, threshold, ds.mask_names, ds.classes,
+                                   ds.load(image_id)["instances"], self.predictors.inference_lock)
+        if not instances and not notes:
             return {"ok": False, "error": f"the model found nothing scoring at least {threshold:.2f}"}
-        return {"ok": True, "instances": instances}
+        return {"ok": True, "instances": instances, "notes": notes}
 
-    # ----- Gradio event handlers ---------------------------------------------------------------------------
+    # ----- runs for Propose ---------------------------------------------------------------------------------
 
-    def choose_run(self, run_name: str | None, threshold: float, request: gr.Request) -> str:
+    def choose_run(self, run_name: str | None, threshold: Any, request: gr.Request) -> str:
+        """Remember this browser tab's run and score threshold for Propose."""
+        try:
+            threshold = min(max(float(threshold), 0.0), 1.0)
+        except (TypeError, ValueError):
+            threshold = DEFAULT_PROPOSE_THRESHOLD
         with self._lock:
             if run_name:
-                self._session_runs[request.session_hash] = (run_name, float(threshold))
+                self._session_runs[request.session_hash] = (run_name, threshold)
             else:
                 self._session_runs.pop(request.session_hash, None)
-        return f"Propose uses **{run_name}** at score >= {threshold:.2f}." if run_name else ""
+        return f"Propose uses **{run_name}** at score >= {threshold:.2f}." if run_name else \
+            "Choose a run to enable **Propose** in the editor."
 
     def run_choices(self) -> list[str]:
         return [r.name for r in find_runs(self.runs_root)]
+
+    def refresh_runs(self, current: str | None) -> Any:
+        """The run list again (runs trained since the page opened), keeping the chosen one if it still exists."""
+        runs = self.run_choices()
+        return gr.update(choices=runs, value=current if current in runs else None)
+
+    # ----- datasets -----------------------------------------------------------------------------------------
 
     def dataset_choices(self) -> list[str]:
         return self.store.list_datasets()
 
     def create_dataset(self, name: str, classes_text: str, masks_text: str):
+        """(dataset dropdown, message); the tab then opens the new dataset."""
         try:
-            ds = self.store.create(name.strip(), _split_names(classes_text),
+            ds = self.store.create((name or "").strip(), _split_names(classes_text),
                                    _split_names(masks_text) or ["primary", "secondary"])
         except ValueError as e:
-            return gr.update(), f"⚠️ {e}"
-        return gr.update(choices=self.dataset_choices(), value=ds.name), f"Created **{ds.name}**."
+            return gr.update(), notify(f"⚠️ {e}")
+        return gr.update(choices=self.dataset_choices(), value=ds.name), notify(
+            f"Created **{ds.name}**: add images under **Images**.")
 
-    def open_dataset(self, name: str | None, status_filter: str, page: int, last: dict | None = None):
-        """Gallery, class list, the editor on the tab's last image (else the first), and a summary."""
+    def create_demo(self):
+        """(dataset dropdown, message): a synthetic dataset with known truth, most of it labelled."""
+        name = DEMO_NAME
+        taken = set(self.dataset_choices())
+        for k in range(2, 100):
+            if name not in taken:
+                break
+            name = f"{DEMO_NAME}{k}"
+        with tempfile.TemporaryDirectory(prefix="multimask-demo-") as tmp:
+            paths = generate_synthetic_dataset(tmp, DEMO_LABELLED, DEMO_UNLABELLED, seed=0)
+            classes = [c["name"] for c in json.loads(Path(paths["train"]).read_text())["categories"]]
+            ds = self.store.create(name, classes)
+            ds.import_multimask(paths["train"])
+            for image in sorted(Path(paths["images"]).glob("val_*")):
+                ds.add_image_bytes(image.name, image.read_bytes())
+        for entry in ds.images():
+            thumbnail(ds, entry["id"])
+        return gr.update(choices=self.dataset_choices(), value=ds.name), notify(
+            f"Created **{ds.name}**: {DEMO_LABELLED} labelled synthetic images (shapes with a primary mask and, "
+            f"on most, a secondary part) and {DEMO_UNLABELLED} unlabelled ones to try the editor on. Train on it "
+            "in the **Train** tab with the tiny starting point.")
+
+    def open_dataset(self, name: str | None, status_filter: str, page: Any, last: dict | None = None):
+        """(gallery, rename dropdown, editor document, summary, page field): the dataset with the editor on the
+        image this browser tab showed last, else the first image of the gallery."""
         if not name:
-            return [], gr.update(choices=[]), "", [], "Create or choose a dataset.", gr.update(maximum=1, value=1)
+            return (gallery_value(None, [], []), gr.update(choices=[]), "", "Create or choose a dataset.",
+                    gr.update(visible=False, value=1))
         try:
             ds = self._dataset(name)
         except ValueError as e:
-            return [], gr.update(choices=[]), "", [], f"⚠️ {e}", gr.update(maximum=1, value=1)
-        gallery, ids, pages, summary = self._gallery(ds, status_filter, page)
+            return (gallery_value(None, [], []), gr.update(choices=[]), "", notify(f"⚠️ {e}"),
+                    gr.update(visible=False, value=1))
+        gallery, ids, page_field, summary = self._gallery(ds, status_filter, page)
         first = ids[0] if ids else None
         known = {e["id"] for e in ds.images()}
         if isinstance(last, dict) and last.get("dataset") == name and last.get("image_id") in known:
             first = last["image_id"]
-        return (gallery, gr.update(choices=ds.classes, value=None), self._document_json(ds, first), ids, summary,
-                gr.update(maximum=max(pages, 1), value=min(max(int(page or 1), 1), max(pages, 1))))
+        elif first is None and known:
+            first = ds.images()[0]["id"]
+        return gallery, gr.update(choices=ds.classes, value=None), self._document_json(ds, first), summary, \
+            page_field
 
-    def _gallery(self, ds: LabelDataset, status_filter: str, page: int):
+    def _gallery(self, ds: LabelDataset, status_filter: str, page: Any) -> tuple[str, list[str], Any, str]:
+        """(gallery value, ids shown, page field update, summary) of one page of the filtered images."""
         images = ds.images()
         shown = [e for e in images if status_filter in (None, "all") or e["status"] == status_filter]
         pages = max((len(shown) + GALLERY_PAGE - 1) // GALLERY_PAGE, 1)
-        page = min(max(int(page or 1), 1), pages)
+        try:
+            page = min(max(int(page or 1), 1), pages)
+        except (TypeError, ValueError):
+            page = 1
         chunk = shown[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
-        gallery = [(str(thumbnail(ds, e["id"])), f"{e['file_name']} · {e['status'].replace('_', ' ')}")
-                   for e in chunk]
-        return gallery, [e["id"] for e in chunk], pages, _summary(ds, images)
+        value = gallery_value(ds.name, chunk, [thumbnail(ds, e["id"]) for e in chunk])
+        return value, [e["id"] for e in chunk], gr.update(visible=pages > 1, maximum=pages, value=page,
+                                                          label=f"Page (of {pages})"), _summary(ds, images)
 
-    def summary(self, name: str | None) -> Any:
-        """The dataset's counts line, for the tab's timer: autosaves change the statuses behind it."""
-        if not name or name not in self.store.list_datasets():
-            return gr.skip()
-        ds = self._dataset(name)
-        return _summary(ds, ds.images())
+    def refresh_gallery(self, name: str | None, status_filter: str, page: Any, shown: str | None = None):
+        """(gallery, summary, page field), for the filter, the pager, the timer and after changes; the gallery
+        only when it changed since `shown` (an unchanged value would redraw it for nothing)."""
+        if not name or name not in self.dataset_choices():
+            return gr.skip(), gr.skip(), gr.skip()
+        value, _, page_field, summary = self._gallery(self._dataset(name), status_filter, page)
+        return (gr.skip() if value == shown else value), summary, page_field
 
     def restore(self, last: dict | None):
-        """On page load: the datasets created meanwhile, and the dataset this browser tab had open."""
+        """On page load and ↻: the datasets created meanwhile, with this browser tab's dataset chosen."""
         names = self.dataset_choices()
         wanted = last.get("dataset") if isinstance(last, dict) else None
         return gr.update(choices=names, value=wanted if wanted in names else (names[0] if names else None))
@@ -220,55 +296,59 @@ class LabelView:
     @staticmethod
     def remember(document: str | None) -> dict:
         """What to reopen after a reload: the dataset and image shown in the editor."""
+        dataset, image_id = _doc_image(document)
+        return {"dataset": dataset, "image_id": image_id}
+
+    def current_image(self, document: str | None) -> str:
+        """The line that names the editor's image (what Remove acts on)."""
+        dataset, image_id = _doc_image(document)
         try:
-            doc = json.loads(document) if document else {}
-        except ValueError:
-            doc = {}
-        return {"dataset": doc.get("dataset"), "image_id": doc.get("image_id")}
+            entry = next(e for e in self._dataset(dataset).images() if e["id"] == image_id)
+        except (ValueError, StopIteration):
+            return "No image open."
+        return f"Open in the editor: **{entry['file_name']}**"
 
-    def refresh_gallery(self, name: str | None, status_filter: str, page: int):
-        if not name:
-            return [], [], "", gr.update()
-        ds = self._dataset(name)
-        gallery, ids, pages, summary = self._gallery(ds, status_filter, page)
-        return gallery, ids, summary, gr.update(maximum=pages)
-
-    def select_image(self, name: str, ids: list[str], evt: gr.SelectData):
-        """Show the gallery's clicked image in the editor."""
-        index = evt.index if isinstance(evt.index, int) else None
-        if not name or index is None or not 0 <= index < len(ids or []):
-            return gr.update(), gr.update()
-        ds = self._dataset(name)
-        return self._document_json(ds, ids[index]), ids[index]
+    # ----- images -----------------------------------------------------------------------------------------
 
     def upload(self, name: str, files: list | None):
+        """(message, editor document): the first added image opens in the editor."""
         if not files:
-            return "No files."
+            return notify("⚠️ No files were uploaded."), gr.skip()
         try:
             ds = self._dataset(name)
         except ValueError as e:
-            return f"⚠️ {e}"
-        added, errors = 0, []
+            return notify(f"⚠️ {e}"), gr.skip()
+        added, errors = [], []
         for f in files:
             path = Path(f if isinstance(f, (str, Path)) else getattr(f, "name", ""))  # gr.File: paths
             try:
-                thumbnail(ds, ds.add_image_bytes(path.name, path.read_bytes())["id"])  # the gallery's, made now
-                added += 1
-            except (ValueError, OSError) as e:
-                errors.append(f"{path.name}: {e}")
-        return f"Added {added} image(s)." + ("\n\n⚠️ " + "\n\n⚠️ ".join(errors) if errors else "")
+                added.append(ds.add_image_bytes(path.name, path.read_bytes())["id"])
+                thumbnail(ds, added[-1])  # the gallery's, made now
+            except ValueError as e:  # its message names the file
+                errors.append(str(e))
+            except OSError as e:
+                errors.append(f"{path.name}: {e.strerror or e}")
+        return self._added(ds, added, errors, "")
 
     def add_folder(self, name: str, folder: str):
+        """(message, editor document): as `upload`, for the image files of a server folder."""
         try:
             ds = self._dataset(name)
             root = self._allowed_root(folder)
             added, errors = ds.add_images_from_folder(folder, root)
         except ValueError as e:
-            return f"⚠️ {e}"
+            return notify(f"⚠️ {e}"), gr.skip()
         for entry in added:
             thumbnail(ds, entry["id"])
-        return f"Added {len(added)} image(s) from {folder}." + ("\n\n⚠️ " + "\n\n⚠️ ".join(errors[:20])
-                                                                  if errors else "")
+        return self._added(ds, [e["id"] for e in added], errors, f" from {folder}")
+
+    def _added(self, ds: LabelDataset, added: list[str], errors: list[str], where: str):
+        text = f"Added {len(added)} image(s){where}." + "".join(f"\n\n⚠️ {e}" for e in errors[:20])
+        if len(errors) > 20:
+            text += f"\n\n⚠️ … and {len(errors) - 20} more refused."
+        if errors and not added:
+            text = "⚠️ " + text
+        return notify(text), (self._document_json(ds, added[0]) if added else gr.skip())
 
     def _allowed_root(self, path: str) -> Path:
         resolved = Path(path or "").expanduser().resolve()
@@ -278,34 +358,46 @@ class LabelView:
         raise ValueError(f"{path!r} is outside the folders this app may read: "
                          f"{', '.join(map(str, self.import_roots))} (start the app with --import-root to add one)")
 
-    def remove_image(self, name: str, image_id: str, confirmed: bool):
-        if not image_id:
-            return "Select an image in the gallery first.", gr.update()
-        if not confirmed:
-            return "Tick **confirm** to remove the image and its annotations.", gr.update()
+    def remove_image(self, name: str, document: str | None, confirmed: bool):
+        """(message, confirm box, editor document): removes the image open in the editor, then shows its
+        neighbour."""
+        dataset, image_id = _doc_image(document)
+        if not image_id or dataset != name:
+            return notify("⚠️ Open the image to remove in the editor first."), gr.update(), gr.skip()
         try:
             ds = self._dataset(name)
+            entry = next((e for e in ds.images() if e["id"] == image_id), None)
+            if entry is None:
+                return notify("⚠️ That image is not in the dataset any more."), gr.update(), gr.skip()
+            if not confirmed:
+                return notify(f"⚠️ Tick **confirm** to remove {entry['file_name']} and its annotations."), \
+                    gr.update(), gr.skip()
+            neighbour = ds.next_image(image_id, "next") or ds.next_image(image_id, "prev")
             ds.remove_image(image_id)  # checks the id
         except ValueError as e:
-            return f"⚠️ {e}", gr.update()
+            return notify(f"⚠️ {e}"), gr.update(), gr.skip()
         (ds.folder / "thumbs" / f"{image_id}.jpg").unlink(missing_ok=True)
-        return f"Removed image {image_id} and its annotations.", gr.update(value=False)
+        return notify(f"Removed {entry['file_name']} and its annotations."), gr.update(value=False), \
+            self._document_json(ds, neighbour)
+
+    # ----- classes, import and export -----------------------------------------------------------------------
 
     def add_class(self, name: str, cls: str):
         try:
             ds = self._dataset(name)
-            ds.add_class(cls.strip())
+            ds.add_class((cls or "").strip())
         except ValueError as e:
-            return f"⚠️ {e}", gr.update()
-        return f"Added class **{cls.strip()}**.", gr.update(choices=ds.classes)
+            return notify(f"⚠️ {e}"), gr.update()
+        return notify(f"Added class **{cls.strip()}**."), gr.update(choices=ds.classes)
 
     def rename_class(self, name: str, old: str, new: str):
         try:
             ds = self._dataset(name)
             ds.rename_class(old, (new or "").strip())
         except ValueError as e:
-            return f"⚠️ {e}", gr.update()
-        return f"Renamed **{old}** to **{new.strip()}** in every image.", gr.update(choices=ds.classes, value=None)
+            return notify(f"⚠️ {e}"), gr.update()
+        return notify(f"Renamed **{old}** to **{new.strip()}** in every image."), \
+            gr.update(choices=ds.classes, value=None)
 
     def import_data(self, name: str, kind: str, path: str, image_root: str, mapping: str):
         try:
@@ -320,8 +412,8 @@ class LabelView:
             else:
                 report = ds.import_labelme(path, _pairs(mapping) or None)
         except ValueError as e:
-            return f"⚠️ {e}"
-        return f"Imported from {path}.\n\n```\n{report.summary(max_messages=30)}\n```"
+            return notify(f"⚠️ {e}")
+        return notify(f"Imported from {path}.\n\n```\n{report.summary(max_messages=30)}\n```")
 
     def export(self, name: str, folder_name: str, val_fraction: float, seed: int, only_done: bool,
                labelme: bool = False):
@@ -337,64 +429,89 @@ class LabelView:
                 for split in ("train", "val"):
                     report = convert.export_labelme(paths[split], out / f"labelme_{split}")
                     notes += f"\n- labelme {split}: `{out / f'labelme_{split}'}` ({report.summary(max_messages=3)})"
-        except ValueError as e:
-            return f"⚠️ {e}"
-        return ("Exported (multimask COCO format, seeded split):\n\n" +
-                "\n".join(f"- {k}: `{v}`" for k, v in paths.items()) + notes +
-                f"\n\nTrain on it: `python -m multimask train --train-json {paths.get('train')} "
-                f"--val-json {paths.get('val')}`")
+        except (ValueError, TypeError) as e:
+            return notify(f"⚠️ {e}")
+        return notify(f"Exported {ds.name} (multimask COCO format, seeded split).\n\n" +
+                      "\n".join(f"- {k}: `{v}`" for k, v in paths.items()) + notes +
+                      f"\n\nTrain on it: `python -m multimask train --train-json {paths.get('train')} "
+                      f"--val-json {paths.get('val')}`")
 
 
 def _summary(ds: LabelDataset, images: list[dict]) -> str:
     counts = {s: sum(e["status"] == s for e in images) for s in STATUS_FILTERS[1:]}
     return (f"**{ds.name}**: {len(images)} images ({counts['unlabelled']} unlabelled, "
-            f"{counts['in_progress']} in progress, {counts['done']} done); classes: "
-            f"{', '.join(ds.classes) or '(none)'}; masks: {', '.join(ds.mask_names)}.")
+            f"{counts['in_progress']} in progress, {counts['done']} done) · classes: "
+            f"{', '.join(ds.classes) or '(none: add one under Classes)'} · masks: {', '.join(ds.mask_names)}")
+
+
+HOW_TO = """\
+**Label** two related masks per object (an object and its part, or its full and visible extent):
+
+1. Create a dataset (its classes and mask names), or the demo dataset below.
+2. Add images: drop files under **Images**, or import a labelled dataset under **Import / export**.
+3. In the editor, click around an object to draw its **primary** polygon (close it on the first point, with
+   Enter or a double-click); press **2** and draw its **secondary**. The next polygon starts a new object.
+   Everything saves by itself; **A** / **D** go to the previous / next image.
+4. **Train** a model in the next tab; use it here with **Propose** to pre-label the remaining images.
+"""
 
 
 def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
-    """Add the Label tab's components and events to the current Blocks; returns the editor."""
+    """Add the Label tab's components and events to the current Blocks; returns the editor.
+
+    A narrow column of panels (gallery first, the rest folded) beside the editor, which fills the rest of the
+    window and stays in view while the column scrolls. Results show as toasts and next to their button.
+    """
     datasets = view.dataset_choices()
-    with gr.Row():
-        with gr.Column(scale=1, min_width=320):
+    with gr.Row(elem_id="mm-label-row", equal_height=False):
+        with gr.Column(scale=1, min_width=300, elem_id="mm-label-side"):
             with gr.Row():
-                dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset", scale=4)
-                refresh = gr.Button("↻", scale=0, min_width=40)
-            summary = gr.Markdown()
+                dataset = gr.Dropdown(datasets, value=None, label="Dataset", scale=4, elem_id="mm-label-dataset")
+                refresh = gr.Button("↻", scale=0, min_width=40, elem_id="mm-label-refresh")
+            summary = gr.Markdown(elem_id="mm-label-summary")
+            with gr.Accordion("Getting started", open=not datasets, elem_id="mm-label-howto"):
+                gr.Markdown(HOW_TO)
+                demo_button = gr.Button("Create a demo dataset", size="sm", elem_id="mm-label-demo")
             with gr.Accordion("New dataset", open=not datasets):
                 new_name = gr.Textbox(label="Name", placeholder="leaves")
                 new_classes = gr.Textbox(label="Classes (comma separated)", placeholder="leaf, fruit")
                 new_masks = gr.Textbox(label="Mask names", value="primary, secondary")
-                create = gr.Button("Create dataset")
+                create = gr.Button("Create dataset", size="sm")
+                created = gr.Markdown()
             with gr.Accordion("Images", open=True):
-                status_filter = gr.Radio(STATUS_FILTERS, value="all", label="Show")
-                page = gr.Number(1, label=f"Page ({GALLERY_PAGE} images each)", precision=0, minimum=1)
-                gallery = gr.Gallery(label="Images", columns=4, height=320, allow_preview=False,
-                                     show_label=False, elem_id="mm-gallery")
-                upload = gr.File(label="Add images", file_count="multiple", file_types=["image"],
-                                 elem_id="mm-upload")
-                with gr.Row():
+                status_filter = gr.Dropdown([(s.replace("_", " "), s) for s in STATUS_FILTERS], value="all",
+                                            label="Show", elem_id="mm-label-filter")
+                gallery = make_gallery()
+                page = gr.Number(1, label="Page", precision=0, minimum=1, visible=False)
+                with gr.Row(equal_height=True):
+                    current = gr.Markdown("No image open.", elem_id="mm-label-current")
+                with gr.Row(equal_height=True):
+                    confirm = gr.Checkbox(label="confirm", scale=1, min_width=80)
+                    remove = gr.Button("Remove this image", variant="stop", size="sm", scale=2,
+                                       elem_id="mm-label-remove")
+                upload = gr.File(label="Add images (drop files here)", file_count="multiple", file_types=["image"],
+                                 height=110, elem_id="mm-upload")
+                with gr.Row(equal_height=True):
                     folder = gr.Textbox(label="Add a server folder", placeholder="/path/inside/an/allowed/folder",
                                         scale=3)
-                    add_folder = gr.Button("Add", scale=1)
-                with gr.Row():
-                    selected = gr.Textbox(label="Selected image", interactive=False, scale=2)
-                    confirm = gr.Checkbox(label="confirm", scale=1)
-                    remove = gr.Button("Remove image", variant="stop", scale=1)
+                    add_folder = gr.Button("Add", scale=1, size="sm")
+                images_message = gr.Markdown(elem_id="mm-label-images-message")
             with gr.Accordion("Classes", open=False):
-                with gr.Row():
+                with gr.Row(equal_height=True):
                     new_class = gr.Textbox(label="New class", scale=3)
-                    add_class = gr.Button("Add", scale=1)
-                with gr.Row():
+                    add_class = gr.Button("Add", scale=1, size="sm")
+                with gr.Row(equal_height=True):
                     old_class = gr.Dropdown([], label="Rename", scale=2)
                     renamed = gr.Textbox(label="to", scale=2)
-                    rename = gr.Button("Rename", scale=1)
+                    rename = gr.Button("Rename", scale=1, size="sm")
+                classes_message = gr.Markdown()
             with gr.Accordion("Model-assisted labelling", open=False) as view.propose_panel:
                 runs = view.run_choices()
                 run = gr.Dropdown(runs, value=None, label="Run used by Propose", elem_id="mm-label-run")
                 view.run_dropdown = run  # the Train tab's "Use for labelling" sets it
-                threshold = gr.Slider(0.05, 1.0, value=DEFAULT_PROPOSE_THRESHOLD, step=0.05, label="Score threshold")
-                run_info = gr.Markdown()
+                threshold = gr.Slider(0.05, 1.0, value=DEFAULT_PROPOSE_THRESHOLD, step=0.05, label="Score threshold",
+                                      elem_id="mm-label-threshold")
+                run_info = gr.Markdown("Choose a run to enable **Propose** in the editor.")
             with gr.Accordion("Import / export", open=False):
                 kind = gr.Radio(["multimask JSON", "COCO with mask fields", "labelme folder"],
                                 value="multimask JSON", label="Import")
@@ -402,48 +519,57 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                 import_root = gr.Textbox(label="Image folder (optional)")
                 mapping = gr.Textbox(label="Field or label map",
                                      placeholder="segmentation=primary, visible_mask=secondary")
-                do_import = gr.Button("Import")
+                do_import = gr.Button("Import", size="sm")
                 with gr.Row():
                     export_name = gr.Textbox(value="export", label="Export name", scale=2)
                     val_fraction = gr.Number(0.2, label="val fraction", minimum=0, maximum=0.9, scale=1)
                     seed = gr.Number(0, label="seed", precision=0, scale=1)
+                gr.Markdown("Export writes train/val files for the command line. The **Train** tab makes its own "
+                            "split of the dataset with its own validation fraction; it does not use exports.",
+                            elem_classes=["mm-note"])
                 with gr.Row():
                     only_done = gr.Checkbox(label="only images marked done")
                     as_labelme = gr.Checkbox(label="also as labelme folders")
-                do_export = gr.Button("Export")
-            message = gr.Markdown()
-        with gr.Column(scale=3):
+                do_export = gr.Button("Export", size="sm")
+                io_message = gr.Markdown()
+        with gr.Column(scale=4, elem_id="mm-label-main"):
             editor = make_editor([view.save_annotations, view.load_image, view.copy_previous, view.propose])
-    ids = gr.State([])
     last = gr.BrowserState({"dataset": None, "image_id": None}, storage_key="multimask-label")
 
+    private = {"api_visibility": "private"}
     opened = {"fn": view.open_dataset, "inputs": [dataset, status_filter, page, last],
-              "outputs": [gallery, old_class, editor, ids, summary, page]}
-    dataset.change(**opened, api_visibility="private")
-    demo.load(view.restore, [last], dataset, api_visibility="private")
-    editor.change(view.remember, [editor], last, api_visibility="private")
-    refresh.click(lambda: gr.update(choices=view.dataset_choices()), None, dataset, api_visibility="private")
-    regallery = {"fn": view.refresh_gallery, "inputs": [dataset, status_filter, page],
-                 "outputs": [gallery, ids, summary, page], "api_visibility": "private"}
+              "outputs": [gallery, old_class, editor, summary, page], **private}
+    regallery = {"fn": view.refresh_gallery, "inputs": [dataset, status_filter, page, gallery],
+                 "outputs": [gallery, summary, page], "show_progress": "hidden", **private}
+    # The dataset is opened explicitly after each change of it (a programmatic value that equals the old one
+    # fires no change event: after a restart the tab stayed empty).
+    dataset.input(**opened)
+    demo.load(view.restore, [last], dataset, **private).then(**opened)
+    refresh.click(view.restore, [last], dataset, **private).then(**opened).then(
+        view.refresh_runs, [run], run, **private)
+    editor.change(view.remember, [editor], last, **private)
+    editor.change(view.current_image, [editor], current, show_progress="hidden", **private)
     status_filter.change(**regallery)
     page.submit(**regallery)
-    gallery.select(view.select_image, [dataset, ids], [editor, selected], api_visibility="private")
-    create.click(view.create_dataset, [new_name, new_classes, new_masks], [dataset, message],
-                 api_name="create_dataset")
-    upload.upload(view.upload, [dataset, upload], message, api_name="upload_images").then(**regallery)
-    add_folder.click(view.add_folder, [dataset, folder], message, api_name="add_folder").then(**regallery)
-    remove.click(view.remove_image, [dataset, selected, confirm], [message, confirm],
+    create.click(view.create_dataset, [new_name, new_classes, new_masks], [dataset, created],
+                 api_name="create_dataset").then(**opened)
+    demo_button.click(view.create_demo, None, [dataset, created], api_name="create_demo").then(**opened)
+    upload.upload(view.upload, [dataset, upload], [images_message, editor], api_name="upload_images").then(
+        **regallery)
+    add_folder.click(view.add_folder, [dataset, folder], [images_message, editor], api_name="add_folder").then(
+        **regallery)
+    remove.click(view.remove_image, [dataset, editor, confirm], [images_message, confirm, editor],
                  api_name="remove_image").then(**regallery)
-    add_class.click(view.add_class, [dataset, new_class], [message, old_class], api_name="add_class").then(
+    add_class.click(view.add_class, [dataset, new_class], [classes_message, old_class], api_name="add_class").then(
         **opened)
-    rename.click(view.rename_class, [dataset, old_class, renamed], [message, old_class],
+    rename.click(view.rename_class, [dataset, old_class, renamed], [classes_message, old_class],
                  api_name="rename_class").then(**opened)
-    for trigger in (run.change, threshold.release):
-        trigger(view.choose_run, [run, threshold], run_info, api_visibility="private")
-    do_import.click(view.import_data, [dataset, kind, import_path, import_root, mapping], message,
-                    api_name="import_data").then(**regallery)
-    do_export.click(view.export, [dataset, export_name, val_fraction, seed, only_done, as_labelme], message,
+    for trigger in (run.change, threshold.change):
+        trigger(view.choose_run, [run, threshold], run_info, **private)
+    view.propose_panel.expand(view.refresh_runs, [run], run, **private)
+    do_import.click(view.import_data, [dataset, kind, import_path, import_root, mapping], io_message,
+                    api_name="import_data").then(**opened)
+    do_export.click(view.export, [dataset, export_name, val_fraction, seed, only_done, as_labelme], io_message,
                     api_name="export_data")
-    gr.Timer(SUMMARY_SECONDS).tick(view.summary, [dataset], summary, show_progress="hidden",
-                                   api_visibility="private")
+    gr.Timer(SUMMARY_SECONDS).tick(**regallery)
     return editor

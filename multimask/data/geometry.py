@@ -83,6 +83,24 @@ def clean_polygons(parts: Any, height: int, width: int, where: str, report: Repo
     return out
 
 
+def flat_polygon(part: Any) -> Polygon:
+    """A shapely polygon from a flat [x1, y1, x2, y2, ...] part, made valid when it crosses itself."""
+    geom = Polygon(np.asarray(part, dtype=np.float64).reshape(-1, 2))
+    return geom if geom.is_valid else shapely.make_valid(geom)
+
+
+def parts_union(parts: list) -> Any:
+    """The union of flat polygon parts, as one shapely geometry (empty for no parts)."""
+    return shapely.union_all([flat_polygon(p) for p in parts])
+
+
+def polygon_iou(a: list, b: list) -> float:
+    """Intersection over union of two masks given as lists of flat polygon parts (0.0 when both are empty)."""
+    ga, gb = parts_union(a), parts_union(b)
+    union = ga.union(gb).area
+    return ga.intersection(gb).area / union if union > 0 else 0.0
+
+
 def polygon_parts(geom) -> list[Polygon]:
     """The polygons with area in a shapely geometry (a Polygon, Multi* or collection)."""
     if isinstance(geom, Polygon):

@@ -13,7 +13,6 @@
   const EDGE_HIT_PX = 6;        // distance at which a click selects an outline
   const CLICK_SLOP_PX = 5;      // a press that moves less than this is a click, not a drag
   const DUP_PX = 3;             // a vertex this close to the previous one is a duplicate (double-click)
-  const OUTSIDE_PX = 8;         // clicks this far outside the image are clamped onto it; further out: ignored
   const MIN_MID_EDGE_PX = 24;   // edges shorter than this on screen get no midpoint handle
   const MIN_SCALE = 0.01, MAX_SCALE = 64, UNDO_LIMIT = 300, LATENCY_LIMIT = 2000;
   const TIMEOUT_MS = { save_annotations: 60000, load_image: 30000, copy_previous: 30000, propose: 300000 };
@@ -26,7 +25,7 @@
   const ui = {
     root: q('.mm-editor'), stage: q('.mm-stage'), svg: q('.mm-svg'), defs: q('.mm-defs'), world: q('.mm-world'),
     image: q('.mm-image'), shapes: q('.mm-shapes'), overlay: q('.mm-overlay'), draw: q('.mm-draw'),
-    hint: q('.mm-hint'), mode: q('.mm-mode'), toast: q('.mm-toast'), info: q('.mm-info'), legend: q('.mm-legend'),
+    hint: q('.mm-hint'), mode: q('.mm-mode'), zoom: q('.mm-zoom'), toast: q('.mm-toast'), info: q('.mm-info'), legend: q('.mm-legend'),
     list: q('.mm-list'), warnings: q('.mm-warnings'), save: q('.mm-save'), reload: q('.mm-reload'),
     classSel: q('.mm-class'), done: q('.mm-done'),
   };
@@ -38,6 +37,8 @@
     instances: [],        // [{id, class, masks: {name: [[[x, y], ...], ...]}}]: parts as lists of points
     status: 'unlabelled',
     active: -1,           // index of the active instance; -1: the next closed polygon starts a new instance
+    fresh: false,         // the active instance is the one just drawn (not picked): a new first-mask polygon
+                          // then starts the next instance instead of adding a part to it
     slot: 0,              // index of the active mask name
     sel: null,            // {inst, name, part, vertex}: the selected part (vertex -1) or vertex
     hidden: new Set(),    // ids of instances hidden in the view (not saved)
@@ -116,6 +117,7 @@
     const int = (v) => (Number.isInteger(v) ? v : 0);
     return {
       dataset: String(d.dataset ?? ''), image_id: String(d.image_id), image_url: String(d.image_url || ''),
+      file_name: typeof d.file_name === 'string' && d.file_name ? d.file_name : String(d.image_id),
       width: w, height: h, classes: strings(d.classes), mask_names: maskNames.length ? maskNames : ['primary', 'secondary'],
       rules: d.rules && typeof d.rules === 'object' ? d.rules : {}, revision: int(d.revision),
       status: STATUSES.includes(d.status) ? d.status : 'unlabelled', palette: palette.length ? palette : FALLBACK_PALETTE,
@@ -176,7 +178,8 @@
     id: inst.id, class: inst.class,
     masks: Object.fromEntries(Object.entries(inst.masks).map(([k, parts]) => [k, parts.map((pt) => pt.map((p) => [p[0], p[1]]))])),
   }));
-  const snapshot = () => ({ instances: cloneInstances(st.instances), status: st.status, active: st.active, slot: st.slot });
+  const snapshot = () => ({ instances: cloneInstances(st.instances), status: st.status, active: st.active, slot: st.slot,
+    fresh: st.fresh });
   const contentKey = (s) => JSON.stringify([s.instances, s.status]);
 
   // Runs `mutate` as one undoable edit; returns whether anything changed.
@@ -190,6 +193,7 @@
   function record(before) {
     if (contentKey(before) === contentKey(st)) { validateSelection(); renderAll(); return false; }
     if (st.status === 'unlabelled' && st.instances.length) st.status = 'in_progress';
+    if (st.status === 'in_progress' && !st.instances.length) st.status = 'unlabelled';
     st.undo.push(before);
     if (st.undo.length > UNDO_LIMIT) st.undo.shift();
     st.redo = [];
@@ -207,6 +211,7 @@
     st.status = s.status;
     st.active = s.active < st.instances.length ? s.active : -1;
     st.slot = s.slot < names().length ? s.slot : 0;
+    st.fresh = !!s.fresh;
     st.sel = null;
     changed();
   }
@@ -290,12 +295,11 @@
       return;
     }
     st.generation += 1;
-    Object.assign(st, { doc, drawing: null, gesture: null, undo: [], redo: [], active: -1, sel: null, warnings: [],
-      leaveAnyway: false, instances: [] });
+    Object.assign(st, { doc, drawing: null, gesture: null, undo: [], redo: [], active: -1, fresh: false, slot: 0,
+      sel: null, warnings: [], leaveAnyway: false, instances: [] });
     st.hidden.clear();
     Object.assign(saver, { revision: doc ? doc.revision : 0, inflight: false, pending: false, blocked: false, error: '' });
     if (doc) {
-      st.slot = Math.min(st.slot, doc.mask_names.length - 1);
       fillClassPicker();
       st.instances = importInstances(raw.instances, [], false);
       st.status = doc.status;
@@ -319,15 +323,16 @@
     if (st.doc.classes.includes(keep)) ui.classSel.value = keep;
   }
 
-  // Loads another image: direction "prev" | "next" | "next_unlabelled", or null for this one again (Reload).
-  // Pending saves go first; if they failed, a second press leaves anyway.
-  async function navigate(direction) {
+  // Loads another image: direction "prev" | "next" | "next_unlabelled", or null for `imageId` (default: this
+  // one again, a Reload). Pending saves go first; if they failed, a second press leaves anyway.
+  async function navigate(direction, imageId) {
     if (!st.doc || st.busy.nav) return;
     if (st.drawing) closeOrCancelDrawing();
     st.busy.nav = true;
     renderPanel();
     const saved = await flushSaves();
-    if (!saved && !saver.blocked && direction !== null && !st.leaveAnyway) {
+    const reload = direction === null && (imageId === undefined || imageId === st.doc.image_id);
+    if (!saved && !saver.blocked && !reload && !st.leaveAnyway) {
       st.busy.nav = false;
       st.leaveAnyway = true;
       toast(`Not saved: ${saver.error || 'pending changes'} — press again to leave anyway`, 5000);
@@ -336,7 +341,8 @@
     }
     const gen = st.generation, doc = st.doc;
     toast('Loading…', 30000);
-    const reply = await call('load_image', [doc.dataset, doc.image_id, direction]);
+    const reply = await call('load_image', [doc.dataset, direction === null && imageId ? imageId : doc.image_id,
+      direction]);
     st.busy.nav = false;
     ui.toast.hidden = true;
     if (gen !== st.generation) return;
@@ -345,19 +351,21 @@
       renderPanel();
       return;
     }
-    if (direction === null) saver.revision = -1;  // a reload takes the store's state, whatever its revision
+    if (reload) saver.revision = -1;  // a reload takes the store's state, whatever its revision
     loadDocument(reply);
     try { props.value = JSON.stringify(reply); } catch (err) { console.error(err); }  // the value names the image
   }
 
-  // Adds the instances that copy_previous or propose return, as one undoable edit.
+  // Adds the instances that copy_previous or propose return, as one undoable edit. Saves go first: the server
+  // leaves out objects the image already has.
   async function addFromServer(fnName, label) {
     if (!st.doc || st.busy[fnName]) return;
     const gen = st.generation, doc = st.doc;
     st.busy[fnName] = true;
     renderPanel();
     toast(`${label}…`, 60000);
-    const reply = await call(fnName, [doc.dataset, doc.image_id]);
+    await flushSaves();
+    const reply = gen === st.generation ? await call(fnName, [doc.dataset, doc.image_id]) : {};
     st.busy[fnName] = false;
     if (gen !== st.generation) return;
     renderPanel();
@@ -365,10 +373,11 @@
       toast(`${label} failed: ${reply.ok === false ? errorText(reply) : 'no instances in the reply'}`, 5000);
       return;
     }
+    const notes = (Array.isArray(reply.notes) ? reply.notes.map(String) : []).map((n) => ` ${n}.`).join('');
     const added = importInstances(reply.instances, st.instances.map((i) => i.id), true);
-    if (!added.length) { toast(`${label}: nothing to add`); return; }
+    if (!added.length) { toast(`${label}: nothing to add.${notes}`, notes ? 6000 : 2500); return; }
     edit(() => { st.instances.push(...added); });
-    toast(`${label}: ${added.length} instance(s) added — Ctrl+Z removes them`, 4000);
+    toast(`${label}: ${added.length} instance(s) added — Ctrl+Z removes them.${notes}`, notes ? 8000 : 4000);
   }
 
   // ---- view: zoom and pan ----------------------------------------------------------------------------------
@@ -404,6 +413,7 @@
       p.firstChild.setAttribute('y2', sp);
       p.firstChild.setAttribute('stroke-width', sp / 3);
     });
+    ui.zoom.textContent = `${Math.round(v.s * 100)}%`;
     renderOverlay();
     renderDraw();
   }
@@ -555,8 +565,8 @@
     [ui.info, ui.legend, ui.list, ui.warnings].forEach((el) => { el.textContent = ''; });
     renderMode();
     if (!doc) return;
-    const info = htmlEl('div', {}, ui.info);
-    htmlEl('b', {}, info, doc.image_id);
+    const info = htmlEl('div', { title: `image id ${doc.image_id}` }, ui.info);
+    htmlEl('b', { class: 'mm-file' }, info, doc.file_name);
     info.append(` — ${doc.width}×${doc.height}`);
     const pos = doc.count ? `image ${doc.position + 1} / ${doc.count} · ` : '';
     htmlEl('div', {}, ui.info, `${pos}${st.status.replace('_', ' ')} · ${doc.dataset}`);
@@ -566,22 +576,36 @@
     renderLegend();
     renderList();
     st.warnings.forEach((w) => htmlEl('div', {}, ui.warnings, '⚠ ' + w));
+    announce();
   }
 
+  // Tells the page (the gallery) which image is shown and its status, when that changes.
+  let announced = '';
+  function announce() {
+    const detail = st.doc ? { dataset: st.doc.dataset, image_id: st.doc.image_id, status: st.status } : null;
+    const key = JSON.stringify(detail);
+    if (key === announced) return;
+    announced = key;
+    document.dispatchEvent(new CustomEvent('mm-editor-image', { detail }));
+  }
+
+  // The status line over the canvas: where the next polygon goes, and what to do next.
   function renderMode() {
     ui.mode.textContent = '';
     if (!st.doc) return;
-    const inst = st.instances[st.active];
-    htmlEl('span', { class: 'mm-swatch', style: `background:${rgb(inst ? colorOf(st.active) : [255, 255, 255])}` }, ui.mode);
-    let text = `${inst ? `#${st.active + 1} ${inst.class}` : `new instance (${defaultClass()})`} · ${names()[st.slot]}`;
+    const t = targetInstance(), inst = st.instances[t], name = names()[st.slot];
+    htmlEl('span', { class: 'mm-swatch', style: `background:${rgb(inst ? colorOf(t) : [255, 255, 255])}` }, ui.mode);
+    let text = `${inst ? `#${t + 1} ${inst.class}` : `new instance (${defaultClass()})`} · ${name}`;
     if (st.drawing) text += ` · ${st.drawing.length} point(s): click the first point, Enter or double-click to close`;
+    else if (!inst && st.slot > 0) text += ` · press 1 to draw its ${names()[0]} first`;
+    else if (!inst && st.fresh && names().length > 1) text += ` · or press 2 to add a ${names()[1]} to #${st.active + 1}`;
     htmlEl('span', {}, ui.mode, text);
   }
 
   // Legend of the mask styles, which is also the mask slot picker.
   function renderLegend() {
     htmlEl('div', { class: 'mm-legend-title' }, ui.legend, 'Mask slot (1–9, Tab)');
-    const c = st.instances[st.active] ? colorOf(st.active) : [60, 60, 60];
+    const c = targetInstance() >= 0 ? colorOf(targetInstance()) : [60, 60, 60];
     names().forEach((name, k) => {
       const item = htmlEl('div', { class: 'mm-legend-item' + (k === st.slot ? ' mm-active' : ''), 'data-slot': k }, ui.legend);
       htmlEl('span', { class: `mm-style mm-style-${Math.min(k, 3)}`, style: `--c:${rgb(c)};--f:${rgb(c, 0.45)}` }, item);
@@ -593,7 +617,7 @@
   function renderList() {
     st.instances.forEach((inst, i) => {
       const li = htmlEl('li', { class: 'mm-item', 'data-index': i }, ui.list);
-      li.classList.toggle('mm-active', i === st.active);
+      li.classList.toggle('mm-active', i === targetInstance());
       li.classList.toggle('mm-hidden', st.hidden.has(inst.id));
       htmlEl('span', { class: 'mm-swatch', style: `background:${rgb(colorOf(i))}` }, li);
       htmlEl('span', { class: 'mm-num' }, li, `#${i + 1}`);
@@ -611,14 +635,16 @@
       del.addEventListener('click', (e) => { e.stopPropagation(); deleteInstance(i); });
       li.addEventListener('click', (e) => { if (!/^(SELECT|OPTION)$/.test(e.target.tagName)) activate(i); });
     });
-    const li = htmlEl('li', { class: 'mm-item mm-new' + (st.active < 0 ? ' mm-active' : '') }, ui.list,
-      st.active < 0 ? 'new instance: draw its first polygon' : '+ new instance (N)');
+    const fresh = targetInstance() < 0;
+    const li = htmlEl('li', { class: 'mm-item mm-new' + (fresh ? ' mm-active' : '') }, ui.list,
+      fresh ? 'new instance: draw its first polygon' : '+ new instance (N)');
     li.addEventListener('click', newInstance);
   }
 
   // ---- instance and selection commands ---------------------------------------------------------------------
   function activate(i) {
     st.active = i >= 0 && i < st.instances.length ? i : -1;
+    st.fresh = false;
     st.sel = null;
     renderAll();
     focusEditor();
@@ -631,7 +657,7 @@
   }
   function newInstance() {
     if (st.drawing) closeOrCancelDrawing();
-    Object.assign(st, { active: -1, slot: 0, sel: null });
+    Object.assign(st, { active: -1, fresh: false, slot: 0, sel: null });
     renderAll();
     focusEditor();
   }
@@ -674,7 +700,7 @@
   function insertOnEdge(hit) {
     edit(() => {
       st.instances[hit.inst].masks[hit.name][hit.part].splice(hit.idx + 1, 0, clampPt(hit.point[0], hit.point[1]));
-      st.active = hit.inst;
+      Object.assign(st, { active: hit.inst, fresh: false });
       st.sel = { inst: hit.inst, name: hit.name, part: hit.part, vertex: hit.idx + 1 };
     });
   }
@@ -692,9 +718,7 @@
 
   // A click at screen point p: start, extend or close the polygon being drawn.
   function clickVertex(e, p) {
-    const [x, y] = toImage(p), tol = OUTSIDE_PX / st.view.s;
-    if (!(x >= -tol && y >= -tol && x <= st.doc.width + tol && y <= st.doc.height + tol)) return;  // off the image
-    const pt = clampPt(x, y), d = st.drawing;
+    const pt = clampPt(...toImage(p)), d = st.drawing;  // a click off the image lands on its border
     st.cursor = p;
     if (!d) {
       st.drawing = [pt];
@@ -714,22 +738,36 @@
     renderMode();
   }
 
-  // Closes the polygon being drawn into a new part of the active instance's active mask: one undoable edit.
+  // The instance the next closed polygon goes to; -1: a new one. A first-mask polygon after a finished instance
+  // drawn just now starts the next instance, so forgetting N never merges two objects; to add a part to an
+  // instance, pick it (list, outline) first.
+  function targetInstance() {
+    const inst = st.instances[st.active];
+    if (!inst) return -1;
+    return st.fresh && st.slot === 0 && (inst.masks[names()[0]] || []).length ? -1 : st.active;
+  }
+
+  // Closes the polygon being drawn into a new part of the target instance's active mask: one undoable edit.
+  // After a later mask's polygon of a just-drawn instance, the slot goes back to the first mask.
   function closeDrawing() {
     if (!st.drawing) return false;
     if (st.drawing.length < 3) { toast('A polygon needs at least 3 points'); return false; }
     const pts = st.drawing, name = names()[st.slot];
     st.drawing = null;
     edit(() => {
-      if (!st.instances[st.active]) {
+      let i = targetInstance();
+      if (i < 0) {
         const masks = Object.fromEntries(names().map((n) => [n, []]));
-        st.instances.push({ id: newId(new Set(st.instances.map((i) => i.id))), class: defaultClass(), masks });
-        st.active = st.instances.length - 1;
+        st.instances.push({ id: newId(new Set(st.instances.map((x) => x.id))), class: defaultClass(), masks });
+        i = st.instances.length - 1;
+        st.fresh = true;
       }
-      const inst = st.instances[st.active];
+      const inst = st.instances[i];
+      st.active = i;
       st.hidden.delete(inst.id);
       (inst.masks[name] = inst.masks[name] || []).push(pts);
-      st.sel = { inst: st.active, name, part: inst.masks[name].length - 1, vertex: -1 };
+      st.sel = { inst: i, name, part: inst.masks[name].length - 1, vertex: -1 };
+      if (st.fresh && st.slot > 0) st.slot = 0;
     });
     return true;
   }
@@ -787,7 +825,7 @@
 
   // ---- pointer gestures: a press becomes a click (draw), a vertex drag, a part move, a select or a pan ---------
   function onPointerDown(e) {
-    if (!st.doc || st.gesture) return;
+    if (!st.doc || st.gesture || e.target === ui.zoom) return;
     focusEditor();
     const p = local(e);
     let g = { kind: 'click', start: p, moved: false, id: e.pointerId };
@@ -815,7 +853,7 @@
         part.splice(h.idx + 1, 0, [(a[0] + b[0]) / 2, (a[1] + b[1]) / 2]);
       }
       st.sel = { inst: h.inst, name: h.name, part: h.part, vertex: h.idx + (h.type === 'm' ? 1 : 0) };
-      st.slot = names().indexOf(h.name);
+      Object.assign(st, { slot: names().indexOf(h.name), fresh: false });
       renderAll();
       return { ...base, kind: 'vertex', before };
     }
@@ -860,7 +898,8 @@
       record(g.before);  // one undoable edit per drag (a midpoint insert included)
     } else if (g.kind === 'select' && !g.moved) {
       const ed = g.edge;
-      Object.assign(st, { active: ed.inst, slot: names().indexOf(ed.name), sel: { inst: ed.inst, name: ed.name, part: ed.part, vertex: -1 } });
+      Object.assign(st, { active: ed.inst, fresh: false, slot: names().indexOf(ed.name),
+        sel: { inst: ed.inst, name: ed.name, part: ed.part, vertex: -1 } });
       renderAll();
     } else if ((g.kind === 'click' || g.kind === 'move') && !g.moved) {
       clickVertex(e, local(e));
@@ -957,7 +996,7 @@
     [ui.stage, 'contextmenu', (e) => e.preventDefault()],
     [ui.stage, 'pointerleave', () => { st.cursor = null; updateRubber(); }],
     [ui.root, 'pointerenter', () => { st.hover = true; }], [ui.root, 'pointerleave', () => { st.hover = false; }],
-    [q('.mm-toolbar'), 'click', onToolbarClick],
+    [q('.mm-toolbar'), 'click', onToolbarClick], [ui.zoom, 'click', () => { fit(); focusEditor(); }],
     [ui.save, 'click', () => { if (saver.error && !saver.blocked) scheduleSave(); }],
     [ui.classSel, 'change', () => { renderMode(); focusEditor(); }],
     [ui.image, 'error', () => { if (st.doc) toast(`Could not load the image ${st.doc.image_url}`, 6000); }],
@@ -977,13 +1016,16 @@
   const api = {
     state: () => ({
       dataset: st.doc && st.doc.dataset, image_id: st.doc && st.doc.image_id, revision: saver.revision,
-      status: st.status, instances: st.doc ? exportInstances() : [], active: st.active, slot: st.slot,
+      status: st.status, instances: st.doc ? exportInstances() : [], active: st.active, target: targetInstance(),
+      slot: st.slot,
       mask_name: names()[st.slot], drawing: st.drawing ? st.drawing.length : 0, save: ui.save.dataset.state,
       saving: saver.inflight || saver.pending, undo: st.undo.length, redo: st.redo.length, hidden: [...st.hidden],
       view: { ...st.view }, warnings: st.warnings.slice(),
     }),
     lastLatencies: latencies,
+    drawingPoints: () => (st.drawing ? st.drawing.map((p) => [p[0], p[1]]) : []),
     flush: flushSaves,
+    open: (imageId) => navigate(null, String(imageId)),  // the gallery's thumbnails
   };
   window.mmEditor = api;
   const host = element.parentElement && element.parentElement.closest('[id]');  // the block with the elem_id
