@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import tempfile
 import threading
 import warnings
@@ -36,6 +37,7 @@ GALLERY_PAGE = 60  # thumbnails per gallery page: a 10,000-image dataset opens a
 THUMB_SIZE = 192  # px, longest side of the gallery thumbnails (cached in <dataset>/thumbs/)
 STATUS_FILTERS = ["all", "unlabelled", "in_progress", "done"]
 DEFAULT_PROPOSE_THRESHOLD = 0.5
+TOAST_CHARS = 300  # longer messages are cut in the toast; the panel next to the button has them whole
 DEMO_NAME = "demo"
 DEMO_LABELLED, DEMO_UNLABELLED = 24, 6  # synthetic images: labelled ones to train on, unlabelled ones to try
 
@@ -57,7 +59,9 @@ def _pairs(text: str) -> dict[str, str]:
 def notify(message: str) -> str:
     """Show `message` as a toast at the top of the page (a warning when it starts with ⚠️); returns it."""
     bad = message.startswith("⚠️")
-    text = message.split("\n\n")[0].removeprefix("⚠️").strip().replace("**", "").replace("`", "")
+    parts = [t.removeprefix("⚠️").strip() for t in message.split("\n\n") if not t.startswith("```")]
+    text = " ".join(parts).replace("**", "").replace("`", "")
+    text = text if len(text) <= TOAST_CHARS else text[:TOAST_CHARS - 1] + "…"
     with warnings.catch_warnings():  # outside an event (tests), Gradio warns instead of showing a toast
         warnings.simplefilter("ignore")
         (gr.Warning if bad else gr.Info)(text, duration=8 if bad else 4)
@@ -81,6 +85,21 @@ def thumbnail(ds: LabelDataset, image_id: str) -> Path:
             return ds.image_path(image_id)
         atomic_write_bytes(path, data.tobytes())
     return path
+
+
+SECRET_FILE = ".browser-state-secret"  # in the data root: what the browser remembers survives a restart
+
+
+def browser_secret(data_root: Path) -> str:
+    """The key Gradio encrypts this app's browser-remembered values with, kept in the data root (Gradio's
+    default, a new key per start, made the Label tab forget its dataset and image at every restart)."""
+    path = Path(data_root) / SECRET_FILE
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        atomic_write_bytes(path, secrets.token_hex(32).encode("ascii"))
+        path.chmod(0o600)
+        return path.read_text(encoding="ascii").strip()
 
 
 SUMMARY_SECONDS = 5.0  # the gallery's badges and the counts line follow other tabs' autosaves
@@ -534,7 +553,8 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                 io_message = gr.Markdown()
         with gr.Column(scale=4, elem_id="mm-label-main"):
             editor = make_editor([view.save_annotations, view.load_image, view.copy_previous, view.propose])
-    last = gr.BrowserState({"dataset": None, "image_id": None}, storage_key="multimask-label")
+    last = gr.BrowserState({"dataset": None, "image_id": None}, storage_key="multimask-label",
+                           secret=browser_secret(view.store.root))
 
     private = {"api_visibility": "private"}
     opened = {"fn": view.open_dataset, "inputs": [dataset, status_filter, page, last],
