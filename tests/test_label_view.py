@@ -237,3 +237,11 @@ def test_the_demo_dataset_is_labelled_and_ready_to_train(view):
     assert ds.classes == ["disc", "box", "triangle"] and ds.mask_names == ["primary", "secondary"]
     assert view.create_demo()[0]["value"] == "demo2", "a second demo does not touch the first"
     assert len(view.store.open("demo").images()) == 30
+
+
+def test_the_browser_state_key_is_kept_outside_the_served_data_root(tmp_path):
+    from app.labeling.view import browser_secret
+
+    first = browser_secret(tmp_path / "runs")
+    assert len(first) == 64 and browser_secret(tmp_path / "runs") == first, "the same key after a restart"
+    assert (tmp_path / "runs" / ".browser-state-secret").stat().st_mode & 0o077 == 0

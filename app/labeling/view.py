@@ -87,13 +87,13 @@ def thumbnail(ds: LabelDataset, image_id: str) -> Path:
     return path
 
 
-SECRET_FILE = ".browser-state-secret"  # in the data root: what the browser remembers survives a restart
+SECRET_FILE = ".browser-state-secret"  # in the runs root, which is not served (the data root is)
 
 
-def browser_secret(data_root: Path) -> str:
-    """The key Gradio encrypts this app's browser-remembered values with, kept in the data root (Gradio's
-    default, a new key per start, made the Label tab forget its dataset and image at every restart)."""
-    path = Path(data_root) / SECRET_FILE
+def browser_secret(folder: Path) -> str:
+    """The key Gradio encrypts this app's browser-remembered values with, kept in `folder` (Gradio's default, a
+    new key per start, made the Label tab forget its dataset and image at every restart)."""
+    path = Path(folder) / SECRET_FILE
     try:
         return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
@@ -554,7 +554,7 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
         with gr.Column(scale=4, elem_id="mm-label-main"):
             editor = make_editor([view.save_annotations, view.load_image, view.copy_previous, view.propose])
     last = gr.BrowserState({"dataset": None, "image_id": None}, storage_key="multimask-label",
-                           secret=browser_secret(view.store.root))
+                           secret=browser_secret(view.runs_root))
 
     private = {"api_visibility": "private"}
     opened = {"fn": view.open_dataset, "inputs": [dataset, status_filter, page, last],
