@@ -671,3 +671,11 @@ def test_tiff_is_stored_as_png_for_the_browser(tmp_path):
     entry = ds.add_image_bytes("scan.tif", cv2.imencode(".tiff", img)[1].tobytes())
     assert entry["file_name"].endswith(".png") and (entry["width"], entry["height"]) == (40, 30)
     assert np.array_equal(cv2.imread(str(ds.image_path(entry["id"]))), img)
+
+
+def test_an_image_whose_instances_were_all_deleted_is_unlabelled_again(ds):
+    (image,) = _add(ds, 1)
+    assert ds.save(image, 0, [_inst("a")])["status"] == "in_progress"
+    assert ds.save(image, 1, [], "in_progress")["status"] == "unlabelled"  # what an older editor sent
+    assert ds.images()[0]["status"] == "unlabelled"
+    assert ds.save(image, 2, [], "done")["status"] == "done", "a checked negative stays done"

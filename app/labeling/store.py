@@ -362,7 +362,8 @@ class LabelDataset:
 
         PayloadError for bad instances, ConflictError (nothing written) when the image was saved elsewhere
         since `base_revision`. Without `status`: "in_progress" when instances exist and it was "unlabelled",
-        "unlabelled" when there are none and it is not "done", else unchanged. Warnings: instances without
+        "unlabelled" when there are none and it is not "done", else unchanged; "in_progress" without any
+        instance is stored as "unlabelled". Warnings: instances without
         any mask (not saved), parts that cross themselves or have no area (repaired on export), and, under
         the rule `secondary_inside_primary`, instances whose second mask is not inside their first.
         """
@@ -382,6 +383,8 @@ class LabelDataset:
             old = current.get("status", entry["status"])
             new = status or ("in_progress" if clean and old == "unlabelled"
                              else "unlabelled" if not clean and old != "done" else old)
+            if new == "in_progress" and not clean:  # every instance deleted: nothing is in progress
+                new = "unlabelled"
             revision = base_revision + 1
             atomic_write_json(self.annotations_dir / f"{image_id}.json",
                               {"revision": revision, "status": new, "instances": clean, "saved_at": _now()})
