@@ -15,6 +15,7 @@ from detectron2.utils.events import EventStorage
 from multimask.data import register_multimask_dataset
 from multimask.engine import MultiMaskTrainer, run_weights
 from multimask.engine.hooks import (
+    BestCheckpointer,
     EarlyStopped,
     EarlyStopping,
     GPUMemory,
@@ -77,7 +78,8 @@ def _iteration(path) -> int:
 def test_metric_tracker_counts_evaluations_without_improvement():
     t = MetricTracker("max")
     assert t.update(2.0, 0) and (t.best, t.best_iter, t.stale) == (2.0, 0, 0)
-    assert not t.update(2.0, 1) and t.stale == 1, "equal is not an improvement"
+    assert t.update(2.0, 1) and (t.best, t.best_iter, t.stale) == (2.0, 1, 1), \
+        "an equal value moves the best to its later iteration, but is no improvement"
     assert not t.update(float("nan"), 2) and not t.update(None, 3) and t.stale == 3
     assert t.update(2.5, 4) and (t.best, t.best_iter, t.stale) == (2.5, 4, 0)
     t = MetricTracker("min")
@@ -109,12 +111,12 @@ def test_early_stopping_raises_after_patience_evaluations_without_improvement():
     _step(hook, 2, 1.0)  # not an evaluation step (period 2): ignored
     _step(hook, 3)  # evaluation step, but the metric is still the one from iteration 1: not counted
     assert (hook.tracker.best, hook.tracker.stale) == (5.0, 0)
-    _step(hook, 5, 5.0)
+    _step(hook, 5, 5.0)  # equal: no improvement, but the best is now the later one (as model_best.pth)
     assert hook.tracker.stale == 1 and not saved
     with pytest.raises(EarlyStopped) as e:
         _step(hook, 7, 4.0)
     assert str(e.value) == ("early stopping at iteration 7: bbox/AP did not improve for 2 evaluations; "
-                            "best 5 at iteration 1")
+                            "best 5 at iteration 5")
     assert e.value.iteration == 7 and saved == [("model_final", {"iteration": 7})]
 
 
@@ -169,12 +171,12 @@ def test_hooks_order_and_when_they_are_added(synth_data, tmp_path):
     assert hooks[types.index(d2hooks.PeriodicWriter)]._period == 3
     i = types.index(d2hooks.EvalHook)
     assert types[i - 1] is GracefulStop, "a stop does not wait for an evaluation"
-    assert types[i + 1:i + 3] == [d2hooks.BestCheckpointer, EarlyStopping]
+    assert types[i + 1:i + 3] == [BestCheckpointer, EarlyStopping]
     assert types.index(d2hooks.PeriodicWriter) > i + 2
     assert GPUMemory not in types, "the model is on the CPU"
     cfg = _cfg(synth_data, tmp_path, 4, **{"TEST.EVAL_PERIOD": 0, "MULTIMASK.EARLY_STOP_PATIENCE": 3})
     types = [type(h) for h in MultiMaskTrainer(cfg)._hooks]
-    assert d2hooks.BestCheckpointer not in types and EarlyStopping not in types
+    assert BestCheckpointer not in types and EarlyStopping not in types
     cfg = _cfg(synth_data, tmp_path, 4, **{"MULTIMASK.BEST_METRIC": "segm/primary/AP-nope"})
     with pytest.raises(ValueError, match="dataset 'synth_val' has no class 'nope'"):
         MultiMaskTrainer(cfg)
@@ -220,7 +222,8 @@ class _Records(logging.Handler):
 
 
 def test_early_stop_with_real_evaluation_keeps_the_best_checkpoint(synth_data, tmp_path):
-    # LR 0: the weights never change, so every evaluation equals the first: no improvement after it
+    # LR 0: the weights never change, so every evaluation equals the first: no improvement after it, but the
+    # best checkpoint follows the ties to the latest evaluation
     cfg = _cfg(synth_data, tmp_path, 20, **{"SOLVER.BASE_LR": 0.0, "TEST.EVAL_PERIOD": 2,
                                             "MULTIMASK.EARLY_STOP_PATIENCE": 1})
     log, logger = _Records(), logging.getLogger("multimask.engine.trainer")
@@ -236,16 +239,16 @@ def test_early_stop_with_real_evaluation_keeps_the_best_checkpoint(synth_data, t
     results = _json(tmp_path / "eval_results.json")
     assert summary == {"iterations": 4, "max_iter": 20, "early_stopped": True,
                        "best": {"metric": "segm/primary/AP", "mode": "max", "value": results["segm/primary"]["AP"],
-                                "iteration": 1, "checkpoint": "model_best.pth"}}
+                                "iteration": 3, "checkpoint": "model_best.pth"}}
     assert [e["iteration"] for e in _json(tmp_path / "evaluations.json")] == [1, 3]
     assert set(results) == {"bbox", "segm/primary", "segm/secondary"}
-    assert _iteration(tmp_path / "model_best.pth") == 1
+    assert _iteration(tmp_path / "model_best.pth") == 3
     assert _iteration(tmp_path / "model_final.pth") == 3
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth", "model_best is not a resume point"
     assert run_weights(tmp_path) == tmp_path / "model_best.pth"
     value = results["segm/primary"]["AP"]
     assert log.messages[-1] == (f"early stopping at iteration 3: segm/primary/AP did not improve for 1 "
-                                f"evaluations; best {value:.4g} at iteration 1")
+                                f"evaluations; best {value:.4g} at iteration 3")
     rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert rows and not any("max_mem_mb" in r for r in rows), "no GPU memory on the CPU"
 
@@ -258,6 +261,24 @@ def test_summary_after_a_normal_end_and_min_mode(synth_data, tmp_path):
         "best": {"metric": "bbox/AP", "mode": "min", "value": 3.0, "iteration": 1, "checkpoint": "model_best.pth"}}
     assert _json(tmp_path / "eval_results.json")["bbox"] == {"AP": 4.0, "AP50": 14.0}, "the final evaluation"
     assert _iteration(tmp_path / "model_best.pth") == 1
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_equal_evaluations_keep_the_latest_checkpoint_as_the_best(synth_data, tmp_path, mode):
+    """Every AP 0 (a short first run): model_best.pth is the last evaluated weights, not the first ones."""
+    cfg = _cfg(synth_data, tmp_path, 3, **{"MULTIMASK.BEST_METRIC": "bbox/AP", "MULTIMASK.BEST_MODE": mode})
+    _train(_scripted([0.0, 0.0, 0.0]), cfg)  # after iterations 0 and 1, and the final one (recorded at 3)
+    assert _json(tmp_path / "summary.json")["best"]["iteration"] == 3
+    assert _iteration(tmp_path / "model_best.pth") == 3
+
+
+def test_equal_evaluations_do_not_delay_early_stopping(synth_data, tmp_path):
+    cfg = _cfg(synth_data, tmp_path, 10, **{"MULTIMASK.BEST_METRIC": "bbox/AP", "MULTIMASK.EARLY_STOP_PATIENCE": 2})
+    _train(_scripted([1.0, 1.0, 1.0, 5.0]), cfg)
+    summary = _json(tmp_path / "summary.json")
+    assert (summary["iterations"], summary["early_stopped"]) == (3, True), "ties are no improvement"
+    assert (summary["best"]["value"], summary["best"]["iteration"]) == (1.0, 2), "the latest of the ties"
+    assert _iteration(tmp_path / "model_best.pth") == 2
 
 
 def test_early_stop_writes_the_best_evaluation_and_resume_restores_the_best(synth_data, tmp_path):

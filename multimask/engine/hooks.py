@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 from detectron2.engine import HookBase
+from detectron2.engine import hooks as d2hooks
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
@@ -94,7 +95,9 @@ class EarlyStopped(BaseException):
 class MetricTracker:
     """The best value of a metric over evaluations, and how many evaluations in a row did not improve it.
 
-    Like detectron2's BestCheckpointer: NaN and infinite values never improve, nor does an equal value.
+    NaN and infinite values never count. A value equal to the best moves the best to its (later) iteration, as
+    `BestCheckpointer` keeps the latest of equal checkpoints, but it is no improvement: it does not reset the
+    count, so early stopping still ends a plateau (e.g. every AP 0).
     """
 
     def __init__(self, mode: str = "max"):
@@ -104,12 +107,30 @@ class MetricTracker:
         self.stale = 0
 
     def update(self, value: float | None, iteration: int) -> bool:
-        """Count one evaluation; True when `value` is the new best."""
-        if value is not None and math.isfinite(value) and (self.best is None or self._better(value, self.best)):
+        """Count one evaluation; True when `value` is the best so far or equals it (the best moves to it)."""
+        if value is None or not math.isfinite(value):
+            self.stale += 1
+            return False
+        if self.best is None or self._better(value, self.best):
             self.best, self.best_iter, self.stale = value, iteration, 0
             return True
         self.stale += 1
+        if value == self.best:
+            self.best_iter = iteration
+            return True
         return False
+
+
+class BestCheckpointer(d2hooks.BestCheckpointer):
+    """detectron2's BestCheckpointer, but an evaluation equal to the best one replaces `model_best.pth`.
+
+    Of equal scores the latest, most trained weights are kept: when every AP is still 0 (or ties), the best
+    checkpoint is not the earliest one.
+    """
+
+    def __init__(self, eval_period: int, checkpointer, val_metric: str, mode: str = "max"):
+        super().__init__(eval_period, checkpointer, val_metric, mode)
+        self._compare = operator.ge if mode == "max" else operator.le
 
 
 def track(evaluations: Mapping[int, dict], metric: str, mode: str) -> MetricTracker:

@@ -15,7 +15,7 @@ from ..config import best_metric, split_metric, validate_multimask_config
 from ..data.mapper import MultiMaskDatasetMapper
 from ..evaluation import MultiMaskEvaluator, save_results
 from ..io import atomic_write_json, read_json
-from .hooks import EarlyStopped, EarlyStopping, GPUMemory, GracefulStop, track
+from .hooks import BestCheckpointer, EarlyStopped, EarlyStopping, GPUMemory, GracefulStop, track
 from .weights import BEST_CHECKPOINT, MultiMaskCheckpointer, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class MultiMaskTrainer(DefaultTrainer):
 
     Periodic checkpoints and evaluation follow SOLVER.CHECKPOINT_PERIOD and TEST.EVAL_PERIOD; `resume`
     continues from the output folder's last checkpoint. With periodic evaluation, `model_best.pth` keeps the
-    weights of the best MULTIMASK.BEST_METRIC, and MULTIMASK.EARLY_STOP_PATIENCE > 0 enables early stopping.
+    weights of the best MULTIMASK.BEST_METRIC (the latest of equal ones), and MULTIMASK.EARLY_STOP_PATIENCE > 0
+    enables early stopping.
     """
 
     def __init__(self, cfg):
@@ -87,7 +88,7 @@ class MultiMaskTrainer(DefaultTrainer):
                                "TEST.EVAL_PERIOD > 0; training will not stop early")
             return []
         metric, mode = best_metric(cfg), cfg.MULTIMASK.BEST_MODE
-        out = [d2hooks.BestCheckpointer(period, self.checkpointer, metric, mode)] if comm.is_main_process() else []
+        out = [BestCheckpointer(period, self.checkpointer, metric, mode)] if comm.is_main_process() else []
         if patience:
             out.append(EarlyStopping(period, metric, mode, patience))
         return out
