@@ -293,7 +293,8 @@ def test_training_stops_gracefully_and_resumes_to_the_same_schedule(tmp_path):
     job = m.wait(job["id"], 60)
     assert job["state"] == "cancelled", m.log_tail(job["id"])
     assert job["returncode"] == 3
-    n = int(re.search(r"stopped at iteration (\d+); resume with --resume", job["error"]).group(1))
+    n = int(re.search(r"stopped after (\d+) iterations \(checkpoint saved\); press Resume to continue",
+                      job["error"]).group(1)) - 1  # the checkpoint's iteration, counted from 0
     assert 19 <= n < 39
     assert (run / "last_checkpoint").read_text() == f"model_{n:07d}.pth"
     assert not (run / "model_final.pth").exists()

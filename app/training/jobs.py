@@ -78,6 +78,7 @@ sys.exit(rc if rc >= 0 else 128 - rc)
 OOM_MESSAGE = "CUDA ran out of memory: lower SOLVER.IMS_PER_BATCH or the image size (INPUT.MIN_SIZE_TRAIN)"
 NAN_MESSAGE = "the loss became NaN: lower SOLVER.BASE_LR (e.g. halve it) or raise SOLVER.WARMUP_ITERS"
 NO_GPU_MESSAGE = "no usable GPU: run on the CPU (device cpu)"
+STOPPED_RE = re.compile(r"stopped at iteration (\d+); resume with --resume")  # hooks.TrainingStopped's message
 UNEXPECTED_MESSAGE = "the process ended unexpectedly"
 
 logger = logging.getLogger(__name__)
@@ -96,9 +97,27 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def offline_weights_message(file_name: str, folder: str = "the runs folder") -> str:
+    """What to do when model-zoo weights cannot be downloaded, naming the Train form's options."""
+    return (f"the model-zoo weights {file_name} cannot be downloaded (no internet access?): download {file_name} "
+            f"on another machine, copy it into {folder}, then choose 'Local weights file' under Starting point "
+            "and give its path; or start from the tiny model or from scratch")
+
+
+def stopped_message(log_text: str) -> str | None:
+    """The Train tab's words for a graceful stop in a job's log: completed iterations and the Resume button."""
+    found = STOPPED_RE.findall(log_text or "")
+    if not found:
+        return None
+    return f"stopped after {int(found[-1]) + 1} iterations (checkpoint saved); press Resume to continue"
+
+
 def classify_failure(log_text: str) -> str:
     """A one-line explanation of a failed job's log, with what to do about it where known."""
     text = log_text or ""
+    offline = re.search(r"cannot download model weights '([^']+)'", text)
+    if offline:
+        return offline_weights_message(offline.group(1).rsplit("/", 1)[-1])
     if re.search(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory", text):
         return OOM_MESSAGE
     if re.search(r"Loss became infinite or NaN|FloatingPointError", text):
@@ -113,6 +132,20 @@ def classify_failure(log_text: str) -> str:
     if errors:
         return errors[-1]
     return lines[-1] if lines else ""
+
+
+def tail_lines(path: Path, n: int = 50) -> str:
+    """The last `n` lines of a text file (from its last 256 KiB); "" when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    lines = data.replace("\r", "\n").splitlines()
+    return "\n".join(lines[-n:]) if n > 0 else ""
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -271,17 +304,7 @@ class JobManager:
         return sorted(self._all(), key=lambda j: (j.get("created", ""), j["id"]), reverse=True)
 
     def log_tail(self, job_id: str, n: int = 50) -> str:
-        path = Path(self._load(job_id)["log"])
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - 256 * 1024))
-                data = f.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-        lines = data.replace("\r", "\n").splitlines()
-        return "\n".join(lines[-n:]) if n > 0 else ""
+        return tail_lines(Path(self._load(job_id)["log"]), n)
 
     # -- submitting ------------------------------------------------------------------------------------------
 
@@ -468,9 +491,8 @@ class JobManager:
             job.update(state="completed", error=None)
         elif job["state"] == "stopping" and rc in (None, STOPPED_EXIT_CODE, -signal.SIGTERM, -signal.SIGKILL,
                                                    -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGKILL):
-            stopped = re.findall(r"stopped at iteration \d+; resume with --resume", text)
-            job.update(state="cancelled",
-                       error=stopped[-1] if stopped else "stopped" + (" (killed)" if rc != STOPPED_EXIT_CODE else ""))
+            job.update(state="cancelled", error=stopped_message(text)
+                       or "stopped" + (" (killed)" if rc != STOPPED_EXIT_CODE else ""))
         else:
             if rc is None:
                 msg = f"{UNEXPECTED_MESSAGE} (no exit status)"
