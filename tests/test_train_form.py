@@ -36,7 +36,7 @@ def test_numbers_may_arrive_as_text_or_floats():
     ("device", "gpu", "device"), ("schedule", "poly", "schedule"), ("start", "run:missing", "starting point"),
     ("start", "../../etc", "starting point"), ("run_name", "../escape", "run name"), ("run_name", 5, "run name"),
     ("dataset", "", "dataset"), ("dataset", ["a"], "dataset"), ("amp", "yes", "mixed precision"),
-    ("eval_period", 41, "eval period"), ("best_metric", "segm/primary/AP; rm", "best metric"),
+    ("eval_period", -1, "eval period"), ("best_metric", "segm/primary/AP; rm", "best metric"),
     ("num_gpus", 3, "multiple of the number of GPUs"), ("advanced", 7, "advanced"),
 ])
 def test_bad_values_are_refused_with_the_field_named(field, value, words):
@@ -155,7 +155,7 @@ def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp
 
 def test_evaluation_prefers_the_final_results(tmp_path):
     _write_lines(tmp_path / "metrics.json", [{"iteration": 9, "segm/primary/AP": 10.0}])
-    assert monitor.evaluation(tmp_path)[0] == "evaluation at iteration 10"
+    assert monitor.evaluation(tmp_path)[0] == "evaluation after 10 iterations"
     final = {"bbox": {"AP": 50.0, "AP50": 70.123, "AP-disc": None}, "segm/primary": {"AP": 40.0, "AP-disc": 41.0}}
     (tmp_path / "eval_results.json").write_text(json.dumps(final))
     caption, results = monitor.evaluation(tmp_path)
@@ -165,12 +165,13 @@ def test_evaluation_prefers_the_final_results(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert monitor.evaluation(tmp_path)[0] == (
         "final evaluation; stopped early after 60 iterations, the results are the best evaluation's; "
-        "best segm/primary/AP 41.23 at iteration 40: model_best.pth, used by Predict and Propose")
+        "best segm/primary/AP 41.23 after 40 iterations: model_best.pth, used by Predict and Propose")
     from app.training.view import eval_table
 
-    table = eval_table(results)
-    assert list(table["task"]) == ["bbox", "segm/primary"] and "AP-disc" in table.columns
-    assert table.loc[0, "AP50"] == 70.12 and table.loc[1, "AP-disc"] == 41.0
+    table = eval_table(results).set_index("metric")
+    assert list(table.columns) == ["bbox", "segm/primary"], "a column per task, however many classes"
+    assert list(table.index) == ["AP", "AP50", "AP75", "APs", "APm", "APl", "AP-disc"]
+    assert table.loc["AP50", "bbox"] == 70.12 and table.loc["AP-disc", "segm/primary"] == 41.0
     assert monitor.final_ap(tmp_path) == {"bbox": 50.0, "segm/primary": 40.0}
     assert monitor.final_ap(tmp_path / "missing") == {}
 
@@ -272,15 +273,15 @@ def test_the_timer_resends_curves_and_log_only_when_the_run_changed(tmp_path):
     view, job = _view_with_job(tmp_path, "print('done')")
     metrics = Path(job["run_dir"]) / "metrics.json"
     _write_lines(metrics, [{"iteration": 0, "total_loss": 1.0, "lr": 0.1}])
-    first = view.tick("r1", None)
-    assert len(first[1]) == 1 and "done" in first[6], "the first tick sends everything"
-    again = view.tick("r1", first[-1])
-    assert all(again[i] == {"__type__": "update"} for i in range(1, 7)), "unchanged: skipped"
-    assert again[0] == first[0] and again[7] == first[7], "progress and record are always sent"
+    first = view.tick("r1", None, None)
+    assert len(first[1]) == 1 and "done" in first[7], "the first tick sends everything"
+    again = view.tick("r1", first[-3], first[-1])
+    assert all(again[i] == {"__type__": "update"} for i in range(1, 8)), "unchanged: skipped"
+    assert again[0] == first[0] and again[8] == first[8], "progress and record are always sent"
     _write_lines(metrics, [{"iteration": i, "total_loss": 1.0, "lr": 0.1} for i in range(2)])
-    changed = view.tick("r1", again[-1])
+    changed = view.tick("r1", again[-3], again[-1])
     assert len(changed[1]) == 2, "a changed metrics.json is sent"
-    assert view.tick("other", changed[-1])[0].startswith("<p>No run called other")
+    assert view.tick("other", changed[-3], changed[-1])[0].startswith("<p>No run called other")
 
 
 def test_the_training_service_imports_without_gradio_or_pandas():

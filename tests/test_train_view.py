@@ -17,7 +17,7 @@ from multimask.data.synth import CLASSES, generate_synthetic_dataset
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE, RECORD, RUNS, EVAL = 0, 7, 8, 5  # positions in /train_status's outputs (see build_train_tab)
+STATE, RECORD, RUNS, EVAL = 0, 8, 9, 6  # positions in /train_status's outputs (see build_train_tab)
 TINY = {"start": "tiny", "batch_size": 2, "lr": 0.01, "image_size": 128, "device": "cpu", "amp": False,
         "val_fraction": 0.25, "seed": 0, "patience": 0, "best_metric": "segm/primary/AP", "advanced": "",
         "schedule": "step", "num_gpus": 1}
@@ -113,7 +113,7 @@ def test_train_stop_resume_restart_and_complete(app):
     assert "stopping" in app.call("/train_stop", "first")
     record, _ = app.wait("first", lambda r: r["state"] == "cancelled", what="the graceful stop")
     stopped_at = record["progress"]["iteration"]
-    assert record["error"] == f"stopped at iteration {stopped_at - 1}; resume with --resume"
+    assert record["error"] == f"stopped after {stopped_at} iterations (checkpoint saved); press Resume to continue"
     assert stopped_at < 60
 
     assert "resuming" in app.call("/train_resume", "first")
@@ -130,8 +130,8 @@ def test_train_stop_resume_restart_and_complete(app):
     assert record["progress"]["iteration"] == 60 and len(record["jobs"]) == 2
     assert set(record["final_ap"]) == {"bbox", "segm/primary", "segm/secondary"}
     table = out[EVAL]
-    assert [row[0] for row in table["data"]] == ["bbox", "segm/primary", "segm/secondary"]
-    assert [h for h in table["headers"] if h.startswith("AP-")] == [f"AP-{c}" for c in CLASSES]
+    assert table["headers"] == ["metric", "bbox", "segm/primary", "segm/secondary"]
+    assert [row[0] for row in table["data"] if row[0].startswith("AP-")] == [f"AP-{c}" for c in CLASSES]
     runs = out[RUNS]
     row = runs["data"][[r[0] for r in runs["data"]].index("first")]
     assert row[1:4] == ["completed", "shapes", "60/60"]

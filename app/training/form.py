@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,14 @@ from multimask.config import get_multimask_cfg, preset_path
 # key -> (label, preset). "run:<name>" starts from a previous run's weights and config.
 STARTING_POINTS: dict[str, tuple[str, str]] = {
     "coco": ("COCO Mask R-CNN R50-FPN (model zoo; downloaded once, needs internet)", "mask_rcnn_R_50_FPN_3x"),
+    "local": ("Local weights file (Mask R-CNN R50-FPN .pkl/.pth on the server, e.g. the model zoo's "
+              "model_final_f10217.pkl)", "mask_rcnn_R_50_FPN_3x"),
     "scratch": ("From scratch: R50-FPN with GroupNorm (no download; needs long training)",
                 "scratch_mask_rcnn_R_50_FPN_gn"),
     "tiny": ("Tiny model from scratch (quick CPU try-out; low accuracy)", "tiny_cpu"),
 }
+LOCAL_LABEL = "Local weights file"  # how the form names the "local" starting point in messages
+WEIGHTS_SUFFIXES = (".pth", ".pkl")
 RUN_PREFIX = "run:"
 SCHEDULES = {"step": "step decay at 75% and 90%", "cosine": "cosine", "constant": "constant"}
 DEVICES = ("auto", "cuda", "cpu")
@@ -42,9 +47,43 @@ MAX_ADVANCED_CHARS = 4000
 DEFAULTS: dict[str, Any] = {
     "dataset": None, "run_name": "", "start": "coco", "iterations": 1000, "batch_size": 4, "lr": 0.005,
     "schedule": "step", "image_size": 800, "val_fraction": 0.2, "seed": 0, "device": "auto", "num_gpus": 1,
-    "amp": True, "eval_period": 250, "patience": 0, "best_metric": "", "advanced": "",
+    "amp": True, "eval_period": 250, "patience": 0, "best_metric": "", "advanced": "", "weights_file": "",
 }
 FIELDS = tuple(DEFAULTS)
+
+
+# Values the form starts from, by model ("tiny" ResNet-18, or "r50" R50-FPN) and whether it trains on a GPU:
+# a CPU try-out of the tiny model takes minutes; R50-FPN on the CPU takes seconds per image (see SPEED).
+START_DEFAULTS: dict[tuple[str, bool], dict[str, Any]] = {
+    ("tiny", False): {"iterations": 200, "batch_size": 2, "lr": 0.01, "image_size": 320},
+    ("tiny", True): {"iterations": 1000, "batch_size": 4, "lr": 0.01, "image_size": 512},
+    ("r50", False): {"iterations": 200, "batch_size": 2, "lr": 0.005, "image_size": 512},
+    ("r50", True): {"iterations": 1000, "batch_size": 4, "lr": 0.005, "image_size": 800},
+}
+SCRATCH_GPU_ITERATIONS = 3000  # R50-FPN from random weights needs longer training than a fine-tune
+
+# The Train button's estimate, without measuring: seconds per iteration ≈ step + images per process x image x
+# (image size / ref)², per evaluation ≈ EVAL_OVERHEAD + validation images x infer x (image size / ref)², plus
+# startup (imports, model, data; CUDA's start on a GPU), by (model, on a GPU): (startup, step, image, infer, ref).
+# CPU figures: `python -m multimask train` on 640x480 synthetic images (2026-11-27) on this project's machine:
+# 2 vCPUs of an "Intel(R) Xeon(R) Processor", shared with other work (load 1-2.5), torch CPU. Measured
+# s/iteration (median after the first): tiny batch 2 at 256/320/384/512/800 px: 0.44/0.53/0.68/1.45/2.80,
+# batch 1 and 4 at 320: 0.31 and 1.30; inference 0.08-0.13 s/image at 320, 0.37 at 800; startup ~9 s.
+# R50-FPN (COCO preset, frozen BatchNorm) batch 2 at 320/512/800 px: 2.97/8.6/~19 s (800: first iteration),
+# inference 0.40/0.88/2.37 s/image; R50-FPN-GN (scratch) batch 2 at 320: 10.7 s, inference 1.9 s/image.
+# GPU figures: the H200 of bench/README.md (R50-FPN-GN batch 4 at 640-800 px: 0.154 s a step, 0.027 s/image
+# inference; 200 iterations at 256 px, batch 8, took 79 s with startup and 3 evaluations); the tiny model's
+# are scaled from R50's. Other machines differ, and the estimate says so.
+SPEED: dict[tuple[str, bool], tuple[float, float, float, float, int]] = {
+    ("tiny", False): (9.0, 0.05, 0.25, 0.10, 320),
+    ("r50", False): (10.0, 0.1, 1.5, 0.4, 320),
+    ("r50-gn", False): (15.0, 0.5, 5.1, 1.9, 320),
+    ("tiny", True): (25.0, 0.03, 0.01, 0.008, 800),
+    ("r50", True): (30.0, 0.05, 0.025, 0.027, 800),
+    ("r50-gn", True): (30.0, 0.05, 0.03, 0.03, 800),
+}
+EVAL_OVERHEAD = 1.5  # seconds per evaluation besides inference (data loader, COCO evaluation)
+MODEL_NAMES = {"tiny": "tiny model", "r50": "R50-FPN", "r50-gn": "R50-FPN-GN"}
 
 
 class FormError(ValueError):
@@ -72,9 +111,14 @@ class TrainSettings:
     patience: int
     best_metric: str
     advanced: str
+    weights_file: str = ""  # resolved, for the "local" starting point
+    notes: tuple[str, ...] = field(default=(), compare=False)  # what the checks adjusted, for the user
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The form's fields (what a job records as its settings)."""
+        out = asdict(self)
+        del out["notes"]
+        return out
 
 
 def _int(values: dict, name: str, lo: int, hi: int) -> int:
@@ -108,8 +152,9 @@ def _choice(values: dict, name: str, allowed) -> str:
     return v
 
 
-def parse_settings(values: dict, runs: list[str]) -> TrainSettings:
-    """Check raw form values (anything a client may send); `runs` are the runs one may start from."""
+def parse_settings(values: dict, runs: list[str], weights_roots: Sequence[Path] = ()) -> TrainSettings:
+    """Check raw form values (anything a client may send); `runs` are the runs one may start from, and a local
+    weights file must lie in one of `weights_roots`."""
     if not isinstance(values, dict):
         raise FormError("the form must be sent as named values")
     unknown = set(values) - set(FIELDS)
@@ -127,12 +172,13 @@ def parse_settings(values: dict, runs: list[str]) -> TrainSettings:
     if not (start in STARTING_POINTS or (isinstance(start, str) and start.startswith(RUN_PREFIX)
                                          and start[len(RUN_PREFIX):] in runs)):
         raise FormError(f"starting point: {start!r} is not a model-zoo preset or a run with weights")
+    weights_file = str(check_weights_file(values["weights_file"], weights_roots)) if start == "local" else ""
     iterations = _int(values, "iterations", 1, 1_000_000)
     batch_size = _int(values, "batch_size", 1, 512)
     num_gpus = _int(values, "num_gpus", 1, 64)
     if batch_size % num_gpus:
         raise FormError(f"batch size {batch_size} must be a multiple of the number of GPUs ({num_gpus})")
-    eval_period = _int(values, "eval_period", 0, iterations)
+    eval_period, note = fit_eval_period(_int(values, "eval_period", 0, 1_000_000), iterations)
     advanced = values["advanced"] if values["advanced"] is not None else ""
     if not isinstance(advanced, str) or len(advanced) > MAX_ADVANCED_CHARS:
         raise FormError(f"advanced options: expected at most {MAX_ADVANCED_CHARS} characters of text")
@@ -147,9 +193,38 @@ def parse_settings(values: dict, runs: list[str]) -> TrainSettings:
         image_size=_int(values, "image_size", 64, 4096), val_fraction=_float(values, "val_fraction", 0.0, 0.9),
         seed=_int(values, "seed", 0, 2**31 - 1), device=_choice(values, "device", DEVICES), num_gpus=num_gpus,
         amp=values["amp"], eval_period=eval_period, patience=_int(values, "patience", 0, 1000),
-        best_metric=best, advanced=advanced)
+        best_metric=best, advanced=advanced, weights_file=weights_file, notes=(note,) if note else ())
     parse_advanced(settings.advanced)
     return settings
+
+
+def fit_eval_period(eval_period: int, iterations: int) -> tuple[int, str | None]:
+    """The evaluation period clamped to the iterations (evaluating at the end only), and a note when it was."""
+    if eval_period <= iterations:
+        return eval_period, None
+    return iterations, (f"evaluate every: {eval_period} is more than the {iterations} iterations; set to "
+                        f"{iterations} (one evaluation, at the end)")
+
+
+def check_weights_file(path: Any, roots: Sequence[Path]) -> Path:
+    """A local weights file's resolved path: an existing .pth or .pkl file inside one of `roots`."""
+    where = " or ".join(str(r) for r in roots) or "(no folder is allowed)"
+    if not isinstance(path, str) or not path.strip():
+        raise FormError(f"local weights file: give the server path of a .pth or .pkl file inside {where}")
+    if "\0" in path:
+        raise FormError("local weights file: the path contains a NUL character")
+    try:
+        resolved = Path(path.strip()).expanduser().resolve()
+    except (OSError, RuntimeError) as e:
+        raise FormError(f"local weights file: cannot read the path {path!r} ({e})") from None
+    if resolved.suffix.lower() not in WEIGHTS_SUFFIXES:
+        raise FormError(f"local weights file: {path!r} is not a .pth or .pkl file")
+    if not any(resolved.is_relative_to(Path(r).resolve()) for r in roots):
+        raise FormError(f"local weights file: {path!r} is outside the folders the app may read ({where}); copy "
+                        "it there")
+    if not resolved.is_file():
+        raise FormError(f"local weights file: no file {str(resolved)!r}")
+    return resolved
 
 
 def parse_advanced(text: str) -> list[str]:
@@ -191,8 +266,96 @@ def resolve_device(settings: TrainSettings, gpu_count: int) -> tuple[str, str, l
     return "cpu", "cpu", notes
 
 
+def model_kind(start: str, run_cfg: dict | None = None) -> str:
+    """The model a starting point trains: "tiny" (ResNet-18), "r50" (R50-FPN, frozen BatchNorm) or "r50-gn"
+    (R50-FPN with GroupNorm, every layer trained); `run_cfg`: `service.run_config` of a run started from."""
+    if start.startswith(RUN_PREFIX):
+        run_cfg = run_cfg or {}
+        return "tiny" if run_cfg.get("depth") == 18 else "r50-gn" if run_cfg.get("norm") == "GN" else "r50"
+    return {"tiny": "tiny", "scratch": "r50-gn"}.get(start, "r50")
+
+
+def form_defaults(start: str, on_gpu: bool, kind: str | None = None) -> dict[str, Any]:
+    """Iterations, batch size, learning rate, image size and evaluation period for a starting point (of model
+    `kind`, see `model_kind`) on the device the form trains on; the evaluation period is a quarter of the
+    iterations."""
+    kind = kind or model_kind(start)
+    values = dict(START_DEFAULTS["tiny" if kind == "tiny" else "r50", on_gpu])
+    if start == "scratch":
+        values["lr"] = 0.01
+        if on_gpu:
+            values["iterations"] = SCRATCH_GPU_ITERATIONS
+    values["eval_period"] = max(1, values["iterations"] // 4)
+    return values
+
+
+def seconds_per_iteration(kind: str, gpu: bool, batch_per_process: int, image_size: int) -> float:
+    """SPEED's heuristic seconds per training iteration."""
+    _, step, image, _, ref = SPEED[kind, gpu]
+    return step + batch_per_process * image * (image_size / ref) ** 2
+
+
+def estimate_seconds(s: TrainSettings, kind: str, gpu: bool, n_val: int) -> float:
+    """SPEED's heuristic duration of a run: startup, iterations, periodic and final evaluations."""
+    startup, _, _, infer, ref = SPEED[kind, gpu]
+    per_process = max(1, s.batch_size // s.num_gpus) if gpu else s.batch_size
+    evaluations = 0 if not n_val else 1 + ((s.iterations - 1) // s.eval_period if s.eval_period else 0)
+    per_eval = EVAL_OVERHEAD + n_val * infer * (s.image_size / ref) ** 2
+    return startup + s.iterations * seconds_per_iteration(kind, gpu, per_process, s.image_size) \
+        + evaluations * per_eval
+
+
+def duration_text(seconds: float) -> str:
+    """"40 s", "12 min", "2 h 10 min"."""
+    if seconds < 90:
+        return f"{max(5, round(seconds / 5) * 5)} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def split_warnings(n_train: int, n_val: int) -> list[str]:
+    """What the user should know about a train/validation split before (and after) starting."""
+    if not n_train:
+        return ["no labelled images for training yet: label some (instances, or marked done) in the Label tab"]
+    if not n_val:
+        return ["no validation images (raise the validation fraction): no evaluation, no AP, no best checkpoint"]
+    if n_val <= 2:
+        return [f"only {n_val} validation image{'s' if n_val > 1 else ''}: AP on so few images is mostly noise, "
+                "and the best checkpoint is chosen by it; raise the validation fraction or label more images"]
+    return []
+
+
+def estimate_text(s: TrainSettings, kind: str, gpu: bool, n_train: int, n_val: int) -> str:
+    """The Markdown next to the Train button: duration, split and warnings."""
+    per_process = max(1, s.batch_size // s.num_gpus) if gpu else s.batch_size
+    per_iter = seconds_per_iteration(kind, gpu, per_process, s.image_size)
+    where = f"{s.num_gpus} GPU{'s' if s.num_gpus > 1 else ''}" if gpu else "the CPU"
+    lines = [f"**Estimate: about {duration_text(estimate_seconds(s, kind, gpu, n_val))}** on {where} "
+             f"({MODEL_NAMES[kind]}): {s.iterations} iterations of {s.batch_size} image"
+             f"{'s' if s.batch_size > 1 else ''} at {s.image_size} px, ≈ {per_iter:.2g} s each"
+             + (f", and evaluations of {n_val} validation images" if n_val else "") + ".",
+             f"Split of {s.dataset}: {n_train} training and {n_val} validation images"
+             + (f"; {s.iterations * s.batch_size / n_train:.0f} passes over the training images." if n_train
+                else ".")]
+    warnings = [*s.notes, *split_warnings(n_train, n_val)]
+    if not gpu and kind != "tiny":
+        warnings.append(f"{MODEL_NAMES[kind]} on the CPU takes seconds per image; the tiny model is meant for "
+                        "a CPU try-out")
+    lines += [f"⚠️ {w}" for w in warnings]
+    lines.append(f"<small>A rough figure, calibrated on a 2-core CPU{' and an H200 GPU' if gpu else ''}; the "
+                 "monitor shows the real speed once training runs.</small>")
+    return "\n\n".join(lines)
+
+
+def on_gpu(device: str | None, gpu_count: int) -> bool:
+    """Whether the form's device trains on a GPU ("auto": when one is visible)."""
+    return device == "cuda" or (device == "auto" and gpu_count > 0)
+
+
 def preset_for(settings: TrainSettings, run_dirs: dict[str, Path]) -> tuple[Path, str | None]:
     """(config file, weights or None for the config's own) of the starting point."""
+    if settings.start == "local":
+        return preset_path(STARTING_POINTS["local"][1]), settings.weights_file
     if settings.start.startswith(RUN_PREFIX):
         from multimask.engine.weights import run_weights
 

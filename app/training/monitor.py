@@ -119,14 +119,20 @@ def lr_points(rows: list[dict]) -> list[tuple[int, float]]:
     return [(r["iteration"] + 1, r["lr"]) for r in rows if _finite(r.get("lr"))]
 
 
-def ap_points(rows: list[dict]) -> list[tuple[int, float, str]]:
+def evaluated_after(iteration: int, max_iter: int | None) -> int:
+    """Iterations done when an evaluation was written at `iteration`: a periodic one runs after that (0-based)
+    iteration, the final one after training, when detectron2's counter is already at max_iter."""
+    return min(iteration + 1, max_iter) if max_iter else iteration + 1
+
+
+def ap_points(rows: list[dict], max_iter: int | None = None) -> list[tuple[int, float, str]]:
     """(iterations done, AP, series) after each evaluation; series: bbox, segm/<mask name>."""
-    return [(r["iteration"] + 1, v, k[: -len("/AP")]) for r in rows for k, v in r.items()
+    return [(evaluated_after(r["iteration"], max_iter), v, k[: -len("/AP")]) for r in rows for k, v in r.items()
             if k.endswith("/AP") and _finite(v)]
 
 
-def latest_evaluation(rows: list[dict]) -> tuple[int | None, dict]:
-    """(iteration, {task: {metric: value}}) of the last evaluation written to metrics.json."""
+def latest_evaluation(rows: list[dict], max_iter: int | None = None) -> tuple[int | None, dict]:
+    """(iterations done, {task: {metric: value}}) of the last evaluation written to metrics.json."""
     for r in reversed(rows):
         tasks: dict[str, dict] = {}
         for k, v in r.items():
@@ -134,7 +140,7 @@ def latest_evaluation(rows: list[dict]) -> tuple[int | None, dict]:
             if sep and (metric in METRICS or metric.startswith("AP-")) and task.split("/")[0] in ("bbox", "segm"):
                 tasks.setdefault(task, {})[metric] = v
         if tasks:
-            return r["iteration"] + 1, tasks
+            return evaluated_after(r["iteration"], max_iter), tasks
     return None, {}
 
 
@@ -146,8 +152,9 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def evaluation(run_dir: str | Path) -> tuple[str, dict]:
-    """(caption, results) of the run's final evaluation, else its latest periodic one, else ("", {})."""
+def evaluation(run_dir: str | Path, max_iter: int | None = None) -> tuple[str, dict]:
+    """(caption, results) of the run's final evaluation, else its latest periodic one, else ("", {}); iterations
+    are counted as done (see `evaluated_after`; `max_iter` of the run)."""
     run_dir = Path(run_dir)
     final = read_json(run_dir / EVAL_RESULTS_FILE)
     if isinstance(final, dict) and final:
@@ -158,22 +165,24 @@ def evaluation(run_dir: str | Path) -> tuple[str, dict]:
             notes.append(f"stopped early after {summary.get('iterations')} iterations, the results are the best "
                          "evaluation's")
         best = summary.get("best")
-        if isinstance(best, dict) and best.get("iteration") is not None and _finite(best.get("value")):
-            notes.append(f"best {best['metric']} {best['value']:.2f} at iteration {best['iteration'] + 1}: "
-                         "model_best.pth, used by Predict and Propose")
+        if isinstance(best, dict) and isinstance(best.get("iteration"), int) and _finite(best.get("value")):
+            done = evaluated_after(best["iteration"], summary.get("max_iter") or max_iter)
+            notes.append(f"best {best['metric']} {best['value']:.2f} after {done} iterations: model_best.pth, used "
+                         "by Predict and Propose")
         return "final evaluation" + "".join(f"; {n}" for n in notes), final
-    it, tasks = latest_evaluation(read_metrics(run_dir))
-    return (f"evaluation at iteration {it}", tasks) if tasks else ("", {})
+    it, tasks = latest_evaluation(read_metrics(run_dir), max_iter)
+    return (f"evaluation after {it} iterations", tasks) if tasks else ("", {})
 
 
 def eval_rows(results: dict) -> tuple[list[str], list[list]]:
-    """(columns, rows): a row per task (bbox, segm/<mask name>); AP, AP50, AP75, APs, APm, APl, AP per class."""
+    """(columns, rows): a column per task (bbox, segm/<mask name>), a row per metric (AP, AP50, AP75, APs, APm,
+    APl, then AP per class): the few tasks fit side by side, however many classes there are."""
+    tasks = {task: res for task, res in results.items() if isinstance(res, dict)}
     classes: list[str] = []
-    for res in results.values():
+    for res in tasks.values():
         classes += [k for k in res if k.startswith("AP-") and k not in classes]
-    cols = ["task", *METRICS, *classes]
-    rows = [[task, *(_round(res.get(c)) for c in cols[1:])] for task, res in results.items() if isinstance(res, dict)]
-    return cols, rows
+    rows = [[metric, *(_round(res.get(metric)) for res in tasks.values())] for metric in (*METRICS, *classes)]
+    return ["metric", *tasks], rows if tasks else []
 
 
 def final_ap(run_dir: str | Path) -> dict[str, float | None]:

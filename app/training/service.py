@@ -2,7 +2,9 @@
 
 Jobs live in `<runs_root>/.jobs` (see `JobManager`). `start_poller` starts queued jobs and records ended ones
 even when no browser is open; every read goes back to disk, so a reload, a closed tab or a restarted app finds
-running jobs again. Run names from a browser are only ever looked up among the recorded jobs.
+running jobs again. Run folders trained elsewhere (`python -m multimask train --output-dir <runs_root>/NAME`)
+are listed too, read-only ("external" runs: no job to stop or resume). Run names from a browser are only ever
+looked up among the listed runs.
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..labeling.store import LabelStore
-from ..runs import find_runs
+from ..runs import CONFIG_NAME, find_runs
 from . import form, monitor
-from .jobs import ACTIVE, NO_GPU_MESSAGE, JobError, JobManager
+from .jobs import ACTIVE, FINISHED, NO_GPU_MESSAGE, JobError, JobManager, offline_weights_message, tail_lines
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
 LOG_LINES = 40
 JOBS_FOLDER = ".jobs"
+WEIGHTS_FOLDER = ".weights"  # where to put local weights files (the runs root is always allowed)
+EXTERNAL = "external"  # the state of a run trained outside the app that has not written summary.json
+LOG_FILE = "log.txt"  # detectron2's log in the run folder
 
 
 def gpu_count() -> int:
@@ -38,10 +44,14 @@ def gpu_count() -> int:
 class TrainingService:
     """Training runs of the Label datasets in `data_root`, in `runs_root`; arguments are untrusted input."""
 
-    def __init__(self, data_root: str | Path, runs_root: str | Path, gpus: int | None = None):
+    def __init__(self, data_root: str | Path, runs_root: str | Path, gpus: int | None = None,
+                 weights_roots: Sequence[str | Path] = ()):
+        """`weights_roots`: server folders a local weights file may come from, besides `runs_root` and
+        `data_root` (e.g. the app's import folders)."""
         self.store = LabelStore(data_root)
         self.runs_root = Path(runs_root).resolve()
         self.runs_root.mkdir(parents=True, exist_ok=True)
+        self.weights_roots = [self.runs_root, Path(data_root).resolve(), *(Path(p).resolve() for p in weights_roots)]
         self.gpus = gpu_count() if gpus is None else gpus
         self.jobs = JobManager(self.runs_root / JOBS_FOLDER, self.runs_root, gpus=self.gpus)
         self._start_lock = threading.Lock()
@@ -82,18 +92,35 @@ class TrainingService:
                 groups.setdefault(job["run_name"], []).insert(0, job)
         return groups
 
+    def _runs(self) -> dict[str, list[dict]]:
+        """Every run, newest first: {name: its jobs, oldest first}; a run folder trained outside the app has one
+        read-only stand-in job (state "external", or "completed" once it wrote summary.json)."""
+        groups = self._by_run()
+        taken = {str(Path(jobs[-1]["run_dir"])) for jobs in groups.values()}
+        runs = [(_iso_time(jobs[-1].get("created")), name, jobs) for name, jobs in groups.items()]
+        for name, path in external_folders(self.runs_root).items():
+            if str(path) not in taken and name not in groups:
+                job = external_job(name, path)
+                runs.append((_iso_time(job["created"]), name, [job]))
+        runs.sort(key=lambda r: r[0], reverse=True)
+        return {name: jobs for _, name, jobs in runs}
+
     def run_names(self) -> list[str]:
-        """Runs started from this app, newest first."""
-        return list(self._by_run())
+        """Every run under the runs root (started here or not), newest first."""
+        return list(self._runs())
 
     def run_jobs(self, run_name: Any) -> list[dict]:
-        """The jobs of a run, oldest first; [] for anything that is not a run of this app."""
-        return self._by_run().get(run_name, []) if isinstance(run_name, str) else []
+        """The jobs of a run, oldest first; [] for anything that is not a listed run."""
+        return self._runs().get(run_name, []) if isinstance(run_name, str) else []
 
     def latest(self, run_name: Any) -> dict:
+        """The latest job of a run started here; JobError for anything else (a run trained elsewhere too)."""
         jobs = self.run_jobs(run_name)
         if not jobs:
             raise JobError(f"no run called {run_name!r}; pick one from the list")
+        if jobs[-1].get("external"):
+            raise JobError(f"run {run_name} was trained outside this app (e.g. `python -m multimask train`): it is "
+                           "shown read-only; Stop, Resume and Delete act on runs started with this form")
         return jobs[-1]
 
     def default_run(self) -> str | None:
@@ -103,6 +130,29 @@ class TrainingService:
                 return job["run_name"]
         names = self.run_names()
         return names[0] if names else None
+
+    def settings(self, run_name: Any) -> dict | None:
+        """The form settings a run was started with (its latest job's), or None (e.g. a run trained elsewhere)."""
+        jobs = self.run_jobs(run_name)
+        settings = jobs[-1].get("settings") if jobs else None
+        return settings if isinstance(settings, dict) else None
+
+    def split(self, dataset: Any, val_fraction: float) -> tuple[int, int]:
+        """(training, validation) images the Train form's split of a Label dataset gives now: its labelled
+        images (with instances or marked done; counted from the labelling status), the first
+        round(n * val_fraction) to validation, as `LabelDataset.export` splits them."""
+        if not isinstance(dataset, str) or dataset not in self.store.list_datasets():
+            return 0, 0
+        n = sum(1 for e in self.store.open(dataset).images() if e["status"] != "unlabelled")
+        n_val = round(n * val_fraction)
+        return n - n_val, n_val
+
+    def model_kind(self, start: Any) -> str:
+        """The model a starting point trains ("tiny", "r50" or "r50-gn", see form.SPEED); "r50" if unknown."""
+        if isinstance(start, str) and start.startswith(form.RUN_PREFIX):
+            path = self.weight_runs().get(start[len(form.RUN_PREFIX):])
+            return form.model_kind(start, run_config(path) if path else {})
+        return form.model_kind(start if isinstance(start, str) else "coco")
 
     # -- starting ----------------------------------------------------------------------------------------------
 
@@ -116,11 +166,14 @@ class TrainingService:
 
     def _start(self, values: dict) -> tuple[dict, list[str]]:
         weight_runs = self.weight_runs()
-        s = form.parse_settings(values, list(weight_runs))
+        s = form.parse_settings(values, list(weight_runs), self.weights_roots)
         if s.dataset not in self.store.list_datasets():
             raise form.FormError(f"dataset {s.dataset!r} does not exist (any more); refresh the list")
         ds = self.store.open(s.dataset)
         model_device, job_device, notes = form.resolve_device(s, self.gpus)
+        notes = [*s.notes, *notes]
+        if s.weights_file.endswith(".pkl"):
+            notes.append(f"{s.weights_file} is loaded with pickle, which can run code: only use files you trust")
         if model_device == "cpu" and s.start != "tiny":
             notes.append("training an R50-FPN model on the CPU is slow (seconds per iteration); the tiny model is "
                          "meant for trying the pipeline on a CPU")
@@ -139,6 +192,7 @@ class TrainingService:
             base = get_multimask_cfg(config_file)
         except (WeightsUnavailableError, ValueError) as e:
             raise form.FormError(f"starting point {s.start}: {e}") from None
+        self._check_download(weights or base.MODEL.WEIGHTS)
         run_dir.mkdir(parents=True)
         try:
             paths = ds.export(run_dir / "data", val_fraction=s.val_fraction, seed=s.seed)
@@ -147,8 +201,7 @@ class TrainingService:
                 raise form.FormError(f"dataset {s.dataset!r} has no labelled images for training yet (images "
                                      "with instances, or marked done)")
             has_val = n_val > 0
-            if not has_val:
-                notes.append("no validation images (raise the validation fraction): no evaluation, no AP")
+            notes += form.split_warnings(n_train, n_val)
             opts = form.training_options(s, base, model_device, ds.mask_names, weights, has_val)
             form.check_options(config_file, opts)
             argv = form.build_command(config_file, paths["train"], paths["val"] if has_val else None, run_dir,
@@ -162,6 +215,15 @@ class TrainingService:
         if job["state"] == "queued":
             notes.append("queued: it starts when the job before it on this device has ended")
         return job, notes
+
+    def _check_download(self, weights: str) -> None:
+        """A FormError naming the form's options when model-zoo weights are neither cached nor reachable."""
+        from multimask.engine.weights import downloadable, is_remote
+
+        if weights and is_remote(weights) and not downloadable(weights):
+            folder = self.runs_root / WEIGHTS_FOLDER
+            raise form.FormError("starting point: " + offline_weights_message(weights.rsplit("/", 1)[-1],
+                                                                                str(folder) + "/"))
 
     # -- actions -----------------------------------------------------------------------------------------------
 
@@ -178,6 +240,9 @@ class TrainingService:
         job = self.latest(run_name)
         if job["state"] == "completed":
             raise JobError(f"run {run_name} has completed its schedule; start a new run from it to train more")
+        if job["state"] in FINISHED and not has_checkpoint(job["run_dir"]):
+            raise JobError(f"run {run_name} saved no checkpoint before it ended, so there is nothing to resume; "
+                           "start it again as a new run")
         new = self.jobs.resume(job["id"])
         return f"Run {run_name}: resuming from its last checkpoint (job {new['id']}, {new['state']})."
 
@@ -191,12 +256,10 @@ class TrainingService:
 
     def delete(self, run_name: Any, confirm: Any) -> str:
         """Delete a run folder and its job records; `confirm` must be True."""
-        jobs = self.run_jobs(run_name)
-        if not jobs:
-            raise JobError(f"no run called {run_name!r}")
+        job = self.latest(run_name)  # a run started here: not a folder trained elsewhere
         if confirm is not True:
             return f"Tick 'confirm' to delete run {run_name} and all its checkpoints."
-        self.jobs.delete_run(jobs[-1]["run_dir"])  # refused while a job of the run is queued or running
+        self.jobs.delete_run(job["run_dir"])  # refused while a job of the run is queued or running
         return f"Deleted run {run_name}."
 
     # -- reading -----------------------------------------------------------------------------------------------
@@ -217,27 +280,41 @@ class TrainingService:
                                           "ended", "returncode", "run_dir", "images", "settings", "command")}
         record.update(progress=monitor.progress(rows, int(job.get("max_iter") or 0), int(job.get("ims_per_batch")
                                                                                            or 1)),
-                      final_ap=monitor.final_ap(run_dir), jobs=[j["id"] for j in jobs],
-                      seconds=sum(job_seconds(j) for j in jobs))
+                      final_ap=monitor.final_ap(run_dir), jobs=[j["id"] for j in jobs if j["id"]],
+                      seconds=sum(job_seconds(j) for j in jobs), external=bool(job.get("external")),
+                      can_resume=job["state"] in FINISHED and job["state"] != "completed"
+                      and not job.get("external") and has_checkpoint(run_dir))
         snap = {"job": job, "rows": rows, "record": record, "signature": _signature(run_name, job),
                 "details": None}
         if snap["signature"] != last_signature:
-            caption, results = monitor.evaluation(run_dir)
+            caption, results = monitor.evaluation(run_dir, record["progress"]["max_iter"])
             snap["details"] = {"eval_caption": caption, "results": results,
-                               "log": self.jobs.log_tail(job["id"], LOG_LINES)}
+                               "log": tail_lines(Path(job["log"]), LOG_LINES)}
         return snap
 
     def runs_overview(self) -> list[dict]:
-        """One dict per run of this app: run, state, dataset, iterations, started, seconds, final AP per task."""
+        """One dict per run: run, state, dataset, iterations, started, seconds, final AP per task."""
         out = []
-        for name, jobs in self._by_run().items():
+        for name, jobs in self._runs().items():
             job = jobs[-1]
+            started = jobs[0].get("started") or jobs[0]["created"] or ""
             out.append({"run": name, "state": job["state"], "dataset": job.get("dataset"),
                         "iterations": f"{monitor.iterations_done(job['run_dir'])}/{job.get('max_iter') or 0}",
-                        "started": (jobs[0].get("started") or jobs[0]["created"])[:19].replace("T", " "),
+                        "started": started[:16].replace("T", " "),
                         "seconds": sum(job_seconds(j) for j in jobs), "ap": monitor.final_ap(job["run_dir"])})
         return out
 
+    def estimate(self, values: dict) -> str:
+        """Markdown next to the Train button: the split, the expected duration and warnings, or the form error
+        that Train would give."""
+        try:
+            s = form.parse_settings({k: v for k, v in values.items() if k in form.FIELDS}, list(self.weight_runs()),
+                                    self.weights_roots)
+            model_device, _, _ = form.resolve_device(s, self.gpus)
+        except form.FormError as e:
+            return f"⚠️ {e}"
+        n_train, n_val = self.split(s.dataset, s.val_fraction)
+        return form.estimate_text(s, self.model_kind(s.start), model_device == "cuda", n_train, n_val)
 
 def on_cpu(argv: list[str]) -> list[str]:
     """The command with MODEL.DEVICE cpu, mixed precision off and one process."""
@@ -250,6 +327,89 @@ def on_cpu(argv: list[str]) -> list[str]:
     if "--num-gpus" in out:
         out[out.index("--num-gpus") + 1] = "1"
     return out
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether a run folder has a checkpoint to resume from (detectron2's `last_checkpoint` file)."""
+    return (Path(run_dir) / "last_checkpoint").is_file()
+
+
+def external_folders(runs_root: Path) -> dict[str, Path]:
+    """Run folders under `runs_root` (children, or one level further down as `find_runs` looks) that hold a
+    config.yaml or metrics.json, by "/"-separated name; hidden folders and links leaving the root are skipped."""
+    out = {}
+    for child in _subdirs(runs_root, runs_root):
+        for folder in [child] if _is_run(child) else _subdirs(child, runs_root):
+            if _is_run(folder):
+                out[folder.relative_to(runs_root).as_posix()] = folder.resolve()
+    return out
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).is_file() or (folder / monitor.METRICS_FILE).is_file()
+
+
+def _subdirs(folder: Path, root: Path) -> list[Path]:
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if not e.name.startswith(".") and e.is_dir() and e.resolve().is_relative_to(root)
+            and e.resolve() != root]
+
+
+_config_cache: dict[str, tuple[tuple[int, int], dict]] = {}
+
+
+def run_config(run_dir: Path) -> dict:
+    """What the monitor needs from a run's config.yaml (plain YAML): max_iter, ims_per_batch, device, depth,
+    norm; {} without a readable one. Cached per file version."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        st = path.stat()
+        key = (st.st_size, st.st_mtime_ns)
+        if _config_cache.get(str(path), (None,))[0] == key:
+            return _config_cache[str(path)][1]
+        cfg = yaml.safe_load(path.read_text())
+        model, solver = cfg.get("MODEL", {}), cfg.get("SOLVER", {})
+        out = {"max_iter": solver.get("MAX_ITER"), "ims_per_batch": solver.get("IMS_PER_BATCH"),
+               "device": model.get("DEVICE"), "depth": model.get("RESNETS", {}).get("DEPTH"),
+               "norm": model.get("RESNETS", {}).get("NORM")}
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return {}
+    if len(_config_cache) > 256:
+        _config_cache.clear()
+    _config_cache[str(path)] = (key, out)
+    return out
+
+
+def external_job(name: str, run_dir: Path) -> dict:
+    """A read-only stand-in job record for a run folder trained outside the app (from its files)."""
+    cfg = run_config(run_dir)
+    info = monitor.read_json(run_dir / "run_info.json")
+    starts = info.get("starts") if isinstance(info, dict) else None
+    started = starts[0].get("time") if isinstance(starts, list) and starts and isinstance(starts[0], dict) else None
+    train = info.get("data", {}).get("train", {}).get("path") if isinstance(info, dict) else None
+    done = (run_dir / monitor.SUMMARY_FILE).is_file()
+    mtimes = [p.stat().st_mtime for p in (run_dir / monitor.METRICS_FILE, run_dir / monitor.SUMMARY_FILE,
+                                          run_dir / CONFIG_NAME) if p.is_file()]
+    last = datetime.fromtimestamp(max(mtimes), timezone.utc).isoformat() if mtimes else None
+    return {"id": None, "external": True, "run_name": name, "state": "completed" if done else EXTERNAL,
+            "error": None, "dataset": "/".join(Path(train).parts[-2:]) if isinstance(train, str) else "–",
+            "device": str(cfg.get("device") or "–"), "run_dir": str(run_dir), "log": str(run_dir / LOG_FILE),
+            "max_iter": cfg.get("max_iter"), "ims_per_batch": cfg.get("ims_per_batch"),
+            "created": started or last or "", "started": started, "ended": last}
+
+
+def _iso_time(value: Any) -> float:
+    """Seconds since the epoch of an ISO time (0 when missing or unreadable), to sort runs by."""
+    try:
+        t = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return (t if t.tzinfo else t.astimezone()).timestamp()
 
 
 def _signature(run_name: str, job: dict) -> list:

@@ -19,6 +19,29 @@ from .service import POLL_SECONDS, TrainingService
 MAX_PLOT_POINTS = 400  # per series; longer curves are thinned for the browser
 LOSS_COLUMNS, LR_COLUMNS = ["iteration", "value", "series"], ["iteration", "lr"]
 AP_COLUMNS = ["iteration", "AP", "series"]
+TOTAL_LOSS = "total_loss"
+# The form fields a run's recorded settings fill in (not the run name: a new run needs a new one).
+FILLED_FIELDS = tuple(f for f in form.FIELDS if f != "run_name")
+FOLLOWING_FIELDS = ("iterations", "batch_size", "lr", "image_size", "eval_period")  # set by form.form_defaults
+# Disabled buttons look disabled (Gradio draws them like enabled ones).
+TAB_CSS = """<style>
+#mm-train-tab button:disabled, #mm-train-tab button[disabled] {
+  opacity: 0.4; filter: grayscale(1); cursor: not-allowed; box-shadow: none; }
+</style>"""
+# The log: a <pre> that shows its end after every update, and when it first gets a size (a Textbox's autoscroll
+# does neither when the value arrives while the tab is hidden, nor once the box shows the start of a long text).
+LOG_TEMPLATE = "<pre class='mm-log'></pre>"
+LOG_CSS = ("pre.mm-log { height: 15em; overflow-y: auto; margin: 0; padding: 6px; white-space: pre-wrap; "
+           "word-break: break-all; font-size: 12px; background: var(--input-background-fill); "
+           "border: 1px solid var(--border-color-primary); border-radius: 4px; }")
+LOG_JS = """
+const pre = element.querySelector('pre.mm-log');
+const toEnd = () => { pre.scrollTop = pre.scrollHeight; };
+const show = () => { pre.textContent = props.value || ''; toEnd(); };
+new ResizeObserver(toEnd).observe(pre);
+show();
+watch('value', show);
+"""
 
 
 class TrainView:
@@ -37,16 +60,54 @@ class TrainView:
         out += [(f"{n} mask AP50", f"segm/{n}/AP50") for n in names]
         return out + [("box AP", "bbox/AP")]
 
-    def on_dataset(self, dataset: str | None) -> Any:
+    def on_dataset(self, dataset: str | None, best_metric: str | None) -> Any:
+        """The best-metric choices of a dataset's masks; the chosen one is kept when the dataset has it."""
         choices = self.metric_choices(dataset)
-        return gr.update(choices=choices, value=choices[0][1])
+        keys = [k for _, k in choices]
+        return gr.update(choices=choices, value=best_metric if best_metric in keys else keys[0])
 
-    def refresh_form(self, dataset: str | None, start: str | None) -> tuple[Any, Any]:
+    def default_start(self) -> str:
+        """The starting point a new form shows: COCO weights with a GPU, the tiny model on a CPU-only server."""
+        return "coco" if self.service.gpus else "tiny"
+
+    def defaults(self, start: str | None, device: str | None) -> dict[str, Any]:
+        """form.form_defaults for the starting point on the device that `device` means on this server."""
+        start = start if isinstance(start, str) else self.default_start()
+        return form.form_defaults(start, form.on_gpu(device, self.service.gpus), self.service.model_kind(start))
+
+    def follow_start(self, start: str | None, device: str | None) -> tuple:
+        """A starting point or device chosen in the form: iterations, batch size, learning rate, image size and
+        evaluation period become that combination's defaults."""
+        values = self.defaults(start, device)
+        return tuple(gr.update(value=values[f]) for f in FOLLOWING_FIELDS)
+
+    def fit_eval_period(self, iterations: Any, eval_period: Any) -> Any:
+        """Lowered iterations: an evaluation period above them is clamped, with a toast saying so."""
+        if not (isinstance(iterations, (int, float)) and isinstance(eval_period, (int, float))):
+            return gr.update()
+        period, note = form.fit_eval_period(int(eval_period), int(iterations))
+        if note is None:
+            return gr.update()
+        gr.Info(note[:1].upper() + note[1:])
+        return gr.update(value=period)
+
+    def estimate(self, *values: Any) -> str:
+        """The estimate and notes next to the Train button, for the form's current values."""
+        return self.service.estimate(dict(zip(form.FIELDS, values)))
+
+    def refresh_form(self, dataset: str | None, start: str | None, run: str | None) -> tuple[Any, Any, Any]:
+        """Datasets, starting points and runs made or finished meanwhile (tab opened, ↻)."""
         datasets = self.service.store.list_datasets()
         starts = self.start_choices()
         return (gr.update(choices=datasets, value=dataset if dataset in datasets else
                           (datasets[0] if datasets else None)),
-                gr.update(choices=starts, value=start if start in [k for _, k in starts] else "coco"))
+                gr.update(choices=starts, value=start if start in [k for _, k in starts] else self.default_start()),
+                self.run_choices(run))
+
+    def run_choices(self, run: str | None) -> Any:
+        """The run list, keeping the selected run while it exists."""
+        names = self.service.run_names()
+        return gr.update(choices=names, value=run if run in names else (names[0] if names else None))
 
     def on_load(self) -> tuple[Any, Any, Any]:
         datasets = self.service.store.list_datasets()
@@ -54,29 +115,52 @@ class TrainView:
                 gr.update(choices=datasets, value=datasets[0] if datasets else None),
                 gr.update(choices=self.start_choices()))
 
+    def fill_form(self, run_name: str | None) -> tuple:
+        """The form fields (FILLED_FIELDS) set to a run's recorded settings; unchanged for a run without any
+        (e.g. trained outside the app) and for values no longer offered (a deleted dataset or run)."""
+        settings = self.service.settings(run_name)
+        if settings is None:
+            return tuple(gr.update() for _ in FILLED_FIELDS)
+        datasets = self.service.store.list_datasets()
+        starts = [k for _, k in self.start_choices()]
+        out = []
+        for f in FILLED_FIELDS:
+            value = settings.get(f, form.DEFAULTS[f])
+            if (f == "dataset" and value not in datasets) or (f == "start" and value not in starts):
+                out.append(gr.update())
+            elif f == "best_metric":
+                choices = self.metric_choices(settings.get("dataset"))
+                out.append(gr.update(choices=choices, value=value or choices[0][1]))
+            else:
+                out.append(gr.update(value=value))
+        return tuple(out)
+
     def start(self, dataset: str | None, run_name: str | None, start: str | None, iterations: Any, batch_size: Any,
               lr: Any, schedule: str | None, image_size: Any, val_fraction: Any, seed: Any, device: str | None,
               num_gpus: Any, amp: Any, eval_period: Any, patience: Any, best_metric: str | None,
-              advanced: str | None) -> tuple[str, Any]:
-        """The Train button: (message, run selector update)."""
+              advanced: str | None, weights_file: str | None = "") -> tuple[str, Any]:
+        """The Train button: (message, run selector update); the outcome is also shown as a toast."""
         values = dict(zip(form.FIELDS, (dataset, run_name, start, iterations, batch_size, lr, schedule, image_size,
                                         val_fraction, seed, device, num_gpus, amp, eval_period, patience,
-                                        best_metric, advanced)))
+                                        best_metric, advanced, weights_file)))
         try:
             job, notes = self.service.start(values)
         except (form.FormError, JobError, ValueError, OSError) as e:
-            return f"⚠️ {e}", gr.update()
+            return _warn(str(e)), gr.update()
         state = "started" if job["state"] == "running" else job["state"]
         text = f"Run **{job['run_name']}** {state} (job {job['id']})." + "".join(f"\n- {n}" for n in notes)
+        gr.Info(f"Run {job['run_name']} {state}." + "".join(f" {n[:1].upper()}{n[1:]}." for n in notes))
         return text, gr.update(choices=self.service.run_names(), value=job["run_name"])
 
     def act(self, action: str):
-        """A handler calling the service's `action(run)`; errors become the message."""
+        """A handler calling the service's `action(run)`; the result or error becomes the message and a toast."""
         def handler(run_name: str | None) -> str:
             try:
-                return getattr(self.service, action)(run_name)
+                message = getattr(self.service, action)(run_name)
             except JobError as e:
-                return f"⚠️ {e}"
+                return _warn(str(e))
+            gr.Info(message)
+            return message
         handler.__name__ = action
         return handler
 
@@ -84,21 +168,23 @@ class TrainView:
         try:
             message = self.service.delete(run_name, confirm)
         except JobError as e:
-            return f"⚠️ {e}", gr.update(), gr.update(value=False)
-        names = self.service.run_names()
-        return message, gr.update(choices=names, value=run_name if run_name in names else
-                                  (names[0] if names else None)), gr.update(value=False)
+            return _warn(str(e)), gr.update(), gr.update(value=False)
+        (gr.Info if confirm is True else gr.Warning)(message)
+        return message, self.run_choices(run_name), gr.update(value=False)
 
     def status(self, run_name: str | None) -> tuple:
         """Everything the monitor shows for a run: progress, curves, evaluation, log, record, runs table."""
         return self._outputs(run_name, None)[0]
 
-    def tick(self, run_name: str | None, last: list | None) -> tuple:
+    def tick(self, run_name: str | None, last: list | None, names: list | None) -> tuple:
         """The timer's refresh: like `status`, but the curves, evaluation and log are built and sent only when
         the run's files changed since this page's last tick (re-sending them would redraw the plots and reset a
-        zoom); the last output is the new signature, kept in the page's state."""
+        zoom); then the new signature, the run list when runs appeared or went (else skipped), and that list,
+        both kept in the page's state."""
         out, sig = self._outputs(run_name, last)
-        return (*out, sig)
+        now = self.service.run_names()
+        choices = gr.update(choices=now) if now != names else gr.skip()
+        return (*out, sig, choices, now)
 
     def _outputs(self, run_name: str | None, last: list | None) -> tuple[tuple, list]:
         runs = self.runs_table()
@@ -107,21 +193,23 @@ class TrainView:
         if job is None:
             hint = "No run selected. Start one with the form, or pick one above." if not run_name else \
                 f"No run called {html.escape(str(run_name))}."
-            return (f"<p>{hint}</p>", _frame([], LOSS_COLUMNS), _frame([], LR_COLUMNS), _frame([], AP_COLUMNS),
-                    "", eval_table({}), "", {}, runs, gr.update(interactive=False),
+            return (f"<p>{hint}</p>", _frame([], LOSS_COLUMNS), _frame([], LOSS_COLUMNS), _frame([], LR_COLUMNS),
+                    _frame([], AP_COLUMNS), "", eval_table({}), "", {}, runs, gr.update(interactive=False),
                     gr.update(interactive=False), gr.update(visible=False)), snap["signature"]
         rows, record, details = snap["rows"], snap["record"], snap["details"]
         if details is None:  # unchanged: loss, lr and AP plots, evaluation caption and table, log
-            heavy = (gr.skip(),) * 6
+            heavy = (gr.skip(),) * 7
         else:
             caption = details["eval_caption"]
-            heavy = (_thin(_frame(monitor.loss_points(rows), LOSS_COLUMNS)),
-                     _thin(_frame(monitor.lr_points(rows), LR_COLUMNS)), _frame(monitor.ap_points(rows), AP_COLUMNS),
+            losses = _frame(monitor.loss_points(rows), LOSS_COLUMNS)
+            heavy = (_thin(losses[losses["series"] == TOTAL_LOSS]), _thin(_per_head(losses)),
+                     _thin(_frame(monitor.lr_points(rows), LR_COLUMNS)),
+                     _frame(monitor.ap_points(rows, record["progress"]["max_iter"]), AP_COLUMNS),
                      f"**Evaluation:** {caption}" if caption else "No evaluation yet.",
                      eval_table(details["results"]), details["log"])
         return (progress_html(job, record["progress"], record["seconds"], len(record["jobs"])), *heavy, record,
-                runs, gr.update(interactive=job["state"] in ("queued", *ACTIVE)),
-                gr.update(interactive=job["state"] in ("failed", "cancelled")),
+                runs, gr.update(interactive=job["state"] in ("queued", *ACTIVE) and not record["external"]),
+                gr.update(interactive=record["can_resume"]),
                 gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE)), \
             snap["signature"]
 
@@ -131,9 +219,27 @@ class TrainView:
         for r in self.service.runs_overview():
             tasks += [t for t in r["ap"] if t not in tasks]
             rows.append({**{k: r[k] for k in ("run", "state", "dataset", "iterations", "started")},
-                         "duration": _duration(r["seconds"]), **{f"AP {t}": v for t, v in r["ap"].items()}})
-        cols = ["run", "state", "dataset", "iterations", "started", "duration", *(f"AP {t}" for t in tasks)]
+                         "duration": _duration(r["seconds"]), **{_ap_header(t): v for t, v in r["ap"].items()}})
+        cols = ["run", "state", "dataset", "iterations", "started", "duration", *map(_ap_header, tasks)]
         return pd.DataFrame(rows, columns=cols)
+
+
+def _ap_header(task: str) -> str:
+    """A runs-table column of final AP: "box AP", "<mask name> AP"."""
+    return "box AP" if task == "bbox" else f"{task.partition('/')[2] or task} AP"
+
+
+def _warn(message: str) -> str:
+    """An error for the message box (and as a toast at the top of the page)."""
+    gr.Warning(message[:1].upper() + message[1:])
+    return f"⚠️ {message}"
+
+
+def _per_head(losses: pd.DataFrame) -> pd.DataFrame:
+    """The loss of each head, series named without the "loss_" prefix (a shorter legend)."""
+    out = losses[losses["series"] != TOTAL_LOSS].copy()
+    out["series"] = out["series"].str.removeprefix("loss_")
+    return out
 
 
 def _frame(points: list[tuple], columns: list[str]) -> pd.DataFrame:
@@ -141,7 +247,7 @@ def _frame(points: list[tuple], columns: list[str]) -> pd.DataFrame:
 
 
 def eval_table(results: dict) -> pd.DataFrame:
-    """The AP table: a row per task (bbox, segm/<mask name>), main metrics then AP per class."""
+    """The AP table: a column per task (bbox, segm/<mask name>), a row per metric then per class."""
     cols, rows = monitor.eval_rows(results)
     return pd.DataFrame(rows, columns=cols)
 
@@ -165,7 +271,9 @@ def _thin(df: pd.DataFrame) -> pd.DataFrame:
 
 
 _STATE_COLOURS = {"running": "#1769aa", "stopping": "#b26a00", "queued": "#666", "completed": "#2e7d32",
-                  "failed": "#c62828", "cancelled": "#666"}
+                  "failed": "#c62828", "cancelled": "#666", "external": "#6a1b9a"}
+EXTERNAL_NOTE = ("trained outside this app (e.g. <code>python -m multimask train</code>): shown read-only; Stop "
+                 "and Resume act on runs started with this form")
 
 
 def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
@@ -173,7 +281,7 @@ def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
     esc = html.escape
     state = job["state"]
     it, max_it = prog["iteration"], prog["max_iter"]
-    parts = [f"iteration {it} / {max_it} ({prog['fraction']:.0%})"]
+    parts = [f"iteration {it} / {max_it} ({prog['fraction']:.0%})" if max_it else f"iteration {it}"]
     if prog["iters_per_sec"] and state in ACTIVE:
         parts.append(f"{prog['iters_per_sec']:.2f} it/s, {prog['images_per_sec']:.1f} images/s")
         parts.append(f"ETA {_duration(prog['eta_seconds'])}")
@@ -183,12 +291,14 @@ def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
         parts.append(f"loss {prog['total_loss']:.3f}")
     if state in ACTIVE and not it:
         parts.append("loading data and model…")
+    jobs = "not started here" if job.get("external") else f"{n_jobs} job{'s' if n_jobs > 1 else ''}"
     head = (f"<b style='color:{_STATE_COLOURS.get(state, '#000')}' data-state='{esc(state)}'>{esc(state)}</b> · "
-            f"{esc(str(job.get('dataset')))} · {esc(job['device'])} · "
-            f"{_duration(seconds)} · {n_jobs} job{'s' if n_jobs > 1 else ''}")
+            f"{esc(str(job.get('dataset')))} · {esc(job['device'])} · {_duration(seconds)} · {jobs}")
     error = ""
     if job.get("error") and state in ("failed", "cancelled"):
         error = f"<p style='color:{_STATE_COLOURS[state]}' class='mm-job-error'>{esc(job['error'])}</p>"
+    if job.get("external"):
+        error += f"<p class='mm-external'>{EXTERNAL_NOTE}</p>"
     return (f"<div class='mm-train-progress' data-iteration='{it}'>{head}"
             f"<progress value='{it}' max='{max(1, max_it)}' style='width:100%'></progress>"
             f"<div>{esc(' · '.join(parts))}</div>{error}</div>")
@@ -197,39 +307,60 @@ def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
 def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, Any]:
     """Add the Train tab's content to the current Blocks; returns the components `build_app` links to other tabs.
 
-    Opening the tab refreshes the datasets and starting points (datasets made or runs finished meanwhile).
+    Opening the tab refreshes the datasets, starting points and runs (made or finished meanwhile); the timer
+    adds runs that appear. Choosing a starting point or device sets the fields that follow them (see
+    `TrainView.follow_start`); selecting a run fills the form with its recorded settings.
 
     API endpoints: `train_start` (the form), `train_status` (run), `train_stop`, `train_resume`,
     `train_retry_on_cpu`, `train_delete` (run, confirm) and `train_runs`.
     """
-    d = form.DEFAULTS
     datasets = view.service.store.list_datasets()
-    with gr.Row():
+    d = {**form.DEFAULTS, "start": view.default_start(), **view.defaults(view.default_start(), "auto")}
+    with gr.Row(elem_id="mm-train-tab"):
         with gr.Column(scale=1, min_width=320):
             with gr.Row():
                 dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset", scale=4,
                                       elem_id="mm-train-dataset")
                 refresh = gr.Button("↻", scale=0, min_width=40)
             run_name = gr.Textbox(label="Run name", placeholder="automatic: <dataset>-<date>-<time>")
-            start = gr.Dropdown(view.start_choices(), value=d["start"], label="Starting point")
+            start = gr.Dropdown(view.start_choices(), value=d["start"], label="Starting point",
+                                elem_id="mm-train-start-point",
+                                info="Choosing one sets iterations, batch size, learning rate, image size and "
+                                     "evaluation period to values that suit it on this server's device.")
+            weights_file = gr.Textbox(label="Local weights file (server path, .pth or .pkl)",
+                                      visible=d["start"] == "local", elem_id="mm-train-weights",
+                                      placeholder=f"{view.service.runs_root}/.weights/model_final_f10217.pkl",
+                                      info="Inside the runs folder, the data folder or an import folder. The file "
+                                           "is loaded with torch.load (.pth, tensors only) or pickle (.pkl, which "
+                                           "can run code): only use files you trust.")
             with gr.Row():
-                iterations = gr.Number(d["iterations"], label="Iterations", precision=0, minimum=1)
-                batch = gr.Number(d["batch_size"], label="Batch size (all GPUs)", precision=0, minimum=1)
+                iterations = gr.Number(d["iterations"], label="Iterations", precision=0, minimum=1,
+                                       elem_id="mm-train-iterations")
+                batch = gr.Number(d["batch_size"], label="Batch size (all GPUs)", precision=0, minimum=1,
+                                  elem_id="mm-train-batch")
             with gr.Row():
                 lr = gr.Number(d["lr"], label="Learning rate", minimum=0)
                 schedule = gr.Dropdown([(v, k) for k, v in form.SCHEDULES.items()], value=d["schedule"],
                                        label="Schedule")
             with gr.Row():
-                image_size = gr.Number(d["image_size"], label="Image size (shorter side)", precision=0, minimum=64)
-                val_fraction = gr.Number(d["val_fraction"], label="Validation fraction", minimum=0, maximum=0.9)
+                image_size = gr.Number(d["image_size"], label="Image size (shorter side)", precision=0, minimum=64,
+                                       elem_id="mm-train-image-size")
+                val_fraction = gr.Number(d["val_fraction"], label="Validation fraction", minimum=0, maximum=0.9,
+                                         elem_id="mm-train-val-fraction",
+                                         info="This tab's own split of the Label dataset's labelled images, by the "
+                                              "seed (the Label tab's Export fraction applies to exported files "
+                                              "only).")
                 seed = gr.Number(d["seed"], label="Seed (split, training)", precision=0, minimum=0)
             with gr.Row():
-                device = gr.Radio(list(form.DEVICES), value=d["device"], label="Device", scale=2)
+                device = gr.Radio(list(form.DEVICES), value=d["device"], label="Device", scale=2,
+                                  elem_id="mm-train-device",
+                                  info="auto: a GPU when one is visible, else the CPU" +
+                                       ("" if view.service.gpus else " (none is visible: the CPU)"))
                 num_gpus = gr.Number(d["num_gpus"], label="GPUs", precision=0, minimum=1, scale=1)
             amp = gr.Checkbox(d["amp"], label="Mixed precision (on a GPU; ignored on the CPU)")
             with gr.Row():
                 eval_period = gr.Number(d["eval_period"], label="Evaluate every (iterations; 0: at the end)",
-                                        precision=0, minimum=0)
+                                        precision=0, minimum=0, elem_id="mm-train-eval-period")
                 patience = gr.Number(d["patience"], label="Early stopping patience (evaluations; 0: off)",
                                      precision=0, minimum=0)
             metrics = view.metric_choices(datasets[0] if datasets else None)
@@ -238,6 +369,7 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
             with gr.Accordion("Advanced config options", open=False):
                 advanced = gr.Textbox(label="KEY VALUE per line (detectron2 config)", lines=4,
                                       placeholder="SOLVER.MOMENTUM 0.9\nMODEL.RPN.POST_NMS_TOPK_TRAIN 1000")
+            estimate = gr.Markdown(elem_id="mm-train-estimate")
             train = gr.Button("Train", variant="primary", elem_id="mm-train-start")
             message = gr.Markdown(elem_id="mm-train-message")
         with gr.Column(scale=2):
@@ -245,50 +377,70 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
                 run = gr.Dropdown(view.service.run_names(), value=view.service.default_run(), label="Run", scale=4,
                                   elem_id="mm-train-run")
                 runs_refresh = gr.Button("↻", scale=0, min_width=40)
-            progress = gr.HTML(elem_id="mm-train-progress")
+            progress = gr.HTML(elem_id="mm-train-progress", js_on_load=None)
             with gr.Row():
-                stop = gr.Button("Stop", variant="stop", interactive=False)
-                resume = gr.Button("Resume", interactive=False)
+                stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="mm-train-stop")
+                resume = gr.Button("Resume", interactive=False, elem_id="mm-train-resume")
                 cpu = gr.Button("Run on the CPU instead", visible=False)
                 open_predict = gr.Button("Open in Predict")
                 open_label = gr.Button("Use for labelling")
             with gr.Row():
-                loss_plot = gr.LinePlot(x="iteration", y="value", color="series", label="Losses",
-                                        elem_id="mm-loss-plot")
+                total_plot = gr.LinePlot(x="iteration", y="value", label="Total loss", elem_id="mm-total-loss-plot")
                 lr_plot = gr.LinePlot(x="iteration", y="lr", label="Learning rate")
+            loss_plot = gr.LinePlot(x="iteration", y="value", color="series", label="Losses per head",
+                                    elem_id="mm-loss-plot")
             ap_plot = gr.LinePlot(x="iteration", y="AP", color="series", label="Validation AP")
             eval_caption = gr.Markdown()
-            ap_table = gr.Dataframe(eval_table({}), label="AP per mask name and class",
-                                      interactive=False)
-            log = gr.Textbox(label="Log (last lines)", lines=10, max_lines=10, autoscroll=True, interactive=False)
+            ap_table = gr.Dataframe(eval_table({}), label="AP per mask name (columns) and class (rows)",
+                                    interactive=False, elem_id="mm-train-ap-table", max_height=800)
+            log = gr.HTML("", label="Log (last lines)", show_label=True, container=True, elem_id="mm-train-log",
+                          html_template=LOG_TEMPLATE, css_template=LOG_CSS, js_on_load=LOG_JS)
             with gr.Accordion("Job record", open=False):
                 record = gr.JSON()
-            runs_table = gr.Dataframe(view.runs_table(), label="Runs", interactive=False)
+            runs_table = gr.Dataframe(view.runs_table(), label="Runs", interactive=False, elem_id="mm-train-runs")
             with gr.Row():
                 confirm = gr.Checkbox(label="confirm", scale=1)
                 delete = gr.Button("Delete run", variant="stop", scale=1)
+    gr.HTML(TAB_CSS, elem_id="mm-train-css", js_on_load=None)
     form_inputs = [dataset, run_name, start, iterations, batch, lr, schedule, image_size, val_fraction, seed,
-                   device, num_gpus, amp, eval_period, patience, best_metric, advanced]
-    status_io = {"fn": view.status, "inputs": [run],
-                 "outputs": [progress, loss_plot, lr_plot, ap_plot, eval_caption, ap_table, log, record,
-                             runs_table, stop, resume, cpu], "show_progress": "hidden"}
-    train.click(view.start, form_inputs, [message, run], api_name="train_start").then(**status_io,
-                                                                                      api_visibility="private")
-    run.change(**status_io, api_name="train_status")
-    shown = gr.State(None)  # the signature of what this page shows (see TrainView.tick)
-    gr.Timer(POLL_SECONDS).tick(view.tick, [run, shown], [*status_io["outputs"], shown], show_progress="hidden",
-                                api_visibility="private")
-    stop.click(view.act("stop"), [run], message, api_name="train_stop").then(**status_io, api_visibility="private")
-    resume.click(view.act("resume"), [run], message, api_name="train_resume").then(**status_io,
-                                                                                  api_visibility="private")
-    cpu.click(view.act("retry_on_cpu"), [run], message, api_name="train_retry_on_cpu").then(
-        **status_io, api_visibility="private")
-    delete.click(view.delete, [run, confirm], [message, run, confirm], api_name="train_delete")
-    runs_refresh.click(lambda r: gr.update(choices=view.service.run_names(), value=r), [run], run,
-                       api_name="train_runs")
-    dataset.change(view.on_dataset, [dataset], best_metric, api_visibility="private")
-    for trigger in (refresh.click, tab.select):
-        trigger(view.refresh_form, [dataset, start], [dataset, start], api_visibility="private")
-    demo.load(view.on_load, None, [run, dataset, start], api_visibility="private")
+                   device, num_gpus, amp, eval_period, patience, best_metric, advanced, weights_file]
+    _wire(demo, view, tab, locals())
     return {"run": run, "message": message, "open_predict": open_predict, "open_label": open_label}
 
+
+def _wire(demo: gr.Blocks, view: TrainView, tab: gr.Tab, c: dict[str, Any]) -> None:
+    """The Train tab's events; `c`: its components by variable name. Every event that writes the progress
+    panel hides Gradio's progress indicator (it would flicker there every tick)."""
+    hidden = {"show_progress": "hidden"}
+    private = {**hidden, "api_visibility": "private"}
+    run = c["run"]
+    status_io = {"fn": view.status, "inputs": [run],
+                 "outputs": [c[k] for k in ("progress", "total_plot", "loss_plot", "lr_plot", "ap_plot",
+                                            "eval_caption", "ap_table", "log", "record", "runs_table", "stop",
+                                            "resume", "cpu")], **hidden}
+    filled = [c["form_inputs"][form.FIELDS.index(f)] for f in FILLED_FIELDS]
+    following = [c[{"batch_size": "batch"}.get(f, f)] for f in FOLLOWING_FIELDS]
+    c["train"].click(view.start, c["form_inputs"], [c["message"], run], api_name="train_start", **hidden).then(
+        **status_io, api_visibility="private")
+    run.change(**status_io, api_name="train_status").then(view.fill_form, [run], filled, **private)
+    shown, names = gr.State(None), gr.State(view.service.run_names())  # what this page shows (TrainView.tick)
+    gr.Timer(POLL_SECONDS).tick(view.tick, [run, shown, names], [*status_io["outputs"], shown, run, names],
+                                **private)
+    for name, action in (("stop", "stop"), ("resume", "resume"), ("cpu", "retry_on_cpu")):
+        c[name].click(view.act(action), [run], c["message"], api_name=f"train_{action}", **hidden).then(
+            **status_io, api_visibility="private")
+    c["delete"].click(view.delete, [run, c["confirm"]], [c["message"], run, c["confirm"]], api_name="train_delete",
+                      **hidden)
+    c["runs_refresh"].click(view.run_choices, [run], run, api_name="train_runs", **hidden)
+    c["dataset"].change(view.on_dataset, [c["dataset"], c["best_metric"]], c["best_metric"], **private)
+    c["start"].change(lambda s: gr.update(visible=s == "local"), [c["start"]], c["weights_file"], **private)
+    for trigger in (c["start"].input, c["device"].input):
+        trigger(view.follow_start, [c["start"], c["device"]], following, **private)
+    c["iterations"].input(view.fit_eval_period, [c["iterations"], c["eval_period"]], c["eval_period"], **private)
+    estimated = [x for x in c["form_inputs"] if x not in (c["run_name"], c["advanced"])]
+    gr.on([x.change for x in estimated] + [demo.load, tab.select], view.estimate, c["form_inputs"], c["estimate"],
+          trigger_mode="always_last", **private)
+    for trigger in (c["refresh"].click, tab.select):
+        trigger(view.refresh_form, [c["dataset"], c["start"], run], [c["dataset"], c["start"], run], **private)
+    demo.load(view.on_load, None, [run, c["dataset"], c["start"]], **private).then(
+        view.fill_form, [run], filled, **private)  # also when the run shown is the one the page was built with

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import pickle
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -13,6 +15,7 @@ from detectron2.utils.file_io import PathManager
 logger = logging.getLogger(__name__)
 
 _REMOTE = ("detectron2://", "http://", "https://")
+_DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"  # what detectron2:// stands for
 BEST_CHECKPOINT = "model_best.pth"  # written by detectron2's BestCheckpointer (file prefix "model_best")
 
 
@@ -40,6 +43,38 @@ def resolve_weights(path: str) -> str:
     if not Path(path).is_file():
         raise WeightsUnavailableError(f"model weights file not found: {path}")
     return path
+
+
+def is_remote(path: str) -> bool:
+    """Whether weights are a model-zoo or URL path (downloaded on first use)."""
+    return path.startswith(_REMOTE)
+
+
+def weights_url(path: str) -> str:
+    """The http(s) URL of a remote weights path (detectron2:// expanded)."""
+    return _DETECTRON2_URL + path[len("detectron2://"):] if path.startswith("detectron2://") else path
+
+
+def cached_download(path: str) -> Path | None:
+    """The local copy of remote weights when an earlier run downloaded them (iopath's cache), else None."""
+    from iopath.common.file_io import get_cache_dir
+
+    url = urlparse(weights_url(path))
+    cached = Path(get_cache_dir()) / url.path.lstrip("/")
+    return cached if cached.is_file() else None
+
+
+def downloadable(path: str, timeout: float = 3.0) -> bool:
+    """Whether remote weights are cached or their server answers (a TCP connection within `timeout` s)."""
+    if cached_download(path) is not None:
+        return True
+    url = urlparse(weights_url(path))
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 class MultiMaskCheckpointer(DetectionCheckpointer):
