@@ -1,7 +1,9 @@
 """The Predict tab: run a trained model on an uploaded image, filter by score and toggle mask layers.
 
 The model runs once per (run, image) at RAW_SCORE_THRESHOLD; its output is kept in a `gr.State` and the
-score slider and mask toggles only re-filter and redraw it. Loaded models are cached per run weights.
+score slider and mask toggles only re-filter and redraw it; a click on a table row highlights that detection.
+Loaded models are cached per run weights. The overlay and table are drawn by `predict_draw`, the downloads written
+by `predict_export`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import pandas as pd
 
 from multimask.data.images import MAX_IMAGE_PIXELS, read_image_bgr
 
-from .runs import RunInfo, RunNotFoundError, find_runs, get_run
+from .predict_draw import empty_table, render, select
+from .predict_export import remove_folder, session_folder, write_downloads
+from .runs import RunInfo, RunNotFoundError, RunProgress, find_runs, get_run, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ RAW_SCORE_THRESHOLD = 0.05  # detections below this are never kept, whatever the
 PREDICT_MAX_SIDE = 1600
 DEFAULT_SCORE_THRESHOLD = 0.5
 NO_IMAGE_MESSAGE = "Upload an image to detect objects."
-BASE_COLUMNS = ["#", "class", "score", "x0", "y0", "x1", "y1"]
+RUNS_POLL_SECONDS = 10.0  # how often an open Predict tab re-lists the runs (new runs, training progress)
 
 
 class InputError(ValueError):
@@ -120,7 +124,12 @@ class RawPrediction:
     areas: np.ndarray  # (N, K) int64 pixel count per mask
     mask_names: list[str]
     class_names: list[str]
-    rendered: tuple | None = None  # (threshold, mask names) of the overlay last sent for it
+    source_size: tuple[int, int] = (0, 0)  # (H, W) of the uploaded image
+    file_name: str = "image"  # the uploaded file's name, for the downloads
+    highlight: int | None = None  # the detection drawn highlighted (a click on its table row)
+    rendered: tuple | None = None  # (threshold, mask names, highlight) of the overlay last sent for it
+    overlay: np.ndarray | None = None  # that overlay
+    exported: tuple | None = None  # the `rendered` key of the downloads last written
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -128,8 +137,9 @@ class RawPrediction:
     @classmethod
     def from_instances(cls, instances, image: np.ndarray, run_name: str, run_key: tuple,
                        mask_names: Sequence[str], class_names: Sequence[str], *, source: str = "",
-                       scale: float = 1.0) -> RawPrediction:
-        """Convert a predictor's output Instances (on any device) for `image`."""
+                       scale: float = 1.0, source_size: tuple[int, int] | None = None) -> RawPrediction:
+        """Convert a predictor's output Instances (on any device) for `image`, which shows the upload (of size
+        `source_size`, default the image's own) shrunk by `scale`."""
         instances = instances.to("cpu")
         h, w = image.shape[:2]
         k = len(mask_names)
@@ -153,7 +163,7 @@ class RawPrediction:
                    boxes=instances.pred_boxes.tensor.numpy().astype(np.float32)[order].reshape(-1, 4),
                    scores=scores[order], classes=instances.pred_classes.numpy().astype(np.int64)[order],
                    origins=origins, crops=crops, areas=areas, mask_names=list(mask_names),
-                   class_names=list(class_names))
+                   class_names=list(class_names), source_size=tuple(source_size or (h, w)))
 
     def class_name(self, c: int) -> str:
         return self.class_names[c] if 0 <= c < len(self.class_names) else str(c)
@@ -170,15 +180,6 @@ class RawPrediction:
         return out
 
 
-def table_columns(mask_names: Sequence[str]) -> list[str]:
-    """Instance table columns: index, class, score, box, then the pixel area of each mask."""
-    return BASE_COLUMNS + [f"{name} area" for name in mask_names]
-
-
-def empty_table(mask_names: Sequence[str] = ()) -> pd.DataFrame:
-    return pd.DataFrame(columns=table_columns(mask_names))
-
-
 def parse_threshold(threshold: Any) -> float:
     """The slider value as a float in [0, 1]; InputError otherwise."""
     try:
@@ -188,44 +189,6 @@ def parse_threshold(threshold: Any) -> float:
     if not 0.0 <= value <= 1.0:
         raise InputError(f"Score threshold must be between 0 and 1, got {value}.")
     return value
-
-
-def select(raw: RawPrediction, threshold: float) -> np.ndarray:
-    """Indices of the detections with score >= threshold (in decreasing score order)."""
-    return np.flatnonzero(raw.scores >= threshold)
-
-
-def instance_table(raw: RawPrediction, keep: Sequence[int]) -> pd.DataFrame:
-    """One row per kept detection, box and mask areas in the uploaded image's pixels; "#" matches the "#n"
-    label drawn on the overlay."""
-    rows = []
-    for j, i in enumerate(keep):
-        box = [round(float(v) * raw.scale) for v in raw.boxes[i]]
-        rows.append([j, raw.class_name(int(raw.classes[i])), round(float(raw.scores[i]), 3), *box,
-                     *(round(int(a) * raw.scale ** 2) for a in raw.areas[i])])
-    return pd.DataFrame(rows, columns=table_columns(raw.mask_names))
-
-
-def render(raw: RawPrediction, threshold: float, visible: Sequence[str] | None) -> tuple[np.ndarray, pd.DataFrame]:
-    """The overlay (RGB, the image's size) and the instance table for the detections above `threshold`.
-
-    `visible` names the mask layers to draw (None: all); unknown names are ignored.
-    """
-    from multimask.visualizer import MultiMaskVisualizer
-
-    keep = select(raw, threshold)
-    wanted = set(raw.mask_names if visible is None else [visible] if isinstance(visible, str) else visible)
-    shown = [n for n in raw.mask_names if n in wanted]
-    masks = raw.full_masks(keep, [raw.mask_names.index(n) for n in shown])
-    labels = [f"#{j} {raw.class_name(int(raw.classes[i]))} {raw.scores[i]:.0%}" for j, i in enumerate(keep)]
-    vis = MultiMaskVisualizer(raw.image, None)
-    vis.draw_multimask(masks, raw.mask_names, boxes=raw.boxes[keep], labels=labels, visible=shown)
-    overlay = vis.output.get_image()
-    if overlay.shape != raw.image.shape:  # matplotlib can round the canvas size by a pixel
-        import cv2
-
-        overlay = cv2.resize(overlay, (raw.image.shape[1], raw.image.shape[0]), interpolation=cv2.INTER_AREA)
-    return overlay, instance_table(raw, keep)
 
 
 class PredictorCache:
@@ -282,7 +245,7 @@ def run_model(predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | N
         instances = predictor(bgr)["instances"]
     return RawPrediction.from_instances(instances, shown, run.name, run.key, predictor.mask_names,
                                         predictor.metadata.thing_classes, source=source or image_digest(rgb),
-                                        scale=scale)
+                                        scale=scale, source_size=(h, w))
 
 
 Outputs = tuple[Any, pd.DataFrame, str, Any]
@@ -296,8 +259,10 @@ class PredictView:
         self.cache = cache or PredictorCache()
 
     def run_choices(self) -> list[tuple[str, str]]:
-        """(label, run name) pairs for the run dropdown, newest first."""
-        return [(_run_label(r), r.name) for r in find_runs(self.runs_root)]
+        """(label, run name) pairs for the run dropdown, newest first; a label says when the weights are partial."""
+        runs = find_runs(self.runs_root)
+        progress = run_progress(self.runs_root, runs)
+        return [(_run_label(r, progress[r.name]), r.name) for r in runs]
 
     def refresh_runs(self, current: str | None) -> tuple[Any, str]:
         """Re-list the runs, keeping the current choice when it still exists."""
@@ -311,6 +276,14 @@ class PredictView:
         """On page load: re-list the runs (some may have been trained since the app started)."""
         update, status = self.refresh_runs(current)
         return update, (status if not update["choices"] else NO_IMAGE_MESSAGE)
+
+    def poll_runs(self, listed: list | None) -> tuple[Any, list]:
+        """The run list again, on a timer: new choices when runs or their progress changed since `listed` (the
+        choices sent last), else nothing; the chosen run is left as it is."""
+        choices = [list(c) for c in self.run_choices()]
+        if choices == listed:
+            return gr.skip(), listed
+        return gr.update(choices=[tuple(c) for c in choices]), choices
 
     def select_run(self, run_name: str | None) -> tuple[Any, str]:
         """The mask-layer checkboxes of the chosen run (all on)."""
@@ -342,8 +315,9 @@ class PredictView:
                 predictor = self.cache.get(run)
                 raw = run_model(predictor, rgb, run, self.cache.inference_lock, source=digest)
                 ran = time.perf_counter() - t0
-            overlay, table = render(raw, threshold, visible)
-            raw.rendered = _render_key(threshold, visible)
+            if isinstance(image, (str, Path)):
+                raw.file_name = Path(image).name
+            overlay, table = self._render(raw, threshold, visible)
             return overlay, table, _summary(raw, len(table), threshold, ran), raw
         except (RunNotFoundError, InputError) as e:
             return None, empty_table(), _warn(e), None
@@ -359,10 +333,9 @@ class PredictView:
             return gr.skip(), gr.skip(), gr.skip()
         try:
             threshold = parse_threshold(threshold)
-            if state.rendered == _render_key(threshold, visible):
+            if state.rendered == _render_key(threshold, visible, state.highlight):
                 return gr.skip(), gr.skip(), gr.skip()
-            overlay, table = render(state, threshold, visible)
-            state.rendered = _render_key(threshold, visible)
+            overlay, table = self._render(state, threshold, visible)
             return overlay, table, _summary(state, len(table), threshold, None)
         except InputError as e:
             return gr.skip(), gr.skip(), _warn(e)
@@ -370,19 +343,84 @@ class PredictView:
             logger.exception("redraw failed")
             return gr.skip(), gr.skip(), _warn(f"Drawing failed: {type(e).__name__}: {e}")
 
+    def highlight(self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None,
+                  number: Any) -> tuple[Any, str]:
+        """Highlight detection `number` (the table's "#") on the overlay, or show all again when it is the one
+        highlighted already (a second click on its row). Returns (overlay, status)."""
+        if not isinstance(state, RawPrediction):
+            return gr.skip(), _warn("Detect first, then click a row to highlight its instance.")
+        try:
+            threshold = parse_threshold(threshold)
+            shown = len(select(state, threshold))
+            j = _instance_index(number, shown)
+            state.highlight = None if state.highlight == j else j
+            overlay, _ = self._render(state, threshold, visible)
+        except InputError as e:
+            return gr.skip(), _warn(e)
+        if state.highlight is None:
+            return overlay, _summary(state, shown, threshold, None)
+        return overlay, f"Instance #{number} highlighted; click its row again to show all {shown}."
+
+    def highlight_row(self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None,
+                      evt: gr.SelectData) -> tuple[Any, str]:
+        """A click on an instance table cell: highlight the row's instance (its "#", the first value)."""
+        row = evt.row_value if isinstance(evt.row_value, (list, tuple)) else [None]
+        return self.highlight(state, threshold, visible, row[0] if row else None)
+
+    def downloads(self, state: RawPrediction | None, folder: str | None) -> tuple[Any, Any, str | None]:
+        """Write the predictions JSON and overlay PNG of the overlay last sent to the session's folder; returns
+        the two download buttons' updates and the folder. Nothing to download without a prediction."""
+        if not isinstance(state, RawPrediction) or state.overlay is None:
+            off = gr.update(value=None, interactive=False)
+            return off, off, folder
+        if state.exported == state.rendered and folder:
+            return gr.skip(), gr.skip(), folder
+        path = session_folder(folder)
+        doc, png = write_downloads(state, select(state, state.rendered[0]), state.overlay, path)
+        state.exported = state.rendered
+        return (gr.update(value=str(doc), interactive=True), gr.update(value=str(png), interactive=True),
+                str(path))
+
+    def _render(self, raw: RawPrediction, threshold: float, visible: Sequence[str] | None) -> tuple:
+        overlay, table = render(raw, threshold, visible, raw.highlight)
+        raw.rendered, raw.overlay = _render_key(threshold, visible, raw.highlight), overlay
+        return overlay, table
+
     def _get_run(self, run_name: str | None) -> RunInfo:
         if not run_name and not find_runs(self.runs_root):
             raise RunNotFoundError(no_runs_message(self.runs_root))
         return get_run(self.runs_root, run_name)
 
 
-def _render_key(threshold: float, visible: Sequence[str] | str | None) -> tuple:
-    return threshold, None if visible is None else tuple([visible] if isinstance(visible, str) else visible)
+def _instance_index(number: Any, shown: int) -> int:
+    """The detection index of table number `number` (from 1) among `shown` rows; InputError otherwise."""
+    try:
+        j = int(number) - 1
+    except (TypeError, ValueError):
+        raise InputError(f"Not an instance number: {number!r}.") from None
+    if not 0 <= j < shown or j + 1 != float(number):
+        raise InputError(f"No instance #{number} among the {shown} shown; detect again or lower the threshold.")
+    return j
 
 
-def _run_label(run: RunInfo) -> str:
+def _render_key(threshold: float, visible: Sequence[str] | str | None, highlight: int | None) -> tuple:
+    names = None if visible is None else tuple([visible] if isinstance(visible, str) else visible)
+    return threshold, names, highlight
+
+
+def _run_label(run: RunInfo, progress: RunProgress) -> str:
+    """The run's name, how far its training got when its weights are partial, its date and mask names."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.mtime))
-    return f"{run.name}  ({when}; {', '.join(run.mask_names)})"
+    label = f"{run.name}  ({when}; {', '.join(run.mask_names)})"
+    if not progress.partial:
+        return label
+    weights = "partial weights" if progress.iteration is None else f"weights of iteration {progress.iteration}"
+    if progress.state == "stopped" and progress.iteration is not None:
+        marker = f"stopped at iteration {progress.iteration}"
+    else:
+        marker = {"training": "training…", "stopped": "stopped", "failed": "training failed",
+                  "unfinished": "unfinished"}[progress.state] + f" – {weights}"
+    return f"{run.name} · {marker}  ({when}; {', '.join(run.mask_names)})"
 
 
 def _warn(message: object) -> str:
@@ -395,11 +433,13 @@ def _summary(raw: RawPrediction, shown: int, threshold: float, seconds: float | 
     return text + (f" · model ran in {seconds:.2f} s" if seconds is not None else "")
 
 
-def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView | None = None) -> PredictView:
+def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView | None = None,
+                      tab: gr.Tab | None = None) -> PredictView:
     """Add the Predict tab's components and events to the current Blocks; returns its handlers.
 
     API endpoints: `predict` (run, image, threshold, masks), `redraw` (threshold, masks; uses the session's
-    last prediction), `list_runs` and `select_run`.
+    last prediction), `list_runs` and `select_run`. The run list is re-read on page load, every
+    RUNS_POLL_SECONDS, and when `tab` (the Predict tab, when given) is selected.
     """
     view = view or PredictView(runs_root)
     choices = view.run_choices()
@@ -413,30 +453,50 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
             # The file as uploaded (image_mode None: no PIL conversion, which clips 16-bit greyscale to white),
             # read by to_rgb as training and the CLI read images.
             image = gr.Image(type="filepath", image_mode=None, format="png", label="Image",
-                             sources=["upload", "clipboard"])
+                             sources=["upload", "clipboard"], elem_id="mm-predict-image")
             threshold = gr.Slider(0.0, 1.0, value=DEFAULT_SCORE_THRESHOLD, step=0.01, label="Score threshold",
                                   info=f"Detections under {RAW_SCORE_THRESHOLD} are never kept.")
             masks = gr.CheckboxGroup(first_masks, value=first_masks, label="Mask layers")
             detect = gr.Button("Detect", variant="primary")
         with gr.Column(scale=2):
-            overlay = gr.Image(format="png", label="Prediction", interactive=False)
-            status = gr.Markdown(no_runs_message(runs_root) if not choices else NO_IMAGE_MESSAGE, label="Status")
-            table = gr.Dataframe(empty_table(first_masks), label="Instances", interactive=False, datatype="auto")
+            # A small image is drawn larger (see predict_draw.display_scale); the fullscreen button enlarges it all.
+            overlay = gr.Image(format="png", label="Prediction", interactive=False, buttons=["fullscreen"],
+                               elem_id="mm-predict-overlay")
+            status = gr.Markdown(no_runs_message(runs_root) if not choices else NO_IMAGE_MESSAGE, label="Status",
+                                 elem_id="mm-predict-status")
+            with gr.Row():
+                json_file = gr.DownloadButton("Predictions (JSON)", interactive=False, size="sm",
+                                              elem_id="mm-predict-json")
+                png_file = gr.DownloadButton("Overlay (PNG)", interactive=False, size="sm", elem_id="mm-predict-png")
+            table = gr.Dataframe(empty_table(first_masks), label="Instances (click a row to highlight it)",
+                                 interactive=False, datatype="auto", elem_id="mm-predict-table")
     state = gr.State(None, time_to_live=3600)
+    folder = gr.State(None, delete_callback=remove_folder)  # the session's download folder
+    listed = gr.State(None)  # the run choices last sent by the timer
 
     predict_io = {"fn": view.predict, "inputs": [run, image, threshold, masks, state],
                   "outputs": [overlay, table, status, state], "concurrency_id": "multimask_model",
                   "concurrency_limit": 1}
     redraw_io = {"fn": view.redraw, "inputs": [state, threshold, masks], "outputs": [overlay, table, status],
                  "show_progress": "minimal"}
-    threshold.change(**redraw_io, trigger_mode="always_last", api_name="redraw")  # first: it owns the name
-    masks.input(**redraw_io, trigger_mode="always_last", api_visibility="private")
+    downloads_io = {"fn": view.downloads, "inputs": [state, folder], "outputs": [json_file, png_file, folder],
+                    "show_progress": "hidden", "api_visibility": "private"}
+    threshold.change(**redraw_io, trigger_mode="always_last", api_name="redraw").then(**downloads_io)  # owns the name
+    masks.input(**redraw_io, trigger_mode="always_last", api_visibility="private").then(**downloads_io)
     # After a prediction, a redraw with the slider and layers as they are by then (moved while the model ran)
-    detect.click(**predict_io, api_name="predict").then(**redraw_io, api_visibility="private")
-    image.change(**predict_io, api_visibility="private").then(**redraw_io, api_visibility="private")
+    detect.click(**predict_io, api_name="predict").then(**redraw_io, api_visibility="private").then(**downloads_io)
+    image.change(**predict_io, api_visibility="private").then(**redraw_io, api_visibility="private").then(
+        **downloads_io)
     run.change(view.select_run, [run], [masks, status], api_name="select_run").then(
-        **predict_io, api_visibility="private").then(**redraw_io, api_visibility="private")
+        **predict_io, api_visibility="private").then(**redraw_io, api_visibility="private").then(**downloads_io)
+    table.select(view.highlight_row, [state, threshold, masks], [overlay, status], api_visibility="private",
+                 show_progress="minimal").then(**downloads_io)
     refresh.click(view.refresh_runs, [run], [run, status], api_name="list_runs")
     demo.load(view.load_runs, [run], [run, status], api_visibility="private")  # runs trained meanwhile
+    poll = {"fn": view.poll_runs, "inputs": [listed], "outputs": [run, listed], "show_progress": "hidden",
+            "api_visibility": "private"}
+    gr.Timer(RUNS_POLL_SECONDS).tick(**poll)
+    if tab is not None:
+        tab.select(**poll)
     view.run_dropdown = run  # the Train tab's "Open in Predict" sets it
     return view

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -134,3 +135,84 @@ def _warn_once(message: str) -> None:
         _warned.clear()
     _warned.add(message)
     logger.warning(message)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """How far a run's training got, for marking runs whose weights are partial."""
+
+    state: str  # "complete", "training" (queued, running or stopping), "stopped", "failed" or "unfinished"
+    iteration: int | None = None  # the iteration of the run's weights, when not complete and known
+
+    @property
+    def partial(self) -> bool:
+        return self.state != "complete"
+
+
+def run_progress(runs_root: str | Path, runs: list[RunInfo]) -> dict[str, RunProgress]:
+    """{run name: progress} of `runs`, from the app's latest job of each run (in `<runs_root>/.jobs`), or, for
+    runs trained with the command line, from `summary.json` (written when training ends)."""
+    from multimask.engine.trainer import SUMMARY_FILE
+
+    latest = _latest_jobs(Path(runs_root))
+    out = {}
+    for run in runs:
+        job = latest.get(str(run.path))
+        if job is not None:
+            state = _JOB_PROGRESS[job["state"]]
+        else:
+            state = "complete" if (run.path / SUMMARY_FILE).is_file() else "unfinished"
+        out[run.name] = RunProgress(state, None if state == "complete" else weights_iteration(run.weights))
+    return out
+
+
+_JOB_PROGRESS = {"queued": "training", "running": "training", "stopping": "training", "completed": "complete",
+                 "cancelled": "stopped", "failed": "failed"}
+_job_managers: dict[Path, object] = {}
+
+
+def _latest_jobs(runs_root: Path) -> dict[str, dict]:
+    """{resolved run folder: its newest job record} from the Train tab's job records (none when no folder)."""
+    from .training.jobs import JobManager
+    from .training.service import JOBS_FOLDER
+
+    folder = runs_root.resolve() / JOBS_FOLDER
+    if not folder.is_dir():
+        return {}
+    if folder not in _job_managers:  # one reader per folder: it reports a file that is not a record only once
+        _job_managers[folder] = JobManager(folder, runs_root)
+    latest: dict[str, dict] = {}
+    for job in _job_managers[folder].jobs():  # newest first
+        latest.setdefault(job["run_dir"], job)
+    return latest
+
+
+_iterations: dict[tuple[str, int, int], int | None] = {}
+
+
+def weights_iteration(weights: Path) -> int | None:
+    """The training iteration a checkpoint was saved at: from its name (`model_0000099.pth`) or its
+    "iteration" entry (memory-mapped, not read whole); None when unknown or unreadable."""
+    match = re.fullmatch(r"model_(\d+)\.pth", weights.name)
+    if match:
+        return int(match.group(1))
+    try:
+        st = weights.stat()
+    except OSError:
+        return None
+    key = (str(weights), st.st_mtime_ns, st.st_size)
+    if key not in _iterations:
+        if len(_iterations) > 1000:
+            _iterations.clear()
+        _iterations[key] = _saved_iteration(weights)
+    return _iterations[key]
+
+
+def _saved_iteration(weights: Path) -> int | None:
+    import torch
+
+    try:
+        value = torch.load(weights, map_location="cpu", mmap=True, weights_only=True).get("iteration")
+    except Exception:  # a checkpoint being written, or not one of detectron2's
+        return None
+    return int(value) if isinstance(value, int) else None

@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from app import build_app
+from app.predict_draw import display_scale
 from app.predict_view import NO_IMAGE_MESSAGE, PredictView, RawPrediction, render, to_rgb
 from app.runs import RunNotFoundError, find_runs, get_run
 from multimask.config import get_multimask_cfg
@@ -32,6 +33,12 @@ def _make_run(folder):
     (folder / "config.yaml").write_text(cfg.dump())
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), save_dir=str(folder)).save("model_final")
+
+
+def _drawn(image):
+    """The overlay's shape for `image`: drawn `display_scale` times larger."""
+    k = display_scale(*image.shape[:2])
+    return image.shape[0] * k, image.shape[1] * k, 3
 
 
 def _copy_run(src, dst, weights_name="model_final.pth", weights=None):
@@ -140,7 +147,7 @@ def test_predict_overlay_and_table(view, image, raw):
     threshold = float(raw.scores[9])
     overlay, table, status, state = view.predict("exp1", image, threshold, ["primary", "secondary"], raw)
     assert state is raw  # same run and image: the model did not run again
-    assert overlay.shape == image.shape and overlay.dtype == np.uint8
+    assert overlay.shape == _drawn(image) and overlay.dtype == np.uint8
     expected = int((raw.scores >= threshold).sum())
     assert 10 <= expected < len(raw)
     assert len(table) == expected
@@ -197,14 +204,14 @@ def test_toggling_a_mask_layer_changes_the_overlay_not_the_table(view, raw):
     both, table_both, _ = view.redraw(raw, 0.2, ["primary", "secondary"])
     primary, table_primary, _ = view.redraw(raw, 0.2, ["primary"])
     none, _, _ = view.redraw(raw, 0.2, [])
-    assert both.shape == primary.shape == none.shape == raw.image.shape
+    assert both.shape == primary.shape == none.shape == _drawn(raw.image)
     assert not np.array_equal(both, primary) and not np.array_equal(primary, none)
     pd.testing.assert_frame_equal(table_both, table_primary)
 
 
 def test_render_draws_nothing_extra_for_an_empty_selection(raw):
     overlay, table = render(raw, 1.0, [])
-    assert table.empty and overlay.shape == raw.image.shape
+    assert table.empty and overlay.shape == _drawn(raw.image)
 
 
 def test_redraw_without_a_prediction_leaves_the_outputs_alone(view):
@@ -220,7 +227,7 @@ def test_the_redraw_after_a_prediction_only_draws_when_the_slider_or_layers_move
     *_, state = view.predict("exp1", image, 0.3, ["primary"], None)
     assert view.redraw(state, 0.3, ["primary"]) == (gr.skip(),) * 3, "the prediction's overlay shows these"
     overlay, table, status = view.redraw(state, 0.25, ["primary"])
-    assert overlay.shape == image.shape and "≥ 0.25" in status
+    assert overlay.shape == _drawn(image) and "≥ 0.25" in status
     assert view.redraw(state, 0.25, ["primary"]) == (gr.skip(),) * 3
 
 
@@ -229,7 +236,7 @@ def test_grayscale_and_alpha_uploads(view, image, shape):
     img = np.random.RandomState(1).randint(0, 255, shape).astype(np.uint8)
     overlay, table, status, state = view.predict("exp1", img, 0.2, None, None)
     assert "⚠️" not in status
-    assert overlay.shape == (120, 160, 3)
+    assert overlay.shape == _drawn(img)
     assert state.image.shape == (120, 160, 3)
     if len(shape) == 3 and shape[2] == 4:
         assert np.array_equal(state.image, img[:, :, :3])
@@ -325,7 +332,7 @@ def test_app_end_to_end(runs_root, tmp_path, image):
                                                 api_name="/predict")
         assert "⚠️" not in status
         with Image.open(overlay) as im:
-            assert im.size == (160, 120) and im.mode == "RGB"
+            assert im.size == (960, 720) and im.mode == "RGB"  # drawn 6x: see display_scale
         assert table["headers"][-2:] == ["primary area", "secondary area"]
         n = len(table["data"])
         assert n > 10 and f"{n} of {n}" in status

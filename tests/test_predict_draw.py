@@ -1,5 +1,6 @@
 """The overlay: label size and placement, highlighting, drawing small images larger, instance numbers."""
 
+import gradio as gr
 import numpy as np
 import pytest
 
@@ -82,3 +83,76 @@ def test_a_highlighted_instance_has_its_box_and_label_and_the_others_fade():
     assert not np.array_equal(shown[30:90, 100:180], plain[30:90, 100:180])  # the box outline
     with pytest.raises(IndexError):
         _draw(120, 200, boxes, highlight=2)
+
+
+# The Predict tab's overlay and table (app.predict_draw), from detections made by hand.
+
+def _raw(h=120, w=160, boxes=((10, 10, 60, 50), (70, 20, 150, 100), (20, 60, 60, 110)), scores=(0.9, 0.8, 0.4)):
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from app.predict_view import RawPrediction
+
+    masks = _masks(h, w, boxes)
+    inst = Instances((h, w), pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                     scores=torch.tensor(scores), pred_classes=torch.zeros(len(boxes), dtype=torch.int64),
+                     pred_multimask=torch.from_numpy(masks))
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 255, (h, w, 3)).astype(np.uint8)
+    return RawPrediction.from_instances(inst, image, "run", ("run",), NAMES, ["leaf"])
+
+
+def test_a_small_image_is_drawn_larger_with_sharp_pixels():
+    from app.predict_draw import DISPLAY_SIDE, render
+
+    raw = _raw(30, 40, boxes=np.zeros((0, 4)), scores=())
+    overlay, table = render(raw, 0.5, [])
+    k = DISPLAY_SIDE // 40
+    assert k > 1 and overlay.shape == (30 * k, 40 * k, 3) and table.empty
+    assert np.array_equal(overlay, np.kron(raw.image, np.ones((k, k, 1), np.uint8)))
+    big = _raw(900, 1600, boxes=np.zeros((0, 4)), scores=())
+    assert render(big, 0.5, [])[0].shape == (900, 1600, 3)
+
+
+def test_instances_are_numbered_from_one_in_the_table_and_on_the_overlay(monkeypatch):
+    from app.predict_draw import render
+
+    drawn = []
+    original = MultiMaskVisualizer.draw_label
+    monkeypatch.setattr(MultiMaskVisualizer, "draw_label",
+                        lambda self, text, box, color: drawn.append(text) or original(self, text, box, color))
+    _, table = render(_raw(), 0.5, None)
+    assert table["#"].tolist() == [1, 2]  # the Label tab's instance list counts from 1 too
+    assert drawn == ["#1 leaf 90%", "#2 leaf 80%"]
+
+
+def test_clicking_a_row_highlights_its_instance_and_a_second_click_shows_all_again(tmp_path):
+    from app.predict_view import PredictView
+
+    view, raw = PredictView(tmp_path), _raw()
+    plain, _, _ = view.redraw(raw, 0.3, None)
+    click = gr.SelectData(None, {"index": [1, 3], "value": 70, "row_value": [2, "leaf", 0.8, 70, 20, 150, 100]})
+    highlighted, status = view.highlight_row(raw, 0.3, None, click)
+    assert "#2 highlighted" in status and raw.highlight == 1
+    assert highlighted.shape == plain.shape and not np.array_equal(highlighted, plain)
+    assert view.redraw(raw, 0.3, None) == (gr.skip(),) * 3, "the overlay shows the highlight already"
+    moved, _, _ = view.redraw(raw, 0.35, None)  # the highlight stays while the slider moves
+    assert np.array_equal(moved, highlighted)
+    again, status = view.highlight_row(raw, 0.35, None, click)
+    assert raw.highlight is None and np.array_equal(again, plain) and "3 of 3 detections" in status
+
+
+@pytest.mark.parametrize("number", [0, 4, 3, -1, "2; drop", None, 1.5, "x"])
+def test_a_row_number_that_is_not_shown_gives_a_message(tmp_path, number):
+    from app.predict_view import PredictView
+
+    raw = _raw()
+    overlay, status = PredictView(tmp_path).highlight(raw, 0.5, None, number)  # rows #1 and #2 are shown
+    assert overlay == gr.skip() and status.startswith("⚠️") and raw.highlight is None
+
+
+def test_highlighting_before_any_prediction_says_what_to_do(tmp_path):
+    from app.predict_view import PredictView
+
+    overlay, status = PredictView(tmp_path).highlight(None, 0.5, None, 1)
+    assert overlay == gr.skip() and "Detect first" in status
