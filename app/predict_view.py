@@ -411,16 +411,17 @@ def _render_key(threshold: float, visible: Sequence[str] | str | None, highlight
 def _run_label(run: RunInfo, progress: RunProgress) -> str:
     """The run's name, how far its training got when its weights are partial, its date and mask names."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.mtime))
-    label = f"{run.name}  ({when}; {', '.join(run.mask_names)})"
+    details = f"({when}; {', '.join(run.mask_names)})"
     if not progress.partial:
-        return label
-    weights = "partial weights" if progress.iteration is None else f"weights of iteration {progress.iteration}"
-    if progress.state == "stopped" and progress.iteration is not None:
-        marker = f"stopped at iteration {progress.iteration}"
+        return f"{run.name}  {details}"
+    done = progress.iterations
+    if progress.state == "stopped" and done is not None:
+        marker = f"stopped after {done} iterations"
     else:
+        weights = "partial weights" if done is None else f"weights after {done} iterations"
         marker = {"training": "training…", "stopped": "stopped", "failed": "training failed",
                   "unfinished": "unfinished"}[progress.state] + f" – {weights}"
-    return f"{run.name} · {marker}  ({when}; {', '.join(run.mask_names)})"
+    return f"{run.name} · {marker}  {details}"
 
 
 def _warn(message: object) -> str:

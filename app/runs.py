@@ -142,7 +142,7 @@ class RunProgress:
     """How far a run's training got, for marking runs whose weights are partial."""
 
     state: str  # "complete", "training" (queued, running or stopping), "stopped", "failed" or "unfinished"
-    iteration: int | None = None  # the iteration of the run's weights, when not complete and known
+    iterations: int | None = None  # training iterations done when its weights were saved (if not complete)
 
     @property
     def partial(self) -> bool:
@@ -151,7 +151,8 @@ class RunProgress:
 
 def run_progress(runs_root: str | Path, runs: list[RunInfo]) -> dict[str, RunProgress]:
     """{run name: progress} of `runs`, from the app's latest job of each run (in `<runs_root>/.jobs`), or, for
-    runs trained with the command line, from `summary.json` (written when training ends)."""
+    runs trained with the command line, from `summary.json` (written when training ends). Iterations are
+    counted as the Train tab counts them: completed ones (a checkpoint of iteration 29 comes after 30)."""
     from multimask.engine.trainer import SUMMARY_FILE
 
     latest = _latest_jobs(Path(runs_root))
@@ -162,7 +163,8 @@ def run_progress(runs_root: str | Path, runs: list[RunInfo]) -> dict[str, RunPro
             state = _JOB_PROGRESS[job["state"]]
         else:
             state = "complete" if (run.path / SUMMARY_FILE).is_file() else "unfinished"
-        out[run.name] = RunProgress(state, None if state == "complete" else weights_iteration(run.weights))
+        it = None if state == "complete" else weights_iteration(run.weights)
+        out[run.name] = RunProgress(state, None if it is None else it + 1)
     return out
 
 
@@ -191,7 +193,7 @@ _iterations: dict[tuple[str, int, int], int | None] = {}
 
 
 def weights_iteration(weights: Path) -> int | None:
-    """The training iteration a checkpoint was saved at: from its name (`model_0000099.pth`) or its
+    """The (0-based) training iteration a checkpoint was saved at: from its name (`model_0000099.pth`) or its
     "iteration" entry (memory-mapped, not read whole); None when unknown or unreadable."""
     match = re.fullmatch(r"model_(\d+)\.pth", weights.name)
     if match:

@@ -28,8 +28,9 @@ def _checkpoint(run, name, iteration=None):
 
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory):
-    """done (CLI, summary.json), partial (CLI, last checkpoint 49), training (job running, best weights of
-    iteration 19), stopped (job cancelled at 29), broke (job failed; resumed from a cancelled one), queued."""
+    """done (CLI, summary.json), partial (CLI, last checkpoint of iteration 49), training (job running, best
+    weights of iteration 19), stopped (job cancelled at 29), broke (job failed; resumed from a cancelled one),
+    queued. Iterations count from 0: a checkpoint of iteration 49 holds 50 iterations of training."""
     root = tmp_path_factory.mktemp("progress") / "runs"
     _make_run(root / "done")
     (root / "done" / "summary.json").write_text('{"iterations": 100}')
@@ -52,18 +53,19 @@ def runs_root(tmp_path_factory):
 
 def test_run_progress_from_job_records_and_summaries(runs_root):
     progress = run_progress(runs_root, find_runs(runs_root))
-    assert progress == {"done": RunProgress("complete"), "partial": RunProgress("unfinished", 49),
-                        "training": RunProgress("training", 19), "stopped": RunProgress("stopped", 29),
-                        "broke": RunProgress("failed", 9), "queued": RunProgress("training", None)}
+    assert progress == {"done": RunProgress("complete"), "partial": RunProgress("unfinished", 50),
+                        "training": RunProgress("training", 20), "stopped": RunProgress("stopped", 30),
+                        "broke": RunProgress("failed", 10), "queued": RunProgress("training", None)}
 
 
 def test_the_run_list_marks_partial_weights(runs_root):
     labels = dict((name, label) for label, name in PredictView(runs_root).run_choices())
     assert labels["done"].startswith("done  (") and "·" not in labels["done"]
-    assert labels["training"].startswith("training · training… – weights of iteration 19  (")
-    assert labels["stopped"].startswith("stopped · stopped at iteration 29  (")
-    assert labels["broke"].startswith("broke · training failed – weights of iteration 9  (")
-    assert labels["partial"].startswith("partial · unfinished – weights of iteration 49  (")
+    # completed iterations, as the Train tab counts them ("stopped after N iterations (checkpoint saved)")
+    assert labels["training"].startswith("training · training… – weights after 20 iterations  (")
+    assert labels["stopped"].startswith("stopped · stopped after 30 iterations  (")
+    assert labels["broke"].startswith("broke · training failed – weights after 10 iterations  (")
+    assert labels["partial"].startswith("partial · unfinished – weights after 50 iterations  (")
     assert labels["queued"].startswith("queued · training… – partial weights  (")
 
 
