@@ -15,7 +15,7 @@ from app.predict_view import RUNS_POLL_SECONDS
 from tests.conftest import free_port
 from tests.test_app import _make_run
 
-SCREENSHOTS = Path(os.environ.get("MULTIMASK_SCREENSHOTS", "/tmp"))
+SCREENSHOTS = Path(os.environ.get("MULTIMASK_SCREENSHOTS", "/nonexistent"))  # e.g. MULTIMASK_SCREENSHOTS=/tmp
 WAIT_MS = 180_000  # for the model and the page on a slow, shared machine
 
 
@@ -39,6 +39,12 @@ def served(tmp_path_factory):
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/", root
     demo.close()
+
+
+def _screenshot(pg, name):
+    """For the humans: the whole page as <MULTIMASK_SCREENSHOTS>/<name>.png when that names a folder."""
+    if SCREENSHOTS.is_dir():
+        pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def _status(pg):
@@ -89,7 +95,7 @@ def test_predict_tab_in_a_browser(served, browser):
     rows = int(pg.locator("#mm-predict-table [role=grid]").get_attribute("aria-rowcount")) - 1  # less the header
     assert rows >= 2
     assert _cell(pg, 0, 0).inner_text().strip() == "1"
-    pg.screenshot(path=str(SCREENSHOTS / "predict_e2e_small.png"), full_page=True)
+    _screenshot(pg, "predict_e2e_small")
 
     # downloads: the JSON lists the table's rows, in the upload's pixels
     pg.wait_for_function("() => !document.querySelector('#mm-predict-json').disabled", timeout=WAIT_MS)
@@ -110,7 +116,7 @@ def test_predict_tab_in_a_browser(served, browser):
     _wait_status(pg, "Instance #2 highlighted")
     pg.wait_for_function("s => document.querySelector('#mm-predict-overlay img').src !== s", arg=before,
                          timeout=WAIT_MS)
-    pg.screenshot(path=str(SCREENSHOTS / "predict_e2e_highlight.png"), full_page=True)
+    _screenshot(pg, "predict_e2e_highlight")
     _cell(pg, 1, 1).click()
     _wait_status(pg, "detections with score")
 
@@ -120,7 +126,7 @@ def test_predict_tab_in_a_browser(served, browser):
     pg.locator("#mm-predict-run input").click()
     pg.get_by_role("option", name="exp2 · unfinished").wait_for(timeout=WAIT_MS + RUNS_POLL_SECONDS * 1000)
     assert pg.get_by_role("option").count() == 2
-    pg.screenshot(path=str(SCREENSHOTS / "predict_e2e_runs.png"))
+    _screenshot(pg, "predict_e2e_runs")
     pg.keyboard.press("Escape")
     assert "Instance" not in _status(pg) and "⚠️" not in _status(pg)
 
@@ -130,5 +136,5 @@ def test_predict_tab_in_a_browser(served, browser):
     _wait_status(pg, "model ran in")
     pg.wait_for_function("() => document.querySelector('#mm-predict-overlay img')?.naturalWidth === 1600",
                          timeout=WAIT_MS)
-    pg.screenshot(path=str(SCREENSHOTS / "predict_e2e_photo.png"), full_page=True)
+    _screenshot(pg, "predict_e2e_photo")
     assert not errors, errors
