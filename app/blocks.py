@@ -40,8 +40,9 @@ def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs"
             with gr.Tab("Train", id="train") as train_tab:
                 demo.training = TrainingService(data_root, runs_root)
                 train = build_train_tab(demo, TrainView(demo.training), train_tab)
-            with gr.Tab("Predict", id="predict"):
-                demo.predict_view = build_predict_tab(demo, runs_root, PredictView(runs_root, predictors))
+            with gr.Tab("Predict", id="predict") as predict_tab:
+                demo.predict_view = build_predict_tab(demo, runs_root, PredictView(runs_root, predictors),
+                                                      predict_tab)
         _link_run_buttons(tabs, train, demo.predict_view, demo.label_view, runs_root)
     demo.training.start_poller(poll_seconds)
     demo.data_root, demo.runs_root = data_root, Path(runs_root)

@@ -190,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from .engine import MultiMaskPredictor
-    from .evaluation import instances_to_records
+    from .engine.prediction_io import image_entry, prediction_records, predictions_document
     from .io import atomic_write_bytes, atomic_write_json
     from .visualizer import MultiMaskVisualizer
 
@@ -213,16 +213,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
             message = (str(e).splitlines() or [type(e).__name__])[0]
             failures.append(message if message.startswith(str(path)) else f"{path}: {message}")
             continue
-        records = instances_to_records(inst, path.name, names)
-        for r in records:
-            r["class_name"] = classes[r["category_id"]]
+        records = prediction_records(inst, path.name, names, classes)
         overlay_name = overlay_file_name(path)
         ok, png = cv2.imencode(".png", overlay[:, :, ::-1])
         atomic_write_bytes(out / overlay_name, png.tobytes())
-        results.append({"file_name": str(path), "height": img.shape[0], "width": img.shape[1],
-                        "overlay": overlay_name, "instances": records})
-    atomic_write_json(out / "predictions.json", {"mask_names": names, "classes": classes, "images": results,
-                                                 "skipped": failures})
+        results.append(image_entry(str(path), img.shape[0], img.shape[1], records, overlay_name))
+    atomic_write_json(out / "predictions.json", predictions_document(results, names, classes, failures))
     print(f"wrote {len(results)} overlays and {out / 'predictions.json'}")
     for f in failures:
         print(f"skipped: {f}", file=sys.stderr)
