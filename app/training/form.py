@@ -68,14 +68,15 @@ SCRATCH_GPU_ITERATIONS = 3000  # R50-FPN from random weights needs longer traini
 # CPU figures: `python -m multimask train` on 640x480 synthetic images (2026-11-27) on this project's machine:
 # 2 vCPUs of an "Intel(R) Xeon(R) Processor", shared with other work (load 1-2.5), torch CPU. Measured
 # s/iteration (median after the first): tiny batch 2 at 256/320/384/512/800 px: 0.44/0.53/0.68/1.45/2.80,
-# batch 1 and 4 at 320: 0.31 and 1.30; inference 0.08-0.13 s/image at 320, 0.37 at 800; startup ~9 s.
+# batch 1 and 4 at 320: 0.31 and 1.30; batch 2 at 128 px (a 300-iteration run, load 2-3): 0.46; inference
+# 0.08-0.13 s/image at 320, 0.37 at 800; startup ~9 s.
 # R50-FPN (COCO preset, frozen BatchNorm) batch 2 at 320/512/800 px: 2.97/8.6/~19 s (800: first iteration),
 # inference 0.40/0.88/2.37 s/image; R50-FPN-GN (scratch) batch 2 at 320: 10.7 s, inference 1.9 s/image.
 # GPU figures: the H200 of bench/README.md (R50-FPN-GN batch 4 at 640-800 px: 0.154 s a step, 0.027 s/image
 # inference; 200 iterations at 256 px, batch 8, took 79 s with startup and 3 evaluations); the tiny model's
 # are scaled from R50's. Other machines differ, and the estimate says so.
 SPEED: dict[tuple[str, bool], tuple[float, float, float, float, int]] = {
-    ("tiny", False): (9.0, 0.05, 0.25, 0.10, 320),
+    ("tiny", False): (9.0, 0.15, 0.2, 0.10, 320),
     ("r50", False): (10.0, 0.1, 1.5, 0.4, 320),
     ("r50-gn", False): (15.0, 0.5, 5.1, 1.9, 320),
     ("tiny", True): (25.0, 0.03, 0.01, 0.008, 800),

@@ -327,7 +327,7 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
                                 elem_id="mm-train-start-point",
                                 info="Choosing one sets iterations, batch size, learning rate, image size and "
                                      "evaluation period to values that suit it on this server's device.")
-            weights_file = gr.Textbox(label="Local weights file (server path, .pth or .pkl)",
+            weights_file = gr.Textbox("", label="Local weights file (server path, .pth or .pkl)",
                                       visible=d["start"] == "local", elem_id="mm-train-weights",
                                       placeholder=f"{view.service.runs_root}/.weights/model_final_f10217.pkl",
                                       info="Inside the runs folder, the data folder or an import folder. The file "
