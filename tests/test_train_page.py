@@ -2,7 +2,9 @@
 run folders the tests write (no training), so every wait below is for a page condition, bounded generously."""
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,13 @@ WAIT_MS = 60_000  # for the page to show something: a 10x slower machine still m
 MASKS = ("primary", "secondary", "core")
 MANY_CLASSES = [f"class{i:02d}" for i in range(12)]
 HEAD_SERIES = ["cls", "box_reg", "rpn_cls", "rpn_loc", *(f"mask_{m}" for m in MASKS)]
+SCREENSHOTS = Path(os.environ.get("MULTIMASK_SCREENSHOTS", "/nonexistent"))  # e.g. MULTIMASK_SCREENSHOTS=/tmp
+
+
+def _screenshot(page, name: str, full_page: bool = False) -> None:
+    """For the humans: <MULTIMASK_SCREENSHOTS>/<name>.png when that names a folder."""
+    if SCREENSHOTS.is_dir():
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
 
 
 def _external_run(runs_root, name):
@@ -96,7 +105,7 @@ def test_a_cli_run_shows_every_loss_series_ap_column_and_the_end_of_its_log(page
     log.get_by_text("log line 299").wait_for(timeout=WAIT_MS)
     page.wait_for_function("(el) => el.scrollTop + el.clientHeight >= el.scrollHeight - 2", arg=log.element_handle(),
                            timeout=WAIT_MS)  # scrolled to its end: the last line is in view
-    page.screenshot(path="/tmp/train_page_cli_run.png", full_page=True)
+    _screenshot(page, "train_page_cli_run", full_page=True)
 
 
 def test_disabled_buttons_look_disabled(page):
@@ -134,7 +143,7 @@ def test_the_starting_point_sets_the_fields_and_the_estimate_follows(page):
     page.wait_for_function("() => document.querySelector('#mm-train-eval-period input').value === '20'",
                            timeout=WAIT_MS)
     estimate.get_by_text("20 iterations of 2 images at 512 px").wait_for(timeout=WAIT_MS)
-    page.screenshot(path="/tmp/train_page_estimate.png")
+    _screenshot(page, "train_page_estimate")
 
 
 def test_an_action_is_confirmed_in_a_toast_at_the_top(page):
