@@ -38,7 +38,7 @@ def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs"
                 label_tab.select(demo.label_view.refresh_runs, [demo.label_view.run_dropdown],
                                  [demo.label_view.run_dropdown], api_visibility="private")
             with gr.Tab("Train", id="train") as train_tab:
-                demo.training = TrainingService(data_root, runs_root)
+                demo.training = TrainingService(data_root, runs_root, weights_roots=import_roots or [])
                 train = build_train_tab(demo, TrainView(demo.training), train_tab)
             with gr.Tab("Predict", id="predict") as predict_tab:
                 demo.predict_view = build_predict_tab(demo, runs_root, PredictView(runs_root, predictors),
