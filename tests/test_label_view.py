@@ -133,6 +133,11 @@ def test_propose_uses_the_run_chosen_in_this_tab(view, tmp_path):
     view.save_annotations("leaves", image_id, 1, [], None)
     mapped = view.propose("leaves", image_id, _request())["instances"]
     assert {i["class"] for i in mapped} & {unmapped[0].upper()}
+    # A threshold above every detection: the reply says what the best one scored.
+    view.choose_run("tiny", 1.0, _request())
+    high = view.propose("leaves", image_id, _request())
+    assert high["ok"] and high["instances"] == [] and "its best detection scored 0." in high["notes"][0]
+    assert "under the threshold of 1.00" in high["notes"][0]
     view.store.open("leaves").image_path(image_id).write_bytes(b"damaged on disk")
     damaged = view.propose("leaves", image_id, _request())
     assert damaged == {"ok": False, "error": f"cannot read the image of {image_id}"}

@@ -78,7 +78,7 @@ HTML_TEMPLATE = """
         <g class="mm-overlay"></g>
         <g class="mm-draw"></g>
       </svg>
-      <div class="mm-hint">No image loaded: pick a dataset and an image.</div>
+      <div class="mm-hint">No image loaded: create or choose a dataset on the left, then add images.</div>
       <div class="mm-mode"></div>
       <button type="button" class="mm-zoom" title="Zoom level; click or F: fit"></button>
       <div class="mm-toast" hidden></div>

@@ -63,7 +63,8 @@ def propose(predictor, bgr: np.ndarray, score_threshold: float, dataset_mask_nam
     """Run `predictor` on a BGR image: (new instances scoring at least `score_threshold`, notes for the user).
 
     Objects the image already has (`existing` instances, e.g. an earlier proposal) are left out; the notes
-    say how many, and which of the model's classes the dataset does not have.
+    say how many, which of the model's classes the dataset does not have, and, when every detection scored
+    under the threshold, the best score.
     """
     if lock is not None:
         with lock:
@@ -71,7 +72,11 @@ def propose(predictor, bgr: np.ndarray, score_threshold: float, dataset_mask_nam
     else:
         inst = predictor(bgr)["instances"].to("cpu")
     keep = (inst.scores >= score_threshold).nonzero().flatten()
+    best = float(inst.scores.max()) if len(inst) else None
     inst = inst[keep]
+    if not len(inst) and best is not None:
+        return [], [f"its best detection scored {best:.2f}, under the threshold of {score_threshold:.2f}: lower "
+                    "the score threshold under 'Model-assisted labelling' (or train longer)"]
     found = masks_to_instances(inst.pred_multimask.numpy(), inst.pred_classes.tolist(),
                                predictor.metadata.thing_classes, predictor.mask_names, dataset_mask_names,
                                dataset_classes)
