@@ -277,13 +277,16 @@ class PredictView:
         update, status = self.refresh_runs(current)
         return update, (status if not update["choices"] else NO_IMAGE_MESSAGE)
 
-    def poll_runs(self, listed: list | None) -> tuple[Any, list]:
+    def poll_runs(self, listed: list | None, current: str | None = None) -> tuple[Any, list]:
         """The run list again, on a timer: new choices when runs or their progress changed since `listed` (the
-        choices sent last), else nothing; the chosen run is left as it is."""
+        choices sent last), else nothing. A chosen run is left as it is; with none chosen (no run existed when
+        the page opened), the newest is chosen."""
         choices = [list(c) for c in self.run_choices()]
         if choices == listed:
             return gr.skip(), listed
-        return gr.update(choices=[tuple(c) for c in choices]), choices
+        names = [name for _, name in choices]
+        chosen = {} if current in names or not names else {"value": names[0]}
+        return gr.update(choices=[tuple(c) for c in choices], **chosen), choices
 
     def select_run(self, run_name: str | None) -> tuple[Any, str]:
         """The mask-layer checkboxes of the chosen run (all on)."""
@@ -494,7 +497,7 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
                  show_progress="minimal").then(**downloads_io)
     refresh.click(view.refresh_runs, [run], [run, status], api_name="list_runs")
     demo.load(view.load_runs, [run], [run, status], api_visibility="private")  # runs trained meanwhile
-    poll = {"fn": view.poll_runs, "inputs": [listed], "outputs": [run, listed], "show_progress": "hidden",
+    poll = {"fn": view.poll_runs, "inputs": [listed, run], "outputs": [run, listed], "show_progress": "hidden",
             "api_visibility": "private"}
     gr.Timer(RUNS_POLL_SECONDS).tick(**poll)
     if tab is not None:

@@ -88,13 +88,23 @@ def test_the_timer_sends_the_run_list_only_when_it_changed(runs_root, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(runs_root / "done", root / "done")
     view = PredictView(root)
-    update, listed = view.poll_runs(None)
+    update, listed = view.poll_runs(None, "done")
     assert [name for _, name in update["choices"]] == ["done"] and "value" not in update
     assert view.poll_runs(listed) == (gr.skip(), listed)
     shutil.copytree(runs_root / "partial", root / "new")
     os.utime(root / "new" / "model_0000049.pth")
-    update, listed = view.poll_runs(listed)
+    update, listed = view.poll_runs(listed, "done")
     assert [name for _, name in update["choices"]] == ["new", "done"] and "value" not in update
     (root / "new" / "summary.json").write_text("{}")  # it finished: the marker goes
     update, _ = view.poll_runs(listed)
     assert "unfinished" not in update["choices"][0][0]
+
+
+def test_a_run_trained_after_the_page_opened_is_chosen_when_none_was(runs_root, tmp_path):
+    root = tmp_path / "runs"
+    view = PredictView(root)
+    update, listed = view.poll_runs(None, None)
+    assert update["choices"] == [] and "value" not in update
+    shutil.copytree(runs_root / "done", root / "done")
+    update, listed = view.poll_runs(listed, None)
+    assert update["value"] == "done", "Predict picks the new run instead of answering 'Pick a run first'"
