@@ -36,6 +36,20 @@ def _serve(roots, port: int):
     return demo
 
 
+@pytest.fixture()
+def page(roots, browser):
+    """The app on `roots`, opened at 1440 x 900 with an image in the editor."""
+    port = free_port()
+    demo = _serve(roots, port)
+    pg = browser.new_page(viewport=VIEWPORT)
+    try:
+        _open(pg, f"http://127.0.0.1:{port}/")
+        yield pg
+    finally:
+        pg.close()
+        demo.close()
+
+
 def _names(data_root: Path) -> list[str]:
     return [e["file_name"] for e in LabelStore(data_root).open("photos").images()]
 
@@ -84,68 +98,49 @@ def test_after_a_restart_the_gallery_and_the_last_image_are_back(roots, browser)
         demo.close()
 
 
-def test_remove_takes_the_image_shown_after_navigation(roots, browser):
-    port = free_port()
-    demo = _serve(roots, port)
-    pg = browser.new_page(viewport=VIEWPORT)
-    try:
-        _open(pg, f"http://127.0.0.1:{port}/")
-        pg.locator("#mm-gallery .mm-card").nth(0).click()
-        pg.wait_for_function("() => document.querySelector('#mm-editor .mm-file').textContent === 'photo0.png'")
-        pg.locator("#mm-editor button[data-act=next]").click()
-        pg.wait_for_function("() => document.querySelector('#mm-label-current').innerText.includes('photo1.png')")
-        pg.locator("#mm-label-side").get_by_label("confirm").check()
-        pg.locator("#mm-label-remove").click()
-        pg.locator("#mm-label-images-message").get_by_text("Removed photo1.png").wait_for()
-        assert _names(roots[0]) == ["photo0.png", "photo2.png"]
-        pg.wait_for_function("() => document.querySelectorAll('#mm-gallery .mm-card').length === 2")
-        pg.wait_for_function("() => document.querySelector('#mm-editor .mm-file').textContent === 'photo2.png'")
-    finally:
-        pg.close()
-        demo.close()
+def test_remove_takes_the_image_shown_after_navigation(roots, page):
+    pg = page
+    pg.locator("#mm-gallery .mm-card").nth(0).click()
+    pg.wait_for_function("() => document.querySelector('#mm-editor .mm-file').textContent === 'photo0.png'")
+    pg.locator("#mm-editor button[data-act=next]").click()
+    pg.wait_for_function("() => document.querySelector('#mm-label-current').innerText.includes('photo1.png')")
+    pg.locator("#mm-label-side").get_by_label("confirm").check()
+    pg.locator("#mm-label-remove").click()
+    pg.locator("#mm-label-images-message").get_by_text("Removed photo1.png").wait_for()
+    assert _names(roots[0]) == ["photo0.png", "photo2.png"]
+    pg.wait_for_function("() => document.querySelectorAll('#mm-gallery .mm-card').length === 2")
+    pg.wait_for_function("() => document.querySelector('#mm-editor .mm-file').textContent === 'photo2.png'")
 
 
-def test_the_editor_uses_the_window_and_stays_in_view(roots, browser):
-    port = free_port()
-    demo = _serve(roots, port)
-    pg = browser.new_page(viewport=VIEWPORT)
-    try:
-        _open(pg, f"http://127.0.0.1:{port}/")
-        stage = pg.locator("#mm-editor .mm-stage").bounding_box()
-        assert stage["width"] >= 0.5 * VIEWPORT["width"] and stage["height"] >= 0.6 * VIEWPORT["height"], stage
-        assert _in_viewport(stage), f"the canvas fits the window: {stage}"
-        image = pg.locator("#mm-editor .mm-image").bounding_box()
-        assert image["width"] / PHOTO_W >= 0.4, f"a 1920 x 1080 photo shows at {image['width'] / PHOTO_W:.0%}"
-        assert pg.inner_text("#mm-editor .mm-zoom") == f"{round(pg.evaluate('window.mmEditor.state().view.s') * 100)}%"
-        # Scrolling the column of panels leaves the editor where it is.
-        pg.locator("#mm-upload").scroll_into_view_if_needed()
-        pg.mouse.wheel(0, 800)
-        pg.wait_for_function("() => window.scrollY > 100")
-        assert _in_viewport(pg.locator("#mm-editor .mm-stage").bounding_box())
-    finally:
-        pg.close()
-        demo.close()
+
+def test_the_editor_uses_the_window_and_stays_in_view(roots, page):
+    pg = page
+    stage = pg.locator("#mm-editor .mm-stage").bounding_box()
+    assert stage["width"] >= 0.5 * VIEWPORT["width"] and stage["height"] >= 0.6 * VIEWPORT["height"], stage
+    assert _in_viewport(stage), f"the canvas fits the window: {stage}"
+    image = pg.locator("#mm-editor .mm-image").bounding_box()
+    assert image["width"] / PHOTO_W >= 0.4, f"a 1920 x 1080 photo shows at {image['width'] / PHOTO_W:.0%}"
+    assert pg.inner_text("#mm-editor .mm-zoom") == f"{round(pg.evaluate('window.mmEditor.state().view.s') * 100)}%"
+    # Scrolling the column of panels leaves the editor where it is.
+    pg.locator("#mm-upload").scroll_into_view_if_needed()
+    pg.mouse.wheel(0, 800)
+    pg.wait_for_function("() => window.scrollY > 100")
+    assert _in_viewport(pg.locator("#mm-editor .mm-stage").bounding_box())
 
 
-def test_messages_appear_in_the_viewport(roots, browser, tmp_path):
-    port = free_port()
-    demo = _serve(roots, port)
-    pg = browser.new_page(viewport=VIEWPORT)
-    try:
-        _open(pg, f"http://127.0.0.1:{port}/")
-        not_an_image = tmp_path / "notes.png"
-        not_an_image.write_text("shopping list")
-        pg.set_input_files("#mm-upload input[type=file]", str(not_an_image))
-        toast = pg.locator(".toast-body").filter(has_text="notes.png")
-        toast.wait_for()
-        assert _in_viewport(toast.bounding_box()), toast.bounding_box()
-        assert toast.inner_text().count("notes.png") == 1
-        pg.locator("#mm-label-side").get_by_text("New dataset").click()
-        pg.get_by_label("Name", exact=True).fill("leaves")
-        pg.get_by_role("button", name="Create dataset").click()
-        created = pg.locator(".toast-body").filter(has_text="Created leaves")
-        created.wait_for()
-        assert _in_viewport(created.bounding_box()), created.bounding_box()
-    finally:
-        pg.close()
-        demo.close()
+
+def test_messages_appear_in_the_viewport(roots, page, tmp_path):
+    pg = page
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("shopping list")
+    pg.set_input_files("#mm-upload input[type=file]", str(not_an_image))
+    toast = pg.locator(".toast-body").filter(has_text="notes.png")
+    toast.wait_for()
+    assert _in_viewport(toast.bounding_box()), toast.bounding_box()
+    assert toast.inner_text().count("notes.png") == 1
+    pg.locator("#mm-label-side").get_by_text("New dataset").click()
+    pg.get_by_label("Name", exact=True).fill("leaves")
+    pg.get_by_role("button", name="Create dataset").click()
+    created = pg.locator(".toast-body").filter(has_text="Created leaves")
+    created.wait_for()
+    assert _in_viewport(created.bounding_box()), created.bounding_box()
