@@ -23,7 +23,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from multimask.data.images import MAX_IMAGE_PIXELS, read_image_bgr
+from multimask.data.images import MAX_IMAGE_PIXELS, read_image_bgr, to_uint8
 
 from .predict_draw import empty_table, render, select
 from .predict_export import remove_folder, session_folder, write_downloads
@@ -79,28 +79,13 @@ def to_rgb(image: Any) -> np.ndarray:
     if h * w > MAX_IMAGE_PIXELS:
         raise InputError(f"The image is {w}x{h} ({h * w:,} pixels), over the limit of {MAX_IMAGE_PIXELS:,} "
                          "pixels; downscale it first.")
-    image = _to_uint8(image)
+    try:
+        image = to_uint8(image)  # as training reads files
+    except ValueError as e:
+        raise InputError(f"Unsupported image: {e}.") from None
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3])
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == bool:
-        return image.astype(np.uint8) * 255
-    if np.issubdtype(image.dtype, np.integer):
-        top = image.max(initial=0)
-        if top > 255:  # 16-bit and wider: keep the top 8 bits of the type's range
-            image = image.astype(np.float64) * (255.0 / np.iinfo(image.dtype).max)
-        return np.clip(image, 0, 255).astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        image = np.nan_to_num(image.astype(np.float64))
-        if image.max(initial=0) <= 1.0:
-            image = image * 255.0
-        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    raise InputError(f"Unsupported image data type {image.dtype}.")
 
 
 @dataclass

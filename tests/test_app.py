@@ -17,7 +17,7 @@ from app.predict_draw import display_scale
 from app.predict_view import NO_IMAGE_MESSAGE, PredictView, RawPrediction, render, to_rgb
 from app.runs import RunNotFoundError, find_runs, get_run
 from multimask.config import get_multimask_cfg
-from multimask.data.images import MAX_IMAGE_PIXELS
+from multimask.data.images import MAX_IMAGE_PIXELS, to_uint8
 from tests.conftest import free_port
 
 CLASSES = ["disc", "box", "triangle"]
@@ -255,7 +255,7 @@ def test_an_uploaded_file_is_read_as_training_and_the_cli_read_it(tmp_path):
     rgb = to_rgb(str(path))
     assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8
     assert np.array_equal(rgb, read_image_bgr(path)[:, :, ::-1])
-    assert np.array_equal(rgb[:, :, 0], (grey >> 8).astype(np.uint8))
+    assert np.array_equal(rgb[:, :, 0], to_uint8(grey)) and rgb.min() == 0 and rgb.max() == 255
     (tmp_path / "notes.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="The upload is not a readable image"):
         to_rgb(str(tmp_path / "notes.png"))

@@ -258,8 +258,8 @@ def test_crop_recomputes_boxes_from_every_present_mask(tmp_path):
 
 @pytest.mark.parametrize("image_format", ["BGR", "RGB"])
 def test_the_mapper_reads_a_16_bit_greyscale_image_as_predict_does(tmp_path, image_format):
-    # detectron2's reader (PIL) clips such an image to white; the mapper keeps its top 8 bits, as predict does
-    from multimask.data.images import read_image_bgr
+    # detectron2's reader (PIL) clips such an image to white; the mapper maps it by its range, as predict does
+    from multimask.data.images import read_image_bgr, to_uint8
 
     grey = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 85)  # 0 .. 65195
     path = tmp_path / "grey16.png"
@@ -269,7 +269,7 @@ def test_the_mapper_reads_a_16_bit_greyscale_image_as_predict_does(tmp_path, ima
     cv2.imwrite(str(cpath), colour)
     mapper = MultiMaskDatasetMapper(True, augmentations=[], image_format=image_format, use_instance_mask=True,
                                     mask_names=["primary", "secondary"], recompute_boxes=False)
-    for p, expected in ((path, np.repeat((grey >> 8)[:, :, None], 3, axis=2)), (cpath, colour >> 8)):
+    for p, expected in ((path, np.repeat(to_uint8(grey)[:, :, None], 3, axis=2)), (cpath, to_uint8(colour))):
         record = {"file_name": str(p), "height": 24, "width": 32, "image_id": 1, "annotations": []}
         image = mapper(record)["image"].permute(1, 2, 0).numpy()
         expected = expected.astype(np.uint8)
