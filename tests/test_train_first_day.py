@@ -186,11 +186,12 @@ def test_starting_from_a_local_pkl_says_it_is_unpickled(service, monkeypatch):
     weights = service.runs_root / ".weights" / "model_final_f10217.pkl"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"x")
-    monkeypatch.setattr(service.jobs, "submit", lambda *a, **k: {"state": "queued", "id": "x", **k})
+    monkeypatch.setattr(service.jobs, "submit", lambda argv, *a, **k: {"state": "queued", "id": "x", "argv": argv,
+                                                                        **k})
     job, notes = service.start({**FORM, "start": "local", "weights_file": str(weights), "run_name": "local-run"})
     assert job["settings"]["weights_file"] == str(weights.resolve())
-    command = job["settings"]  # the command was built from these
-    assert command["start"] == "local"
+    argv = job["argv"]  # the training command: the job loads exactly that file
+    assert argv[argv.index("MODEL.WEIGHTS") + 1] == str(weights.resolve())
     assert any("loaded with pickle, which can run code: only use files you trust" in n for n in notes)
 
 
@@ -271,3 +272,19 @@ def test_the_progress_panel_and_run_selector_never_show_gradios_progress(service
     deps = [d for d in demo.config["dependencies"] if ids & set(d["outputs"])]
     assert len(ids) == 2 and len(deps) >= 8
     assert [d["show_progress"] for d in deps] == ["hidden"] * len(deps)
+
+
+def test_behind_a_proxy_the_download_decides(monkeypatch):
+    """A direct TCP probe ignores the proxy that the download itself would use: with one set, no probe."""
+    from multimask.engine import weights
+
+    def no_network(*args, **kwargs):
+        raise OSError("no route")
+
+    monkeypatch.setattr(weights.socket, "create_connection", no_network)
+    url = "https://example.invalid/model_final_never_cached.pkl"
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    assert weights.downloadable(url) is False
+    monkeypatch.setenv("https_proxy", "http://proxy.lab.invalid:3128")
+    assert weights.downloadable(url) is True

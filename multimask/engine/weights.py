@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import socket
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,7 +32,7 @@ def resolve_weights(path: str) -> str:
     """
     if not path:
         return path
-    if path.startswith(_REMOTE):
+    if is_remote(path):
         try:
             return PathManager.get_local_path(path)
         except Exception as e:  # urllib / iopath raise many kinds
@@ -65,10 +66,15 @@ def cached_download(path: str) -> Path | None:
 
 
 def downloadable(path: str, timeout: float = 3.0) -> bool:
-    """Whether remote weights are cached or their server answers (a TCP connection within `timeout` s)."""
+    """Whether remote weights are cached or their server answers (a TCP connection within `timeout` s).
+
+    Behind a proxy (`https_proxy` and the like) only the download can tell: True.
+    """
     if cached_download(path) is not None:
         return True
     url = urlparse(weights_url(path))
+    if urllib.request.getproxies().get(url.scheme):
+        return True
     try:
         socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
                                  timeout=timeout).close()
