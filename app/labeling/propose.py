@@ -82,6 +82,9 @@ def propose(predictor, bgr: np.ndarray, score_threshold: float, dataset_mask_nam
                                dataset_classes)
     fresh = new_objects(found, list(existing), dataset_mask_names[0])
     notes = []
+    if len(found) < len(inst):
+        notes.append(f"{len(inst) - len(found)} detection(s) above the threshold had no mask of this dataset's "
+                     "mask names with any area")
     if len(fresh) < len(found):
         notes.append(f"{len(found) - len(fresh)} already on the image left out")
     unknown = Counter(p["class"] for p in fresh if p["class"] not in dataset_classes)

@@ -1036,7 +1036,7 @@
   let valueToken = 0;
   async function onValue() {
     const raw = parseValue(props.value), token = ++valueToken;
-    if (st.doc && raw && (String(raw.image_id) !== st.doc.image_id || String(raw.dataset) !== st.doc.dataset)) {
+    if (st.doc && (!raw || String(raw.image_id) !== st.doc.image_id || String(raw.dataset) !== st.doc.dataset)) {
       if (st.drawing) closeOrCancelDrawing();
       await flushSaves();
       if (token !== valueToken) return;
