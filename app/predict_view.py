@@ -264,8 +264,8 @@ class PredictView:
 
     def poll_runs(self, listed: list | None, current: str | None = None) -> tuple[Any, list]:
         """The run list again, on a timer: new choices when runs or their progress changed since `listed` (the
-        choices sent last), else nothing. A chosen run is left as it is; with none chosen (no run existed when
-        the page opened), the newest is chosen."""
+        choices sent last), else nothing. A chosen run that still exists is left as it is; with none chosen (no
+        run existed when the page opened) or a chosen run gone, the newest is chosen."""
         choices = [list(c) for c in self.run_choices()]
         if choices == listed:
             return gr.skip(), listed
@@ -345,6 +345,9 @@ class PredictView:
             overlay, _ = self._render(state, threshold, visible)
         except InputError as e:
             return gr.skip(), _warn(e)
+        except Exception as e:
+            logger.exception("highlight failed")
+            return gr.skip(), _warn(f"Drawing failed: {type(e).__name__}: {e}")
         if state.highlight is None:
             return overlay, _summary(state, shown, threshold, None)
         return overlay, f"Instance #{number} highlighted; click its row again to show all {shown}."
@@ -363,9 +366,15 @@ class PredictView:
             return off, off, folder
         if state.exported == state.rendered and folder:
             return gr.skip(), gr.skip(), folder
-        path = session_folder(folder)
-        doc, png = write_downloads(state, select(state, state.rendered[0]), state.overlay, path)
-        state.exported = state.rendered
+        rendered, overlay = state.rendered, state.overlay  # read once: a redraw may replace them meanwhile
+        try:
+            path = session_folder(folder)
+            doc, png = write_downloads(state, select(state, rendered[0]), overlay, path)
+        except (OSError, ValueError):
+            logger.exception("writing the downloads failed")
+            off = gr.update(value=None, interactive=False)
+            return off, off, folder
+        state.exported = rendered
         return (gr.update(value=str(doc), interactive=True), gr.update(value=str(png), interactive=True),
                 str(path))
 
@@ -384,7 +393,7 @@ def _instance_index(number: Any, shown: int) -> int:
     """The detection index of table number `number` (from 1) among `shown` rows; InputError otherwise."""
     try:
         j = int(number) - 1
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"Not an instance number: {number!r}.") from None
     if not 0 <= j < shown or j + 1 != float(number):
         raise InputError(f"No instance #{number} among the {shown} shown; detect again or lower the threshold.")

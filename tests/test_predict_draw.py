@@ -142,7 +142,7 @@ def test_clicking_a_row_highlights_its_instance_and_a_second_click_shows_all_aga
     assert raw.highlight is None and np.array_equal(again, plain) and "3 of 3 detections" in status
 
 
-@pytest.mark.parametrize("number", [0, 4, 3, -1, "2; drop", None, 1.5, "x"])
+@pytest.mark.parametrize("number", [0, 4, 3, -1, "2; drop", None, 1.5, "x", float("inf"), float("nan")])
 def test_a_row_number_that_is_not_shown_gives_a_message(tmp_path, number):
     from app.predict_view import PredictView
 
