@@ -156,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import register_multimask_dataset
     from .engine import MultiMaskPredictor, MultiMaskTrainer
     from .engine.trainer import EVAL_RESULTS_FILE
-    from .evaluation import format_results, save_results
+    from .evaluation import format_class_ap, format_results, save_results
 
     setup_logger(name="multimask")
     predictor = MultiMaskPredictor.from_run(args.run, device=args.device)
@@ -171,7 +171,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg.DATASETS.TEST = (VAL_NAME,)
     cfg.OUTPUT_DIR = str(out.parent)  # the predictions go next to the results, never into the run's own files
     results = MultiMaskTrainer.test(cfg, predictor.model)
-    print(format_results(results))
+    print(format_results(results), format_class_ap(results), sep="\n\n")
     save_results(results, out)
     print(f"wrote {out}")
 
@@ -231,6 +231,24 @@ def overlay_file_name(image: Path) -> str:
     return f"{image.stem}_{image.suffix.lstrip('.').lower()}.png"
 
 
+def cmd_split(args: argparse.Namespace) -> None:
+    from .data.split import format_split, split_dataset
+
+    result = split_dataset(args.src, args.out, args.val_fraction, args.seed, image_root=args.image_root)
+    print(f"wrote {result.paths['train']} and {result.paths['val']}\n{format_split(result.stats)}\n"
+          f"{result.report.summary(max_messages=50)}")
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    from .data import Report, load_multimask_json
+    from .data.stats import dataset_stats, format_stats
+
+    report = Report()
+    dicts, meta = load_multimask_json(args.src, args.image_root, report=report)
+    print(f"{format_stats(dataset_stats(dicts, meta['thing_classes'], meta['mask_names']))}\n"
+          f"{report.summary(max_messages=50)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from detectron2.engine import default_argument_parser
 
@@ -286,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--score-threshold", type=float, default=0.5)
     s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("split", help="split a multimask JSON by image into train.json and val.json (seeded)")
+    s.add_argument("src", help="multimask JSON")
+    s.add_argument("--val-fraction", type=float, default=0.2, help="share of the images for val, in [0, 1)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="folder for train.json and val.json")
+    s.add_argument("--image-root", help="folder image file names are relative to (default: the JSON's folder)")
+    s.set_defaults(func=cmd_split)
+
+    s = sub.add_parser("stats", help="count instances per class and mask name, missing masks, empty images")
+    s.add_argument("src", help="multimask JSON")
+    s.add_argument("--image-root", help="folder image file names are relative to (default: the JSON's folder)")
+    s.set_defaults(func=cmd_stats)
     return p
 
 

@@ -22,6 +22,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .data.geometry import is_empty, segm_area, union_area
+from .data.stats import format_table
 from .io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,14 @@ def format_results(results: dict) -> str:
     for task, res in results.items():
         rows.append(f"{task:<20}" + "".join(f"{res.get(m, float('nan')):>8.2f}" for m in METRICS))
     return "\n".join(rows)
+
+
+def format_class_ap(results: dict) -> str:
+    """AP per class (rows) for each task (columns: bbox, segm/<name>); `-` where a class has no ground truth."""
+    classes = [k[3:] for k in next(iter(results.values()), {}) if k.startswith("AP-")]
+    rows = [[c] + ["-" if math.isnan(ap := res.get(f"AP-{c}", float("nan"))) else f"{ap:.2f}"
+                   for res in results.values()] for c in classes]
+    return format_table(["class", *results], rows)
 
 
 def _nan_to_none(value):
