@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -39,18 +40,21 @@ def find_runs(runs_root: str | Path) -> list[RunInfo]:
     A folder counts when it holds `config.yaml`. Ones whose config cannot be read, that have no weights
     yet, or that lie outside `runs_root` through a link are skipped with a logged warning.
     """
-    root = Path(runs_root)
-    if not root.is_dir():
-        return []
-    root = root.resolve()
-    runs = []
-    for child in _subdirs(root, root):
-        folders = [child] if (child / CONFIG_NAME).is_file() else _subdirs(child, root)
-        for folder in folders:
-            if (folder / CONFIG_NAME).is_file() and (info := _read_run(root, folder)) is not None:
-                runs.append(info)
+    root = Path(runs_root).resolve()
+    runs = [info for folder in run_folders(root) if (info := _read_run(root, folder)) is not None]
     runs.sort(key=lambda r: (-r.mtime, r.name))
     return runs
+
+
+def run_folders(runs_root: str | Path, is_run: Callable[[Path], bool] | None = None) -> list[Path]:
+    """Folders under `runs_root` that `is_run` accepts (default: holding config.yaml): its children, or one level
+    further down (a child that is not a run groups runs). Hidden folders and links leaving the root are skipped."""
+    root = Path(runs_root).resolve()
+    if not root.is_dir():
+        return []
+    is_run = is_run or (lambda folder: (folder / CONFIG_NAME).is_file())
+    return [folder for child in _subdirs(root, root)
+            for folder in ([child] if is_run(child) else _subdirs(child, root)) if is_run(folder)]
 
 
 def get_run(runs_root: str | Path, name: object) -> RunInfo:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..labeling.store import LabelStore
-from ..runs import CONFIG_NAME, find_runs
+from ..runs import CONFIG_NAME, find_runs, run_folders
 from . import form, monitor
 from .jobs import ACTIVE, FINISHED, NO_GPU_MESSAGE, JobError, JobManager, offline_weights_message, tail_lines
 
@@ -335,27 +335,14 @@ def has_checkpoint(run_dir: str | Path) -> bool:
 
 
 def external_folders(runs_root: Path) -> dict[str, Path]:
-    """Run folders under `runs_root` (children, or one level further down as `find_runs` looks) that hold a
-    config.yaml or metrics.json, by "/"-separated name; hidden folders and links leaving the root are skipped."""
-    out = {}
-    for child in _subdirs(runs_root, runs_root):
-        for folder in [child] if _is_run(child) else _subdirs(child, runs_root):
-            if _is_run(folder):
-                out[folder.relative_to(runs_root).as_posix()] = folder.resolve()
-    return out
+    """Run folders under `runs_root` (as `find_runs` looks) that hold a config.yaml or metrics.json, by
+    "/"-separated name."""
+    root = Path(runs_root).resolve()
+    return {folder.relative_to(root).as_posix(): folder.resolve() for folder in run_folders(root, _is_run)}
 
 
 def _is_run(folder: Path) -> bool:
     return (folder / CONFIG_NAME).is_file() or (folder / monitor.METRICS_FILE).is_file()
-
-
-def _subdirs(folder: Path, root: Path) -> list[Path]:
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError:
-        return []
-    return [e for e in entries if not e.name.startswith(".") and e.is_dir() and e.resolve().is_relative_to(root)
-            and e.resolve() != root]
 
 
 _config_cache: dict[str, tuple[tuple[int, int], dict]] = {}
