@@ -13,16 +13,6 @@ from .data.images import IMAGE_SUFFIXES, read_image_bgr
 TRAIN_NAME, VAL_NAME = "multimask_train", "multimask_val"
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for v in values or []:
-        key, sep, val = v.partition("=")
-        if not sep or not key or not val:
-            raise SystemExit(f"{flag} expects KEY=VALUE, got {v!r}")
-        out[key] = val
-    return out
-
-
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synth import generate_synthetic_dataset
 
@@ -33,13 +23,31 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from .data import convert
+    from .io import DatasetError
 
-    if args.format == "coco-fields":
-        report = convert.import_coco_fields(args.src, args.out, _pairs(args.field, "--field"))
-    else:
-        report = convert.import_labelme(args.src, args.out, _pairs(args.map, "--map") or None,
+    if args.format == "labelme":
+        if args.field or args.drop_class or args.mask_name:
+            raise ValueError("labelme takes --map, --class and --mask-names (not --field, --drop-class, --mask-name)")
+        report = convert.import_labelme(args.src, args.out, args.map, default_class=args.cls,
                                         mask_names=args.mask_names)
-    print(f"wrote {args.out}\n{report.summary(max_messages=50)}")
+    else:
+        if args.map or args.cls or args.mask_names:
+            raise ValueError(f"{args.format}: the class is the COCO category; --map, --class and --mask-names "
+                             "are for labelme")
+        kwargs = {"image_root": args.image_root, "drop_classes": args.drop_class or ()}
+        if args.format == "coco":
+            report = convert.import_coco(args.src, args.out, args.mask_name or "primary", **kwargs)
+        elif not args.field:
+            raise ValueError("coco-fields needs at least one --field FIELD=MASK_NAME (e.g. --field "
+                             "segmentation=primary --field visible_mask=secondary; FIELD_A+FIELD_B=NAME unites two)")
+        else:
+            report = convert.import_coco_fields(args.src, args.out, args.field, **kwargs)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}\n\n{report.table()}")
+    if report:
+        print(f"\n{report.summary(max_messages=50)}")
+    if report.all_images_missing():
+        raise DatasetError(f"{args.src}: none of the {report.images_read} images was found (first: "
+                           f"{report.images_missing[0]}); pass --image-root or fix the paths")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -265,13 +273,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mask-names", nargs="+", default=["primary", "secondary"])
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("import", help="convert COCO-with-mask-fields or labelme data to the multimask format")
-    s.add_argument("format", choices=["coco-fields", "labelme"])
-    s.add_argument("src", help="COCO JSON (coco-fields) or folder of labelme JSON files")
-    s.add_argument("out", help="multimask JSON to write")
-    s.add_argument("--field", action="append", help="coco-fields: FIELD=MASK_NAME, in mask order")
-    s.add_argument("--map", action="append", help="labelme: LABEL=MASK or LABEL=CLASS:MASK")
+    s = sub.add_parser("import", help="convert labelme, plain COCO or COCO-with-mask-fields data to the multimask "
+                       "format (see datasets/README.md)")
+    s.add_argument("format", choices=["labelme", "coco", "coco-fields"])
+    s.add_argument("src", help="folder of labelme JSON files, or COCO JSON")
+    s.add_argument("out", help="multimask JSON to write (the report goes to OUT's name + .report.json)")
+    s.add_argument("--map", action="append", help="labelme: LABEL=MASK or LABEL=CLASS:MASK; repeat to add "
+                   "(LABEL_A+LABEL_B=MASK unites labels, one label may feed several masks)")
+    s.add_argument("--class", dest="cls", help="labelme: the class of every instance whose labels name none")
     s.add_argument("--mask-names", nargs="+", help="labelme: mask names in order")
+    s.add_argument("--field", action="append", help="coco-fields: FIELD=MASK_NAME, repeat to add "
+                   "(FIELD_A+FIELD_B=MASK unites fields)")
+    s.add_argument("--mask-name", help="coco: the mask name of 'segmentation' (default primary)")
+    s.add_argument("--drop-class", action="append", help="coco, coco-fields: drop this category and its "
+                   "annotations (repeatable)")
+    s.add_argument("--image-root", help="coco, coco-fields: folder the images' file_name are relative to "
+                   "(default: the JSON's folder)")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("export", help="export a multimask JSON as a labelme folder")

@@ -18,7 +18,7 @@ from multimask.io import DatasetError
 
 H, W = 60, 80
 UOAIS = {"segmentation": "primary", "visible_mask": "secondary"}
-LABEL_MAP = {"leaf": "primary", "lesion": "secondary", "apple": "fruit:primary", "spot": "secondary"}
+LABEL_MAP = {"leaf": "leaf:primary", "lesion": "secondary", "apple": "fruit:primary", "spot": "secondary"}
 
 
 def _png(path: Path, h: int = H, w: int = W) -> None:
@@ -106,10 +106,11 @@ def test_import_coco_fields_uoais(tmp_path):
 
 def test_import_coco_fields_bad_input(tmp_path):
     src, _ = _uoais(tmp_path)
-    for bad in ({"segmentation": "primary", "visible_mask": "visible-mask"},
-                {"segmentation": "1st", "visible_mask": "secondary"},
-                {"segmentation": "primary", "visible_mask": "primary"}, {}):
-        with pytest.raises(ValueError, match="mask names"):
+    for bad, why in (({"segmentation": "primary", "visible_mask": "visible-mask"}, "valid mask name"),
+                     ({"segmentation": "1st", "visible_mask": "secondary"}, "valid mask name"),
+                     ({"segmentation": "box:primary"}, "the class comes from the COCO category"),
+                     ({}, "nothing is mapped"), (["segmentation"], "expects KEY=VALUE")):
+        with pytest.raises(ValueError, match=why):
             import_coco_fields(src, tmp_path / "out.json", bad)
     assert not (tmp_path / "out.json").exists()
     with pytest.raises(DatasetError, match="not valid JSON"):
@@ -185,9 +186,9 @@ def test_import_labelme(tmp_path):
     assert "lost.json: no imageHeight/imageWidth" in text
     assert "a.json shape 3 (label 'lesion'): shape_type 'circle' is not supported" in text
     assert "b.json shape 1 (label 'spot'): points must be a list of [x, y] pairs" in text
-    assert "b.json shape 2 (label 'pear'): label not in label_map" in text
+    assert "b.json shape 2 (label 'pear'): not mapped" in text
     assert "a.json shape 6: no class" in text
-    assert "b.json group_id 8: no class" in text  # its only shape was skipped
+    assert "b.json group_id 8: no usable mask" in text  # its only shape was skipped
 
     raw = json.loads(out.read_text())
     assert [(i["file_name"], i["height"], i["width"]) for i in raw["images"]] == [
@@ -209,7 +210,7 @@ def test_import_labelme_bad_maps(tmp_path):
     folder = tmp_path / "lm"
     _labelme_folder(folder)
     for bad in ({"leaf": "prim ary"}, {"leaf": "fruit:"}, {"leaf": ":primary"}, {"leaf": "9lives"}):
-        with pytest.raises(ValueError, match="label_map"):
+        with pytest.raises(ValueError, match=f"label map leaf={bad['leaf']}: expected"):
             import_labelme(folder, tmp_path / "out.json", bad)
     with pytest.raises(ValueError, match="not among mask_names"):
         import_labelme(folder, tmp_path / "out.json", LABEL_MAP, mask_names=["primary", "other"])
@@ -256,7 +257,7 @@ def test_labelme_round_trip(tmp_path):
 def test_round_trip_keeps_custom_mask_names(tmp_path):
     folder = tmp_path / "lm"
     _labelme_folder(folder)
-    import_labelme(folder, tmp_path / "a.json", {"leaf": "whole", "lesion": "part_1"})
+    import_labelme(folder, tmp_path / "a.json", {"leaf": "whole", "lesion": "part_1"}, default_class="leaf")
     export_labelme(tmp_path / "a.json", tmp_path / "exp")
     import_labelme(tmp_path / "exp", tmp_path / "b.json")  # names recorded by export_labelme
     assert json.loads((tmp_path / "b.json").read_text())["mask_names"] == ["whole", "part_1"]

@@ -54,10 +54,13 @@ from multimask.data.geometry import (
     to_rle,
 )
 from multimask.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from multimask.data.import_report import ImportReport
+from multimask.data.mapping import build_map
 from multimask.io import DatasetError, atomic_write_bytes, atomic_write_json, read_json
 
 from .payload import MAX_INSTANCES, MAX_PARTS, MAX_POINTS, PayloadError, validate_instances
 
+MapPairs = Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[str]  # see multimask.data.mapping
 logger = logging.getLogger(__name__)
 
 STATUSES = ("unlabelled", "in_progress", "done")
@@ -516,40 +519,49 @@ class LabelDataset:
         self._import_dicts(dicts, meta["thing_classes"], str(json_file), report)
         return report
 
-    def import_coco_fields(self, json_file: str | Path, field_map: Mapping[str, str],
-                           image_root: str | Path | None = None) -> Report:
-        """Add a COCO JSON keeping each mask in its own field (`field_map` {field: mask name}, see
+    def import_coco_fields(self, json_file: str | Path, field_map: MapPairs, image_root: str | Path | None = None,
+                           drop_classes: Sequence[str] = ()) -> ImportReport:
+        """Add a COCO JSON keeping each mask in its own field (`field_map`: fields -> mask names, see
         `multimask.data.convert.import_coco_fields`). Mask names must be this dataset's (ValueError naming
         both lists otherwise); a dataset mask name no field maps to stays empty. Images are looked up under
-        `image_root`, by default the JSON's folder. As `import_multimask` otherwise.
+        `image_root`, by default the JSON's folder. As `import_multimask` otherwise; returns the import report.
         """
-        json_file = Path(json_file)
-        self._check_targets(list(field_map.values()), "field_map")
-        report = Report()
-        with tempfile.TemporaryDirectory(prefix="multimask-import-") as tmp:
-            out = Path(tmp) / "multimask.json"
-            convert.import_coco_fields(json_file, out, field_map, report=report)
-            dicts, meta = _load_converted(out, image_root if image_root is not None else json_file.parent,
-                                          json_file, report)
-            self._import_dicts(dicts, meta["thing_classes"], str(json_file), report)
-        return report
+        self._check_targets(build_map(field_map, "field map", allow_class=False).mask_names, "field map")
+        return self._import_converted(json_file, lambda out, report: convert.import_coco_fields(
+            json_file, out, field_map, image_root=image_root, drop_classes=drop_classes,
+            report=report))
 
-    def import_labelme(self, folder: str | Path, label_map: Mapping[str, str] | None = None) -> Report:
+    def import_coco(self, json_file: str | Path, mask_name: str | None = None, image_root: str | Path | None = None,
+                    drop_classes: Sequence[str] = ()) -> ImportReport:
+        """Add a plain COCO JSON: each `segmentation` becomes mask `mask_name` (default: this dataset's first).
+        As `import_coco_fields` otherwise."""
+        name = mask_name or self.mask_names[0]
+        self._check_targets([name], "mask name")
+        return self._import_converted(json_file, lambda out, report: convert.import_coco(
+            json_file, out, name, image_root=image_root, drop_classes=drop_classes, report=report))
+
+    def import_labelme(self, folder: str | Path, label_map: MapPairs | None = None,
+                       default_class: str | None = None) -> ImportReport:
         """Add a folder of labelme JSON files (see `multimask.data.convert.import_labelme`).
 
         The mask names that `label_map` maps to must be this dataset's (ValueError naming both lists
-        otherwise); without a map, labels "class/mask" are read and shapes of other mask names are skipped
-        (reported). As `import_multimask` otherwise.
+        otherwise); the class comes from `CLASS:MASK` targets or `default_class`. Without a map, labels
+        "class/mask" are read and shapes of other mask names are skipped (reported). As `import_multimask`
+        otherwise; returns the import report.
         """
         if label_map is not None:
-            targets = [t.rpartition(":")[2] if isinstance(t, str) else t for t in label_map.values()]
-            self._check_targets(targets, "label_map")
-        report = Report()
+            self._check_targets(build_map(label_map, "label map").mask_names, "label map")
+        return self._import_converted(folder, lambda out, report: convert.import_labelme(
+            folder, out, label_map, default_class=default_class, mask_names=self.mask_names, report=report))
+
+    def _import_converted(self, source: str | Path, convert_to: Callable[[Path, ImportReport], Any]) -> ImportReport:
+        """Convert `source` into a temporary multimask JSON (its images resolve from there), then add it."""
+        report = ImportReport()
         with tempfile.TemporaryDirectory(prefix="multimask-import-") as tmp:
             out = Path(tmp) / "multimask.json"
-            convert.import_labelme(folder, out, label_map, mask_names=self.mask_names, report=report)
-            dicts, meta = _load_converted(out, None, folder, report)
-            self._import_dicts(dicts, meta["thing_classes"], str(folder), report)  # paths go through tmp
+            convert_to(out, report)
+            dicts, meta = _load_converted(out, None, source, report)
+            self._import_dicts(dicts, meta["thing_classes"], str(source), report)
         return report
 
     # ----- internals -----------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ import gradio as gr
 
 from multimask.data import convert
 from multimask.data.images import read_image_bgr
+from multimask.data.import_report import ImportReport
+from multimask.data.mapping import split_pairs
 from multimask.data.synth import generate_synthetic_dataset
 from multimask.io import atomic_write_bytes
 
@@ -44,16 +46,6 @@ DEMO_LABELLED, DEMO_UNLABELLED = 24, 6  # synthetic images: labelled ones to tra
 
 def _split_names(text: str) -> list[str]:
     return [t.strip() for t in (text or "").replace("\n", ",").split(",") if t.strip()]
-
-
-def _pairs(text: str) -> dict[str, str]:
-    out = {}
-    for item in _split_names(text):
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip() or not val.strip():
-            raise ValueError(f"expected KEY=VALUE pairs separated by commas, got {item!r}")
-        out[key.strip()] = val.strip()
-    return out
 
 
 def notify(message: str) -> str:
@@ -418,7 +410,13 @@ class LabelView:
         return notify(f"Renamed **{old}** to **{new.strip()}** in every image."), \
             gr.update(choices=ds.classes, value=None)
 
-    def import_data(self, name: str, kind: str, path: str, image_root: str, mapping: str):
+    def import_data(self, name: str, kind: str, path: str, image_root: str, mapping: str, cls: str = ""):
+        """Import a multimask JSON, a (plain or per-field) COCO JSON or a labelme folder; show the report.
+
+        `mapping` holds KEY=TARGET pairs separated by commas or new lines (see multimask/data/mapping.py):
+        fields or labels -> mask names, repeated keys add; for plain COCO, the mask name of `segmentation`.
+        `cls` is the class of labelme instances whose labels name none.
+        """
         try:
             ds = self._dataset(name)
             self._allowed_root(path)
@@ -426,13 +424,17 @@ class LabelView:
                 self._allowed_root(image_root)
             if kind == "multimask JSON":
                 report = ds.import_multimask(path, image_root or None)
+            elif kind == "COCO":
+                report = ds.import_coco(path, (mapping or "").strip() or None, image_root or None)
             elif kind == "COCO with mask fields":
-                report = ds.import_coco_fields(path, _pairs(mapping), image_root or None)
+                report = ds.import_coco_fields(path, split_pairs(mapping, "Field map"), image_root or None)
             else:
-                report = ds.import_labelme(path, _pairs(mapping) or None)
+                pairs = split_pairs(mapping, "Label map")
+                report = ds.import_labelme(path, pairs or None, (cls or "").strip() or None)
         except ValueError as e:
             return notify(f"⚠️ {e}")
-        return notify(f"Imported from {path}.\n\n```\n{report.summary(max_messages=30)}\n```")
+        table = f"{report.table()}\n\n" if isinstance(report, ImportReport) else ""
+        return notify(f"Imported from {path}.\n\n```\n{table}{report.summary(max_messages=30)}\n```")
 
     def export(self, name: str, folder_name: str, val_fraction: float, seed: int, only_done: bool,
                labelme: bool = False):
@@ -532,12 +534,14 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                                       elem_id="mm-label-threshold")
                 run_info = gr.Markdown("Choose a run to enable **Propose** in the editor.")
             with gr.Accordion("Import / export", open=False):
-                kind = gr.Radio(["multimask JSON", "COCO with mask fields", "labelme folder"],
+                kind = gr.Radio(["multimask JSON", "COCO", "COCO with mask fields", "labelme folder"],
                                 value="multimask JSON", label="Import")
                 import_path = gr.Textbox(label="File or folder on the server")
                 import_root = gr.Textbox(label="Image folder (optional)")
-                mapping = gr.Textbox(label="Field or label map",
-                                     placeholder="segmentation=primary, visible_mask=secondary")
+                mapping = gr.Textbox(label="Field or label map (COCO: the mask name)",
+                                     placeholder="Head_a=primary, Head_b=primary, Head_b=secondary "
+                                                 "(A+B=primary unites; repeated keys add)")
+                import_class = gr.Textbox(label="Class (labelme, when the map names none)")
                 do_import = gr.Button("Import", size="sm")
                 with gr.Row():
                     export_name = gr.Textbox(value="export", label="Export name", scale=2)
@@ -587,7 +591,7 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
     for trigger in (run.change, threshold.change):
         trigger(view.choose_run, [run, threshold], run_info, **private)
     view.propose_panel.expand(view.refresh_runs, [run], run, **private)
-    do_import.click(view.import_data, [dataset, kind, import_path, import_root, mapping], io_message,
+    do_import.click(view.import_data, [dataset, kind, import_path, import_root, mapping, import_class], io_message,
                     api_name="import_data").then(**opened)
     do_export.click(view.export, [dataset, export_name, val_fraction, seed, only_done, as_labelme], io_message,
                     api_name="export_data")

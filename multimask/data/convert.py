@@ -1,16 +1,18 @@
 """Convert other annotation layouts to the multimask format and back.
 
+- `import_coco`: plain COCO instances (`segmentation` -> one mask name).
 - `import_coco_fields`: COCO files that keep each mask in its own annotation field (UOAIS, KINS, ...).
 - `import_labelme` / `export_labelme`: a folder of labelme JSON files, one per image.
 
-Every segmentation goes through `clean_polygons` / `clean_rle`; whatever is repaired or skipped is counted
-in the returned `Report` with the file and annotation (or shape) it came from.
+Importers share one mapping model (`mapping.py`) and return an `ImportReport` (`import_report.py`): every
+shape or field is counted as used or skipped with its reason, repairs and skips are listed with the file and
+annotation (or shape) they came from, and the report is also written to `<out>.report.json`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +31,48 @@ from .dataset_json import (
     write_multimask_json,
 )
 from .geometry import Report, clean_polygons, clean_segmentation, mask_to_polygons, to_rle
+from .import_report import ImportReport
+from .mapping import SourceMap, Target, build_map
 
 # The rule of MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES (see multimask/config.py).
 # Key that export_labelme adds to each labelme file (labelme keeps unknown keys when it saves).
 LABELME_NAMES_KEY = "multimask_mask_names"
 CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask becomes polygons
 LABELME_SHAPES = ("polygon", "rectangle")
+COCO_KEYS = {"id", "image_id", "category_id", "iscrowd", "bbox", "area", "attributes", "score"}
 
 
-def import_coco_fields(src_json: str | Path, out_json: str | Path, field_map: Mapping[str, str], *,
-                       report: Report | None = None) -> Report:
+def import_coco(src_json: str | Path, out_json: str | Path, mask_name: str = "primary", **kwargs: Any
+                ) -> ImportReport:
+    """Plain COCO instances JSON -> multimask JSON whose one mask `mask_name` is each `segmentation`
+    (polygons or RLE; `iscrowd` kept). Keyword arguments as `import_coco_fields`."""
+    return import_coco_fields(src_json, out_json, {"segmentation": mask_name}, **kwargs)
+
+
+def import_coco_fields(src_json: str | Path, out_json: str | Path,
+                       field_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str], *,
+                       image_root: str | Path | None = None, drop_classes: Iterable[str] = (),
+                       report: ImportReport | None = None) -> ImportReport:
     """COCO JSON with each mask in its own annotation field -> multimask JSON, written atomically.
 
-    `field_map` is {field: mask name}, e.g. UOAIS {"segmentation": "primary", "visible_mask": "secondary"},
-    KINS {"a_segm": "primary", "i_segm": "secondary"}; its order is the order of `mask_names`.
-    Images and categories are kept as they are, `file_name` included: it stays relative to the source's
-    image folder, so write `out_json` next to the source or pass that folder as `image_root` when loading.
+    `field_map` is a mapping (see `multimask.data.mapping`): e.g. UOAIS {"segmentation": "primary",
+    "visible_mask": "secondary"}, or ["segmentation_a+segmentation_b=primary", "segmentation_b=secondary"]
+    (fields mapped to one mask name are united); mask names are in order of first appearance. The class is
+    the COCO category; categories without annotations, and those named in `drop_classes` (with their
+    annotations), are dropped and reported. Images are looked up under `image_root` (default: the source's
+    folder), missing ones reported by name; `file_name`s are written relative to the folder of `out_json`.
+    The report also goes to `<out>.report.json`.
     """
-    src_json = Path(src_json)
-    report = report if report is not None else Report()
-    names = _check_names(list(field_map.values()), "field_map")
+    src_json, out_json = Path(src_json), Path(out_json)
+    report = report if report is not None else ImportReport()
+    report.source_kind = "field"
+    fmap = build_map(field_map, "field map", allow_class=False)
+    names = fmap.mask_names
     data = read_json(src_json)
     cat_ids = dataset_meta({**data, "mask_names": names} if isinstance(data, dict) else data,
                            src_json)["thing_dataset_id_to_contiguous_id"]
+    categories, dropped = _kept_categories(src_json, data, set(drop_classes), report)
+    root = Path(image_root) if image_root is not None else src_json.parent
     images, sizes, all_image_ids = [], {}, check_image_ids(data["images"], src_json)
     for i, img in enumerate(data["images"]):
         size = (img.get("height"), img.get("width")) if isinstance(img, dict) else (None, None)
@@ -59,55 +80,89 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path, field_map: Ma
             report.add("skipped images", f"{src_json} images[{i}]",
                        "an image needs 'id', 'file_name' and positive integer 'height' and 'width'")
             continue
-        images.append(img)
+        path = _check_image(root / img["file_name"], img["file_name"], f"{src_json} images[{i}]", report)
+        images.append({**img, "file_name": _relative(path, out_json)})
         sizes[img["id"]] = size
     anns: list[dict] = []
     for i, ann in enumerate(data["annotations"]):
         where = f"{src_json} annotation id={ann.get('id', '?') if isinstance(ann, dict) else '?'} (index {i})"
         if not isinstance(ann, dict):
             report.add("skipped annotations", where, "not an object")
+            report.instance(None, "not an object")
             continue
-        if ann.get("image_id") not in sizes:
-            why = "its image was skipped" if ann.get("image_id") in all_image_ids else "unknown image_id"
-            report.add("skipped annotations", where, f"{why} ({ann.get('image_id')!r})")
+        fields = [f for f in ann if f in fmap.targets or (f not in COCO_KEYS and _looks_like_segmentation(ann[f]))]
+        for f in fields:
+            report.read(f)
+        why = ("unknown image_id" if ann.get("image_id") not in all_image_ids else
+               "its image was skipped" if ann.get("image_id") not in sizes else
+               "class dropped" if ann.get("category_id") in dropped else
+               "unknown category_id" if ann.get("category_id") not in cat_ids else None)
+        if why is None:
+            h, w = sizes[ann["image_id"]]
+            for f in fmap.targets:
+                if f not in ann:
+                    report.add("missing fields", where, f"no field '{f}': {_names(fmap.get(f))} get nothing from it")
+            parts: dict[str, list] = {n: [] for n in names}
+            used = []
+            for f in fields:
+                if f not in fmap.targets:
+                    report.skip(f, "not mapped")
+                    continue
+                segm = clean_segmentation(ann[f], h, w, f"{where} field '{f}'", report)
+                if not segm:
+                    report.skip(f, "no usable geometry")
+                    continue
+                for _, name in fmap.get(f):
+                    parts[name].append(segm)
+                used.append(f)
+            masks = {n: _union(parts[n], h, w) for n in names}
+            why = None if used else "no usable mask"
+        if why is not None:
+            report.add("skipped annotations", where, f"no usable mask among {names}" if why == "no usable mask"
+                       else f"{why} {ann.get('image_id' if 'image' in why else 'category_id')!r}")
+            report.instance(None, why)
+            for f in fields if why != "no usable mask" else ():  # else each field was skipped for its reason
+                report.skip(f, why)
             continue
-        if ann.get("category_id") not in cat_ids:
-            report.add("skipped annotations", where, f"unknown category_id {ann.get('category_id')!r}")
-            continue
-        h, w = sizes[ann["image_id"]]
-        masks = {}
-        for fld, name in field_map.items():
-            if fld not in ann:
-                report.add("missing fields", where, f"no field '{fld}': mask '{name}' left empty")
-            masks[name] = clean_segmentation(ann.get(fld), h, w, f"{where} field '{fld}'", report)
-        new = _annotation(len(anns) + 1, ann["image_id"], ann["category_id"], masks, h, w, names, where,
-                          report)
-        if new is not None:
-            new["iscrowd"] = int(ann.get("iscrowd", 0) or 0)
-            anns.append(new)
-    info = {"description": f"imported from {src_json.name}", "field_map": dict(field_map)}
-    write_multimask_json(out_json, images, data["categories"], anns, names, info=info)
+        new = make_annotation(len(anns) + 1, ann["image_id"], ann["category_id"], masks, h, w, names)
+        new["iscrowd"] = int(ann.get("iscrowd", 0) or 0)
+        anns.append(new)
+        report.instance(new["multimask"])
+        for f in used:
+            report.used(f, _names(fmap.get(f)))
+    info = {"description": f"imported from {src_json.name}",
+            "field_map": {k: _names(t) for k, t in fmap.targets.items()}}
+    write_multimask_json(out_json, images, categories, anns, names, info=info)
+    report.write_json(out_json)
     return report
 
 
-def import_labelme(folder: str | Path, out_json: str | Path, label_map: Mapping[str, str] | None = None, *,
-                   mask_names: Sequence[str] | None = None, report: Report | None = None) -> Report:
+def import_labelme(folder: str | Path, out_json: str | Path,
+                   label_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str] | None = None, *,
+                   default_class: str | None = None, mask_names: Sequence[str] | None = None,
+                   report: ImportReport | None = None) -> ImportReport:
     """Folder of labelme JSON files (one per image) -> multimask JSON, written atomically.
 
     Shapes sharing a `group_id` in one file form one instance; a shape whose `group_id` is null is an
-    instance on its own. `label_map` maps a labelme label to "MASK" or "CLASS:MASK"; without a class the
-    instance's class is the label of its shapes mapped to the first mask name. Shapes of one instance
-    mapped to the same mask become one multi-part mask. With `label_map` None, labels "class/mask" (as
-    written by `export_labelme`) are parsed. `mask_names` defaults to the order of the targets in
-    `label_map`, else to the names recorded by `export_labelme`, else ("primary", "secondary").
-    Polygon and rectangle shapes are read; other shape types are skipped and reported. `file_name`s are
-    written relative to the folder of `out_json`.
+    instance on its own. `label_map` is a mapping (see `multimask.data.mapping`) of labels to "MASK" or
+    "CLASS:MASK": several labels mapped to one mask name are united, one label may feed several. The class
+    is the one its shapes' targets name, else `default_class`; a map that names no class without
+    `default_class` is refused (ValueError). With `label_map` None, labels "class/mask" (as written by
+    `export_labelme`) are parsed. `mask_names` defaults to the order of the targets in `label_map`, else to
+    the names recorded by `export_labelme`, else ("primary", "secondary"). Polygon and rectangle shapes are
+    read; others are skipped and reported. Images are checked (missing ones reported by name); `file_name`s
+    are written relative to the folder of `out_json`. The report also goes to `<out>.report.json`.
     """
     folder, out_json = Path(folder), Path(out_json)
-    report = report if report is not None else Report()
-    targets = _parse_label_map(label_map) if label_map is not None else None
+    report = report if report is not None else ImportReport()
+    report.source_kind = "label"
+    smap = build_map(label_map, "label map") if label_map is not None else None
+    if smap is not None and not smap.has_class and default_class is None:
+        raise ValueError("label map: no class given: pass --class NAME (the app: Class) for every instance, or map "
+                         "labels to CLASS:MASK (e.g. Head_a=worm:primary)")
+    own = {out_json.resolve(), out_json.with_suffix(".report.json").resolve()}
     docs = []
-    for path in sorted(p for p in folder.glob("*.json") if p.resolve() != out_json.resolve()):
+    for path in sorted(p for p in folder.glob("*.json") if p.resolve() not in own):
         try:
             doc = read_json(path)
         except DatasetError as e:
@@ -119,12 +174,11 @@ def import_labelme(folder: str | Path, out_json: str | Path, label_map: Mapping[
         docs.append((path, doc))
     if mask_names is None:
         recorded = [d[LABELME_NAMES_KEY] for _, d in docs if isinstance(d.get(LABELME_NAMES_KEY), list)]
-        mask_names = (list(dict.fromkeys(m for _, m in targets.values())) if targets
-                      else recorded[0] if recorded else DEFAULT_MASK_NAMES)
+        mask_names = smap.mask_names if smap else recorded[0] if recorded else DEFAULT_MASK_NAMES
     names = _check_names(mask_names, "mask_names")
-    unknown = sorted({m for _, m in (targets or {}).values() if m not in names})
+    unknown = [m for m in (smap.mask_names if smap else []) if m not in names]
     if unknown:
-        raise ValueError(f"label_map: mask names {unknown} are not among mask_names {names}")
+        raise ValueError(f"label map: mask names {unknown} are not among mask_names {names}")
 
     images: list[dict] = []
     anns: list[dict] = []
@@ -132,45 +186,57 @@ def import_labelme(folder: str | Path, out_json: str | Path, label_map: Mapping[
     for path, doc in docs:
         size = _image_size(path, doc, report)
         if size is None:
+            for shape in doc["shapes"]:
+                key = _label_key(shape)
+                report.read(key)
+                report.skip(key, "file skipped")
             continue
         h, w = size
         image_id = len(images) + 1
-        image_path = os.path.abspath(path.parent / doc["imagePath"].replace("\\", "/"))
-        images.append({"id": image_id, "height": h, "width": w,
-                       "file_name": os.path.relpath(image_path, os.path.abspath(out_json.parent))})
+        image = _check_image(path.parent / doc["imagePath"].replace("\\", "/"), doc["imagePath"], str(path), report)
+        images.append({"id": image_id, "height": h, "width": w, "file_name": _relative(image, out_json)})
         for where, members in _instances(path, doc["shapes"], report):
             masks: dict[str, list] = {n: [] for n in names}
-            explicit, first = set(), set()  # class names given by label_map / labels of the first mask
+            found, used = set(), []  # classes named by the targets; (label, mask names) of usable shapes
             for j, shape in members:
-                label = shape.get("label")
-                here = f"{path} shape {j} (label {label!r})"
-                target = _target(label, targets, names)
-                if isinstance(target, str):
-                    report.add("skipped shapes", here, target)
-                    continue
-                cls, name = target
-                if cls is not None:
-                    explicit.add(cls)
-                elif name == names[0]:
-                    first.add(label)
-                poly = _shape_polygon(shape)
+                key = _label_key(shape)
+                report.read(key)
+                here = f"{path} shape {j} (label {shape.get('label')!r})"
+                targets = _targets(shape, smap, names)
+                poly = _shape_polygon(shape) if not isinstance(targets, str) else targets
                 if isinstance(poly, str):
                     report.add("skipped shapes", here, poly)
+                    report.skip(key, poly)
                     continue
-                masks[name] += clean_polygons([poly], h, w, here, report)
-            found = explicit or first
-            if len(found) != 1:
-                why = (f"conflicting classes {sorted(found)}" if found else
-                       f"no class: no shape mapped to '{names[0]}' and no class given by the label_map")
-                report.add("skipped annotations", where, why)
+                parts = clean_polygons([poly], h, w, here, report)
+                if not parts:
+                    report.skip(key, "no usable polygon")
+                    continue
+                for cls, name in targets:
+                    masks[name] += parts
+                    found.update([cls] if cls else [])
+                used.append((key, _names(targets)))
+            why = ("no usable shape" if not used else "conflicting classes" if len(found) > 1 else
+                   "no class" if not found and default_class is None else None)
+            if why is not None:
+                detail = {"no usable shape": f"no usable mask among {names}",
+                          "conflicting classes": f"conflicting classes {sorted(found)}",
+                          "no class": "no class: its labels map to no CLASS:MASK and no default class is given"}[why]
+                report.add("skipped annotations", where, detail)
+                report.instance(None, why)
+                for key, _ in used:
+                    report.skip(key, f"instance skipped: {why}")
                 continue
-            cat_id = classes.setdefault(found.pop(), len(classes) + 1)
-            new = _annotation(len(anns) + 1, image_id, cat_id, masks, h, w, names, where, report)
-            if new is not None:
-                anns.append(new)
+            cat_id = classes.setdefault(found.pop() if found else default_class, len(classes) + 1)
+            new = make_annotation(len(anns) + 1, image_id, cat_id, masks, h, w, names)
+            anns.append(new)
+            report.instance(new["multimask"])
+            for key, into in used:
+                report.used(key, into)
     categories = [{"id": i, "name": c} for c, i in classes.items()]
     write_multimask_json(out_json, images, categories, anns, names,
                          info={"description": f"imported from labelme folder {folder.name}"})
+    report.write_json(out_json)
     return report
 
 
@@ -224,28 +290,74 @@ def _check_names(names: Sequence[Any], what: str) -> list[str]:
     return names
 
 
-def _parse_label_map(label_map: Mapping[str, str]) -> dict[str, tuple[str | None, str]]:
-    """{label: "MASK" | "CLASS:MASK"} -> {label: (class or None, mask)}; ValueError on a bad target."""
-    out = {}
-    for label, target in label_map.items():
-        cls, sep, name = target.rpartition(":") if isinstance(target, str) else ("", "", target)
-        if (sep and not cls) or not is_valid_mask_name(name):
-            raise ValueError(f"label_map[{label!r}] = {target!r}: expected 'MASK' or 'CLASS:MASK' with a "
-                             "valid mask name (letters, digits and '_', not starting with a digit)")
-        out[label] = (cls if sep else None, name)
-    return out
-
-
-def _target(label: Any, targets: dict | None, names: list[str]) -> tuple[str | None, str] | str:
-    """(class or None, mask name) of a labelme label, or why it cannot be used."""
+def _targets(shape: dict, smap: SourceMap | None, names: list[str]) -> tuple[Target, ...] | str:
+    """(class or None, mask name) targets of a labelme shape's label, or why it cannot be used."""
+    label = shape.get("label")
     if not isinstance(label, str):
         return "the label is not a string"
-    if targets is not None:
-        return targets.get(label, "label not in label_map")
+    if smap is not None:
+        return smap.get(label) or "not mapped"
     cls, sep, name = label.rpartition("/")
     if not sep or not cls:
-        return "label is not of the form 'class/mask' (give a label_map)"
-    return (cls, name) if name in names else f"mask name {name!r} is not among {names}"
+        return "label is not of the form 'class/mask' (give a label map)"
+    return ((cls, name),) if name in names else f"mask name {name!r} is not among {names}"
+
+
+def _label_key(shape: Any) -> str:
+    label = shape.get("label") if isinstance(shape, dict) else None
+    return label if isinstance(label, str) else repr(label)
+
+
+def _names(targets: tuple[Target, ...]) -> list[str]:
+    return [name for _, name in targets]
+
+
+def _kept_categories(src_json: Path, data: dict, drop: set[str], report: ImportReport) -> tuple[list[dict], set]:
+    """The categories to keep, and the ids of those dropped (asked for, or without annotations: reported)."""
+    unknown = drop - {c["name"] for c in data["categories"]}
+    if unknown:
+        raise ValueError(f"{src_json}: no category named {sorted(unknown)} to drop")
+    used = {ann.get("category_id") for ann in data["annotations"] if isinstance(ann, dict)}
+    kept, dropped = [], set()
+    for c in data["categories"]:
+        why = "asked to drop" if c["name"] in drop else None if c["id"] in used else "no annotations"
+        if why is None:
+            kept.append(c)
+            continue
+        dropped.add(c["id"])
+        report.dropped_classes[c["name"]] = why
+        report.add("dropped classes", f"{src_json} category id={c['id']} {c['name']!r}", why)
+    if not kept:
+        raise DatasetError(f"{src_json}: no category is left with annotations")
+    return kept, dropped
+
+
+def _check_image(path: Path, name: str, where: str, report: ImportReport) -> Path:
+    """Count an image; a missing one is reported by `name`."""
+    report.images_read += 1
+    if not path.is_file():
+        report.images_missing.append(name)
+        report.add("missing images", where, f"image not found: {path}")
+    return path
+
+
+def _relative(image: Path, out_json: Path) -> str:
+    """The image's path relative to the folder of `out_json` (where the loader looks by default)."""
+    return Path(os.path.relpath(os.path.abspath(image), os.path.abspath(out_json.parent))).as_posix()
+
+
+def _looks_like_segmentation(value: Any) -> bool:
+    """A non-empty polygon list or RLE dict (so an unmapped mask field is counted, not ignored)."""
+    return (isinstance(value, dict) and "counts" in value) or (
+        isinstance(value, list) and bool(value) and all(isinstance(p, list) for p in value))
+
+
+def _union(segms: list, height: int, width: int) -> list | dict:
+    """The union of cleaned segmentations: polygon parts together, or one RLE when any is an RLE."""
+    if all(isinstance(s, list) for s in segms):
+        return [p for s in segms for p in s]
+    rle = mask_util.merge([to_rle(s, height, width) for s in segms])
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def _shape_polygon(shape: dict) -> list[float] | str:
@@ -258,18 +370,20 @@ def _shape_polygon(shape: dict) -> list[float] | str:
         return "points must be a list of [x, y] pairs of numbers"
     if kind == "rectangle":
         if len(pts) != 2:
-            return f"a rectangle needs 2 points, got {len(pts)}"
+            return "a rectangle needs 2 points"
         (x0, x1), (y0, y1) = sorted((pts[0][0], pts[1][0])), sorted((pts[0][1], pts[1][1]))
         return [x0, y0, x1, y0, x1, y1, x0, y1]
     return [float(v) for p in pts for v in p]
 
 
-def _instances(path: Path, shapes: list, report: Report) -> list[tuple[str, list[tuple[int, dict]]]]:
+def _instances(path: Path, shapes: list, report: ImportReport) -> list[tuple[str, list[tuple[int, dict]]]]:
     """Shapes grouped by group_id (null: one instance per shape), in order of first appearance."""
     groups: dict[tuple, list[tuple[int, dict]]] = {}
     for j, shape in enumerate(shapes):
         if not isinstance(shape, dict):
             report.add("skipped shapes", f"{path} shape {j}", "not an object")
+            report.read(_label_key(shape))
+            report.skip(_label_key(shape), "not an object")
             continue
         gid = shape.get("group_id")
         key = ("shape", j) if gid is None else ("group", gid)
@@ -292,14 +406,6 @@ def _image_size(path: Path, doc: dict, report: Report) -> tuple[int, int] | None
         report.add("skipped files", str(path), f"no imageHeight/imageWidth, and image {image} cannot be read")
         return None
     return int(pixels.shape[0]), int(pixels.shape[1])
-
-
-def _annotation(ann_id: int, image_id: Any, category_id: int, masks: dict, height: int, width: int,
-                names: list[str], where: str, report: Report) -> dict | None:
-    if not any(masks.values()):
-        report.add("skipped annotations", where, f"no usable mask among {names}")
-        return None
-    return make_annotation(ann_id, image_id, category_id, masks, height, width, names)
 
 
 def _to_polygons(segm: list | dict, height: int, width: int, where: str, report: Report) -> list[list[float]]:
