@@ -60,18 +60,27 @@ def cmd_export(args: argparse.Namespace) -> None:
 def training_config(args: argparse.Namespace):
     """Register the datasets named on the command line and build the frozen training config.
 
-    A training start (not --eval-only) picks a concrete seed when SEED < 0, writes OUTPUT_DIR/run_info.json and
-    trains on frozen copies of the dataset JSONs (see `engine.run_record`).
+    The given files are checked first (their errors and warnings name them), and the heads follow the training
+    set's mask names unless the config sets them (`config.follow_dataset_masks`). A training start (not
+    --eval-only) picks a concrete seed when SEED < 0, writes OUTPUT_DIR/run_info.json and trains on frozen
+    copies of the dataset JSONs (see `engine.run_record`).
     """
     from detectron2.utils import comm
 
     from .config import get_multimask_cfg, resolve_config_file
+    from .data.dataset_check import check_dataset_file
     from .engine import run_record
 
     args.config_file = str(resolve_config_file(args.config_file))  # a preset name becomes its file
-    cfg = get_multimask_cfg(args.config_file, args.opts)
+    metas = {path: check_dataset_file(path, _image_root(args, path)) for path in (args.train_json, args.val_json)
+             if path}
+    cfg = get_multimask_cfg(args.config_file, args.opts, dataset_mask_names=metas[args.train_json]["mask_names"],
+                            dataset=args.train_json)
     cfg.OUTPUT_DIR = str(args.output_dir)
     names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
+    if args.val_json and not set(names) <= set(metas[args.val_json]["mask_names"]):
+        raise ValueError(f"{args.val_json}: has masks {metas[args.val_json]['mask_names']} but the model trains "
+                         f"{names} (from {args.train_json}); give the validation set the training set's masks")
     classes = _register_datasets(args, names)  # the given files first: their errors name them
     if not args.eval_only:
         if cfg.SEED < 0:
@@ -102,13 +111,18 @@ def _register_datasets(args: argparse.Namespace, names: list[str], run_dir: str 
     for kind, name, path in (("train", TRAIN_NAME, args.train_json), ("val", VAL_NAME, args.val_json)):
         if path:
             copy = frozen_json(run_dir, kind) if run_dir else None
-            register_multimask_dataset(name, copy if copy and copy.is_file() else path,
-                                       args.image_root or Path(path).resolve().parent, mask_names=names)
+            register_multimask_dataset(name, copy if copy and copy.is_file() else path, _image_root(args, path),
+                                       mask_names=names)
     classes = MetadataCatalog.get(TRAIN_NAME).thing_classes
     if args.val_json and MetadataCatalog.get(VAL_NAME).thing_classes != classes:
         raise SystemExit(f"{args.val_json}: classes {MetadataCatalog.get(VAL_NAME).thing_classes} differ from "
                          f"the training set's {classes}")
     return classes
+
+
+def _image_root(args: argparse.Namespace, json_file: str) -> Path:
+    """The folder a dataset JSON's image file names are relative to: --image-root, else the JSON's folder."""
+    return Path(args.image_root) if args.image_root else Path(json_file).resolve().parent
 
 
 def _train_worker(args: argparse.Namespace):
@@ -162,12 +176,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from detectron2.utils.logger import setup_logger
 
     from .data import register_multimask_dataset
+    from .data.dataset_check import check_dataset_file
     from .engine import MultiMaskPredictor, MultiMaskTrainer
     from .engine.trainer import EVAL_RESULTS_FILE
     from .evaluation import format_class_ap, format_results, save_results
 
     setup_logger(name="multimask")
+    masks = check_dataset_file(args.json, _image_root(args, args.json))["mask_names"]
     predictor = MultiMaskPredictor.from_run(args.run, device=args.device)
+    if not set(predictor.mask_names) <= set(masks):
+        raise ValueError(f"{args.json}: has masks {masks} but the run {args.run} predicts {predictor.mask_names}; "
+                         "evaluate it on a dataset with those masks, or train a run on this dataset")
     cfg = predictor.cfg.clone()
     cfg.defrost()
     register_multimask_dataset(VAL_NAME, args.json, args.image_root, mask_names=predictor.mask_names)

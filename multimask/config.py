@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -10,6 +11,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+HEAD_KEYS = ("MASK_NAMES", "NUM_MASK", "LOSS_WEIGHTS")  # the MODEL.ROI_MULTI_MASK_HEAD keys a dataset decides
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -151,8 +153,12 @@ def resolve_config_file(config_file: str | Path) -> Path:
     return path if path.is_file() else preset_path(str(config_file))
 
 
-def get_multimask_cfg(config_file: str | Path | None = None, opts: list[str] | None = None) -> CN:
+def get_multimask_cfg(config_file: str | Path | None = None, opts: list[str] | None = None, *,
+                      dataset_mask_names: Sequence[str] | None = None, dataset: str | Path = "the dataset") -> CN:
     """A detectron2 config with the multimask keys, merged from a preset name or a YAML file, then `opts`.
+
+    With `dataset_mask_names` (the `mask_names` of `dataset`, the training set), the heads follow the dataset
+    (`follow_dataset_masks`) before the config is checked.
 
     The file is read with `yaml.safe_load` only (detectron2 would fall back to `yaml.unsafe_load`, which runs
     code a shared run folder's config.yaml could carry); a file that needs more is refused.
@@ -168,10 +174,51 @@ def get_multimask_cfg(config_file: str | Path | None = None, opts: list[str] | N
                              f"{str(e).splitlines()[0]}") from None
     if opts:
         cfg.merge_from_list(list(opts))
+    if dataset_mask_names is not None:
+        follow_dataset_masks(cfg, dataset_mask_names, set_head_keys(config_file, opts), dataset)
     if not cfg.MODEL.DEVICE or cfg.MODEL.DEVICE == "auto":
         cfg.MODEL.DEVICE = default_device()
     validate_multimask_config(cfg)
     return cfg
+
+
+def set_head_keys(config_file: str | Path | None, opts: list[str] | None) -> dict[str, str]:
+    """The `HEAD_KEYS` that the config file (with its `_BASE_` files) or `opts` set, each with where it is set.
+
+    The bundled presets set none of them; a run's config.yaml sets them all.
+    """
+    found = {}
+    if config_file:
+        path = resolve_config_file(config_file)
+        data = CN.load_yaml_with_base(str(path), allow_unsafe=False)
+        head = (data.get("MODEL") or {}).get("ROI_MULTI_MASK_HEAD") or {}
+        found = {k: str(path) for k in HEAD_KEYS if k in head}
+    keys = {str(k) for k in (opts or [])[::2]}
+    found.update({k: "the KEY VALUE options" for k in HEAD_KEYS if f"MODEL.ROI_MULTI_MASK_HEAD.{k}" in keys})
+    return found
+
+
+def follow_dataset_masks(cfg: CN, mask_names: Sequence[str], explicit: dict[str, str],
+                         dataset: str | Path = "the dataset") -> None:
+    """Take MASK_NAMES from a dataset's `mask_names`, NUM_MASK and LOSS_WEIGHTS (1.0 each) from MASK_NAMES.
+
+    Keys in `explicit` (see `set_head_keys`) are kept. Explicit MASK_NAMES may select some of the dataset's
+    masks; one the dataset lacks raises ValueError saying which side to change.
+    """
+    head = cfg.MODEL.ROI_MULTI_MASK_HEAD
+    if "MASK_NAMES" in explicit:
+        missing = [n for n in head.MASK_NAMES if n not in mask_names]
+        if missing:
+            raise ValueError(f"{dataset}: has masks {list(mask_names)}, not {missing} of "
+                             f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES {list(head.MASK_NAMES)} set in "
+                             f"{explicit['MASK_NAMES']}; remove that setting to train the dataset's masks, or "
+                             "use a dataset that has those masks")
+    else:
+        head.MASK_NAMES = list(mask_names)
+    if "NUM_MASK" not in explicit:
+        head.NUM_MASK = len(head.MASK_NAMES)
+    if "LOSS_WEIGHTS" not in explicit:
+        head.LOSS_WEIGHTS = [1.0] * len(head.MASK_NAMES)
 
 
 def default_device() -> str:
