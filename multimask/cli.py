@@ -26,14 +26,15 @@ def cmd_import(args: argparse.Namespace) -> None:
     from .io import DatasetError
 
     if args.format == "labelme":
-        if args.field or args.drop_class or args.mask_name:
-            raise ValueError("labelme takes --map, --class and --mask-names (not --field, --drop-class, --mask-name)")
+        if args.field or args.drop_class or args.mask_name or args.image_root:
+            raise ValueError("labelme takes --map, --class and --mask-names (not --field, --drop-class, --mask-name, "
+                             "--image-root: images are found from each file's imagePath)")
         report = convert.import_labelme(args.src, args.out, args.map, default_class=args.cls,
                                         mask_names=args.mask_names)
     else:
-        if args.map or args.cls or args.mask_names:
-            raise ValueError(f"{args.format}: the class is the COCO category; --map, --class and --mask-names "
-                             "are for labelme")
+        if args.map or args.cls or args.mask_names or (args.field if args.format == "coco" else args.mask_name):
+            raise ValueError(f"{args.format}: the class is the COCO category; --map, --class and --mask-names are "
+                             "for labelme, --mask-name for coco and --field for coco-fields")
         kwargs = {"image_root": args.image_root, "drop_classes": args.drop_class or ()}
         if args.format == "coco":
             report = convert.import_coco(args.src, args.out, args.mask_name or "primary", **kwargs)

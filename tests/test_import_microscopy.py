@@ -248,3 +248,25 @@ def test_cli_import(tmp_path):
         p.unlink()
     proc = _cli("labelme", tmp_path / "lm", tmp_path / "o" / "ds.json", *maps, "--class", "worm")
     assert proc.returncode == 2 and "none of the 3 images was found" in proc.stderr
+
+
+def test_cli_plain_coco_and_wrong_flags(tmp_path):
+    truth = _labelme(tmp_path / "lm")
+    src = _coco_fields(tmp_path, truth)
+    data = json.loads(src.read_text())
+    for ann in data["annotations"]:
+        ann["segmentation"] = ann.pop("segmentation_Head_a")
+    src.write_text(json.dumps(data))
+    proc = _cli("coco", src, tmp_path / "o" / "ds.json", "--mask-name", "head", "--drop-class", "worm")
+    assert proc.returncode == 2 and "no category is left with annotations" in proc.stderr
+    proc = _cli("coco", src, tmp_path / "o" / "ds.json", "--mask-name", "head")
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped classes: _background_ (no annotations)" in proc.stdout
+    report = json.loads((tmp_path / "o" / "ds.report.json").read_text())
+    assert report["sources"]["segmentation"] == {"read": 9, "used": 9, "into": {"head": 9}, "skipped": {}}
+    assert report["sources"]["segmentation_Mid"]["skipped"] == {"not mapped": 9}
+    for args, why in ((("coco", src, tmp_path / "x.json", "--field", "a=b"), "--field for coco-fields"),
+                      (("coco-fields", src, tmp_path / "x.json", "--field", "a=b", "--class", "w"), "COCO category"),
+                      (("labelme", tmp_path / "lm", tmp_path / "x.json", "--field", "a=b"), "labelme takes --map")):
+        proc = _cli(*args)
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
