@@ -113,7 +113,7 @@ def _register_datasets(args: argparse.Namespace, names: list[str], run_dir: str 
         if path:
             copy = frozen_json(run_dir, kind) if run_dir else None
             register_multimask_dataset(name, copy if copy and copy.is_file() else path, _image_root(args, path),
-                                       mask_names=names)
+                                       mask_names=names, source=path)  # the copy's messages name the user's file
     classes = MetadataCatalog.get(TRAIN_NAME).thing_classes
     if args.val_json and MetadataCatalog.get(VAL_NAME).thing_classes != classes:
         raise SystemExit(f"{args.val_json}: classes {MetadataCatalog.get(VAL_NAME).thing_classes} differ from "

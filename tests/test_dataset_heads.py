@@ -140,4 +140,5 @@ def test_some_images_missing_warn_naming_the_user_s_file_and_train(data, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (f"{train}: 2 of 4 image files not found under {train.parent}, their images are skipped: "
             f"{missing[0]}, {missing[1]}") in proc.stderr
+    assert str(tmp_path / "r/data/train.json") not in proc.stdout + proc.stderr, "the loader names the user's file too"
     assert (tmp_path / "r/model_final.pth").is_file()

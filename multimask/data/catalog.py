@@ -12,8 +12,10 @@ from .dataset_json import dataset_meta, load_multimask_json
 
 
 def register_multimask_dataset(name: str, json_file: str | Path, image_root: str | Path | None = None,
-                               mask_names: Sequence[str] | None = None) -> None:
+                               mask_names: Sequence[str] | None = None, source: str | Path | None = None) -> None:
     """Register `name`: dicts loaded lazily from `json_file`, metadata (classes, mask names) now.
+
+    The loader's messages name `source` when given (see `load_multimask_json`).
 
     Re-registering the same name replaces it.
     """
@@ -24,7 +26,7 @@ def register_multimask_dataset(name: str, json_file: str | Path, image_root: str
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(
-        name, lambda: load_multimask_json(json_file, image_root, mask_names=mask_names)[0]
+        name, lambda: load_multimask_json(json_file, image_root, mask_names=mask_names, source=source)[0]
     )
     MetadataCatalog.get(name).set(
         json_file=str(json_file), image_root=str(image_root), evaluator_type="multimask",

@@ -22,24 +22,26 @@ DEFAULT_MASK_NAMES = ("primary", "secondary")
 
 def load_multimask_json(json_file: str | Path, image_root: str | Path | None = None, *,
                         mask_names: Sequence[str] | None = None, check_images: bool = True,
-                        report: Report | None = None) -> tuple[list[dict], dict]:
+                        report: Report | None = None, source: str | Path | None = None) -> tuple[list[dict], dict]:
     """Read a multimask COCO JSON into detectron2 dataset dicts and metadata.
 
     Returns `(dicts, meta)`; `meta` has `thing_classes`, `mask_names`, `thing_dataset_id_to_contiguous_id`.
     Each annotation dict has `bbox` (XYWH_ABS, enclosing all its masks), contiguous `category_id`,
     `multimask` {name: polygons | RLE | []} and `segmentation` (the first mask). Problems that can be
-    repaired or skipped are recorded in `report` (and logged); unusable files raise DatasetError.
+    repaired or skipped are recorded in `report` (and logged); unusable files raise DatasetError. Messages name
+    `source` when given (the user's file, for a run's frozen copy of it), else `json_file`.
     """
     json_file = Path(json_file)
     image_root = Path(image_root) if image_root is not None else json_file.parent
     report = report if report is not None else Report()
     data = read_json(json_file)
-    meta = dataset_meta(data, json_file, mask_names)
+    shown = Path(source) if source is not None else json_file
+    meta = dataset_meta(data, shown, mask_names)
     file_names, names = data["mask_names"], meta["mask_names"]
     id_map = meta["thing_dataset_id_to_contiguous_id"]
-    images, all_ids = {}, check_image_ids(data["images"], json_file)
+    images, all_ids = {}, check_image_ids(data["images"], shown)
     for i, img in enumerate(data["images"]):
-        where = f"{json_file} images[{i}]"
+        where = f"{shown} images[{i}]"
         if not isinstance(img.get("file_name"), str):
             raise DatasetError(f"{where}: an image needs 'id', 'file_name', 'height' and 'width'")
         h, w = img.get("height"), img.get("width")
@@ -54,7 +56,7 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
 
     per_image: dict[Any, list] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
-        where = f"{json_file} annotation id={ann.get('id', '?') if isinstance(ann, dict) else '?'} (index {i})"
+        where = f"{shown} annotation id={ann.get('id', '?') if isinstance(ann, dict) else '?'} (index {i})"
         if not isinstance(ann, dict):
             report.add("skipped annotations", where, "not an object")
             continue
@@ -92,7 +94,7 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
         rec["annotations"] = per_image.get(image_id, [])
         dicts.append(rec)
     if report:
-        logger.warning("%s: %s", json_file, report.summary())
+        logger.warning("%s: %s", shown, report.summary())
     return dicts, meta
 
 
