@@ -216,6 +216,8 @@ def test_import_labelme_bad_maps(tmp_path):
         import_labelme(folder, tmp_path / "out.json", LABEL_MAP, mask_names=["primary", "other"])
     with pytest.raises(ValueError, match="not valid mask names"):
         import_labelme(folder, tmp_path / "out.json", None, mask_names=["a-b"])
+    with pytest.raises(ValueError, match="mask_names: no mask names given"):
+        import_labelme(folder, tmp_path / "out.json", None, mask_names=[])
     assert not (tmp_path / "out.json").exists()
 
 

@@ -32,7 +32,7 @@ from .dataset_json import (
 )
 from .geometry import Report, clean_polygons, clean_segmentation, mask_to_polygons, to_rle
 from .import_report import ImportReport
-from .mapping import SourceMap, Target, build_map
+from .mapping import NAME_RULE, SourceMap, Target, build_map
 
 # The rule of MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES (see multimask/config.py).
 # Key that export_labelme adds to each labelme file (labelme keeps unknown keys when it saves).
@@ -281,10 +281,11 @@ def export_labelme(src_json: str | Path, out_folder: str | Path, *,
 
 def _check_names(names: Sequence[Any], what: str) -> list[str]:
     names = list(names)
+    if not names:
+        raise ValueError(f"{what}: no mask names given")
     bad = [n for n in names if not is_valid_mask_name(n)]
-    if bad or not names:
-        raise ValueError(f"{what}: {bad or 'no names'} are not valid mask names "
-                         "(letters, digits and '_', not starting with a digit)")
+    if bad:
+        raise ValueError(f"{what}: {bad} are not valid mask names ({NAME_RULE})")
     if len(set(names)) != len(names):
         raise ValueError(f"{what}: duplicate mask names {names}")
     return names
