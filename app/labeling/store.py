@@ -19,7 +19,6 @@ and rename_class.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -56,6 +55,7 @@ from multimask.data.geometry import (
 from multimask.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 from multimask.data.import_report import ImportReport
 from multimask.data.mapping import build_map
+from multimask.data.split import check_val_fraction, seeded_val_ids
 from multimask.io import DatasetError, atomic_write_bytes, atomic_write_json, read_json
 
 from .payload import MAX_INSTANCES, MAX_PARTS, MAX_POINTS, PayloadError, validate_instances
@@ -448,9 +448,7 @@ class LabelDataset:
         adding images moves few others. `file_name`s are relative to `out_dir` (pointing into this dataset's
         images/). Polygons that cross themselves are repaired on the way (recorded in `report`).
         """
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-                or not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        check_val_fraction(val_fraction)
         report = report if report is not None else Report()
         with self._state.lock:
             entries = [dict(e) for e in self._state.index]
@@ -466,9 +464,7 @@ class LabelDataset:
             instances = self._read_annotations(e["id"])["instances"]
             if instances or e["status"] == "done":
                 chosen.append((e, instances))
-        order = sorted(chosen, key=lambda c: hashlib.sha256(f"{seed}:{c[0]['id']}".encode()).hexdigest())
-        n_val = round(len(order) * val_fraction)
-        val_ids = {c[0]["id"] for c in order[:n_val]}
+        val_ids = seeded_val_ids([e["id"] for e, _ in chosen], val_fraction, seed)
         cat_ids = {c: i + 1 for i, c in enumerate(classes)}
         categories = [{"id": i, "name": c} for c, i in cat_ids.items()]
         paths = {}
