@@ -250,3 +250,33 @@ def test_the_browser_state_key_is_kept_outside_the_served_data_root(tmp_path):
     first = browser_secret(tmp_path / "runs")
     assert len(first) == 64 and browser_secret(tmp_path / "runs") == first, "the same key after a restart"
     assert (tmp_path / "runs" / ".browser-state-secret").stat().st_mode & 0o077 == 0
+
+
+def test_an_empty_dataset_is_remembered_for_the_next_visit(view):
+    assert view.remember("leaves", "") == {"dataset": "leaves", "image_id": None}
+    doc = json.dumps({"dataset": "leaves", "image_id": "abc"})
+    assert view.remember("leaves", doc) == {"dataset": "leaves", "image_id": "abc"}
+    assert view.restore(view.remember("leaves", ""))["value"] == "leaves"
+
+
+def test_the_timer_leaves_the_page_field_alone_while_nothing_changed(view, tmp_path):
+    view.upload("leaves", [_png(tmp_path)])
+    gallery, _, _, _, _ = view.open_dataset("leaves", "all", 1)
+    assert view.refresh_gallery("leaves", "all", 1, gallery)[2] == gr.skip()
+    assert view.refresh_gallery("leaves", "all", 1, "")[2]["value"] == 1
+
+
+def test_a_demo_name_taken_meanwhile_gets_the_next_one(view, monkeypatch):
+    real = view.store.create
+
+    def racing(name, classes, *args):
+        if name == "demo":  # another click created it between the check and the create
+            real(name, classes, *args)
+        return real(name, classes, *args)
+
+    monkeypatch.setattr(view.store, "create", racing)
+    update, message = view.create_demo()
+    assert update["value"] == "demo2" and "Created **demo2**" in message
+    monkeypatch.setattr(view.store, "create", lambda *a: (_ for _ in ()).throw(ValueError("disk says no")))
+    update, message = view.create_demo()
+    assert message.startswith("⚠️ The demo dataset could not be made: disk says no")

@@ -234,26 +234,38 @@ class LabelView:
             f"Created **{ds.name}**: add images under **Images**.")
 
     def create_demo(self):
-        """(dataset dropdown, message): a synthetic dataset with known truth, most of it labelled."""
-        name = DEMO_NAME
-        taken = set(self.dataset_choices())
-        for k in range(2, 100):
-            if name not in taken:
-                break
-            name = f"{DEMO_NAME}{k}"
-        with tempfile.TemporaryDirectory(prefix="multimask-demo-") as tmp:
-            paths = generate_synthetic_dataset(tmp, DEMO_LABELLED, DEMO_UNLABELLED, seed=0)
-            classes = [c["name"] for c in json.loads(Path(paths["train"]).read_text())["categories"]]
-            ds = self.store.create(name, classes)
-            ds.import_multimask(paths["train"])
-            for image in sorted(Path(paths["images"]).glob("val_*")):
-                ds.add_image_bytes(image.name, image.read_bytes())
+        """(dataset dropdown, message): a synthetic dataset with known truth, most of it labelled, named `demo`
+        (`demo2`, ... when taken)."""
+        try:
+            with tempfile.TemporaryDirectory(prefix="multimask-demo-") as tmp:
+                paths = generate_synthetic_dataset(tmp, DEMO_LABELLED, DEMO_UNLABELLED, seed=0)
+                classes = [c["name"] for c in json.loads(Path(paths["train"]).read_text())["categories"]]
+                ds = self._create_unused(DEMO_NAME, classes)
+                ds.import_multimask(paths["train"])
+                for image in sorted(Path(paths["images"]).glob("val_*")):
+                    ds.add_image_bytes(image.name, image.read_bytes())
+        except (ValueError, OSError) as e:
+            return gr.update(), notify(f"⚠️ The demo dataset could not be made: {e}")
         for entry in ds.images():
             thumbnail(ds, entry["id"])
         return gr.update(choices=self.dataset_choices(), value=ds.name), notify(
             f"Created **{ds.name}**: {DEMO_LABELLED} labelled synthetic images (shapes with a primary mask and, "
             f"on most, a secondary part) and {DEMO_UNLABELLED} unlabelled ones to try the editor on. Train on it "
             "in the **Train** tab with the tiny starting point.")
+
+    def _create_unused(self, stem: str, classes: list[str]) -> LabelDataset:
+        """A new dataset called `stem`, else `stem2`, `stem3`, ...: the first name no dataset has (two clicks at
+        once get two datasets)."""
+        for k in range(1, 1000):
+            name = stem if k == 1 else f"{stem}{k}"
+            if name in self.dataset_choices():
+                continue
+            try:
+                return self.store.create(name, classes)
+            except ValueError:
+                if name not in self.dataset_choices():
+                    raise  # refused for another reason than a name taken meanwhile
+        raise ValueError(f"every name from {stem} to {stem}999 is taken")
 
     def open_dataset(self, name: str | None, status_filter: str, page: Any, last: dict | None = None):
         """(gallery, rename dropdown, editor document, summary, page field): the dataset with the editor on the
@@ -296,7 +308,9 @@ class LabelView:
         if not name or name not in self.dataset_choices():
             return gr.skip(), gr.skip(), gr.skip()
         value, _, page_field, summary = self._gallery(self._dataset(name), status_filter, page)
-        return (gr.skip() if value == shown else value), summary, page_field
+        if value == shown:  # nothing new: leave the page field alone too (the user may be typing in it)
+            return gr.skip(), summary, gr.skip()
+        return value, summary, page_field
 
     def restore(self, last: dict | None):
         """On page load and ↻: the datasets created meanwhile, with this browser tab's dataset chosen."""
@@ -305,10 +319,10 @@ class LabelView:
         return gr.update(choices=names, value=wanted if wanted in names else (names[0] if names else None))
 
     @staticmethod
-    def remember(document: str | None) -> dict:
-        """What to reopen after a reload: the dataset and image shown in the editor."""
+    def remember(name: str | None, document: str | None) -> dict:
+        """What to reopen after a reload: the dataset chosen (also one without images) and the editor's image."""
         dataset, image_id = _doc_image(document)
-        return {"dataset": dataset, "image_id": image_id}
+        return {"dataset": dataset or name, "image_id": image_id if dataset in (None, name) else None}
 
     def current_image(self, document: str | None) -> str:
         """The line that names the editor's image (what Remove acts on)."""
@@ -571,7 +585,7 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
     demo.load(view.restore, [last], dataset, **private).then(**opened)
     refresh.click(view.restore, [last], dataset, **private).then(**opened).then(
         view.refresh_runs, [run], run, **private)
-    editor.change(view.remember, [editor], last, **private)
+    editor.change(view.remember, [dataset, editor], last, **private)
     editor.change(view.current_image, [editor], current, show_progress="hidden", **private)
     status_filter.change(**regallery)
     page.submit(**regallery)
