@@ -61,27 +61,16 @@ def cmd_export(args: argparse.Namespace) -> None:
 def training_config(args: argparse.Namespace):
     """Register the datasets named on the command line and build the frozen training config.
 
-    The given files are checked first (their errors and warnings name them), and the heads follow the training
-    set's mask names unless the config sets them (`config.follow_dataset_masks`). A training start (not
-    --eval-only) picks a concrete seed when SEED < 0, writes OUTPUT_DIR/run_info.json and trains on frozen
-    copies of the dataset JSONs (see `engine.run_record`).
+    A training start (not --eval-only) picks a concrete seed when SEED < 0, writes OUTPUT_DIR/run_info.json and
+    trains on frozen copies of the dataset JSONs (see `engine.run_record`).
     """
     from detectron2.utils import comm
 
-    from .config import get_multimask_cfg, resolve_config_file
-    from .data.dataset_check import check_dataset_file
     from .engine import run_record
 
-    args.config_file = str(resolve_config_file(args.config_file))  # a preset name becomes its file
-    metas = {path: check_dataset_file(path, _image_root(args, path)) for path in (args.train_json, args.val_json)
-             if path}
-    cfg = get_multimask_cfg(args.config_file, args.opts, dataset_mask_names=metas[args.train_json]["mask_names"],
-                            dataset=args.train_json)
+    cfg = _checked_config(args)
     cfg.OUTPUT_DIR = str(args.output_dir)
     names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
-    if args.val_json and not set(names) <= set(metas[args.val_json]["mask_names"]):
-        raise ValueError(f"{args.val_json}: has masks {metas[args.val_json]['mask_names']} but the model trains "
-                         f"{names} (from {args.train_json}); give the validation set the training set's masks")
     classes = _register_datasets(args, names)  # the given files first: their errors name them
     if not args.eval_only:
         if cfg.SEED < 0:
@@ -96,6 +85,25 @@ def training_config(args: argparse.Namespace):
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
     cfg.MULTIMASK.CLASS_NAMES = list(classes)
     cfg.freeze()
+    return cfg
+
+
+def _checked_config(args: argparse.Namespace):
+    """The config from --config-file and the options, after checking the given dataset files (their errors and
+    warnings name them); the heads follow the training set's mask names unless the config sets them
+    (`config.follow_dataset_masks`)."""
+    from .config import get_multimask_cfg, resolve_config_file
+    from .data.dataset_check import check_dataset_file
+
+    args.config_file = str(resolve_config_file(args.config_file))  # a preset name becomes its file
+    metas = {path: check_dataset_file(path, _image_root(args, path)) for path in (args.train_json, args.val_json)
+             if path}
+    cfg = get_multimask_cfg(args.config_file, args.opts, dataset_mask_names=metas[args.train_json]["mask_names"],
+                            dataset=args.train_json)
+    names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
+    if args.val_json and not set(names) <= set(metas[args.val_json]["mask_names"]):
+        raise ValueError(f"{args.val_json}: has masks {metas[args.val_json]['mask_names']} but the model trains "
+                         f"{names} (from {args.train_json}); give the validation set the training set's masks")
     return cfg
 
 
@@ -165,9 +173,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.num_gpus * args.num_machines == 1:
         launch(_train_worker, 1, args=(args,))
         return
-    from .config import get_multimask_cfg
-
-    check_gpus(get_multimask_cfg(args.config_file, args.opts), args.num_gpus)
+    check_gpus(_checked_config(args), args.num_gpus)  # here, before the processes start: one-line errors
     launch_until_stopped(_train_worker, args.num_gpus, num_machines=args.num_machines,
                          machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 

@@ -90,6 +90,17 @@ def _heads(cfg) -> list:
     return [head.MASK_NAMES, head.NUM_MASK, head.LOSS_WEIGHTS]
 
 
+def test_several_gpus_check_the_data_and_its_heads_before_the_processes_start(data, tmp_path, capsys):
+    train = data[THREE]["train"]
+    err = _main(capsys, "train", "--config-file", "tiny_cpu", "--train-json", train, "--output-dir", tmp_path / "r",
+                "--num-gpus", 2, "MULTIMASK.BEST_METRIC", "segm/membrane/AP", *SMALL)
+    assert err.startswith("error: --num-gpus 2 needs 2 CUDA GPUs and MODEL.DEVICE cuda")  # the config was valid
+    missing, _ = _without_images(data[THREE], tmp_path, keep=0)
+    err = _main(capsys, "train", "--config-file", "tiny_cpu", "--train-json", missing, "--output-dir",
+                tmp_path / "r", "--num-gpus", 2, *SMALL)
+    assert err.startswith(f"error: {missing}: none of its 4 image files")
+
+
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_follows_a_dataset_unless_the_config_sets_the_masks(preset):
     cfg = get_multimask_cfg(preset, ["MULTIMASK.BEST_METRIC", "segm/membrane/AP"], dataset_mask_names=THREE)
