@@ -51,3 +51,23 @@ def test_eight_bit_images_are_untouched_and_odd_types_are_refused():
     assert to_uint8(img) is img
     with pytest.raises(ValueError, match="unsupported pixel type complex"):
         to_uint8(np.zeros((2, 2), np.complex64))
+
+
+def test_the_label_store_keeps_what_the_editor_can_show_as_training_sees_it(tmp_path):
+    from app.labeling.store import LabelStore
+
+    raw = _twelve_bit()
+    path = tmp_path / "cells.png"
+    cv2.imwrite(str(path), raw)
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "cells16.tif"), raw[::-1])  # another image (the same one would be a duplicate)
+    ds = LabelStore(tmp_path / "data").create("cells", ["cell"])
+    uploaded = ds.add_image_bytes("cells.png", path.read_bytes())
+    (from_folder,), errors = ds.add_images_from_folder(folder, tmp_path)
+    assert errors == []
+    for entry, original in ((uploaded, path), (from_folder, folder / "cells16.tif")):
+        stored = ds.image_path(entry["id"])
+        shown = cv2.imread(str(stored), cv2.IMREAD_UNCHANGED)
+        assert stored.suffix == ".png" and shown.dtype == np.uint8, "a browser shows 8 bits"
+        assert np.array_equal(shown, read_image_bgr(original)), "the pixels training reads from the original"

@@ -62,7 +62,7 @@ def _labelme(folder: Path, objects_per_image=(4, 3, 2)) -> dict:
             truth["objects"].append(parts)
         name = f"img/cell_{i}.png"
         if i < len(objects_per_image) - 1:
-            assert cv2.imwrite(str(folder / name), np.zeros((H, W), np.uint8))
+            assert cv2.imwrite(str(folder / name), np.full((H, W), 20 * i, np.uint8))  # distinct images
         truth["images"].append(name)
         (folder / f"cell_{i}.json").write_text(json.dumps({
             "version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": name, "imageData": None,

@@ -139,11 +139,14 @@ def test_add_images_by_bytes(ds):
     assert png["status"] == "unlabelled"
     jpg = ds.add_image_bytes("C:\\Users\\me\\pics\\../../leaf.jpeg", _jpeg(30, 40))
     assert jpg["file_name"] == "leaf.jpeg" and (jpg["width"], jpg["height"]) == (40, 30)
-    again = ds.add_image_bytes("../../photo 1.png", _png())  # path stripped, name made unique
+    again = ds.add_image_bytes("../../photo 1.png", _png(value=1))  # path stripped, name made unique
     assert again["file_name"] == "photo_1_2.png"
     no_suffix = ds.add_image_bytes("scan", _jpeg())
     assert no_suffix["file_name"] == "scan.jpg"
-    assert ds.add_image_bytes("really_png.JPG", _png())["file_name"] == "really_png.png"
+    assert ds.add_image_bytes("really_png.JPG", _png(value=2))["file_name"] == "really_png.png"
+    # The same image again, under any name: refused, naming the copy it has (nothing is written).
+    with pytest.raises(ValueError, match=r"^copy\.png: the same image as photo_1\.png, already in the dataset"):
+        ds.add_image_bytes("copy.png", _png())
     ds.remove_image(ds.images()[-1]["id"])
     ids = [e["id"] for e in (png, jpg, again, no_suffix)]
     assert len(set(ids)) == 4 and all(store_module.IMAGE_ID_RE.fullmatch(i) for i in ids)
@@ -406,7 +409,7 @@ def test_failed_write_keeps_previous_annotations(ds, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ds.save(image, 1, [_inst("new")], status="done")
     with pytest.raises(OSError, match="disk full"):
-        ds.add_image_bytes("b.png", _png())
+        ds.add_image_bytes("b.png", _png(value=9))
     monkeypatch.undo()
     loaded = ds.load(image)
     assert loaded["revision"] == 1 and loaded["instances"] == [_inst("old")] and loaded["status"] == "in_progress"
@@ -652,10 +655,14 @@ def test_import_labelme(ds, tmp_path):
     assert apple["class"] == "apple" and apple["masks"] == {"primary": [OUTSIDE], "secondary": []}
 
     mapped = {"leaf/primary": "leaf:primary", "leaf/secondary": "secondary", "apple/primary": "fruit:primary"}
-    assert not ds.import_labelme(lm, mapped).counts.keys() - {"skipped shapes"}
-    second = ds.images()[1]
-    assert second["file_name"] == "a_2.png"
-    assert [i["class"] for i in ds.load(second["id"])["instances"]] == ["leaf", "fruit"]
+    # The same folder again: its image is in the dataset already, so it is skipped, with its annotations.
+    again = ds.import_labelme(lm, mapped)
+    assert again.counts["skipped images"] == 1 and len(ds.images()) == 1
+    assert any("a.png: the same image as a.png, already in the dataset: skipped" in m for m in again.messages)
+    other = LabelStore(ds.folder.parent).create("other", ["leaf"])
+    assert not other.import_labelme(lm, mapped).counts.keys() - {"skipped shapes"}
+    (entry,) = other.images()
+    assert [i["class"] for i in other.load(entry["id"])["instances"]] == ["leaf", "fruit"]
     with pytest.raises(ValueError, match=r"maps to mask names \['inner'\]; this dataset's mask names are"):
         ds.import_labelme(lm, {"leaf/primary": "inner"})
 

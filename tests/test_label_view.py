@@ -18,7 +18,8 @@ INNER = [20, 20, 40, 20, 40, 40]
 
 def _png(tmp_path, name="a.png", h=80, w=100):
     path = tmp_path / name
-    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    seed = sum(map(ord, name))  # another name, other pixels: the store refuses an image it holds already
+    cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
     return path
 
 
@@ -280,3 +281,15 @@ def test_a_demo_name_taken_meanwhile_gets_the_next_one(view, monkeypatch):
     monkeypatch.setattr(view.store, "create", lambda *a: (_ for _ in ()).throw(ValueError("disk says no")))
     update, message = view.create_demo()
     assert message.startswith("⚠️ The demo dataset could not be made: disk says no")
+
+
+def test_an_image_added_twice_is_skipped_with_a_count(view, tmp_path):
+    first = _png(tmp_path, "a.png")
+    view.upload("leaves", [first])
+    renamed = tmp_path / "copy of a.png"
+    renamed.write_bytes(first.read_bytes())
+    message, opened = view.upload("leaves", [first, renamed, _png(tmp_path, "b.png")])
+    assert message.startswith("Added 1 image(s). Skipped 2 already in the dataset (the same image, under any "
+                              "name): a.png, copy of a.png.") and json.loads(opened)["file_name"] == "b.png"
+    assert [e["file_name"] for e in view.store.open("leaves").images()] == ["a.png", "b.png"]
+    assert view.upload("leaves", [first])[0].startswith("⚠️ Added 0 image(s). Skipped 1")

@@ -19,6 +19,7 @@ and rename_class.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -52,7 +53,7 @@ from multimask.data.geometry import (
     polygon_parts,
     to_rle,
 )
-from multimask.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from multimask.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, to_uint8
 from multimask.data.import_report import ImportReport
 from multimask.data.mapping import build_map
 from multimask.data.split import check_val_fraction, seeded_val_ids
@@ -70,6 +71,7 @@ IMAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_CLASS_NAME = 100
 MAX_STEM = 80  # characters kept of an uploaded file's stem
+DUPLICATE_NOTE = "already in the dataset: skipped"  # ends the message of an image added twice
 INSIDE_TOLERANCE = 0.01  # share of a secondary's area that may lie outside its primary
 CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask is traced to polygons
 FLUSH_EVERY = 50  # images added in a batch before index.json is rewritten
@@ -78,6 +80,10 @@ DEFAULT_RULES = {"secondary_inside_primary": True}
 BROWSER_UNSUPPORTED = (".tif", ".tiff")  # accepted, but browsers cannot display them
 FORMAT_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"),
                    "WEBP": (".webp",)}
+
+
+class DuplicateImageError(ValueError):
+    """An image whose bytes the dataset holds already (under any name)."""
 
 
 class ConflictError(RuntimeError):
@@ -118,9 +124,11 @@ class _State:
     pos: dict[str, int] = field(default_factory=dict)
     unflushed: int = 0  # entries added to `index` but not yet written to index.json
     signature: tuple | None = None  # (size, mtime, inode) of dataset.json and index.json as last read or written
+    digests: dict[str, str] | None = None  # sha256 of a stored image's bytes -> its file name; None: not built
 
     def reindex(self) -> None:
         self.pos = {e["id"]: i for i, e in enumerate(self.index)}
+        self.digests = None
 
 
 _STATES: dict[str, _State] = {}
@@ -297,14 +305,11 @@ class LabelDataset:
         """Check and store one image; returns its index entry. ValueError (naming the file) when it is refused.
 
         Refused: empty, larger than 50 MB, not a PNG, JPEG, BMP, TIFF or WebP image that decodes, or larger
-        than MAX_IMAGE_PIXELS pixels (checked from the header, before decoding). TIFF is stored as PNG, which
-        browsers can show. The name is reduced to a safe basename with the suffix of the image's format, made
-        unique with `_2`, `_3`, ... when taken.
+        than MAX_IMAGE_PIXELS pixels (checked from the header, before decoding). TIFF, and images of more than 8
+        bits, are stored as 8-bit PNG, which browsers show as training sees it. The name is reduced to a safe
+        basename with the suffix of the image's format, made unique with `_2`, `_3`, ... when taken.
         """
-        width, height, suffix = _check_image(filename, data)
-        if suffix in BROWSER_UNSUPPORTED:  # stored as PNG (lossless, 8-bit) so the editor can show it
-            data, suffix = cv2.imencode(".png", cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))[
-                1].tobytes(), ".png"
+        width, height, suffix, data = _check_image(filename, data)
         with self._state.lock:
             entry = self._store_image(filename, data, width, height, suffix)
             try:
@@ -646,7 +651,14 @@ class LabelDataset:
                 return image_id
 
     def _store_image(self, filename: str, data: bytes, width: int, height: int, suffix: str) -> dict:
-        """Copy a checked image into images/ and append its entry to the index, unflushed (lock held)."""
+        """Copy a checked image into images/ and append its entry to the index, unflushed (lock held).
+
+        ValueError (naming both files, ending in DUPLICATE_NOTE) when the dataset holds the same bytes already.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        same = self._digests().get(digest)
+        if same is not None:
+            raise DuplicateImageError(f"{_display_name(filename)}: the same image as {same}, {DUPLICATE_NOTE}")
         stem = _safe_stem(filename)
         taken = {e["file_name"].lower() for e in self._state.index}
         name, n = f"{stem}{suffix}", 1
@@ -655,11 +667,27 @@ class LabelDataset:
             name = f"{stem}_{n}{suffix}"
         atomic_write_bytes(self.images_dir / name, data)
         entry = {"id": self._new_image_id(), "file_name": name, "width": width, "height": height,
-                 "status": "unlabelled"}
+                 "status": "unlabelled", "sha256": digest}
         self._state.index.append(entry)
+        self._state.digests[digest] = name
         self._state.pos[entry["id"]] = len(self._state.index) - 1
         self._state.unflushed += 1
         return entry
+
+    def _digests(self) -> dict[str, str]:
+        """{sha256 of the stored bytes: file name} of every image (lock held); entries from before the index
+        kept digests get theirs from their file, once."""
+        if self._state.digests is None:
+            digests = {}
+            for e in self._state.index:
+                if not (isinstance(e.get("sha256"), str) and len(e["sha256"]) == 64):
+                    try:
+                        e["sha256"] = hashlib.sha256(self.image_path(e["id"]).read_bytes()).hexdigest()
+                    except (OSError, ValueError):
+                        continue
+                digests[e["sha256"]] = e["file_name"]
+            self._state.digests = digests
+        return self._state.digests
 
     def _forget_last(self, entry: dict) -> None:
         """Undo `_store_image` of `entry` (lock held) after index.json could not be written."""
@@ -678,19 +706,22 @@ class LabelDataset:
         try:
             for filename, read, extra in items:
                 try:
-                    data = read()
-                    width, height, suffix = _check_image(filename, data)
+                    width, height, suffix, data = _check_image(filename, read())
                 except (OSError, ValueError) as e:
                     msg, label = str(e), _display_name(filename)
                     yield filename, msg if msg.startswith(label) else f"{label}: {msg}"
                     continue
                 with self._state.lock:
-                    entry = self._store_image(filename, data, width, height, suffix)
-                    if after is not None:
-                        after(entry, extra)
-                    if self._state.unflushed >= FLUSH_EVERY:
-                        self._flush_index()
-                    entry = dict(entry)
+                    try:
+                        entry = self._store_image(filename, data, width, height, suffix)
+                    except DuplicateImageError as e:
+                        entry = str(e)
+                    else:
+                        if after is not None:
+                            after(entry, extra)
+                        if self._state.unflushed >= FLUSH_EVERY:
+                            self._flush_index()
+                        entry = dict(entry)
                 yield filename, entry
         finally:
             with self._state.lock:
@@ -764,8 +795,10 @@ def _read_image_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _check_image(filename: str, data: bytes) -> tuple[int, int, str]:
-    """(width, height, file suffix) of image bytes; ValueError naming the file when they are refused."""
+def _check_image(filename: str, data: bytes) -> tuple[int, int, str, bytes]:
+    """(width, height, file suffix, bytes to store) of image bytes; ValueError naming the file when they are
+    refused. What browsers cannot show as training sees it, TIFF and images of more than 8 bits, is stored as
+    an 8-bit PNG, mapped to 8 bits by `to_uint8` as `read_image_bgr` maps it."""
     label = _display_name(filename)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"{label}: expected the file's bytes")
@@ -788,7 +821,7 @@ def _check_image(filename: str, data: bytes) -> tuple[int, int, str]:
         size = "over 178 million pixels" if w == math.inf else f"{w}x{h}"
         raise ValueError(f"{label}: {size} is larger than {MAX_IMAGE_PIXELS} pixels")
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error:
         img = None
     if img is None:
@@ -799,7 +832,12 @@ def _check_image(filename: str, data: bytes) -> tuple[int, int, str]:
     suffix = Path(_basename(filename)).suffix.lower()
     if suffix not in FORMAT_SUFFIXES[fmt]:  # missing or wrong: the suffix of what the bytes are
         suffix = FORMAT_SUFFIXES[fmt][0]
-    return int(width), int(height), suffix
+    if suffix in BROWSER_UNSUPPORTED or img.dtype != np.uint8:
+        try:
+            data, suffix = cv2.imencode(".png", to_uint8(img))[1].tobytes(), ".png"
+        except ValueError as e:
+            raise ValueError(f"{label}: {e}") from None
+    return int(width), int(height), suffix, bytes(data)
 
 
 def _basename(filename: str) -> str:

@@ -31,7 +31,7 @@ from ..runs import RunNotFoundError, find_runs, get_run
 from .editor import editor_document_dict, make_editor
 from .gallery import gallery_value, make_gallery
 from .propose import propose
-from .store import ConflictError, LabelDataset, LabelStore
+from .store import DUPLICATE_NOTE, ConflictError, LabelDataset, LabelStore
 
 logger = logging.getLogger(__name__)
 
@@ -368,10 +368,17 @@ class LabelView:
         return self._added(ds, [e["id"] for e in added], errors, f" from {folder}")
 
     def _added(self, ds: LabelDataset, added: list[str], errors: list[str], where: str):
-        text = f"Added {len(added)} image(s){where}." + "".join(f"\n\n⚠️ {e}" for e in errors[:20])
+        """(message, editor document of the first image added): counts, then what was refused and why."""
+        duplicates = [e.partition(":")[0] for e in errors if e.endswith(DUPLICATE_NOTE)]
+        errors = [e for e in errors if not e.endswith(DUPLICATE_NOTE)]
+        text = f"Added {len(added)} image(s){where}."
+        if duplicates:
+            text += (f" Skipped {len(duplicates)} already in the dataset (the same image, under any name): "
+                     f"{', '.join(duplicates[:10])}{' …' if len(duplicates) > 10 else ''}.")
+        text += "".join(f"\n\n⚠️ {e}" for e in errors[:20])
         if len(errors) > 20:
             text += f"\n\n⚠️ … and {len(errors) - 20} more refused."
-        if errors and not added:
+        if (errors or duplicates) and not added:
             text = "⚠️ " + text
         return notify(text), (self._document_json(ds, added[0]) if added else gr.skip())
 
