@@ -1,4 +1,4 @@
-"""Command line: `python -m multimask {synth,import,export,train,evaluate,predict}`."""
+"""Command line: `python -m multimask {synth,import,export,train,evaluate,predict,split,stats}`."""
 
 from __future__ import annotations
 
