@@ -23,7 +23,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from multimask.data.images import MAX_IMAGE_PIXELS, read_image_bgr, to_uint8
+from multimask.data.images import MAX_IMAGE_PIXELS, ImageTooLargeError, read_image_bgr, to_uint8
 
 from .predict_draw import empty_table, render, select
 from .predict_export import remove_folder, session_folder, write_downloads
@@ -56,6 +56,11 @@ def no_runs_message(runs_root: str | Path) -> str:
     )
 
 
+def _too_large(w: int, h: int) -> str:
+    return (f"The image is {w}x{h} ({h * w:,} pixels), over the limit of {MAX_IMAGE_PIXELS:,} pixels; downscale "
+            "it first.")
+
+
 def to_rgb(image: Any) -> np.ndarray:
     """An (H, W, 3) uint8 RGB copy of an uploaded image: grayscale is repeated, an alpha channel dropped.
 
@@ -66,8 +71,10 @@ def to_rgb(image: Any) -> np.ndarray:
     if image is None:
         raise InputError(NO_IMAGE_MESSAGE)
     if isinstance(image, (str, Path)):
-        try:
-            image = read_image_bgr(image, max_pixels=None)[:, :, ::-1]
+        try:  # refused from its header when too large, before the pixels are decoded
+            image = read_image_bgr(image, max_pixels=MAX_IMAGE_PIXELS)[:, :, ::-1]
+        except ImageTooLargeError as e:
+            raise InputError(_too_large(e.width, e.height)) from None
         except ValueError:
             raise InputError("The upload is not a readable image: use PNG, JPEG, BMP, TIFF or WebP.") from None
     image = np.asarray(image)
@@ -77,8 +84,7 @@ def to_rgb(image: Any) -> np.ndarray:
         raise InputError(f"Unsupported image of shape {image.shape}: upload an RGB, RGBA or grayscale image.")
     h, w = image.shape[:2]
     if h * w > MAX_IMAGE_PIXELS:
-        raise InputError(f"The image is {w}x{h} ({h * w:,} pixels), over the limit of {MAX_IMAGE_PIXELS:,} "
-                         "pixels; downscale it first.")
+        raise InputError(_too_large(w, h))
     try:
         image = to_uint8(image)  # as training reads files
     except ValueError as e:

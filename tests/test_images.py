@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from app.predict_view import to_rgb
-from multimask.data.images import RANGE_PERCENTILES, read_image_bgr, to_uint8
+from multimask.data.images import RANGE_PERCENTILES, ImageTooLargeError, read_image_bgr, to_uint8
 
 
 def _twelve_bit(h=60, w=80):
@@ -71,3 +71,17 @@ def test_the_label_store_keeps_what_the_editor_can_show_as_training_sees_it(tmp_
         shown = cv2.imread(str(stored), cv2.IMREAD_UNCHANGED)
         assert stored.suffix == ".png" and shown.dtype == np.uint8, "a browser shows 8 bits"
         assert np.array_equal(shown, read_image_bgr(original)), "the pixels training reads from the original"
+
+
+def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    from app.predict_view import InputError
+    from tests.test_label_store import _huge_png_header
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(_huge_png_header(12000, 12000))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded a refused image"))
+    with pytest.raises(ImageTooLargeError, match=r"huge\.png: 12000x12000 is larger than") as e:
+        read_image_bgr(path)
+    assert (e.value.width, e.value.height) == (12000, 12000)
+    with pytest.raises(InputError, match=r"The image is 12000x12000 \(144,000,000 pixels\), over the limit"):
+        to_rgb(str(path))

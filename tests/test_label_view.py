@@ -293,3 +293,12 @@ def test_an_image_added_twice_is_skipped_with_a_count(view, tmp_path):
                               "name): a.png, copy of a.png.") and json.loads(opened)["file_name"] == "b.png"
     assert [e["file_name"] for e in view.store.open("leaves").images()] == ["a.png", "b.png"]
     assert view.upload("leaves", [first])[0].startswith("⚠️ Added 0 image(s). Skipped 1")
+
+
+@pytest.mark.parametrize("image_id", ["abc123", "../x", 7, None])
+def test_an_unknown_image_id_is_named_not_a_stop_iteration(view, tmp_path, image_id):
+    from app.labeling.editor import _spread_arguments
+
+    view.upload("leaves", [_png(tmp_path)])
+    reply = _spread_arguments(view.load_image)(["leaves", image_id, None])
+    assert reply["ok"] is False and "StopIteration" not in reply["error"] and "image" in reply["error"], reply

@@ -129,10 +129,13 @@ class LabelView:
         return self.store.open(name)
 
     def document(self, ds: LabelDataset, image_id: str) -> dict:
-        """The editor document of one image (a dict)."""
+        """The editor document of one image (a dict); ValueError naming an id the dataset does not have."""
+        ann = ds.load(image_id)  # checks the id
         images = ds.images()
-        pos = next(i for i, e in enumerate(images) if e["id"] == image_id)
-        entry, ann = images[pos], ds.load(image_id)
+        pos = next((i for i, e in enumerate(images) if e["id"] == image_id), None)
+        if pos is None:  # removed by another tab between the two reads
+            raise ValueError(f"image {image_id!r} is not in dataset {ds.name!r}")
+        entry = images[pos]
         return editor_document_dict(
             dataset=ds.name, image_id=image_id, image_url=f"/gradio_api/file={ds.image_path(image_id)}",
             width=entry["width"], height=entry["height"], classes=ds.classes, mask_names=ds.mask_names,
