@@ -17,12 +17,14 @@ APP_CSS = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
 
 
 def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs",
-              import_roots: list[str | Path] | None = None, poll_seconds: float = POLL_SECONDS) -> gr.Blocks:
+              import_roots: list[str | Path] | None = None, poll_seconds: float = POLL_SECONDS,
+              logout: bool = False) -> gr.Blocks:
     """The app's Blocks: one tab per task. Theme, css and head go to `launch()` (Gradio 6).
 
     `data_root` holds the labelling datasets (its images are served to the editor); `import_roots` are further
     server folders the Label tab may read images and datasets from. Training jobs are kept in
     `runs_root/.jobs`; a thread checks them every `poll_seconds` (starting queued ones), page open or not.
+    `logout`: show a "Log out" link (when the app is served with logins).
     """
     data_root = Path(data_root).resolve()
     data_root.mkdir(parents=True, exist_ok=True)
@@ -30,7 +32,11 @@ def build_app(data_root: str | Path = "datasets", runs_root: str | Path = "runs"
     predictors = PredictorCache()
     with gr.Blocks(title=TITLE, fill_width=True) as demo:
         gr.HTML("", head=f"<style>{APP_CSS}</style>", visible="hidden")
-        gr.Markdown(f"# {TITLE}\nMask R-CNN with several named masks per instance.", elem_id="mm-header")
+        with gr.Row(elem_id="mm-header-row"):
+            gr.Markdown(f"# {TITLE}\nMask R-CNN with several named masks per instance.", elem_id="mm-header")
+            if logout:
+                gr.Button("Log out", link="/logout", size="sm", variant="secondary", scale=0, min_width=90,
+                          elem_id="mm-logout")
         with gr.Tabs() as tabs:
             with gr.Tab("Label", id="label") as label_tab:
                 demo.label_view = LabelView(data_root, runs_root, import_roots, predictors)

@@ -46,6 +46,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_app(demo, port: int | None = None, data_root=None, **options):
+    """`demo` served as launch.py serves it (behind the request guard) on 127.0.0.1:`port` (default: a free one);
+    `data_root` defaults to the app's. Returns the running server (`.local_url`, `.close()`)."""
+    from app.serving.server import ServeOptions, serve
+
+    return serve(demo, data_root or demo.data_root, ServeOptions(port=port or free_port(), **options))
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Headless Debian chromium driven by playwright."""

@@ -18,7 +18,7 @@ from app.predict_view import NO_IMAGE_MESSAGE, PredictView, RawPrediction, rende
 from app.runs import RunNotFoundError, find_runs, get_run
 from multimask.config import get_multimask_cfg
 from multimask.data.images import MAX_IMAGE_PIXELS, to_uint8
-from tests.conftest import free_port
+from tests.conftest import serve_app
 
 CLASSES = ["disc", "box", "triangle"]
 OLD = 1_600_000_000  # an mtime older than the freshly saved run
@@ -311,12 +311,10 @@ def test_launch_parser_defaults_to_localhost():
     import launch
 
     args = launch.build_parser().parse_args([])
-    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+    assert (args.host, args.port, args.no_auth, args.users_file) == ("127.0.0.1", 7860, False, None)
     assert (args.data_root, args.runs_root) == ("datasets", "runs")
-    assert launch.build_parser().parse_args(["--share", "False"]).share is False
-    assert launch.build_parser().parse_args(["--share", "true"]).share is True
     with pytest.raises(SystemExit):
-        launch.build_parser().parse_args(["--share", "maybe"])
+        launch.build_parser().parse_args(["--share", "true"])  # no public links: see the README's team section
 
 
 def test_app_end_to_end(runs_root, tmp_path, image):
@@ -325,9 +323,9 @@ def test_app_end_to_end(runs_root, tmp_path, image):
     path = tmp_path / "upload.png"
     Image.fromarray(image).save(path)
     demo = build_app(tmp_path / "data", runs_root)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    server = serve_app(demo)
     try:
-        client = Client(demo.local_url, verbose=False)
+        client = Client(server.local_url, verbose=False)
         overlay, table, status = client.predict("exp1", handle_file(path), 0.0, ["primary", "secondary"],
                                                 api_name="/predict")
         assert "⚠️" not in status
@@ -344,4 +342,4 @@ def test_app_end_to_end(runs_root, tmp_path, image):
         overlay, _, status = client.predict("exp1", None, 0.5, ["primary"], api_name="/predict")
         assert overlay is None and status == NO_IMAGE_MESSAGE
     finally:
-        demo.close()
+        server.close()

@@ -31,7 +31,7 @@ from app.labeling.editor import (
     palette,
 )
 from multimask.visualizer import instance_color
-from tests.conftest import free_port
+from tests.conftest import serve_app
 
 W, H = 640, 480
 DATASET = "toy"
@@ -174,11 +174,9 @@ def app(tmp_path_factory):
         show_img2 = gr.Button("show img2", elem_id="show-img2")  # Python setting the value (e.g. a gallery)
         demo.load(store.initial_value, outputs=editor)
         show_img2.click(lambda: json.dumps(store.document("img2")), outputs=editor)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, allowed_paths=[str(image_dir)],
-                quiet=True)
-    yield store, f"http://127.0.0.1:{port}/"
-    demo.close()
+    server = serve_app(demo, data_root=tmp_path_factory.mktemp("no_datasets"), allowed_paths=[str(image_dir)])
+    yield store, f"{server.local_url}/"
+    server.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from app import build_app
 from app.labeling.store import LabelStore
-from tests.conftest import free_port
+from tests.conftest import serve_app
 
 W, H = 800, 600  # the image's size; the editor shows it smaller (about 0.5x)
 STAGE_HEIGHT = 300
@@ -28,10 +28,9 @@ def served(tmp_path_factory):
     cv2.rectangle(img, (560, 100), (720, 260), (30, 140, 200), -1)
     cv2.imwrite(str(image), img)
     demo = build_app(root / "data", root / "runs")
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield demo, f"http://127.0.0.1:{port}/", image, root / "data"
-    demo.close()
+    server = serve_app(demo)
+    yield demo, f"{server.local_url}/", image, root / "data"
+    server.close()
 
 
 def _rect(pg):

@@ -9,7 +9,7 @@ import pytest
 
 from app import build_app
 from app.labeling.store import LabelStore
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_app
 
 VIEWPORT = {"width": 1440, "height": 900}
 PHOTO_W, PHOTO_H = 1920, 1080
@@ -31,23 +31,21 @@ def roots(tmp_path):
 
 
 def _serve(roots, port: int):
-    demo = build_app(*roots)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    return demo
+    return serve_app(build_app(*roots), port)
 
 
 @pytest.fixture()
 def page(roots, browser):
     """The app on `roots`, opened at 1440 x 900 with an image in the editor."""
     port = free_port()
-    demo = _serve(roots, port)
+    server = _serve(roots, port)
     pg = browser.new_page(viewport=VIEWPORT)
     try:
         _open(pg, f"http://127.0.0.1:{port}/")
         yield pg
     finally:
         pg.close()
-        demo.close()
+        server.close()
 
 
 def _names(data_root: Path) -> list[str]:
@@ -71,7 +69,7 @@ def _in_viewport(box: dict) -> bool:
 
 def test_after_a_restart_the_gallery_and_the_last_image_are_back(roots, browser):
     port = free_port()
-    demo = _serve(roots, port)
+    server = _serve(roots, port)
     ctx = browser.new_context(viewport=VIEWPORT)
     pg = ctx.new_page()
     try:
@@ -80,8 +78,8 @@ def test_after_a_restart_the_gallery_and_the_last_image_are_back(roots, browser)
         pg.locator("#mm-gallery .mm-card").nth(1).click()
         # The page remembers the image once the editor's change reached the server (the line under the gallery).
         pg.wait_for_function("() => document.querySelector('#mm-label-current').innerText.includes('photo1.png')")
-        demo.close()
-        demo = _serve(roots, port)  # the same address: the browser keeps what it remembered for it
+        server.close()
+        server = _serve(roots, port)  # the same address: the browser keeps what it remembered for it
         pg.reload()
         pg.wait_for_function("() => window.mmEditor && window.mmEditor.state().image_id", timeout=60_000)
         assert pg.locator("#mm-gallery .mm-card").count() == 3, "the gallery is filled without any click"
@@ -95,7 +93,7 @@ def test_after_a_restart_the_gallery_and_the_last_image_are_back(roots, browser)
         other.context.close()
     finally:
         ctx.close()
-        demo.close()
+        server.close()
 
 
 def test_remove_takes_the_image_shown_after_navigation(roots, page):

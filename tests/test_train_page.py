@@ -14,7 +14,7 @@ from app.training.form import parse_settings
 from app.training.jobs import JobManager
 from multimask.config import get_multimask_cfg
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
-from tests.conftest import free_port
+from tests.conftest import serve_app
 
 WAIT_MS = 60_000  # for the page to show something: a 10x slower machine still makes it
 MASKS = ("primary", "secondary", "core")
@@ -59,10 +59,9 @@ def app(tmp_path_factory):
                          run_name="crashed", dataset="shapes", max_iter=77, settings=settings)
     assert manager.wait(job["id"], timeout=120)["state"] == "failed"
     demo = build_app(base / "datasets", runs)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    yield {"url": f"http://127.0.0.1:{port}/", "runs": runs}
-    demo.close()
+    server = serve_app(demo)
+    yield {"url": f"{server.local_url}/", "runs": runs}
+    server.close()
 
 
 @pytest.fixture
