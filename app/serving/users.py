@@ -95,4 +95,10 @@ class UserFile:
             user = self._read().get(name)
         except UsersError:
             return False
-        return user is not None and verify_password(password, user["hash"])
+        if user is None:  # as slow as a wrong password, so timing does not tell which names exist
+            verify_password(password, _UNKNOWN_USER_HASH)
+            return False
+        return verify_password(password, user["hash"])
+
+
+_UNKNOWN_USER_HASH = hash_password(secrets.token_hex(16))
