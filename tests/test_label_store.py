@@ -301,9 +301,10 @@ def test_index_written_only_when_status_changes(ds, monkeypatch):
     (image,) = _add(ds, 1)
     ds.save(image, 0, [_inst()])
     writes = []
-    real = store_module.atomic_write_json
-    monkeypatch.setattr(store_module, "atomic_write_json", lambda p, *a, **k: (writes.append(Path(p).name),
-                                                                                real(p, *a, **k)))
+    for name in ("atomic_write_json", "atomic_write_bytes"):
+        real = getattr(store_module, name)
+        monkeypatch.setattr(store_module, name, lambda p, *a, real=real, **k: (writes.append(Path(p).name),
+                                                                               real(p, *a, **k)))
     ds.save(image, 1, [_inst("b")])
     assert writes == [f"{image}.json"]
 

@@ -9,18 +9,32 @@ Layout of `data_root/<name>/`:
 - `annotations/<image id>.json`: {"revision", "status", "instances", "saved_at"}; instances are the
   documents the browser editor sends and receives (see `payload.py`)
 
-Every write is atomic (temporary file and rename). All `LabelDataset` objects of one folder in the process
-share one re-entrant lock, which serialises the writes (the Gradio server is multithreaded), and the parsed
-dataset.json and index.json, which `LabelStore.open` reads again only when the files changed on disk (size,
-mtime or inode) since this process last read or wrote them. `save` refuses, with ConflictError, an edit that
-started from an older revision. Annotation files are read when needed, never all at once except by export
-and rename_class.
+Every write is atomic (temporary file and rename). Writes and revision checks hold the dataset's lock: a
+re-entrant thread lock shared by all `LabelDataset` objects of one folder in the process (the Gradio server is
+multithreaded) together with an OS file lock on `<name>/.lock` (`fcntl.flock`), so two processes on one data
+root (a second app, or a restarted one whose predecessor still runs) serialise too. The lock file also holds
+a token that every write of dataset.json or index.json changes: taking the lock re-reads both files when
+another process wrote them meanwhile. Otherwise the parsed files are shared in the process and
+`LabelStore.open` reads them again only when they changed on disk (size, mtime or inode). `save` validates
+the payload before taking the lock (a huge payload does not stall other images' saves) and refuses, with
+ConflictError, an edit that started from an older revision. Annotation files are read when needed, never all
+at once except by export and rename_class.
+
+Crash consistency: an image's status is written to its annotations file first, then to index.json. The first
+time a process opens a dataset it takes the lock, removes temporary files that an interrupted write left
+(`.*.tmp` in the folder, images/ and annotations/; every writer of those holds the lock, so none is live),
+and takes the status of every annotations file modified since index.json was last written (by mtime, so
+only those files are read) into the index: a crash between the two writes leaves no wrong status behind.
+Dataset folders, and their images/, annotations/ and thumbs/, that are links leading elsewhere are refused.
+Messages name files relative to the data root (`leaves/index.json`), never by absolute server paths.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -30,6 +44,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,6 +91,9 @@ INSIDE_TOLERANCE = 0.01  # share of a secondary's area that may lie outside its 
 CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask is traced to polygons
 FLUSH_EVERY = 50  # images added in a batch before index.json is rewritten
 DEFAULT_RULES = {"secondary_inside_primary": True}
+LOCK_FILE = ".lock"  # in each dataset folder: the cross-process lock, holding the token of the last index write
+WRITTEN_FOLDERS = ("images", "annotations", "thumbs")  # receive writes: a link leading elsewhere is refused
+HEAD_RE = re.compile(rb'\{"revision": (\d+), "status": "(unlabelled|in_progress|done)"')  # how `save` starts a file
 # Image formats taken in (those of multimask.cli.IMAGE_SUFFIXES), with their suffixes; the first is the default.
 BROWSER_UNSUPPORTED = (".tif", ".tiff")  # accepted, but browsers cannot display them
 FORMAT_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"),
@@ -125,6 +143,10 @@ class _State:
     unflushed: int = 0  # entries added to `index` but not yet written to index.json
     signature: tuple | None = None  # (size, mtime, inode) of dataset.json and index.json as last read or written
     digests: dict[str, str] | None = None  # sha256 of a stored image's bytes -> its file name; None: not built
+    lock_fd: int | None = None  # the lock file while this process holds the file lock
+    depth: int = 0  # nesting of `LabelDataset._locked` in the thread holding the lock
+    token: bytes | None = None  # the lock file's token as this process last read or wrote it
+    reconciled: bool = False  # crash leftovers handled (once per process)
 
     def reindex(self) -> None:
         self.pos = {e["id"]: i for i, e in enumerate(self.index)}
@@ -154,8 +176,8 @@ class LabelStore:
         """Names of the labelling datasets (folders holding a dataset.json), sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if DATASET_NAME_RE.fullmatch(p.name) and (p / "dataset.json").is_file())
+        return sorted(p.name for p in self.root.iterdir() if DATASET_NAME_RE.fullmatch(p.name)
+                      and (p / "dataset.json").is_file() and p.resolve().parent == self.root)
 
     def create(self, name: str, classes: Sequence[str], mask_names: Sequence[str] = ("primary", "secondary"),
                ) -> LabelDataset:
@@ -178,7 +200,7 @@ class LabelStore:
         try:
             folder.mkdir()
         except FileExistsError:
-            raise ValueError(f"a dataset or folder named {name!r} already exists in {self.root}") from None
+            raise ValueError(f"a dataset or folder named {name!r} already exists") from None
         (folder / "images").mkdir()
         (folder / "annotations").mkdir()
         atomic_write_json(folder / "index.json", {"images": []})
@@ -190,7 +212,9 @@ class LabelStore:
         """The dataset `name`; ValueError when there is none. Cheap when this process has it open already."""
         folder = self.root / check_dataset_name(name)
         if not (folder / "dataset.json").is_file():
-            raise ValueError(f"no labelling dataset named {name!r} in {self.root}")
+            raise ValueError(f"no labelling dataset named {name!r}")
+        if folder.resolve().parent != self.root:
+            raise ValueError(f"dataset {name!r} is a link leading out of the data root: refused")
         return LabelDataset(folder)
 
 
@@ -201,10 +225,17 @@ class LabelDataset:
         self.folder = Path(folder).resolve()
         self.images_dir = self.folder / "images"
         self.annotations_dir = self.folder / "annotations"
+        for sub in WRITTEN_FOLDERS:
+            if (self.folder / sub).resolve() != self.folder / sub:
+                raise ValueError(f"{self._shown(self.folder / sub)} is a link leading elsewhere: dataset refused")
         self._state = _state_for(self.folder)
         with self._state.lock:  # read the files unless this process holds them as they are on disk
             if not self._state.unflushed and self._state.signature != self._signature():
                 self._reload()  # (with unflushed entries a batch in another thread is adding images: keep them)
+        if not self._state.reconciled:
+            with self._locked():
+                if not self._state.reconciled:
+                    self._reconcile()
 
     # ----- reading -----------------------------------------------------------------------------------------
 
@@ -236,7 +267,8 @@ class LabelDataset:
         """Path of the image file of `image_id` (inside images/); ValueError for an unknown id."""
         path = (self.images_dir / self._entry(image_id)["file_name"]).resolve()
         if path.parent != self.images_dir:
-            raise DatasetError(f"{self.folder / 'index.json'}: image {image_id!r} points outside images/")
+            raise DatasetError(f"{self._shown(self.folder / 'index.json')}: image {image_id!r} points outside "
+                               "images/")
         return path
 
     def load(self, image_id: str) -> dict:
@@ -310,7 +342,7 @@ class LabelDataset:
         basename with the suffix of the image's format, made unique with `_2`, `_3`, ... when taken.
         """
         width, height, suffix, data = _check_image(filename, data)
-        with self._state.lock:
+        with self._locked():
             entry = self._store_image(filename, data, width, height, suffix)
             try:
                 self._flush_index()
@@ -335,7 +367,7 @@ class LabelDataset:
 
         def read(path: Path) -> bytes:
             if not path.resolve().is_relative_to(root):
-                raise ValueError(f"{path.name}: links outside {root}")
+                raise ValueError(f"{path.name}: links outside the folder imported from")
             return _read_image_file(path)
 
         added, errors = [], []
@@ -348,7 +380,7 @@ class LabelDataset:
 
     def remove_image(self, image_id: str) -> None:
         """Remove an image: its file, its annotations and its index entry."""
-        with self._state.lock:
+        with self._locked():
             entry = self._entry(image_id)
             path = self.image_path(image_id)
             self._state.index = [e for e in self._state.index if e["id"] != image_id]
@@ -374,31 +406,37 @@ class LabelDataset:
         instance is stored as "unlabelled". Warnings: instances without
         any mask (not saved), parts that cross themselves or have no area (repaired on export), and, under
         the rule `secondary_inside_primary`, instances whose second mask is not inside their first.
+
+        The payload is checked and serialised before the lock is taken (against the classes as they were; when
+        they changed meanwhile so that it uses one no longer there, it is checked again, which names it).
         """
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if isinstance(base_revision, bool) or not isinstance(base_revision, int) or base_revision < 0:
             raise PayloadError(f"base_revision must be a non-negative integer, got {base_revision!r}")
         dropped: list[str] = []
-        with self._state.lock:
-            entry = self._entry(image_id)
-            meta = self._state.meta
-            clean = validate_instances(instances, classes=meta["classes"], mask_names=meta["mask_names"],
-                                       width=entry["width"], height=entry["height"], dropped=dropped)
-            current = self._read_annotations(image_id)
-            if current["revision"] != base_revision:
-                raise ConflictError(image_id, current["revision"], base_revision)
-            old = current.get("status", entry["status"])
+        entry, names = self._entry(image_id), self.mask_names
+        clean = validate_instances(instances, classes=self.classes, mask_names=names, width=entry["width"],
+                                   height=entry["height"], dropped=dropped)
+        body = json.dumps(clean).encode("utf-8")
+        with self._locked():
+            entry, meta = self._entry(image_id), self._state.meta
+            if not {inst["class"] for inst in clean} <= set(meta["classes"]):  # renamed meanwhile: raises,
+                validate_instances(instances, classes=meta["classes"], mask_names=names,  # naming the class
+                                   width=entry["width"], height=entry["height"])
+            current, old = self._head(image_id)
+            if current != base_revision:
+                raise ConflictError(image_id, current, base_revision)
+            old = old or entry["status"]
             new = status or ("in_progress" if clean and old == "unlabelled"
                              else "unlabelled" if not clean and old != "done" else old)
             if new == "in_progress" and not clean:  # every instance deleted: nothing is in progress
                 new = "unlabelled"
             revision = base_revision + 1
-            atomic_write_json(self.annotations_dir / f"{image_id}.json",
-                              {"revision": revision, "status": new, "instances": clean, "saved_at": _now()})
+            atomic_write_bytes(self.annotations_dir / f"{image_id}.json", _annotation_bytes(revision, new, body))
             if entry["status"] != new:
                 self._set_status(entry, new)
-            rules, names = dict(meta["rules"]), list(meta["mask_names"])
+            rules = dict(meta["rules"])
         positions = {inst["id"]: k for k, inst in enumerate(instances)}  # ids checked unique above
         return {"revision": revision, "status": new,
                 "warnings": dropped + _geometry_warnings(clean, names, rules, positions)}
@@ -408,7 +446,7 @@ class LabelDataset:
     def add_class(self, name: str) -> None:
         """Add a class; ValueError for an empty, invalid or existing name."""
         name = check_class_name(name)
-        with self._state.lock:
+        with self._locked():
             classes = self._state.meta["classes"]
             if name in classes:
                 raise ValueError(f"class {name!r} already exists")
@@ -421,7 +459,7 @@ class LabelDataset:
         The new name is added first and the old one removed last, so an interruption leaves a usable dataset.
         """
         new = check_class_name(new)
-        with self._state.lock:
+        with self._locked():
             classes = list(self._state.meta["classes"])
             if old not in classes:
                 raise ValueError(f"there is no class {old!r} (classes: {classes})")
@@ -504,24 +542,28 @@ class LabelDataset:
 
     # ----- import --------------------------------------------------------------------------------------------
 
-    def import_multimask(self, json_file: str | Path, image_root: str | Path | None = None) -> Report:
+    def import_multimask(self, json_file: str | Path, image_root: str | Path | None = None,
+                         allowed_roots: Sequence[str | Path] | None = None) -> Report:
         """Add the images and instances of a multimask JSON (see datasets/README.md).
 
         Its mask names must be this dataset's (any order), else ValueError naming both lists. Images go
         through the `add_image_bytes` checks; RLE masks are traced to polygons (holes are lost: reported);
         unknown classes are added. Imported images with instances are marked "done", others "unlabelled".
-        Returns what was skipped or repaired.
+        With `allowed_roots` (the app's), an image whose path, links resolved, lies outside all of them is
+        skipped and reported by its file name (None: no check, for the command line). Returns what was
+        skipped or repaired.
         """
         report = Report()
-        dicts, meta = load_multimask_json(json_file, image_root, report=report)
+        dicts, meta = load_multimask_json(json_file, image_root, report=report, check_images=False)
         if set(meta["mask_names"]) != set(self.mask_names):
             raise ValueError(f"{json_file}: its mask names {meta['mask_names']} differ from this dataset's "
                              f"{self.mask_names}")
-        self._import_dicts(dicts, meta["thing_classes"], str(json_file), report)
+        self._import_dicts(dicts, meta["thing_classes"], str(json_file), report, allowed_roots)
         return report
 
     def import_coco_fields(self, json_file: str | Path, field_map: MapPairs, image_root: str | Path | None = None,
-                           drop_classes: Sequence[str] = ()) -> ImportReport:
+                           drop_classes: Sequence[str] = (), allowed_roots: Sequence[str | Path] | None = None,
+                           ) -> ImportReport:
         """Add a COCO JSON keeping each mask in its own field (`field_map`: fields -> mask names, see
         `multimask.data.convert.import_coco_fields`). Mask names must be this dataset's (ValueError naming
         both lists otherwise); a dataset mask name no field maps to stays empty. Images are looked up under
@@ -530,19 +572,21 @@ class LabelDataset:
         self._check_targets(build_map(field_map, "field map", allow_class=False).mask_names, "field map")
         return self._import_converted(json_file, lambda out, report: convert.import_coco_fields(
             json_file, out, field_map, image_root=image_root, drop_classes=drop_classes,
-            report=report))
+            report=report), allowed_roots)
 
     def import_coco(self, json_file: str | Path, mask_name: str | None = None, image_root: str | Path | None = None,
-                    drop_classes: Sequence[str] = ()) -> ImportReport:
+                    drop_classes: Sequence[str] = (), allowed_roots: Sequence[str | Path] | None = None,
+                    ) -> ImportReport:
         """Add a plain COCO JSON: each `segmentation` becomes mask `mask_name` (default: this dataset's first).
         As `import_coco_fields` otherwise."""
         name = mask_name or self.mask_names[0]
         self._check_targets([name], "mask name")
         return self._import_converted(json_file, lambda out, report: convert.import_coco(
-            json_file, out, name, image_root=image_root, drop_classes=drop_classes, report=report))
+            json_file, out, name, image_root=image_root, drop_classes=drop_classes, report=report), allowed_roots)
 
     def import_labelme(self, folder: str | Path, label_map: MapPairs | None = None,
-                       default_class: str | None = None) -> ImportReport:
+                       default_class: str | None = None, allowed_roots: Sequence[str | Path] | None = None,
+                       ) -> ImportReport:
         """Add a folder of labelme JSON files (see `multimask.data.convert.import_labelme`).
 
         The mask names that `label_map` maps to must be this dataset's (ValueError naming both lists
@@ -553,24 +597,117 @@ class LabelDataset:
         if label_map is not None:
             self._check_targets(build_map(label_map, "label map").mask_names, "label map")
         return self._import_converted(folder, lambda out, report: convert.import_labelme(
-            folder, out, label_map, default_class=default_class, mask_names=self.mask_names, report=report))
+            folder, out, label_map, default_class=default_class, mask_names=self.mask_names, report=report),
+            allowed_roots)
 
-    def _import_converted(self, source: str | Path, convert_to: Callable[[Path, ImportReport], Any]) -> ImportReport:
+    def _import_converted(self, source: str | Path, convert_to: Callable[[Path, ImportReport], Any],
+                          allowed_roots: Sequence[str | Path] | None) -> ImportReport:
         """Convert `source` into a temporary multimask JSON (its images resolve from there), then add it."""
         report = ImportReport()
         with tempfile.TemporaryDirectory(prefix="multimask-import-") as tmp:
             out = Path(tmp) / "multimask.json"
             convert_to(out, report)
             dicts, meta = _load_converted(out, None, source, report)
-            self._import_dicts(dicts, meta["thing_classes"], str(source), report)
+            self._import_dicts(dicts, meta["thing_classes"], str(source), report, allowed_roots)
         return report
 
     # ----- internals -----------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the dataset's lock: the thread lock, and (outermost only) the file lock, after which dataset.json
+        and index.json are re-read when another process wrote them."""
+        state = self._state
+        with state.lock:
+            if state.depth == 0:
+                fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                state.lock_fd = fd
+            state.depth += 1
+            try:
+                if state.depth == 1:
+                    self._follow_disk()
+                yield
+            finally:
+                state.depth -= 1
+                if state.depth == 0:
+                    fd, state.lock_fd = state.lock_fd, None
+                    os.close(fd)  # releases the file lock
+
+    def _follow_disk(self) -> None:
+        """Re-read dataset.json and index.json if the lock file's token or the files changed since this process
+        read or wrote them (file lock held); index entries this process added but has not written yet stay."""
+        token = os.pread(self._state.lock_fd, 64, 0)
+        if token == self._state.token and self._state.signature == self._signature():
+            return
+        state = self._state
+        pending = state.index[len(state.index) - state.unflushed:] if state.unflushed else []
+        self._reload()
+        kept = [e for e in pending if e["id"] not in state.pos]
+        if kept:
+            state.index += kept
+            state.reindex()
+            state.unflushed = len(kept)
+        state.token = token
+
+    def _reconcile(self) -> None:
+        """Undo what a crash left (file lock held, once per process): temporary files, and index statuses
+        older than their annotations file (those files modified since index.json was written are read)."""
+        for folder in (self.folder, self.images_dir, self.annotations_dir):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        since = (self.folder / "index.json").stat().st_mtime_ns
+        read, fixed = 0, []
+        with os.scandir(self.annotations_dir) as files:
+            for f in files:
+                i = self._state.pos.get(f.name.removesuffix(".json"))
+                if i is None or not f.name.endswith(".json") or f.stat().st_mtime_ns < since:
+                    continue
+                read += 1
+                entry, status = self._state.index[i], self._head(f.name.removesuffix(".json"))[1]
+                if status is not None and status != entry["status"]:
+                    entry["status"] = status
+                    fixed.append(entry["id"])
+        if read:  # written again even when nothing changed: the next process reads no file
+            self._flush_index()
+        if fixed:
+            logger.warning("%s: status of %d image(s) taken from their annotations after an interrupted save: %s",
+                           self.name, len(fixed), ", ".join(fixed[:10]))
+        self._state.reconciled = True
+
+    def _head(self, image_id: str) -> tuple[int, str | None]:
+        """(revision, status or None) of an image's annotations file ((0, None) when never saved), from its
+        first bytes when `save` wrote it."""
+        path = self.annotations_dir / f"{image_id}.json"
+        try:
+            with open(path, "rb") as f:
+                m = HEAD_RE.match(f.read(64))
+        except FileNotFoundError:
+            return 0, None
+        if m:
+            return int(m[1]), m[2].decode("ascii")
+        doc = self._read_annotations(image_id)
+        return doc["revision"], doc.get("status") if doc.get("status") in STATUSES else None
+
+    def _shown(self, path: Path) -> str:
+        """`path` relative to the data root, for messages."""
+        return Path(os.path.relpath(path, self.folder.parent)).as_posix()
+
+    def _read(self, path: Path) -> Any:
+        """read_json, its message naming the file relative to the data root."""
+        try:
+            return read_json(path)
+        except DatasetError as e:
+            raise DatasetError(str(e).replace(str(path), self._shown(path), 1)) from None
+
     def _reload(self) -> None:
         """Read dataset.json and index.json into the shared state (caller holds the lock)."""
-        meta = read_json(self.folder / "dataset.json")
-        where = self.folder / "dataset.json"
+        meta = self._read(self.folder / "dataset.json")
+        where = self._shown(self.folder / "dataset.json")
         if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list) \
                 or not all(isinstance(c, str) for c in meta["classes"]):
             raise DatasetError(f"{where}: needs a 'classes' list of names")
@@ -578,8 +715,8 @@ class LabelDataset:
         if not isinstance(names, list) or not names or not all(is_valid_mask_name(n) for n in names):
             raise DatasetError(f"{where}: needs a 'mask_names' list of valid mask names")
         meta["rules"] = {**DEFAULT_RULES, **(meta.get("rules") if isinstance(meta.get("rules"), dict) else {})}
-        index = read_json(self.folder / "index.json")
-        where = self.folder / "index.json"
+        index = self._read(self.folder / "index.json")
+        where = self._shown(self.folder / "index.json")
         if not isinstance(index, dict) or not isinstance(index.get("images"), list):
             raise DatasetError(f"{where}: needs an 'images' list")
         for i, e in enumerate(index["images"]):
@@ -619,16 +756,22 @@ class LabelDataset:
         path = self.annotations_dir / f"{image_id}.json"
         if not path.is_file():
             return {"revision": 0, "instances": []}
-        doc = read_json(path)
+        doc = self._read(path)
         if not (isinstance(doc, dict) and isinstance(doc.get("revision"), int)
                 and isinstance(doc.get("instances"), list)):
-            raise DatasetError(f"{path}: needs an integer 'revision' and an 'instances' list")
+            raise DatasetError(f"{self._shown(path)}: needs an integer 'revision' and an 'instances' list")
         return doc
 
     def _flush_index(self) -> None:
         atomic_write_json(self.folder / "index.json", {"images": self._state.index})
         self._state.unflushed = 0
+        self._written()
+
+    def _written(self) -> None:
+        """After this process wrote dataset.json or index.json (lock held): a new token tells other processes."""
         self._state.signature = self._signature()
+        self._state.token = secrets.token_hex(8).encode("ascii")
+        os.pwrite(self._state.lock_fd, self._state.token, 0)
 
     def _set_status(self, entry: dict, status: str) -> None:
         old, entry["status"] = entry["status"], status
@@ -642,7 +785,7 @@ class LabelDataset:
         data = {k: meta[k] for k in ("name", "classes", "mask_names", "rules", "created") if k in meta}
         atomic_write_json(self.folder / "dataset.json", data, indent=2)
         self._state.meta = meta
-        self._state.signature = self._signature()
+        self._written()
 
     def _new_image_id(self) -> str:
         while True:
@@ -711,7 +854,7 @@ class LabelDataset:
                     msg, label = str(e), _display_name(filename)
                     yield filename, msg if msg.startswith(label) else f"{label}: {msg}"
                     continue
-                with self._state.lock:
+                with self._locked():
                     try:
                         entry = self._store_image(filename, data, width, height, suffix)
                     except DuplicateImageError as e:
@@ -724,7 +867,7 @@ class LabelDataset:
                         entry = dict(entry)
                 yield filename, entry
         finally:
-            with self._state.lock:
+            with self._locked():
                 if self._state.unflushed:
                     self._flush_index()
 
@@ -735,8 +878,10 @@ class LabelDataset:
             raise ValueError(f"{what} maps to mask names {list(dict.fromkeys(targets))}; this dataset's mask names "
                              f"are {self.mask_names} ({unknown} unknown)")
 
-    def _import_dicts(self, dicts: list[dict], classes: list[str], source: str, report: Report) -> None:
+    def _import_dicts(self, dicts: list[dict], classes: list[str], source: str, report: Report,
+                      allowed_roots: Sequence[str | Path] | None = None) -> None:
         """Copy the images of loaded dataset dicts in and write their instances (see `import_multimask`)."""
+        roots = None if allowed_roots is None else [Path(r).resolve() for r in allowed_roots]
         names = self.mask_names
         class_map: list[str | None] = []
         for cls in classes:
@@ -746,7 +891,7 @@ class LabelDataset:
                 report.add("skipped classes", source, f"{e}: its instances are skipped")
                 class_map.append(None)
                 continue
-            with self._state.lock:
+            with self._locked():
                 if cls not in self._state.meta["classes"]:
                     self.add_class(cls)
             class_map.append(cls)
@@ -754,6 +899,9 @@ class LabelDataset:
         def items() -> Iterator[tuple[str, Callable[[], bytes], tuple[str, list[dict]]]]:
             for rec in dicts:
                 path, where = Path(rec["file_name"]), f"{source} image {rec['image_id']!r}"
+                if roots is not None and not any(path.resolve().is_relative_to(r) for r in roots):
+                    yield path.name, _refuse_outside, (where, [])
+                    continue
                 instances = _instances_of(rec, class_map, names, where, report)
                 yield path.name, lambda p=path: _read_image_file(p), (where, instances)
 
@@ -766,8 +914,8 @@ class LabelDataset:
                 report.add("skipped annotations", where, str(e))
                 instances = []
             status = "done" if instances else "unlabelled"
-            atomic_write_json(self.annotations_dir / f"{entry['id']}.json",
-                              {"revision": 1, "status": status, "instances": instances, "saved_at": _now()})
+            atomic_write_bytes(self.annotations_dir / f"{entry['id']}.json",
+                               _annotation_bytes(1, status, json.dumps(instances).encode("utf-8")))
             entry["status"] = status
 
         for _, result in self._add_many(items(), after=write):
@@ -784,6 +932,16 @@ def _load_converted(tmp_json: Path, image_root: str | Path | None, source: str |
         report.counts[kind] = report.counts.get(kind, 0) + n
     report.messages += [m.replace(str(tmp_json), str(source)) for m in mine.messages]
     return dicts, meta
+
+
+def _refuse_outside() -> bytes:
+    raise ValueError("outside the folders this app may read: skipped")
+
+
+def _annotation_bytes(revision: int, status: str, instances_json: bytes) -> bytes:
+    """An annotations file (revision and status first, as HEAD_RE reads them) around serialised instances."""
+    head = json.dumps({"revision": revision, "status": status})[:-1].encode("utf-8")
+    return b"%s, \"instances\": %s, \"saved_at\": \"%s\"}" % (head, instances_json, _now().encode("ascii"))
 
 
 def _read_image_file(path: Path) -> bytes:

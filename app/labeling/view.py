@@ -446,15 +446,18 @@ class LabelView:
             self._allowed_root(path)
             if image_root:
                 self._allowed_root(image_root)
+            roots = self.import_roots  # every image the file names must lie inside one of them
             if kind == "multimask JSON":
-                report = ds.import_multimask(path, image_root or None)
+                report = ds.import_multimask(path, image_root or None, allowed_roots=roots)
             elif kind == "COCO":
-                report = ds.import_coco(path, (mapping or "").strip() or None, image_root or None)
+                report = ds.import_coco(path, (mapping or "").strip() or None, image_root or None,
+                                        allowed_roots=roots)
             elif kind == "COCO with mask fields":
-                report = ds.import_coco_fields(path, split_pairs(mapping, "Field map"), image_root or None)
+                report = ds.import_coco_fields(path, split_pairs(mapping, "Field map"), image_root or None,
+                                               allowed_roots=roots)
             else:
                 pairs = split_pairs(mapping, "Label map")
-                report = ds.import_labelme(path, pairs or None, (cls or "").strip() or None)
+                report = ds.import_labelme(path, pairs or None, (cls or "").strip() or None, allowed_roots=roots)
         except ValueError as e:
             return notify(f"⚠️ {e}")
         table = f"{report.table()}\n\n" if isinstance(report, ImportReport) else ""
@@ -465,9 +468,7 @@ class LabelView:
         """Multimask COCO train/val files (seeded split) in the dataset's exports/, plus labelme if asked."""
         try:
             ds = self._dataset(name)
-            out = ds.folder / "exports" / (folder_name or "export").strip()
-            if out.parent != ds.folder / "exports" or not out.name or out.name.startswith("."):
-                raise ValueError(f"export name {folder_name!r} must be a plain folder name")
+            out = _export_folder(ds, folder_name)
             paths = ds.export(out, float(val_fraction), int(seed), bool(only_done))
             notes = ""
             if labelme:
@@ -480,6 +481,18 @@ class LabelView:
                       "\n".join(f"- {k}: `{v}`" for k, v in paths.items()) + notes +
                       f"\n\nTrain on it: `python -m multimask train --train-json {paths.get('train')} "
                       f"--val-json {paths.get('val')}`")
+
+
+def _export_folder(ds: LabelDataset, folder_name: Any) -> Path:
+    """`<dataset>/exports/<folder_name>`; ValueError for a name that is not a plain folder name, or when exports/
+    or the folder is a link leading elsewhere (resolved paths are compared)."""
+    name = (folder_name or "export").strip() if isinstance(folder_name, str) else ""
+    exports = ds.folder / "exports"
+    if not name or name.startswith(".") or Path(name).name != name:
+        raise ValueError(f"export name {folder_name!r} must be a plain folder name")
+    if exports.resolve() != exports or (exports / name).resolve() != exports / name:
+        raise ValueError(f"{ds.name}/exports/{name} is a link leading elsewhere: export refused")
+    return exports / name
 
 
 def _summary(ds: LabelDataset, images: list[dict]) -> str:
