@@ -33,7 +33,9 @@ def remove_folder(folder: str | None) -> None:
 
 
 def _is_ours(folder: Path) -> bool:
-    return folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(FOLDER_PREFIX)
+    """A folder named as this module names them, directly in the temporary folder (links resolved), not a link."""
+    return (folder.name.startswith(FOLDER_PREFIX) and not folder.is_symlink()
+            and folder.resolve().parent == Path(tempfile.gettempdir()).resolve())
 
 
 def file_stem(name: str | None) -> str:

@@ -22,11 +22,13 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pandas as pd
+from gradio.data_classes import ImageData
 
 from multimask.data.images import MAX_IMAGE_PIXELS, ImageTooLargeError, read_image_bgr, to_uint8
 
 from .predict_draw import empty_table, render, select
 from .predict_export import remove_folder, session_folder, write_downloads
+from .roots import scrub, shown
 from .runs import RunInfo, RunNotFoundError, RunProgress, find_runs, get_run, run_progress
 
 logger = logging.getLogger(__name__)
@@ -39,19 +41,37 @@ PREDICT_MAX_SIDE = 1600
 DEFAULT_SCORE_THRESHOLD = 0.5
 NO_IMAGE_MESSAGE = "Upload an image to detect objects."
 RUNS_POLL_SECONDS = 10.0  # how often an open Predict tab re-lists the runs (new runs, training progress)
+IMAGE_FORMATS = "PNG, JPEG, BMP, TIFF or WebP"
 
 
 class InputError(ValueError):
     """Bad input from the user; the message is shown in the status line as is."""
 
 
+def undecoded(image: gr.Image) -> gr.Image:
+    """`image` (type "filepath") made to hand an upload to the handler as its file, undecoded: the handler reads it
+    as training does and names what is wrong with a file that is not an image (Gradio's own check, PIL's, fails
+    first with a bare "Error"). Patched on the instance: a subclass makes Gradio write a .pyi file beside this one."""
+    decode = image.preprocess
+
+    def preprocess(payload: ImageData | None) -> Any:
+        if payload is None or payload.path is None or (payload.url or "").startswith("data:"):
+            return decode(payload)
+        return payload.path  # Gradio has checked that it is an upload to this app
+
+    image.preprocess = preprocess
+    return image
+
+
 def no_runs_message(runs_root: str | Path) -> str:
     """What to show when `runs_root` holds no trained run."""
+    name = Path(runs_root).resolve().name
     return (
-        f"No trained run in `{runs_root}` yet. Train one, for example on synthetic data:\n\n"
+        f"No trained run in the runs folder `{name}` yet. Train one in the Train tab, or on the server, for "
+        "example on synthetic data:\n\n"
         "```\npython -m multimask synth --out datasets/synth\n"
         "python -m multimask train --config-file tiny_cpu --train-json datasets/synth/train.json "
-        f"--val-json datasets/synth/val.json --output-dir {Path(runs_root) / 'synth_tiny'}\n```\n\n"
+        f"--val-json datasets/synth/val.json --output-dir {name}/synth_tiny\n```\n\n"
         "then press **Refresh**."
     )
 
@@ -76,7 +96,8 @@ def to_rgb(image: Any) -> np.ndarray:
         except ImageTooLargeError as e:
             raise InputError(_too_large(e.width, e.height)) from None
         except ValueError:
-            raise InputError("The upload is not a readable image: use PNG, JPEG, BMP, TIFF or WebP.") from None
+            raise InputError(f"The upload is not a readable image: {Path(image).name!r} "
+                             f"{unreadable_reason(image)}. Use {IMAGE_FORMATS}.") from None
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] in (1, 2):  # gray, gray + alpha
         image = image[:, :, 0]
@@ -92,6 +113,36 @@ def to_rgb(image: Any) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3])
+
+
+def unreadable_reason(path: str | Path) -> str:
+    """Why a file that OpenCV could not decode is no image, from its first bytes ("is empty", "is text, ...")."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return "cannot be read"
+    if not head:
+        return "is empty"
+    kind = _image_kind(head)
+    if kind:
+        return f"is a {kind} file that cannot be decoded (damaged or cut short?)"
+    if b"\0" not in head and head.lstrip()[:1] == b"<":
+        return "is HTML or XML text, not an image"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not in an image format"
+    return "is text, not an image"
+
+
+def _image_kind(head: bytes) -> str | None:
+    """The image format a file's first bytes announce, if any."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    signatures = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\0": "TIFF",
+                  b"MM\0*": "TIFF", b"GIF8": "GIF"}
+    return next((kind for magic, kind in signatures.items() if head.startswith(magic)), None)
 
 
 @dataclass
@@ -204,7 +255,7 @@ class PredictorCache:
                 return self._items[run.key]
             logger.info("loading run %s (%s)", run.name, run.weights)
             predictor = MultiMaskPredictor.from_run(run.path, score_threshold=RAW_SCORE_THRESHOLD,
-                                                    device=self.device or default_device())
+                                                    device=self.device or default_device(), weights=run.weights)
             self.loads += 1
             self._items[run.key] = predictor
             while len(self._items) > self.max_size:
@@ -260,7 +311,8 @@ class PredictView:
         choices = self.run_choices()
         names = [v for _, v in choices]
         value = current if current in names else (names[0] if names else None)
-        status = no_runs_message(self.runs_root) if not names else f"Found {len(names)} run(s) in `{self.runs_root}`."
+        status = no_runs_message(self.runs_root) if not names else \
+            f"Found {len(names)} run(s) in the runs folder `{shown(self.runs_root, [self.runs_root])}`."
         return gr.update(choices=choices, value=value), status
 
     def load_runs(self, current: str | None) -> tuple[Any, str]:
@@ -317,7 +369,7 @@ class PredictView:
             return None, empty_table(), _warn(e), None
         except Exception as e:  # shown in the status line, never as a traceback in the page
             logger.exception("prediction failed")
-            return None, empty_table(), _warn(f"Prediction failed: {type(e).__name__}: {e}"), None
+            return None, empty_table(), _warn(f"Prediction failed: {type(e).__name__}: {self._scrub(e)}"), None
 
     def redraw(self, state: RawPrediction | None, threshold: Any,
                visible: Sequence[str] | None) -> tuple[Any, Any, str]:
@@ -335,7 +387,7 @@ class PredictView:
             return gr.skip(), gr.skip(), _warn(e)
         except Exception as e:
             logger.exception("redraw failed")
-            return gr.skip(), gr.skip(), _warn(f"Drawing failed: {type(e).__name__}: {e}")
+            return gr.skip(), gr.skip(), _warn(f"Drawing failed: {type(e).__name__}: {self._scrub(e)}")
 
     def highlight(self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None,
                   number: Any) -> tuple[Any, str]:
@@ -353,7 +405,7 @@ class PredictView:
             return gr.skip(), _warn(e)
         except Exception as e:
             logger.exception("highlight failed")
-            return gr.skip(), _warn(f"Drawing failed: {type(e).__name__}: {e}")
+            return gr.skip(), _warn(f"Drawing failed: {type(e).__name__}: {self._scrub(e)}")
         if state.highlight is None:
             return overlay, _summary(state, shown, threshold, None)
         return overlay, f"Instance #{number} highlighted; click its row again to show all {shown}."
@@ -388,6 +440,10 @@ class PredictView:
         overlay, table = render(raw, threshold, visible, raw.highlight)
         raw.rendered, raw.overlay = _render_key(threshold, visible, raw.highlight), overlay
         return overlay, table
+
+    def _scrub(self, error: Exception) -> str:
+        """An exception's text with server paths named from the runs folder (or by file name)."""
+        return scrub(str(error), [self.runs_root])
 
     def _get_run(self, run_name: str | None) -> RunInfo:
         if not run_name and not find_runs(self.runs_root):
@@ -454,10 +510,10 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
             with gr.Row():
                 run = gr.Dropdown(choices, value=first, label="Run", scale=4, elem_id="mm-predict-run")
                 refresh = gr.Button("Refresh", scale=1, min_width=80)
-            # The file as uploaded (image_mode None: no PIL conversion, which clips 16-bit greyscale to white),
-            # read by to_rgb as training and the CLI read images.
-            image = gr.Image(type="filepath", image_mode=None, format="png", label="Image",
-                             sources=["upload", "clipboard"], elem_id="mm-predict-image")
+            # The file as uploaded, undecoded (no PIL conversion, which clips 16-bit greyscale to white), read by
+            # to_rgb as training and the CLI read images.
+            image = undecoded(gr.Image(type="filepath", image_mode=None, format="png", label="Image",
+                                       sources=["upload", "clipboard"], elem_id="mm-predict-image"))
             threshold = gr.Slider(0.0, 1.0, value=DEFAULT_SCORE_THRESHOLD, step=0.01, label="Score threshold",
                                   info=f"Detections under {RAW_SCORE_THRESHOLD} are never kept.")
             masks = gr.CheckboxGroup(first_masks, value=first_masks, label="Mask layers")

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .roots import inside
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
@@ -63,15 +65,16 @@ def get_run(runs_root: str | Path, name: object) -> RunInfo:
         raise RunNotFoundError("Pick a run first.")
     rel = PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts or "\\" in name or "\x00" in name:
-        raise RunNotFoundError(f"{name!r} is not a valid run name.")
+        raise RunNotFoundError(f"{name!r} is not a valid run name; pick a run from the list.")
     root = Path(runs_root).resolve()
+    if inside(root / rel, [root]) is None:
+        raise RunNotFoundError(f"Run {name!r} links to a folder outside the runs folder `{root.name}`; the app "
+                               "does not open it.")
     target = (root / rel).resolve()
-    if not target.is_relative_to(root):
-        raise RunNotFoundError(f"{name!r} is not a valid run name.")
     for run in find_runs(root):
         if run.name == name and run.path == target:
             return run
-    raise RunNotFoundError(f"Run {name!r} is not in {runs_root} (any more); refresh the run list.")
+    raise RunNotFoundError(f"Run {name!r} is not in the runs folder `{root.name}` (any more); refresh the run list.")
 
 
 def _subdirs(folder: Path, root: Path) -> list[Path]:
@@ -98,6 +101,9 @@ def _read_run(root: Path, folder: Path) -> RunInfo | None:
 
     try:
         weights = run_weights(folder)
+        for path in (folder / CONFIG_NAME, weights):
+            if inside(path, [root]) is None:
+                raise ValueError(f"{path.name} links outside {root}")
         mask_names, class_names = _config_names(folder / CONFIG_NAME)
         return RunInfo(
             name=folder.relative_to(root).as_posix(),
@@ -183,7 +189,7 @@ def _latest_jobs(runs_root: Path) -> dict[str, dict]:
     from .training.service import JOBS_FOLDER
 
     folder = runs_root.resolve() / JOBS_FOLDER
-    if not folder.is_dir():
+    if not folder.is_dir() or inside(folder, [runs_root]) is None:
         return {}
     if folder not in _job_managers:  # one reader per folder: it reports a file that is not a record only once
         _job_managers[folder] = JobManager(folder, runs_root)

@@ -35,6 +35,8 @@ from typing import Any
 from multimask.engine.hooks import STOPPED_EXIT_CODE  # `train`'s exit status after a graceful stop
 from multimask.io import atomic_write_json
 
+from ..roots import inside, shown
+
 ACTIVE = ("running", "stopping")  # a job is queued, then active, then finished
 FINISHED = ("completed", "failed", "cancelled")
 STATES = ("queued", *ACTIVE, *FINISHED)
@@ -268,10 +270,23 @@ class JobManager:
         except FileNotFoundError:
             raise JobError(f"no job {job_id!r}") from None
         except ValueError:
-            raise JobError(f"the record of job {job_id!r} is damaged ({path})") from None
+            raise JobError(f"the record of job {job_id!r} is damaged ({self._shown(path)})") from None
         if not _is_record(job, job_id):
-            raise JobError(f"the record of job {job_id!r} is damaged ({path})")
+            raise JobError(f"the record of job {job_id!r} is damaged ({self._shown(path)})")
+        if not self._confined(job):
+            raise JobError(f"the record of job {job_id!r} names files outside the runs folder; not acting on it")
         return job
+
+    def _confined(self, job: dict) -> bool:
+        """Whether a record's run folder resolves (links followed) inside `runs_root` (when given) and its log is
+        the job's own file in `jobs_root`: a record edited to point elsewhere is not read or acted on."""
+        log = Path(job["log"])
+        return (log.name == f"{job['id']}.log" and inside(log, [self.jobs_root]) is not None
+                and (self.runs_root is None or inside(job["run_dir"], [self.runs_root]) is not None))
+
+    def _shown(self, path: str | Path) -> str:
+        """A path as messages name it: from the runs folder (or the jobs folder)."""
+        return shown(path, [r for r in (self.runs_root, self.jobs_root) if r is not None])
 
     def _all(self) -> list[dict]:
         """Every job record; a file that is not one (half-written, foreign, edited by hand) is left out."""
@@ -283,11 +298,11 @@ class JobManager:
                 job = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-            if _is_record(job, p.stem):
+            if _is_record(job, p.stem) and self._confined(job):
                 out.append(job)
             elif p.name not in self._not_records:  # once per file: this runs every poll
                 self._not_records.add(p.name)
-                logger.warning("%s is not a job record; left out", p)
+                logger.warning("%s is not a job record of this runs folder; left out", p)
         return out
 
     def _run_jobs(self, run_dir: Path) -> list[dict]:
@@ -322,7 +337,7 @@ class JobManager:
     def _validate_run_dir(self, run_dir) -> Path:
         run_dir = Path(run_dir).resolve()
         if self.runs_root is not None and not run_dir.is_relative_to(self.runs_root):
-            raise JobError(f"{run_dir}: the run folder must be inside {self.runs_root}")
+            raise JobError(f"the run folder {run_dir.name!r} must be inside the runs folder `{self.runs_root.name}`")
         return run_dir
 
     def submit(self, argv: list[str], run_dir: str | Path, device: str = "cpu", *, cwd: str | Path | None = None,
@@ -342,7 +357,7 @@ class JobManager:
         with self._locked():
             other = [j for j in self._run_jobs(run_dir) if j["state"] in ("queued", *ACTIVE)]
             if other:
-                raise JobError(f"{run_dir} has a job {other[0]['state']} already ({other[0]['id']})")
+                raise JobError(f"{self._shown(run_dir)} has a job {other[0]['state']} already ({other[0]['id']})")
             self._save(job)
         if start:
             try:
@@ -543,7 +558,7 @@ class JobManager:
         active. Returns the number of job records deleted."""
         run_dir = self._validate_run_dir(run_dir)
         if self.runs_root is None or run_dir == self.runs_root:
-            raise JobError(f"{run_dir} is not a run folder inside the runs folder; not deleting it")
+            raise JobError(f"{self._shown(run_dir)} is not a run folder inside the runs folder; not deleting it")
         with self._locked():
             jobs = self._run_jobs(run_dir)
             busy = [j for j in jobs if j["state"] not in FINISHED]

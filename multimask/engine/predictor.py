@@ -34,15 +34,15 @@ class MultiMaskPredictor(DefaultPredictor):
         self.mask_names = list(head.MASK_NAMES)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, score_threshold: float | None = None,
-                 device: str | None = None) -> MultiMaskPredictor:
-        """Load a training run folder: its `config.yaml` and weights (`weights.run_weights`)."""
+    def from_run(cls, run_dir: str | Path, *, score_threshold: float | None = None, device: str | None = None,
+                 weights: str | Path | None = None) -> MultiMaskPredictor:
+        """Load a training run folder: its `config.yaml` and `weights` (default: `weights.run_weights`)."""
         run_dir = Path(run_dir)
         config = run_dir / "config.yaml"
         if not config.is_file():
             raise FileNotFoundError(f"{run_dir}: no config.yaml; is it a multimask training run?")
         # inference runs without mixed precision, so a run trained with AMP on a GPU also loads on the CPU
-        opts = ["MODEL.WEIGHTS", str(run_weights(run_dir)), "SOLVER.AMP.ENABLED", False]
+        opts = ["MODEL.WEIGHTS", str(weights or run_weights(run_dir)), "SOLVER.AMP.ENABLED", False]
         if score_threshold is not None:
             opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", float(score_threshold)]
         if device:

@@ -1,0 +1,59 @@
+"""The server folders a request may touch (the runs root, the data root, `--import-root`s): whether a path lies
+in one once links are resolved, and how paths are named to the browser (from their root's folder name, such as
+`runs/quick-1/model_best.pth`; never as absolute server paths)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+Roots = Sequence[str | Path]
+
+# An absolute path in a message: "/" after a space, quote or bracket (not in a URL or a fraction), two parts or more.
+_PART = r"[^\s'\"`,;:()\[\]<>|/]+"
+_ABSOLUTE = re.compile(rf"(?<![\w.~:/-])(?:/{_PART}){{2,}}")
+
+
+def inside(path: str | Path, roots: Roots) -> Path | None:
+    """`path` resolved (links followed) when that lies in one of `roots` (resolved too), else None."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL character
+        return None
+    return resolved if any(resolved.is_relative_to(Path(r).resolve()) for r in roots) else None
+
+
+def shown(path: str | Path, roots: Roots) -> str:
+    """How `path` is named to the browser: `<root folder name>/<path inside the root>` for a path in one of
+    `roots` (as given, then resolved), else its file name alone."""
+    path = Path(path)
+    for candidate in (path.absolute(), _resolved(path)):
+        for root in roots:
+            for form in _forms(root):
+                if candidate.is_relative_to(form):
+                    return (Path(form.name) / candidate.relative_to(form)).as_posix()
+    return path.name
+
+
+def scrub(text: str, roots: Roots) -> str:
+    """`text` (a message, a log) with every absolute path in a root named as `shown` names it, and any other
+    absolute path by its file name alone."""
+    forms = sorted({str(f) for r in roots for f in _forms(r)}, key=len, reverse=True)
+    if forms:
+        pattern = re.compile("|".join(re.escape(f) for f in forms) + r"(?![^\s'\"`,;:()\[\]<>|/])")
+        text = pattern.sub(lambda m: Path(m.group()).name, text)
+    return _ABSOLUTE.sub(lambda m: m.group().rsplit("/", 1)[1], text)
+
+
+def _forms(root: str | Path) -> list[Path]:
+    """A root as given (made absolute) and resolved."""
+    root = Path(root)
+    return list(dict.fromkeys((root.absolute(), _resolved(root))))
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return path.absolute()
