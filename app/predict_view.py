@@ -344,13 +344,14 @@ class PredictView:
                 state: RawPrediction | None = None) -> Outputs:
         """Detect on `image` with the chosen run (reusing `state` when run and image are unchanged).
 
-        Returns (overlay, instance table, status Markdown, new state); errors give a message, no overlay.
+        Returns (overlay, instance table, status Markdown, new state); errors give a message, no overlay. An upload
+        that is no image is named whatever the run.
         """
         try:
+            rgb = None if image is None else to_rgb(image)
             run = self._get_run(run_name)
-            if image is None:
+            if rgb is None:
                 return None, empty_table(run.mask_names), NO_IMAGE_MESSAGE, None
-            rgb = to_rgb(image)
             threshold = parse_threshold(threshold)
             ran = None
             digest = image_digest(rgb)

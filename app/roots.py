@@ -4,15 +4,17 @@ in one once links are resolved, and how paths are named to the browser (from the
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 Roots = Sequence[str | Path]
 
-# An absolute path in a message: "/" after a space, quote or bracket (not in a URL or a fraction), two parts or more.
+# An absolute path in a message: "/" after a space, quote or bracket (not in a URL or a fraction), then parts.
 _PART = r"[^\s'\"`,;:()\[\]<>|/]+"
-_ABSOLUTE = re.compile(rf"(?<![\w.~:/-])(?:/{_PART}){{2,}}")
+_START = r"(?<![\w.~:/-])"
+_ABSOLUTE = re.compile(rf"{_START}(?:/{_PART}){{2,}}")
 
 
 def inside(path: str | Path, roots: Roots) -> Path | None:
@@ -37,13 +39,23 @@ def shown(path: str | Path, roots: Roots) -> str:
 
 
 def scrub(text: str, roots: Roots) -> str:
-    """`text` (a message, a log) with every absolute path in a root named as `shown` names it, and any other
-    absolute path by its file name alone."""
-    forms = sorted({str(f) for r in roots for f in _forms(r)}, key=len, reverse=True)
+    """`text` (a message, a log) with every absolute path in a root named as `shown` names it (`..` taken out),
+    and any other absolute path of two parts or more by its file name alone."""
+    forms = {str(f): f.name for r in roots for f in _forms(r)}
     if forms:
-        pattern = re.compile("|".join(re.escape(f) for f in forms) + r"(?![^\s'\"`,;:()\[\]<>|/])")
-        text = pattern.sub(lambda m: Path(m.group()).name, text)
+        alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+        in_root = re.compile(rf"{_START}(?:{alternatives})(?:/{_PART})*(?!{_PART})")
+        text = in_root.sub(lambda m: _in_root(m.group(), forms), text)
     return _ABSOLUTE.sub(lambda m: m.group().rsplit("/", 1)[1], text)
+
+
+def _in_root(path: str, forms: dict[str, str]) -> str:
+    """A path that starts with a root, named from the root's folder name once `..` parts are taken out."""
+    path = os.path.normpath(path)
+    for form, name in sorted(forms.items(), key=lambda f: len(f[0]), reverse=True):
+        if path == form or path.startswith(form.rstrip("/") + "/"):
+            return name + path[len(form):]
+    return path.rsplit("/", 1)[1]
 
 
 def _forms(root: str | Path) -> list[Path]:

@@ -12,12 +12,17 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from app.labeling.store import LabelStore
 from app.predict_export import FOLDER_PREFIX, remove_folder, session_folder
 from app.predict_view import PredictView, build_predict_tab
 from app.runs import find_runs, get_run, run_progress
+from app.training import form
 from app.training.jobs import JobError, JobManager
+from app.training.service import TrainingService
+from app.training.view import TrainView
 from tests.conftest import free_port
 from tests.test_app import _copy_run, _make_run
+from tests.test_train_first_day import _cli_run
 
 HOSTILE_NAMES = ["../outside/run", "linked", "group/run", "weights-out", "config-out", "ckpt-out", "exp/../linked",
                  "exp\x00", "..", "/", "~", "exp\\..\\linked", "./exp", " exp"]
@@ -141,9 +146,10 @@ def test_job_records_naming_files_outside_are_left_out_and_never_acted_on(tmp_pa
 def test_an_upload_that_is_not_an_image_is_named(view, tmp_path, name, data, words):
     if data is None:
         data = cv2.imencode(".png", np.full((40, 50, 3), 200, np.uint8))[1].tobytes()[:60]
-    overlay, _, status, state = view.predict("exp", str(_png(tmp_path, name, data)), 0.5, None, None)
-    assert overlay is None and state is None
-    assert status == f"⚠️ The upload is not a readable image: {words}. Use PNG, JPEG, BMP, TIFF or WebP."
+    for run in ("exp", None):  # named before a run is asked for
+        overlay, _, status, state = view.predict(run, str(_png(tmp_path, name, data)), 0.5, None, None)
+        assert overlay is None and state is None
+        assert status == f"⚠️ The upload is not a readable image: {words}. Use PNG, JPEG, BMP, TIFF or WebP."
 
 
 def test_the_served_predict_tab_names_a_bad_upload_instead_of_a_bare_error(base, tmp_path):
@@ -184,3 +190,76 @@ def test_a_download_folder_is_one_this_app_made_not_a_link(tmp_path):
         assert not made.exists()
     finally:
         link.unlink()
+
+
+# --- Train: datasets, run names, the jobs folder, what the tab shows
+
+
+@pytest.fixture
+def train(tmp_path):
+    """A Train tab over datasets/ (`shapes`, and `evil`: a link to a dataset elsewhere) and runs/ (a CLI run `cli`
+    whose log names server paths, `leak` whose log.txt links to a file outside, `linked`: a run folder outside)."""
+    LabelStore(tmp_path / "datasets").create("shapes", ["leaf"])
+    LabelStore(tmp_path / "elsewhere").create("evil", ["leaf"])
+    (tmp_path / "datasets" / "evil").symlink_to(tmp_path / "elsewhere" / "evil", target_is_directory=True)
+    runs = tmp_path / "runs"
+    cli = _cli_run(runs, "cli", metrics=2)
+    (cli / "log.txt").write_text(f"$ /opt/lab/.venv/bin/python -m multimask train --output-dir {runs}/cli\n"
+                                 f"error: {tmp_path}/datasets/shapes/images/a.png: cannot read the image\n")
+    leak = _cli_run(runs, "leak", metrics=2)
+    (tmp_path / "secret.txt").write_text("the server's secret")
+    (leak / "log.txt").symlink_to(tmp_path / "secret.txt")
+    _cli_run(tmp_path / "outside", "run", metrics=2)
+    (runs / "linked").symlink_to(tmp_path / "outside" / "run", target_is_directory=True)
+    return TrainView(TrainingService(tmp_path / "datasets", runs, gpus=0))
+
+
+def _form(**values):
+    """The Train button's arguments, in the form's order."""
+    values = {**form.DEFAULTS, "dataset": "shapes", "start": "tiny", "device": "cpu", "amp": False, **values}
+    return [values[f] for f in form.FIELDS]
+
+
+def test_a_dataset_linking_outside_the_data_root_is_neither_offered_nor_trained(train, tmp_path):
+    service = train.service
+    assert service.store.list_datasets() == ["shapes"]
+    assert train.on_load()[1]["choices"] == ["shapes"] and train.refresh_form(None, None, None)[0]["choices"] == \
+        ["shapes"]
+    assert service.mask_names("evil") == [] and service.split("evil", 0.5) == (0, 0)
+    message, _ = train.start(*_form(dataset="evil", run_name="r"))
+    assert message == "⚠️ dataset 'evil' does not exist (any more); refresh the list"
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_a_jobs_folder_linking_outside_the_runs_root_is_refused(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / ".jobs").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ValueError, match="outside the runs folder; remove the link"):
+        TrainingService(tmp_path / "datasets", tmp_path / "runs", gpus=0)
+
+
+@pytest.mark.parametrize("name", [*HOSTILE_NAMES, "ABSOLUTE"])
+def test_a_hostile_run_name_is_refused_by_every_train_handler(train, tmp_path, name):
+    name = str(tmp_path / "outside" / "run") if name == "ABSOLUTE" else name
+    assert sorted(train.service.run_names()) == ["cli", "leak"]
+    assert "No run called" in train.status(name)[0]
+    for action in ("stop", "resume", "retry_on_cpu"):
+        assert train.act(action)(name).startswith("⚠️ no run called")
+    assert train.delete(name, True)[0].startswith("⚠️ no run called")
+    assert all(update == {"__type__": "update"} for update in train.fill_form(name))
+    assert (tmp_path / "outside" / "run" / "config.yaml").is_file()
+
+
+def test_the_train_tab_names_paths_from_their_roots_and_shows_no_log_from_outside(train, tmp_path):
+    out = train.status("cli")
+    log, record = out[7], out[8]
+    assert log == ("$ python -m multimask train --output-dir runs/cli\n"
+                   "error: datasets/shapes/images/a.png: cannot read the image")
+    assert record["run_dir"] == "runs/cli" and str(tmp_path) not in json.dumps(record)
+    assert train.status("leak")[7] == "", "a log.txt linking outside the runs root is not read"
+    secret = str(tmp_path / "secret.txt")
+    message, _ = train.start(*_form(start="local", weights_file=secret))
+    assert message.startswith("⚠️ local weights file") and str(tmp_path) not in message.replace(secret, "")
+    assert train.estimate(*_form(start="local", weights_file="")).startswith(
+        "⚠️ local weights file: give the path of a .pth or .pkl file in `runs/` or `datasets/`")

@@ -171,15 +171,19 @@ def test_a_local_weights_file_must_be_a_pth_or_pkl_inside_an_allowed_folder(tmp_
     (root / ".weights" / "escape.pth").symlink_to(outside / "w.pth")
     (root / "notes.txt").write_text("x")
     local = {**FORM, "start": "local"}
-    s = parse_settings({**local, "weights_file": str(good)}, runs=[], weights_roots=[root])
-    assert s.weights_file == str(good.resolve())
-    assert form.preset_for(s, {})[1] == str(good.resolve())
+    # a server path, a path from the runs folder's name, or one inside it: the same file, named from its root
+    for given in (str(good), "runs/.weights/model_final_f10217.pkl", ".weights/model_final_f10217.pkl"):
+        s = parse_settings({**local, "weights_file": given}, runs=[], weights_roots=[root])
+        assert s.weights_file == "runs/.weights/model_final_f10217.pkl" and s.weights_path == str(good.resolve())
+        assert form.preset_for(s, {})[1] == str(good.resolve()) and "weights_path" not in s.to_dict()
     for path, words in ((str(outside / "w.pth"), "outside the folders"), (str(root / "notes.txt"), "not a .pth"),
                         (str(root / ".weights" / "escape.pth"), "outside the folders"),
-                        (str(root / "missing.pth"), "no file"), ("", "give the server path"),
+                        ("runs/.weights/escape.pth", "outside the folders"), ("../elsewhere/w.pth", "outside the"),
+                        (str(root / "missing.pth"), "no file"), ("", "give the path .* in `runs/`"),
                         (str(root / ".weights" / ".." / ".." / "elsewhere" / "w.pth"), "outside the folders")):
-        with pytest.raises(FormError, match=f"^local weights file: .*{words}"):
+        with pytest.raises(FormError, match=f"^local weights file: .*{words}") as e:
             parse_settings({**local, "weights_file": path}, runs=[], weights_roots=[root])
+        assert str(tmp_path) not in str(e.value).replace(path, ""), "only the path as given is named"
 
 
 def test_starting_from_a_local_pkl_says_it_is_unpickled(service, monkeypatch):
@@ -189,7 +193,7 @@ def test_starting_from_a_local_pkl_says_it_is_unpickled(service, monkeypatch):
     monkeypatch.setattr(service.jobs, "submit", lambda argv, *a, **k: {"state": "queued", "id": "x", "argv": argv,
                                                                         **k})
     job, notes = service.start({**FORM, "start": "local", "weights_file": str(weights), "run_name": "local-run"})
-    assert job["settings"]["weights_file"] == str(weights.resolve())
+    assert job["settings"]["weights_file"] == f"{service.runs_root.name}/.weights/model_final_f10217.pkl"
     argv = job["argv"]  # the training command: the job loads exactly that file
     assert argv[argv.index("MODEL.WEIGHTS") + 1] == str(weights.resolve())
     assert any("loaded with pickle, which can run code: only use files you trust" in n for n in notes)
@@ -203,7 +207,8 @@ def test_offline_coco_weights_are_refused_in_the_form_naming_its_option(service,
         service.start({**FORM, "start": "coco", "run_name": "offline"})
     message = str(e.value)
     assert "choose 'Local weights file' under Starting point" in message and "model_final_f10217.pkl" in message
-    assert str(service.runs_root / ".weights") in message and "MODEL.WEIGHTS" not in message
+    assert f"copy it into {service.runs_root.name}/.weights/," in message and "MODEL.WEIGHTS" not in message
+    assert str(service.runs_root) not in message
     assert not (service.runs_root / "offline").exists()
 
 

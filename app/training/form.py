@@ -17,6 +17,8 @@ from typing import Any
 
 from multimask.config import get_multimask_cfg, preset_path
 
+from ..roots import inside, shown
+
 # key -> (label, preset). "run:<name>" starts from a previous run's weights and config.
 STARTING_POINTS: dict[str, tuple[str, str]] = {
     "coco": ("COCO Mask R-CNN R50-FPN (model zoo; downloaded once, needs internet)", "mask_rcnn_R_50_FPN_3x"),
@@ -112,13 +114,14 @@ class TrainSettings:
     patience: int
     best_metric: str
     advanced: str
-    weights_file: str = ""  # resolved, for the "local" starting point
+    weights_file: str = ""  # for the "local" starting point, named from its root folder (`runs/.weights/w.pkl`)
+    weights_path: str = field(default="", compare=False)  # that file resolved, what training loads
     notes: tuple[str, ...] = field(default=(), compare=False)  # what the checks adjusted, for the user
 
     def to_dict(self) -> dict:
         """The form's fields (what a job records as its settings)."""
         out = asdict(self)
-        del out["notes"]
+        del out["notes"], out["weights_path"]
         return out
 
 
@@ -173,7 +176,8 @@ def parse_settings(values: dict, runs: list[str], weights_roots: Sequence[Path] 
     if not (start in STARTING_POINTS or (isinstance(start, str) and start.startswith(RUN_PREFIX)
                                          and start[len(RUN_PREFIX):] in runs)):
         raise FormError(f"starting point: {start!r} is not a model-zoo preset or a run with weights")
-    weights_file = str(check_weights_file(values["weights_file"], weights_roots)) if start == "local" else ""
+    weights_file, weights_path = check_weights_file(values["weights_file"], weights_roots) if start == "local" \
+        else ("", "")
     iterations = _int(values, "iterations", 1, 1_000_000)
     batch_size = _int(values, "batch_size", 1, 512)
     num_gpus = _int(values, "num_gpus", 1, 64)
@@ -194,7 +198,8 @@ def parse_settings(values: dict, runs: list[str], weights_roots: Sequence[Path] 
         image_size=_int(values, "image_size", 64, 4096), val_fraction=_float(values, "val_fraction", 0.0, 0.9),
         seed=_int(values, "seed", 0, 2**31 - 1), device=_choice(values, "device", DEVICES), num_gpus=num_gpus,
         amp=values["amp"], eval_period=eval_period, patience=_int(values, "patience", 0, 1000),
-        best_metric=best, advanced=advanced, weights_file=weights_file, notes=(note,) if note else ())
+        best_metric=best, advanced=advanced, weights_file=weights_file, weights_path=weights_path,
+        notes=(note,) if note else ())
     parse_advanced(settings.advanced)
     return settings
 
@@ -207,25 +212,38 @@ def fit_eval_period(eval_period: int, iterations: int) -> tuple[int, str | None]
                         f"{iterations} (one evaluation, at the end)")
 
 
-def check_weights_file(path: Any, roots: Sequence[Path]) -> Path:
-    """A local weights file's resolved path: an existing .pth or .pkl file inside one of `roots`."""
-    where = " or ".join(str(r) for r in roots) or "(no folder is allowed)"
+def check_weights_file(path: Any, roots: Sequence[Path]) -> tuple[str, str]:
+    """A local weights file: an existing .pth or .pkl file that resolves (links followed) inside one of `roots`,
+    given as a server path or from a root's folder name (`runs/.weights/w.pkl`) or inside a root
+    (`.weights/w.pkl`). Returns (the file named from its root, as messages name it; the resolved path)."""
+    where = " or ".join(f"`{shown(r, roots)}/`" for r in roots) or "(no folder is allowed)"
     if not isinstance(path, str) or not path.strip():
-        raise FormError(f"local weights file: give the server path of a .pth or .pkl file inside {where}")
+        raise FormError(f"local weights file: give the path of a .pth or .pkl file in {where}, e.g. "
+                        f"`{shown(roots[0], roots) if roots else 'runs'}/.weights/model_final_f10217.pkl`")
     if "\0" in path:
         raise FormError("local weights file: the path contains a NUL character")
-    try:
-        resolved = Path(path.strip()).expanduser().resolve()
-    except (OSError, RuntimeError) as e:
-        raise FormError(f"local weights file: cannot read the path {path!r} ({e})") from None
-    if resolved.suffix.lower() not in WEIGHTS_SUFFIXES:
+    given = _locate(path.strip(), roots)
+    resolved = inside(given, roots)
+    if given.suffix.lower() not in WEIGHTS_SUFFIXES or (resolved and resolved.suffix.lower() not in WEIGHTS_SUFFIXES):
         raise FormError(f"local weights file: {path!r} is not a .pth or .pkl file")
-    if not any(resolved.is_relative_to(Path(r).resolve()) for r in roots):
+    if resolved is None:
         raise FormError(f"local weights file: {path!r} is outside the folders the app may read ({where}); copy "
                         "it there")
     if not resolved.is_file():
-        raise FormError(f"local weights file: no file {str(resolved)!r}")
-    return resolved
+        raise FormError(f"local weights file: no file {path!r}")
+    return shown(given, roots), str(resolved)
+
+
+def _locate(path: str, roots: Sequence[Path]) -> Path:
+    """The file a weights path names: a server path as it is, else the first existing of (the root whose folder
+    name it starts with)/(the rest), then each (root)/(path); not resolved."""
+    given = Path(path)
+    if given.is_absolute() or not given.parts:
+        return given
+    first, rest = given.parts[0], Path(*given.parts[1:])
+    candidates = [Path(r) / rest for r in roots if Path(r).resolve().name == first]
+    candidates += [Path(r) / given for r in roots]
+    return next((c for c in candidates if c.is_file()), candidates[0] if candidates else given)
 
 
 def parse_advanced(text: str) -> list[str]:
@@ -356,7 +374,7 @@ def on_gpu(device: str | None, gpu_count: int) -> bool:
 def preset_for(settings: TrainSettings, run_dirs: dict[str, Path]) -> tuple[Path, str | None]:
     """(config file, weights or None for the config's own) of the starting point."""
     if settings.start == "local":
-        return preset_path(STARTING_POINTS["local"][1]), settings.weights_file
+        return preset_path(STARTING_POINTS["local"][1]), settings.weights_path
     if settings.start.startswith(RUN_PREFIX):
         from multimask.engine.weights import run_weights
 

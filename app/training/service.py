@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..labeling.store import LabelStore
+from ..roots import inside, scrub, shown
 from ..runs import CONFIG_NAME, find_runs, run_folders
 from . import form, monitor
 from .jobs import ACTIVE, FINISHED, NO_GPU_MESSAGE, JobError, JobManager, offline_weights_message, tail_lines
@@ -42,18 +43,25 @@ def gpu_count() -> int:
 
 
 class TrainingService:
-    """Training runs of the Label datasets in `data_root`, in `runs_root`; arguments are untrusted input."""
+    """Training runs of the Label datasets in `data_root`, in `runs_root`; arguments are untrusted input.
+
+    Every file a request reads or writes resolves (links followed) inside `roots`: the runs root, the data root
+    and the further weights roots; messages, records and logs name paths from those folders (see `roots.scrub`).
+    """
 
     def __init__(self, data_root: str | Path, runs_root: str | Path, gpus: int | None = None,
                  weights_roots: Sequence[str | Path] = ()):
         """`weights_roots`: server folders a local weights file may come from, besides `runs_root` and
-        `data_root` (e.g. the app's import folders)."""
+        `data_root` (e.g. the app's import folders). ValueError when `runs_root/.jobs` links outside it."""
         self.store = LabelStore(data_root)
         self.runs_root = Path(runs_root).resolve()
         self.runs_root.mkdir(parents=True, exist_ok=True)
-        self.weights_roots = [self.runs_root, Path(data_root).resolve(), *(Path(p).resolve() for p in weights_roots)]
+        self.roots = [self.runs_root, self.store.root, *(Path(p).resolve() for p in weights_roots)]
         self.gpus = gpu_count() if gpus is None else gpus
-        self.jobs = JobManager(self.runs_root / JOBS_FOLDER, self.runs_root, gpus=self.gpus)
+        jobs_root = self.runs_root / JOBS_FOLDER
+        if jobs_root.exists() and inside(jobs_root, [self.runs_root]) is None:
+            raise ValueError(f"{jobs_root} links to {jobs_root.resolve()}, outside the runs folder; remove the link")
+        self.jobs = JobManager(jobs_root, self.runs_root, gpus=self.gpus)
         self._start_lock = threading.Lock()
         self._poller: threading.Thread | None = None
 
@@ -132,10 +140,13 @@ class TrainingService:
         return names[0] if names else None
 
     def settings(self, run_name: Any) -> dict | None:
-        """The form settings a run was started with (its latest job's), or None (e.g. a run trained elsewhere)."""
+        """The form settings a run was started with (its latest job's), or None (e.g. a run trained elsewhere); a
+        weights file is named from its root, as the form takes it."""
         jobs = self.run_jobs(run_name)
         settings = jobs[-1].get("settings") if jobs else None
-        return settings if isinstance(settings, dict) else None
+        if not isinstance(settings, dict):
+            return None
+        return {**settings, "weights_file": self.for_browser(settings.get("weights_file") or "")}
 
     def split(self, dataset: Any, val_fraction: float) -> tuple[int, int]:
         """(training, validation) images the Train form's split of a Label dataset gives now: its labelled
@@ -166,8 +177,8 @@ class TrainingService:
 
     def _start(self, values: dict) -> tuple[dict, list[str]]:
         weight_runs = self.weight_runs()
-        s = form.parse_settings(values, list(weight_runs), self.weights_roots)
-        if s.dataset not in self.store.list_datasets():
+        s = form.parse_settings(values, list(weight_runs), self.roots)
+        if s.dataset not in self.store.list_datasets():  # (it leaves out datasets linking outside the data root)
             raise form.FormError(f"dataset {s.dataset!r} does not exist (any more); refresh the list")
         ds = self.store.open(s.dataset)
         model_device, job_device, notes = form.resolve_device(s, self.gpus)
@@ -221,9 +232,9 @@ class TrainingService:
         from multimask.engine.weights import downloadable, is_remote
 
         if weights and is_remote(weights) and not downloadable(weights):
-            folder = self.runs_root / WEIGHTS_FOLDER
+            folder = shown(self.runs_root / WEIGHTS_FOLDER, self.roots)
             raise form.FormError("starting point: " + offline_weights_message(weights.rsplit("/", 1)[-1],
-                                                                                str(folder) + "/"))
+                                                                                f"{folder}/"))
 
     # -- actions -----------------------------------------------------------------------------------------------
 
@@ -284,13 +295,24 @@ class TrainingService:
                       seconds=sum(job_seconds(j) for j in jobs), external=bool(job.get("external")),
                       can_resume=job["state"] in FINISHED and job["state"] != "completed"
                       and not job.get("external") and has_checkpoint(run_dir))
-        snap = {"job": job, "rows": rows, "record": record, "signature": _signature(run_name, job),
-                "details": None}
+        snap = {"job": self.for_browser(job), "rows": rows, "record": self.for_browser(record),
+                "signature": _signature(run_name, job), "details": None}
         if snap["signature"] != last_signature:
             caption, results = monitor.evaluation(run_dir, record["progress"]["max_iter"])
-            snap["details"] = {"eval_caption": caption, "results": results,
-                               "log": tail_lines(Path(job["log"]), LOG_LINES)}
+            log = tail_lines(Path(job["log"]), LOG_LINES) if inside(job["log"], [self.runs_root]) else ""
+            snap["details"] = {"eval_caption": caption, "results": results, "log": self.for_browser(log)}
         return snap
+
+    def for_browser(self, value: Any) -> Any:
+        """A message, log or record (any JSON value) with every server path named from its root (`runs/x`) or,
+        outside the roots, by its file name (see `roots.scrub`)."""
+        if isinstance(value, str):
+            return scrub(value, self.roots)
+        if isinstance(value, dict):
+            return {k: self.for_browser(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.for_browser(v) for v in value]
+        return value
 
     def runs_overview(self) -> list[dict]:
         """One dict per run: run, state, dataset, iterations, started, seconds, final AP per task."""
@@ -309,10 +331,10 @@ class TrainingService:
         that Train would give."""
         try:
             s = form.parse_settings({k: v for k, v in values.items() if k in form.FIELDS}, list(self.weight_runs()),
-                                    self.weights_roots)
+                                    self.roots)
             model_device, _, _ = form.resolve_device(s, self.gpus)
         except form.FormError as e:
-            return f"⚠️ {e}"
+            return f"⚠️ {self.for_browser(str(e))}"
         n_train, n_val = self.split(s.dataset, s.val_fraction)
         return form.estimate_text(s, self.model_kind(s.start), model_device == "cuda", n_train, n_val)
 

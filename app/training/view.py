@@ -146,7 +146,7 @@ class TrainView:
         try:
             job, notes = self.service.start(values)
         except (form.FormError, JobError, ValueError, OSError) as e:
-            return _warn(str(e)), gr.update()
+            return _warn(self.service.for_browser(str(e))), gr.update()
         state = "started" if job["state"] == "running" else job["state"]
         text = f"Run **{job['run_name']}** {state} (job {job['id']})." + "".join(f"\n- {n}" for n in notes)
         gr.Info(f"Run {job['run_name']} {state}." + "".join(f" {n[:1].upper()}{n[1:]}." for n in notes))
@@ -158,7 +158,7 @@ class TrainView:
             try:
                 message = getattr(self.service, action)(run_name)
             except JobError as e:
-                return _warn(str(e))
+                return _warn(self.service.for_browser(str(e)))
             gr.Info(message)
             return message
         handler.__name__ = action
@@ -168,7 +168,7 @@ class TrainView:
         try:
             message = self.service.delete(run_name, confirm)
         except JobError as e:
-            return _warn(str(e)), gr.update(), gr.update(value=False)
+            return _warn(self.service.for_browser(str(e))), gr.update(), gr.update(value=False)
         (gr.Info if confirm is True else gr.Warning)(message)
         return message, self.run_choices(run_name), gr.update(value=False)
 
@@ -327,12 +327,12 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
                                 elem_id="mm-train-start-point",
                                 info="Choosing one sets iterations, batch size, learning rate, image size and "
                                      "evaluation period to values that suit it on this server's device.")
-            weights_file = gr.Textbox("", label="Local weights file (server path, .pth or .pkl)",
+            weights_file = gr.Textbox("", label="Local weights file (.pth or .pkl on the server)",
                                       visible=d["start"] == "local", elem_id="mm-train-weights",
-                                      placeholder=f"{view.service.runs_root}/.weights/model_final_f10217.pkl",
-                                      info="Inside the runs folder, the data folder or an import folder. The file "
-                                           "is loaded with torch.load (.pth, tensors only) or pickle (.pkl, which "
-                                           "can run code): only use files you trust.")
+                                      placeholder=f"{view.service.runs_root.name}/.weights/model_final_f10217.pkl",
+                                      info="A path from the runs folder's, the data folder's or an import folder's "
+                                           "name. The file is loaded with torch.load (.pth, tensors only) or "
+                                           "pickle (.pkl, which can run code): only use files you trust.")
             with gr.Row():
                 iterations = gr.Number(d["iterations"], label="Iterations", precision=0, minimum=1,
                                        elem_id="mm-train-iterations")
