@@ -67,10 +67,10 @@ def get_run(runs_root: str | Path, name: object) -> RunInfo:
     if rel.is_absolute() or ".." in rel.parts or "\\" in name or "\x00" in name:
         raise RunNotFoundError(f"{name!r} is not a valid run name; pick a run from the list.")
     root = Path(runs_root).resolve()
-    if inside(root / rel, [root]) is None:
+    target = inside(root / rel, [root])
+    if target is None:
         raise RunNotFoundError(f"Run {name!r} links to a folder outside the runs folder `{root.name}`; the app "
                                "does not open it.")
-    target = (root / rel).resolve()
     for run in find_runs(root):
         if run.name == name and run.path == target:
             return run
