@@ -187,6 +187,17 @@ def test_files_served_are_dataset_images_only(site):
     assert client.get("/gradio_api/file=/etc/passwd").status_code == 403  # Gradio's own rule outside the roots
 
 
+def test_uploads_need_a_login_and_come_back_as_attachments_unless_images(site):
+    files = {"files": ("page.html", b"<script>alert(1)</script>", "text/html")}
+    assert httpx.post(f"{site['url']}/gradio_api/upload", files=files).status_code == 401
+    client = _login(site["url"])
+    r = client.post("/gradio_api/upload", files=files)
+    assert r.status_code == 200, r.text
+    served = client.get(f"/gradio_api/file={r.json()[0]}")
+    assert served.status_code == 200 and "html" not in served.headers["content-type"]
+    assert served.headers["content-disposition"].startswith("attachment")
+
+
 def test_a_symlink_in_images_leading_out_is_not_served(site, tmp_path):
     secret = tmp_path / "secret.png"
     secret.write_bytes(_png(3))
