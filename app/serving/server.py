@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
+from ..labeling.payload import MAX_SAVE_BYTES
 from .guard import GuardPolicy, RequestGuard
 from .users import UserFile
 
@@ -133,7 +134,7 @@ def serve(demo: gr.Blocks, data_root: str | Path, options: ServeOptions) -> Serv
     if not is_loopback_host(options.host) and options.host not in ("0.0.0.0", "::"):
         allowed.add(options.host.lower())
     policy = GuardPolicy(data_root=Path(data_root).resolve(), allowed_hosts=frozenset(allowed),
-                         server_fn=_server_fn_check(demo), sessions=sessions,
+                         save_limit=MAX_SAVE_BYTES, server_fn=_server_fn_check(demo), sessions=sessions,
                          session_seconds=options.session_hours * 3600)
     config = uvicorn.Config(RequestGuard(parent, policy), host=options.host, port=options.port, log_level="warning",
                             proxy_headers=False, server_header=False, lifespan="on")
