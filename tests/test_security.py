@@ -221,6 +221,8 @@ def test_sessions_expire_and_logout_ends_them(site):
         now[0] += 120
         assert client.get("/gradio_api/info").status_code == 401, "expired"
         client = _login(site["url"])
+        assert client.get("/logout", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403, "another site"
+        assert client.get("/gradio_api/info").status_code == 200
         assert client.get("/logout").status_code == 302
         assert client.get("/gradio_api/info").status_code == 401, "logged out"
     finally:

@@ -4,9 +4,10 @@
   arrived on loopback, or a configured name (the machine's host names, `--allowed-host`). This defeats DNS
   rebinding, where a foreign site's name resolves to this server.
 - **Origin**: a request whose `Origin` is not this server's own is refused, whatever its method or content type;
-  an unsafe request (not GET/HEAD/OPTIONS) or a websocket that a browser marks cross-site (`Sec-Fetch-Site`) is
-  refused even without `Origin`. Clients that are not browsers (curl, gradio_client) send neither and pass, as
-  authentication allows. No `Access-Control-Allow-*` header is ever added: no foreign origin may read.
+  an unsafe request (not GET/HEAD/OPTIONS, or /logout) or a websocket that a browser marks cross-site
+  (`Sec-Fetch-Site`) is refused even without `Origin`. Clients that are not browsers (curl, gradio_client) send
+  neither and pass, as authentication allows. No `Access-Control-Allow-*` header is ever added: no foreign
+  origin may read.
 - **Bodies**: request bodies over their limit are refused (413) from `Content-Length` before they are read, or as
   soon as the bytes received pass it. Uploads are left to Gradio's per-file limit.
 - **Editor calls**: `component_server` calls must name a component and a server function that exist (else 404,
@@ -43,6 +44,7 @@ FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
 UPLOAD_ROUTE = "/gradio_api/upload"
 COMPONENT_SERVER = "/gradio_api/component_server"
 LOGIN_ROUTE = "/login"
+LOGOUT = "/logout"  # a GET that changes state: another site may not log a user out
 DEFAULT_BODY_LIMIT = 8 * 2**20  # bytes, any request body but uploads and editor saves
 LOGIN_FAILURES = 10  # failed logins from one address within LOGIN_WINDOW seconds before it must wait
 LOGIN_WINDOW = 600.0
@@ -151,10 +153,10 @@ class RequestGuard:
         origin = headers.get("origin")
         if origin is not None and not same_origin(origin, headers["host"]):
             return 403, f"requests from origin {origin!r} are refused: this app answers its own pages only"
-        unsafe = scope["type"] == "websocket" or scope["method"] not in SAFE_METHODS
+        path = scope.get("path", "")
+        unsafe = scope["type"] == "websocket" or scope["method"] not in SAFE_METHODS or path.rstrip("/") == LOGOUT
         if unsafe and origin is None and headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return 403, "cross-site request refused"
-        path = scope.get("path", "")
         if scope["type"] == "http" and path.startswith(FILE_ROUTES):
             return self._file_refusal(path)
         if scope["type"] == "http" and path.rstrip("/") == LOGIN_ROUTE and scope["method"] == "POST":
