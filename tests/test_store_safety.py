@@ -246,6 +246,18 @@ def test_a_class_renamed_while_the_payload_was_checked_is_refused(ds, monkeypatc
     assert ds.load(image_id)["revision"] == 0
 
 
+def test_warnings_of_large_crossing_parts_are_bounded(ds):
+    """Repairing a 1000-point random polygon takes minutes: the save lists 20 problems without repairing any."""
+    image_id = ds.add_image_bytes("a.png", _png(1))["id"]
+    rng = np.random.default_rng(0)
+    instances = [{"id": f"x{k}", "class": "leaf", "masks": {"primary": [rng.uniform(0, W, 2000).round(2).tolist()],
+                                                            "secondary": [list(TRIANGLE)]}} for k in range(30)]
+    warnings = ds.save(image_id, 0, instances)["warnings"]
+    assert len(warnings) == store_module.MAX_WARNINGS + 1
+    assert all("part 1 crosses itself: exports repair it" in w for w in warnings[:-1])
+    assert warnings[-1] == f"only the first {store_module.MAX_WARNINGS} problems are listed: there may be more"
+
+
 def test_fast_coordinate_checks_round_and_refuse_as_the_exact_ones():
     rng = random.Random(0)
     part = [rng.uniform(-0.5, 800.5) for _ in range(4000)]

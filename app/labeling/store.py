@@ -34,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+import shapely
 from PIL import Image
 from shapely.geometry import Polygon, box
 
@@ -90,6 +92,10 @@ DUPLICATE_NOTE = "already in the dataset: skipped"  # ends the message of an ima
 INSIDE_TOLERANCE = 0.01  # share of a secondary's area that may lie outside its primary
 CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask is traced to polygons
 FLUSH_EVERY = 50  # images added in a batch before index.json is rewritten
+MAX_WARNINGS = 20  # geometry warnings listed per save: each may cost a polygon repair, so the rest go unchecked
+# Crossing parts of up to this many points are repaired to tell "no area" from "crosses itself" (20 ms at most);
+# a repair takes seconds for a few hundred random points, so larger ones are told apart by their signed area.
+EXACT_REPAIR_POINTS = 32
 DEFAULT_RULES = {"secondary_inside_primary": True}
 LOCK_FILE = ".lock"  # in each dataset folder: the cross-process lock, holding the token of the last index write
 WRITTEN_FOLDERS = ("images", "annotations", "thumbs")  # receive writes: a link leading elsewhere is refused
@@ -1020,33 +1026,53 @@ def _geometry_warnings(instances: list[dict], names: list[str], rules: dict,
     secondaries outside their primary. Instances are numbered from 1, as the editor lists them.
 
     `positions` maps instance ids to their index in the list the caller was given (default: this list's).
+    At most MAX_WARNINGS are listed, then a note; the checks stop there (a payload of crossing polygons costs
+    a bounded time).
     """
-    out = []
+    out = list(itertools.islice(_geometry_problems(instances, names, rules, positions or {}), MAX_WARNINGS + 1))
+    if len(out) > MAX_WARNINGS:
+        out[MAX_WARNINGS:] = [f"only the first {MAX_WARNINGS} problems are listed: there may be more"]
+    return out
+
+
+def _geometry_problems(instances: list[dict], names: list[str], rules: dict,
+                       positions: dict[str, int]) -> Iterator[str]:
+    """The warnings of `_geometry_warnings`, found lazily."""
     for i, inst in enumerate(instances):
-        where = f"instance #{(positions or {}).get(inst['id'], i) + 1} (id {inst['id']!r}, {inst['class']})"
+        where = f"instance #{positions.get(inst['id'], i) + 1} (id {inst['id']!r}, {inst['class']})"
+        repairable = True
         for name in names:
             for j, part in enumerate(inst["masks"][name]):
-                if flat_polygon(part).area <= 0:
-                    out.append(f"{where}, mask {name!r}, part {j + 1} has no area: exports leave it out")
-                elif not Polygon(np.asarray(part, dtype=np.float64).reshape(-1, 2)).is_valid:
-                    out.append(f"{where}, mask {name!r}, part {j + 1} crosses itself: exports repair it")
+                problem = _part_problem(part)
+                if problem:
+                    yield f"{where}, mask {name!r}, part {j + 1} {problem}"
+                    repairable = repairable and len(part) // 2 <= EXACT_REPAIR_POINTS
         primary = inst["masks"][names[0]]
         if not primary:
             later = [n for n in names[1:] if inst["masks"][n]]
             if later:
-                out.append(f"{where} has a {later[0]!r} mask but no {names[0]!r} mask: select the instance and "
-                           f"draw its {names[0]!r}")
+                yield (f"{where} has a {later[0]!r} mask but no {names[0]!r} mask: select the instance and "
+                       f"draw its {names[0]!r}")
             continue
-        if len(names) < 2 or not rules.get("secondary_inside_primary") or not inst["masks"][names[1]]:
+        if len(names) < 2 or not rules.get("secondary_inside_primary") or not inst["masks"][names[1]] \
+                or not repairable:  # (a large crossing part, reported above, costs too much to repair)
             continue
         sec = parts_union(inst["masks"][names[1]])
         if sec.area <= 0:
             continue
         outside = sec.difference(parts_union(primary)).area
         if outside > INSIDE_TOLERANCE * sec.area:
-            out.append(f"{where}: {outside / sec.area:.0%} of its {names[1]!r} mask lies outside its "
-                       f"{names[0]!r} mask")
-    return out
+            yield (f"{where}: {outside / sec.area:.0%} of its {names[1]!r} mask lies outside its "
+                   f"{names[0]!r} mask")
+
+
+def _part_problem(part: list[float]) -> str | None:
+    """None for a valid polygon part, else whether it has no area or crosses itself (see EXACT_REPAIR_POINTS)."""
+    poly = Polygon(np.asarray(part, dtype=np.float64).reshape(-1, 2))
+    if poly.is_valid:
+        return None
+    area = shapely.make_valid(poly).area if len(part) // 2 <= EXACT_REPAIR_POINTS else abs(poly.area)
+    return "has no area: exports leave it out" if area <= 0 else "crosses itself: exports repair it"
 
 
 def _clip_parts(parts: list[list[float]], width: int, height: int) -> list[list[float]]:
