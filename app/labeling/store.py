@@ -53,6 +53,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import orjson
 import pycocotools.mask as mask_util
 import shapely
 from PIL import Image
@@ -424,7 +425,7 @@ class LabelDataset:
         entry, names = self._entry(image_id), self.mask_names
         clean = validate_instances(instances, classes=self.classes, mask_names=names, width=entry["width"],
                                    height=entry["height"], dropped=dropped)
-        body = json.dumps(clean).encode("utf-8")
+        body = orjson.dumps(clean)  # about 5x faster than json for large payloads
         with self._locked():
             entry, meta = self._entry(image_id), self._state.meta
             if not {inst["class"] for inst in clean} <= set(meta["classes"]):  # renamed meanwhile: raises,
@@ -921,7 +922,7 @@ class LabelDataset:
                 instances = []
             status = "done" if instances else "unlabelled"
             atomic_write_bytes(self.annotations_dir / f"{entry['id']}.json",
-                               _annotation_bytes(1, status, json.dumps(instances).encode("utf-8")))
+                               _annotation_bytes(1, status, orjson.dumps(instances)))
             entry["status"] = status
 
         for _, result in self._add_many(items(), after=write):
