@@ -26,6 +26,18 @@ def inside(path: str | Path, roots: Roots) -> Path | None:
     return resolved if any(resolved.is_relative_to(Path(r).resolve()) for r in roots) else None
 
 
+def locate(path: str, roots: Roots) -> Path:
+    """What a typed server path names: an absolute path as it is, else the first existing of (the root whose folder
+    name it starts with)/(the rest), then each (root)/(path), as messages name paths (see `shown`); not resolved."""
+    given = Path(path)
+    if given.is_absolute() or not given.parts:
+        return given
+    first, rest = given.parts[0], Path(*given.parts[1:])
+    candidates = [Path(r) / rest for r in roots if Path(r).resolve().name == first]
+    candidates += [Path(r) / given for r in roots]
+    return next((c for c in candidates if c.exists()), candidates[0] if candidates else given)
+
+
 def shown(path: str | Path, roots: Roots) -> str:
     """How `path` is named to the browser: `<root folder name>/<path inside the root>` for a path in one of
     `roots` (as given, then resolved), else its file name alone."""

@@ -44,9 +44,9 @@ def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("secure")
     users = UserFile(base / "users.json")
     users.add(USER, PASSWORD)
-    demo = build_app(base / "data", base / "runs", logout=True)
     ds = LabelStore(base / "data").create("cells", ["cell"])
     entry = ds.add_image_bytes("a.png", _png(1))
+    demo = build_app(base / "data", base / "runs", logout=True)
     (base / "data" / "page.html").write_text("<script>alert(document.cookie)</script>")
     (base / "data" / "cells" / "images" / "note.html").write_text("<script>alert(1)</script>")
     server = serve_app(demo, users=users)
@@ -244,6 +244,42 @@ def test_password_guessing_is_throttled(site):
     finally:
         policy.clock = saved_clock
         policy.failures.clear()
+
+
+def test_paths_a_client_names_stay_inside_the_allowed_folders(site, tmp_path):
+    """The Label, Train and Predict endpoints, called as a logged-in client: imports naming images outside the
+    data root, folders outside it, export names leading out, run names leading out. Nothing outside is read or
+    written, and no message shows an absolute server path."""
+    from gradio_client import Client
+
+    from multimask.data.dataset_json import make_annotation, write_multimask_json
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(_png(7))
+    client = Client(site["url"], auth=(USER, PASSWORD), verbose=False)
+    data, names = site["data"], ["primary", "secondary"]
+    images = [{"id": 1, "file_name": str(outside / "secret.png"), "height": 40, "width": 60},
+              {"id": 2, "file_name": "../../outside/secret.png", "height": 40, "width": 60}]
+    anns = [make_annotation(k, k, 1, {"primary": [[2, 2, 20, 2, 20, 20]], "secondary": []}, 40, 60, names)
+            for k in (1, 2)]
+    write_multimask_json(data / "cells" / "evil.json", images, [{"id": 1, "name": "cell"}], anns, names)
+    before = len(site["dataset"].images())
+    messages = [client.predict("cells", "multimask JSON", str(data / "cells" / "evil.json"), "", "", "",
+                               api_name="/import_data"),
+                client.predict("cells", str(outside), api_name="/add_folder")[0],
+                client.predict("cells", "../../../outside", 0.2, 0, False, False, api_name="/export_data")]
+    assert "outside the folders this app may read" in messages[0] and "secret.png" in messages[0], messages[0]
+    assert "outside the folders this app may read" in messages[1], messages[1]
+    assert "plain folder name" in messages[2], messages[2]
+    assert len(site["dataset"].images()) == before, "no outside image was copied in"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.png"], "nothing was written outside"
+    for text in messages:
+        assert str(tmp_path) not in text and str(data) not in text, text
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="not in the list of choices"):  # the handler checks too: test_app_confinement
+        client.predict("../../outside", None, 0.5, [], api_name="/predict")
 
 
 # ----- users and launch.py ---------------------------------------------------------------------------------------

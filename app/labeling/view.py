@@ -27,6 +27,7 @@ from multimask.data.synth import generate_synthetic_dataset
 from multimask.io import atomic_write_bytes
 
 from ..predict_view import PredictorCache
+from ..roots import inside, locate, scrub, shown
 from ..runs import RunNotFoundError, find_runs, get_run
 from .editor import editor_document_dict, make_editor
 from .gallery import gallery_value, make_gallery
@@ -362,13 +363,14 @@ class LabelView:
         """(message, editor document): as `upload`, for the image files of a server folder."""
         try:
             ds = self._dataset(name)
-            root = self._allowed_root(folder)
+            folder, root = self._allowed(folder)
             added, errors = ds.add_images_from_folder(folder, root)
         except ValueError as e:
-            return notify(f"⚠️ {e}"), gr.skip()
+            return notify(f"⚠️ {self._scrub(str(e))}"), gr.skip()
         for entry in added:
             thumbnail(ds, entry["id"])
-        return self._added(ds, [e["id"] for e in added], errors, f" from {folder}")
+        return self._added(ds, [e["id"] for e in added], [self._scrub(e) for e in errors],
+                           f" from {shown(folder, self.import_roots)}")
 
     def _added(self, ds: LabelDataset, added: list[str], errors: list[str], where: str):
         """(message, editor document of the first image added): counts, then what was refused and why."""
@@ -385,13 +387,20 @@ class LabelView:
             text = "⚠️ " + text
         return notify(text), (self._document_json(ds, added[0]) if added else gr.skip())
 
-    def _allowed_root(self, path: str) -> Path:
-        resolved = Path(path or "").expanduser().resolve()
-        for root in self.import_roots:
-            if resolved == root or root in resolved.parents:
-                return root
-        raise ValueError(f"{path!r} is outside the folders this app may read: "
-                         f"{', '.join(map(str, self.import_roots))} (start the app with --import-root to add one)")
+    def _allowed(self, path: str) -> tuple[Path, Path]:
+        """(the folder or file a typed path names, resolved; its import root): typed as a server path or from a
+        root's folder name (`incoming/batch1`, as messages name it); ValueError when it is outside them all."""
+        located = locate((path or "").strip(), self.import_roots) if isinstance(path, str) else Path()
+        resolved = inside(located, self.import_roots) if str(located) not in ("", ".") else None
+        if resolved is None:
+            where = ", ".join(f"{shown(r, self.import_roots)}/" for r in self.import_roots)
+            raise ValueError(f"{path!r} is outside the folders this app may read ({where}); the server's "
+                             "operator can add one with --import-root")
+        return resolved, next(r for r in self.import_roots if resolved.is_relative_to(r))
+
+    def _scrub(self, message: str) -> str:
+        """`message` with server paths named from their folder (`datasets/leaves/...`), never absolute."""
+        return scrub(message, [*self.import_roots, self.runs_root])
 
     def remove_image(self, name: str, document: str | None, confirmed: bool):
         """(message, confirm box, editor document): removes the image open in the editor, then shows its
@@ -443,9 +452,8 @@ class LabelView:
         """
         try:
             ds = self._dataset(name)
-            self._allowed_root(path)
-            if image_root:
-                self._allowed_root(image_root)
+            path = self._allowed(path)[0]
+            image_root = self._allowed(image_root)[0] if image_root else None
             roots = self.import_roots  # every image the file names must lie inside one of them
             if kind == "multimask JSON":
                 report = ds.import_multimask(path, image_root or None, allowed_roots=roots)
@@ -459,9 +467,9 @@ class LabelView:
                 pairs = split_pairs(mapping, "Label map")
                 report = ds.import_labelme(path, pairs or None, (cls or "").strip() or None, allowed_roots=roots)
         except ValueError as e:
-            return notify(f"⚠️ {e}")
+            return notify(f"⚠️ {self._scrub(str(e))}")
         table = f"{report.table()}\n\n" if isinstance(report, ImportReport) else ""
-        return notify(f"Imported from {path}.\n\n```\n{table}{report.summary(max_messages=30)}\n```")
+        return notify(self._scrub(f"Imported from {path}.\n\n```\n{table}{report.summary(max_messages=30)}\n```"))
 
     def export(self, name: str, folder_name: str, val_fraction: float, seed: int, only_done: bool,
                labelme: bool = False):
@@ -476,11 +484,11 @@ class LabelView:
                     report = convert.export_labelme(paths[split], out / f"labelme_{split}")
                     notes += f"\n- labelme {split}: `{out / f'labelme_{split}'}` ({report.summary(max_messages=3)})"
         except (ValueError, TypeError) as e:
-            return notify(f"⚠️ {e}")
-        return notify(f"Exported {ds.name} (multimask COCO format, seeded split).\n\n" +
+            return notify(f"⚠️ {self._scrub(str(e))}")
+        return notify(self._scrub(f"Exported {ds.name} (multimask COCO format, seeded split).\n\n" +
                       "\n".join(f"- {k}: `{v}`" for k, v in paths.items()) + notes +
                       f"\n\nTrain on it: `python -m multimask train --train-json {paths.get('train')} "
-                      f"--val-json {paths.get('val')}`")
+                      f"--val-json {paths.get('val')}`"))
 
 
 def _export_folder(ds: LabelDataset, folder_name: Any) -> Path:

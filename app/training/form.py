@@ -17,7 +17,7 @@ from typing import Any
 
 from multimask.config import get_multimask_cfg, preset_path
 
-from ..roots import inside, shown
+from ..roots import inside, locate, shown
 
 # key -> (label, preset). "run:<name>" starts from a previous run's weights and config.
 STARTING_POINTS: dict[str, tuple[str, str]] = {
@@ -222,7 +222,7 @@ def check_weights_file(path: Any, roots: Sequence[Path]) -> tuple[str, str]:
                         f"`{shown(roots[0], roots) if roots else 'runs'}/.weights/model_final_f10217.pkl`")
     if "\0" in path:
         raise FormError("local weights file: the path contains a NUL character")
-    given = _locate(path.strip(), roots)
+    given = locate(path.strip(), roots)
     resolved = inside(given, roots)
     if given.suffix.lower() not in WEIGHTS_SUFFIXES or (resolved and resolved.suffix.lower() not in WEIGHTS_SUFFIXES):
         raise FormError(f"local weights file: {path!r} is not a .pth or .pkl file")
@@ -232,18 +232,6 @@ def check_weights_file(path: Any, roots: Sequence[Path]) -> tuple[str, str]:
     if not resolved.is_file():
         raise FormError(f"local weights file: no file {path!r}")
     return shown(given, roots), str(resolved)
-
-
-def _locate(path: str, roots: Sequence[Path]) -> Path:
-    """The file a weights path names: a server path as it is, else the first existing of (the root whose folder
-    name it starts with)/(the rest), then each (root)/(path); not resolved."""
-    given = Path(path)
-    if given.is_absolute() or not given.parts:
-        return given
-    first, rest = given.parts[0], Path(*given.parts[1:])
-    candidates = [Path(r) / rest for r in roots if Path(r).resolve().name == first]
-    candidates += [Path(r) / given for r in roots]
-    return next((c for c in candidates if c.is_file()), candidates[0] if candidates else given)
 
 
 def parse_advanced(text: str) -> list[str]:

@@ -334,11 +334,11 @@ def _kept_categories(src_json: Path, data: dict, drop: set[str], report: ImportR
 
 
 def _check_image(path: Path, name: str, where: str, report: ImportReport) -> Path:
-    """Count an image; a missing one is reported by `name`."""
+    """Count an image; a missing one is reported by `name`, as its file names it (not as a server path)."""
     report.images_read += 1
     if not path.is_file():
         report.images_missing.append(name)
-        report.add("missing images", where, f"image not found: {path}")
+        report.add("missing images", where, f"image not found: {name}")
     return path
 
 
