@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import shapely
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -347,3 +348,24 @@ def test_mask_targets_are_detectron2s_pixels_for_every_roi():
         expected = polys.crop_and_resize(boxes[present], 14).float()
         assert torch.equal(targets[present, k], expected), name
         assert not targets[~present, k].any(), name
+
+
+def test_a_long_part_crossing_itself_everywhere_is_repaired_on_the_pixel_grid():
+    """make_valid took minutes for a legal 5000-point part crossing itself at random; the pixel-grid repair's cost
+    is bounded by the part's box, and a part that crosses itself once keeps its shape."""
+    from shapely.geometry import Polygon
+
+    from multimask.data.geometry import RASTER_REPAIR_POINTS, clean_polygons, made_valid
+
+    rng = np.random.default_rng(0)
+    scribble = rng.uniform(0, 600, (5000, 2))
+    report = Report()
+    parts = clean_polygons([list(scribble.ravel())], 600, 600, "scribble", report)
+    assert parts and all(Polygon(np.reshape(p, (-1, 2))).is_valid for p in parts)
+    assert report.counts == {"repaired polygons": 1}
+    # A blob with one twist: the repaired shape is the one make_valid gives, within half a pixel of its outline.
+    t = np.linspace(0, 2 * np.pi, 4 * RASTER_REPAIR_POINTS, endpoint=False)
+    blob = np.c_[300 + 100 * np.cos(t), 300 + 100 * np.sin(t)]
+    blob[100:110] = blob[100:110][::-1]
+    exact, grid = shapely.make_valid(Polygon(blob)), made_valid(Polygon(blob))
+    assert grid.is_valid and exact.symmetric_difference(grid).area < 0.5 * exact.length + 10
