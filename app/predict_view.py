@@ -30,6 +30,7 @@ from .predict_draw import empty_table, render, select
 from .predict_export import remove_folder, session_folder, write_downloads
 from .roots import scrub, shown
 from .runs import RunInfo, RunNotFoundError, RunProgress, find_runs, get_run, run_progress
+from .updates import choices_keeping
 
 logger = logging.getLogger(__name__)
 
@@ -310,10 +311,9 @@ class PredictView:
         """Re-list the runs, keeping the current choice when it still exists."""
         choices = self.run_choices()
         names = [v for _, v in choices]
-        value = current if current in names else (names[0] if names else None)
         status = no_runs_message(self.runs_root) if not names else \
             f"Found {len(names)} run(s) in the runs folder `{shown(self.runs_root, [self.runs_root])}`."
-        return gr.update(choices=choices, value=value), status
+        return choices_keeping(choices, current, names, names[0] if names else None), status
 
     def load_runs(self, current: str | None) -> tuple[Any, str]:
         """On page load: re-list the runs (some may have been trained since the app started)."""

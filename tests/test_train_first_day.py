@@ -101,6 +101,19 @@ def test_the_timer_sends_the_run_list_only_when_runs_appear(service):
     assert view.refresh_form("shapes", "tiny", None)[2]["choices"] == ["cli-run"], "tab select, ↻"
 
 
+def test_refreshing_the_lists_leaves_the_page_s_choices_alone(service):
+    """Opening the tab refreshes the lists with the values it saw; sending those back undid the page load's choice
+    of the running run (the page then followed an older one: the Train page 'stalled' in full-suite runs)."""
+    view = TrainView(service)
+    _cli_run(service.runs_root, "old", metrics=1)
+    _cli_run(service.runs_root, "new", metrics=1)
+    dataset, start, run = view.refresh_form("shapes", "tiny", "old")
+    assert "value" not in run and "value" not in dataset and "value" not in start, "still offered: the page's own"
+    assert set(run["choices"]) == {"old", "new"}
+    gone = view.refresh_form("deleted-dataset", "no-such-start", "deleted-run")
+    assert gone[2]["value"] in ("old", "new") and gone[0]["value"] == "shapes" and gone[1]["value"] == "tiny"
+
+
 # --- (4) defaults that follow the starting point and device; the estimate
 
 

@@ -29,6 +29,7 @@ from multimask.io import atomic_write_bytes
 from ..predict_view import PredictorCache
 from ..roots import inside, locate, scrub, shown
 from ..runs import RunNotFoundError, find_runs, get_run
+from ..updates import choices_keeping
 from .editor import editor_document_dict, make_editor
 from .gallery import gallery_value, make_gallery
 from .propose import propose
@@ -220,7 +221,7 @@ class LabelView:
     def refresh_runs(self, current: str | None) -> Any:
         """The run list again (runs trained since the page opened), keeping the chosen one if it still exists."""
         runs = self.run_choices()
-        return gr.update(choices=runs, value=current if current in runs else None)
+        return choices_keeping(runs, current, runs, None)
 
     # ----- datasets -----------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ..updates import choices_keeping
 from . import form, monitor
 from .jobs import ACTIVE, NO_GPU_MESSAGE, JobError
 from .service import POLL_SECONDS, TrainingService
@@ -99,15 +100,14 @@ class TrainView:
         """Datasets, starting points and runs made or finished meanwhile (tab opened, ↻)."""
         datasets = self.service.store.list_datasets()
         starts = self.start_choices()
-        return (gr.update(choices=datasets, value=dataset if dataset in datasets else
-                          (datasets[0] if datasets else None)),
-                gr.update(choices=starts, value=start if start in [k for _, k in starts] else self.default_start()),
+        return (choices_keeping(datasets, dataset, datasets, datasets[0] if datasets else None),
+                choices_keeping(starts, start, [k for _, k in starts], self.default_start()),
                 self.run_choices(run))
 
     def run_choices(self, run: str | None) -> Any:
-        """The run list, keeping the selected run while it exists."""
+        """The run list, keeping the page's run while it exists (else the newest)."""
         names = self.service.run_names()
-        return gr.update(choices=names, value=run if run in names else (names[0] if names else None))
+        return choices_keeping(names, run, names, names[0] if names else None)
 
     def on_load(self) -> tuple[Any, Any, Any]:
         datasets = self.service.store.list_datasets()
