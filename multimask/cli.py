@@ -17,7 +17,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synth import generate_synthetic_dataset
 
     paths = generate_synthetic_dataset(args.out, args.num_train, args.num_val, seed=args.seed, height=args.height,
-                                       width=args.width, mask_names=args.mask_names, progress=True)
+                                       width=args.width, mask_names=args.mask_names, regime=args.regime,
+                                       progress=True)
     print(f"wrote {paths['train']} and {paths['val']}")
 
 
@@ -297,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=256)
     s.add_argument("--width", type=int, default=320)
     s.add_argument("--mask-names", nargs="+", default=["primary", "secondary"])
+    s.add_argument("--regime", choices=["default", "small-part", "large-part"], default="default",
+                   help="small-part: objects with a long thin appendage and a part covering 1-3%% of their box; "
+                        "large-part: a part covering 60-90%% of its object, cut along a straight line")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("import", help="convert labelme, plain COCO or COCO-with-mask-fields data to the multimask "

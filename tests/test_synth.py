@@ -160,3 +160,35 @@ def test_bad_arguments_raise(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
         generate_synthetic_dataset(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir()), "nothing is written before the arguments are checked"
+
+
+@pytest.mark.parametrize("regime, low, high", [("small-part", 0.005, 0.03), ("large-part", 0.55, 0.92)])
+def test_regimes_put_the_part_where_they_say(tmp_path, regime, low, high):
+    """small-part: the part is 1-3% of its object's box (less when the head cannot hold it); large-part: 60-90% of
+    its object (occlusion by later objects moves some). Measured on the files as written, by pycocotools."""
+    from multimask.data.synth import LARGE_PART_SHARE, SMALL_PART_BOX_SHARE
+
+    paths = generate_synthetic_dataset(tmp_path, 24, 0, seed=3, regime=regime)
+    report = Report()
+    dicts, _ = load_multimask_json(paths["train"], report=report)
+    assert not report, report.summary()
+    h, w = dicts[0]["height"], dicts[0]["width"]
+    shares = []
+    for ann in (a for rec in dicts for a in rec["annotations"]):
+        part = ann["multimask"]["secondary"]
+        if not part:
+            continue
+        part_area = mask_util.area(to_rle(part, h, w))
+        _, _, bw, bh = ann["bbox"]  # XYWH, enclosing all its masks (the part lies inside the object)
+        whole = bw * bh if regime == "small-part" else \
+            mask_util.area(to_rle(ann["multimask"]["primary"], h, w))
+        shares.append(part_area / whole)
+    inside = np.mean([low <= s <= high for s in shares])
+    assert len(shares) >= 30 and inside >= 0.85, (regime, len(shares), np.percentile(shares, [5, 50, 95]))
+    target = SMALL_PART_BOX_SHARE if regime == "small-part" else LARGE_PART_SHARE
+    assert target[0] * 0.8 <= np.median(shares) <= target[1]
+
+
+def test_an_unknown_regime_is_named(tmp_path):
+    with pytest.raises(ValueError, match="regime must be one of"):
+        generate_synthetic_dataset(tmp_path, 1, 0, regime="tiny-parts")

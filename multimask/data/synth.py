@@ -5,6 +5,12 @@ classes ("disc", "box", "triangle"), drawn in order so that later objects occlud
 mask 1 is its visible region; mask 2 (~70% of objects) a dark, sometimes striped spot inside it; mask 3
 (~50%) a light band along its edges. Every mask is minus the objects drawn over it. Masks with holes (ring
 discs, edge bands, occluders inside a shape) are stored as RLE, the others as COCO polygons.
+
+Two further regimes (`regime=`) change mask 2, to measure parts that are hard for an instance's own mask grid:
+- "small-part": each object is a head with a long thin tail (an appendage 4 to 8 head radii long), and mask 2
+  is a spot in the head covering 1-3% of the object's box (less when the head cannot hold that much);
+- "large-part": mask 2 is the object cut by a straight line, covering 60-90% of it, drawn in another shade, so
+  its AP75 depends on the boundary between the two masks.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from shapely import affinity
-from shapely.geometry import Point, Polygon, box
+from shapely.geometry import LineString, Point, Polygon, box
 from shapely.ops import polylabel
 from tqdm import tqdm
 
@@ -28,19 +34,25 @@ CLASSES = ("disc", "box", "triangle")
 _HUES = (15, 105, 60)  # OpenCV hue (0-180) at the centre of each class's range; ranges overlap (+-35)
 _PART_PROB = (1.0, 0.76, 0.5)  # chance of drawing part 1, 2, 3; occlusion hides ~8% of inner spots
 _MIN_AREA = (150.0, 30.0, 30.0)  # smallest visible area (px) kept for mask 1, 2, 3
+REGIMES = ("default", "small-part", "large-part")
+SMALL_PART_BOX_SHARE = (0.01, 0.03)  # "small-part": mask 2's area as a share of its object's box
+LARGE_PART_SHARE = (0.6, 0.9)  # "large-part": mask 2's area as a share of its object
 
 
 def generate_synthetic_dataset(out_dir: str | Path, num_train: int = 64, num_val: int = 16, *, seed: int = 0,
                                height: int = 256, width: int = 320,
-                               mask_names: Sequence[str] = ("primary", "secondary"),
+                               mask_names: Sequence[str] = ("primary", "secondary"), regime: str = "default",
                                progress: bool = False) -> dict[str, Path]:
     """Write `train.json`, `val.json` and PNGs under `out_dir/images`; return their paths.
 
     Returns `{"train": out_dir/"train.json", "val": out_dir/"val.json", "images": out_dir/"images"}`.
-    `mask_names` has 1 to 3 names (visible region, inner spot, edge band). The output depends only on the
-    arguments: each image has its own generator seeded by (`seed`, split, index).
+    `mask_names` has 1 to 3 names (visible region, inner spot, edge band); `regime` is one of REGIMES (see the
+    module docstring). The output depends only on the arguments: each image has its own generator seeded by
+    (`seed`, split, index).
     """
     _check_args(num_train, num_val, seed, height, width, mask_names)
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     out_dir = Path(out_dir)
     names = list(mask_names)
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
@@ -49,7 +61,8 @@ def generate_synthetic_dataset(out_dir: str | Path, num_train: int = 64, num_val
         for split_idx, (split, count) in enumerate((("train", num_train), ("val", num_val))):
             images, annotations = [], []
             for i in range(count):
-                img, objects = _scene(np.random.default_rng([seed, split_idx, i]), height, width, len(names))
+                img, objects = _scene(np.random.default_rng([seed, split_idx, i]), height, width, len(names),
+                                      regime)
                 file_name = f"images/{split}_{i:04d}.png"
                 atomic_write_bytes(out_dir / file_name, cv2.imencode(".png", img)[1].tobytes())
                 images.append({"id": i + 1, "file_name": file_name, "height": height, "width": width})
@@ -59,7 +72,7 @@ def generate_synthetic_dataset(out_dir: str | Path, num_train: int = 64, num_val
                     annotations.append(make_annotation(len(annotations) + 1, i + 1, cls + 1, masks,
                                                        height, width, names))
                 bar.update()
-            info = {"description": f"synthetic multimask dataset ({split})", "seed": seed}
+            info = {"description": f"synthetic multimask dataset ({split})", "seed": seed, "regime": regime}
             write_multimask_json(paths[split], images, categories, annotations, names, info=info)
     paths["images"].mkdir(parents=True, exist_ok=True)  # also when both splits are empty
     return paths
@@ -80,17 +93,26 @@ def _check_args(num_train, num_val, seed, height, width, mask_names) -> None:
         raise ValueError(f"mask_names must hold 1 to {len(_PART_PROB)} unique names, got {list(mask_names)}")
 
 
-def _scene(rng: np.random.Generator, h: int, w: int, num_masks: int) -> tuple[np.ndarray, list]:
+def _scene(rng: np.random.Generator, h: int, w: int, num_masks: int, regime: str = "default",
+           ) -> tuple[np.ndarray, list]:
     """A BGR uint8 image and its objects `(class index, [visible geometry or None per mask])`, bottom first."""
     frame, size = box(0, 0, w, h), min(h, w)
     objects = []  # (class, colour, [full part geometry or None]) in drawing order
     for _ in range(rng.integers(1, 7)):
         cls = int(rng.integers(len(CLASSES)))
         r = rng.uniform(0.07, 0.2) * size
-        shape = _shape(rng, cls, rng.uniform(0, w), rng.uniform(0, h), r)
+        if regime == "small-part":
+            r *= 0.5  # a small head; its tail makes the object's box many times larger
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        head = _shape(rng, cls, cx, cy, r)
+        shape = head.union(_tail(rng, head, r)) if regime == "small-part" else head
         band_width = r * rng.uniform(0.1, 0.18) if num_masks >= 3 and rng.random() < _PART_PROB[2] else 0.0
         parts = [shape]
-        if num_masks >= 2:
+        if num_masks >= 2 and regime == "small-part":
+            parts.append(_small_spot(rng, head, shape.intersection(frame), band_width + 1.0))
+        elif num_masks >= 2 and regime == "large-part":
+            parts.append(_cut(rng, shape.intersection(frame)))
+        elif num_masks >= 2:
             parts.append(_spot(rng, shape, r, band_width + 1.0) if rng.random() < _PART_PROB[1] else None)
         if num_masks >= 3:
             parts.append(shape.difference(shape.buffer(-band_width)) if band_width else None)
@@ -144,6 +166,54 @@ def _shape(rng: np.random.Generator, cls: int, cx: float, cy: float, r: float) -
         radii = r * rng.uniform(0.85, 1.15, 3)
         shape = Polygon(np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1))
     return affinity.rotate(shape, angle, origin=(cx, cy))
+
+
+def _tail(rng: np.random.Generator, head: Polygon, r: float) -> Polygon:
+    """A thin, gently bent appendage 4 to 8 head radii long, leaving the head's centre in a random direction."""
+    cx, cy = head.centroid.coords[0]
+    angle, length = rng.uniform(0, 2 * math.pi), r * rng.uniform(4, 8)
+    points, (x, y) = [(cx, cy)], (cx, cy)
+    for _ in range(4):
+        angle += rng.uniform(-0.35, 0.35)
+        x, y = x + length / 4 * math.cos(angle), y + length / 4 * math.sin(angle)
+        points.append((x, y))
+    return LineString(points).buffer(r * rng.uniform(0.12, 0.2), quad_segs=4)
+
+
+def _small_spot(rng: np.random.Generator, head: Polygon, shape: Polygon, margin: float) -> Polygon | None:
+    """A spot in `head` whose area is SMALL_PART_BOX_SHARE of the object's box (smaller when the head cannot hold
+    it: at most 0.6 of the head's inner radius)."""
+    x0, y0, x1, y1 = shape.bounds
+    target = rng.uniform(*SMALL_PART_BOX_SHARE) * (x1 - x0) * (y1 - y0)
+    centre = polylabel(head, tolerance=0.5)
+    radius = min(math.sqrt(target / math.pi), 0.6 * (head.boundary.distance(centre) - margin))
+    if radius < 2.0:
+        return None
+    spot = affinity.scale(centre.buffer(radius, quad_segs=8), 1.0, rng.uniform(0.8, 1.0))
+    return affinity.rotate(spot, rng.uniform(0, 180), origin=centre)
+
+
+def _cut(rng: np.random.Generator, shape: Polygon) -> Polygon:
+    """`shape` cut by a straight line at a random angle, the side kept covering LARGE_PART_SHARE of it."""
+    share = rng.uniform(*LARGE_PART_SHARE)
+    angle = rng.uniform(0, 2 * math.pi)
+    dx, dy = math.cos(angle), math.sin(angle)
+    x0, y0, x1, y1 = shape.bounds
+    reach = math.hypot(x1 - x0, y1 - y0)
+    cx, cy = shape.centroid.coords[0]
+
+    def kept(offset: float) -> Polygon:  # the half-plane {p: (p - c) . d <= offset}, clipped to the shape
+        ax, ay = cx + offset * dx, cy + offset * dy
+        half = Polygon([(ax - reach * dy, ay + reach * dx), (ax + reach * dy, ay - reach * dx),
+                        (ax + reach * dy - 2 * reach * dx, ay - reach * dx - 2 * reach * dy),
+                        (ax - reach * dy - 2 * reach * dx, ay + reach * dx - 2 * reach * dy)])
+        return shape.intersection(half)
+
+    low, high = -reach, reach  # bisect the offset: the kept area grows with it
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if kept(mid).area < share * shape.area else (low, mid)
+    return kept(high)
 
 
 def _spot(rng: np.random.Generator, shape: Polygon, r: float, margin: float) -> Polygon | None:
