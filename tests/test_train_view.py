@@ -62,7 +62,7 @@ class App:
         out = self.call("/train_status", run)
         return out[RECORD], out
 
-    def wait(self, run, until, timeout=240, what="the condition"):
+    def wait(self, run, until, timeout=600, what="the condition"):
         """Poll until `until(record)`; fail at once when the job ended otherwise."""
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -126,7 +126,7 @@ def test_train_stop_resume_restart_and_complete(app):
     record, _ = app.status("first")
     assert record["id"] != first_job and record["state"] in ("running", "completed"), record
 
-    record, out = app.wait("first", lambda r: r["state"] == "completed", what="completion")
+    record, out = app.wait("first", lambda r: r["state"] == "completed", timeout=900, what="completion")
     assert record["progress"]["iteration"] == 60 and len(record["jobs"]) == 2
     assert set(record["final_ap"]) == {"bbox", "segm/primary", "segm/secondary"}
     table = out[EVAL]
