@@ -7,7 +7,7 @@ mask 1 is its visible region; mask 2 (~70% of objects) a dark, sometimes striped
 discs, edge bands, occluders inside a shape) are stored as RLE, the others as COCO polygons.
 
 Two further regimes (`regime=`) change mask 2, to measure parts that are hard for an instance's own mask grid:
-- "small-part": each object is a head with a long thin tail (an appendage 4 to 8 head radii long), and mask 2
+- "small-part": each object is a head with a long thin tail (an appendage 3 to 6 head radii long), and mask 2
   is a spot in the head covering 1-3% of the object's box (less when the head cannot hold that much);
 - "large-part": mask 2 is the object cut by a straight line, covering 60-90% of it, drawn in another shade, so
   its AP75 depends on the boundary between the two masks.
@@ -102,7 +102,7 @@ def _scene(rng: np.random.Generator, h: int, w: int, num_masks: int, regime: str
         cls = int(rng.integers(len(CLASSES)))
         r = rng.uniform(0.07, 0.2) * size
         if regime == "small-part":
-            r *= 0.5  # a small head; its tail makes the object's box many times larger
+            r *= 0.7  # a smaller head; its tail makes the object's box many times larger
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         head = _shape(rng, cls, cx, cy, r)
         shape = head.union(_tail(rng, head, r)) if regime == "small-part" else head
@@ -169,15 +169,15 @@ def _shape(rng: np.random.Generator, cls: int, cx: float, cy: float, r: float) -
 
 
 def _tail(rng: np.random.Generator, head: Polygon, r: float) -> Polygon:
-    """A thin, gently bent appendage 4 to 8 head radii long, leaving the head's centre in a random direction."""
+    """A thin, gently bent appendage 3 to 6 head radii long, leaving the head's centre in a random direction."""
     cx, cy = head.centroid.coords[0]
-    angle, length = rng.uniform(0, 2 * math.pi), r * rng.uniform(4, 8)
+    angle, length = rng.uniform(0, 2 * math.pi), r * rng.uniform(3, 6)
     points, (x, y) = [(cx, cy)], (cx, cy)
     for _ in range(4):
         angle += rng.uniform(-0.35, 0.35)
         x, y = x + length / 4 * math.cos(angle), y + length / 4 * math.sin(angle)
         points.append((x, y))
-    return LineString(points).buffer(r * rng.uniform(0.12, 0.2), quad_segs=4)
+    return LineString(points).buffer(r * rng.uniform(0.15, 0.25), quad_segs=4)
 
 
 def _small_spot(rng: np.random.Generator, head: Polygon, shape: Polygon, margin: float) -> Polygon | None:
