@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--regime", choices=["default", "small-part", "large-part"], default="default",
                    help="the synthetic data (multimask synth --regime): parts small in their object's box, or "
                         "covering most of it")
+    p.add_argument("--height", type=int, default=256, help="synthetic image height (px)")
+    p.add_argument("--width", type=int, default=320, help="synthetic image width (px)")
     p.add_argument("--json")
     args = p.parse_args()
     if len(args.opts) % 2:
@@ -88,8 +90,9 @@ def main() -> None:
 
     from multimask.data.synth import generate_synthetic_dataset
 
-    paths = generate_synthetic_dataset(Path(args.out) / f"data-{args.regime}", args.train_images, args.val_images,
-                                       seed=7, regime=args.regime)
+    paths = generate_synthetic_dataset(Path(args.out) / f"data-{args.regime}-{args.height}x{args.width}",
+                                       args.train_images, args.val_images, seed=7, regime=args.regime,
+                                       height=args.height, width=args.width)
     runs = {}
     for name, names in VARIANTS.items():
         if name in args.only:
