@@ -69,7 +69,8 @@ def manage_users(args: argparse.Namespace, users) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from app.serving.server import ServeOptions, claim_data_root, is_loopback_host, public_url, serve
+    from app.serving.guard import is_loopback
+    from app.serving.server import ServeOptions, claim_data_root, public_url, serve
     from app.serving.users import USERS_FILE, UserFile, UsersError
 
     users = UserFile(args.users_file or Path(args.runs_root) / USERS_FILE)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         login = bool(users.names()) and not args.no_auth
     except UsersError as e:
         raise SystemExit(f"error: {e}") from None
-    local = is_loopback_host(args.host)
+    local = is_loopback(args.host)
     if not local and not login and not args.no_auth:
         raise SystemExit(f"Refusing to serve {args.host} without a login: anyone on the network could read, change "
                          f"and delete the datasets. Add a user first (`python launch.py --add-user NAME`, stored in "

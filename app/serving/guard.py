@@ -84,7 +84,8 @@ def host_name(value: str) -> str:
         return ""
 
 
-def _is_loopback(name: str) -> bool:
+def is_loopback(name: str) -> bool:
+    """Whether a host name or address stays on this machine (localhost, 127.0.0.0/8, ::1)."""
     if name in LOOPBACK_NAMES:
         return True
     try:
@@ -99,7 +100,7 @@ def host_allowed(host_header: str, arrived_on: str | None, allowed: frozenset[st
     if not name:
         return False
     local = (arrived_on or "").lower()
-    return name in allowed or name == local or (_is_loopback(local) and _is_loopback(name))
+    return name in allowed or name == local or (is_loopback(local) and is_loopback(name))
 
 
 def same_origin(origin: str, host_header: str) -> bool:

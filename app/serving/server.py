@@ -8,7 +8,6 @@ to embed it) in a parent whose Starlette `CORSMiddleware` allows no origin, and 
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 import socket
 import threading
@@ -24,7 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
 from ..labeling.payload import MAX_SAVE_BYTES
-from .guard import GuardPolicy, RequestGuard
+from .guard import GuardPolicy, RequestGuard, is_loopback
 from .users import UserFile
 
 APP_LOCK = ".multimask-app.lock"  # in the data root: held by the app serving it
@@ -57,16 +56,6 @@ class Served:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether binding `host` keeps the app on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def network_address() -> str | None:
@@ -131,7 +120,7 @@ def serve(demo: gr.Blocks, data_root: str | Path, options: ServeOptions) -> Serv
             cid = gradio_app.cookie_id
             return gradio_app.tokens, (f"access-token-{cid}", f"access-token-unsecure-{cid}")
     allowed = {h.lower() for h in options.allowed_hosts} | set(machine_names())
-    if not is_loopback_host(options.host) and options.host not in ("0.0.0.0", "::"):
+    if not is_loopback(options.host) and options.host not in ("0.0.0.0", "::"):
         allowed.add(options.host.lower())
     policy = GuardPolicy(data_root=Path(data_root).resolve(), allowed_hosts=frozenset(allowed),
                          save_limit=MAX_SAVE_BYTES, server_fn=_server_fn_check(demo), sessions=sessions,
@@ -147,6 +136,6 @@ def serve(demo: gr.Blocks, data_root: str | Path, options: ServeOptions) -> Serv
             server.should_exit = True
             raise RuntimeError(f"could not serve on {options.host}:{options.port} (is the port taken?)")
         time.sleep(0.05)
-    local = "127.0.0.1" if options.host in ("0.0.0.0", "::") or is_loopback_host(options.host) else options.host
+    local = "127.0.0.1" if options.host in ("0.0.0.0", "::") or is_loopback(options.host) else options.host
     return Served(url=public_url(options.host, options.port), local_url=f"http://{local}:{options.port}",
                   policy=policy, server=server, thread=thread)
