@@ -41,6 +41,12 @@ def add_multimask_config(cfg: CN) -> None:
     head.DICE_WEIGHT = 0.0
     # True: one conv trunk feeds NUM_MASK predictors. False: one conv trunk per mask.
     head.SHARED_TRUNK = True
+    # Masks predicted on their own grid, in a box the head regresses from the instance's features
+    # (multimask/modeling/part_box.py), e.g. ["secondary"] for a part that is small in its object's box.
+    head.PART_BOX_MASKS = []
+    head.PART_BOX_LOSS_WEIGHT = 1.0  # weight of each part's box loss, `loss_part_box_<name>` (L1 on deltas)
+    head.PART_BOX_JITTER = 0.1  # training: the true part box, moved and scaled by up to this share of its size
+    head.PART_BOX_CONTEXT = 1.25  # the part's features and mask are taken in its box enlarged by this factor
     # Class names of the training data, stored with each run so a run folder is self-contained.
     cfg.MULTIMASK = CN()
     cfg.MULTIMASK.CLASS_NAMES = []
@@ -88,11 +94,26 @@ def validate_multimask_config(cfg: CN) -> None:
     dice = head.DICE_WEIGHT
     if not isinstance(dice, (int, float)) or isinstance(dice, bool) or not 0 <= dice < float("inf"):
         raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT must be a number >= 0 (0: off), got {dice!r}")
+    _validate_part_boxes(head, names)
     if head.NUM_CONV < 0 or head.CONV_DIM < 1 or head.POOLER_RESOLUTION < 1:
         raise ValueError("MODEL.ROI_MULTI_MASK_HEAD: NUM_CONV >= 0, CONV_DIM >= 1, POOLER_RESOLUTION >= 1")
     if not cfg.MODEL.MASK_ON:
         raise ValueError("MODEL.MASK_ON must be True for the multimask ROI heads")
     _validate_training(cfg)
+
+
+def _validate_part_boxes(head: CN, names: list[str]) -> None:
+    parts = list(head.PART_BOX_MASKS)
+    unknown = [n for n in parts if n not in names]
+    if unknown or len(set(parts)) != len(parts):
+        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS {parts} must be distinct names of MASK_NAMES "
+                         f"{names}" + (f" ({unknown} are not)" if unknown else ""))
+    for key, low, high in (("PART_BOX_LOSS_WEIGHT", 0, float("inf")), ("PART_BOX_JITTER", 0, 1),
+                           ("PART_BOX_CONTEXT", 1, 4)):
+        value = head[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high \
+                or value == float("inf"):
+            raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.{key} must be a number from {low} to {high}, got {value!r}")
 
 
 def _validate_training(cfg: CN) -> None:

@@ -72,10 +72,13 @@ class MultiMasks:
     def crop_and_resize(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
         """(N, NUM_MASK, mask_size, mask_size) float targets inside `boxes`; zeros where absent.
 
-        Polygons are rasterised as detectron2's PolygonMasks.crop_and_resize does (same pixels), but in
-        one pycocotools call for every present mask of every name, instead of one call per ROI.
+        `boxes` is (N, 4), one box per instance, or (N, NUM_MASK, 4), one box per mask. Polygons are
+        rasterised as detectron2's PolygonMasks.crop_and_resize does (same pixels), but in one pycocotools
+        call for every present mask of every name, instead of one call per ROI.
         """
         n, k = len(self), len(self.names)
+        if boxes.dim() == 2:
+            boxes = boxes.unsqueeze(1).expand(n, k, 4)
         out = torch.zeros((n, k, mask_size, mask_size), device=boxes.device)
         poly_jobs = []
         for j, name in enumerate(self.names):
@@ -86,13 +89,13 @@ class MultiMasks:
             if isinstance(masks, PolygonMasks):
                 poly_jobs += [(int(i), j, masks.polygons[i]) for i in idx]
             else:
-                crops = masks[idx].crop_and_resize(boxes[idx.to(boxes.device)].to(masks.device), mask_size)
+                crops = masks[idx].crop_and_resize(boxes[idx.to(boxes.device), j].to(masks.device), mask_size)
                 out[idx.to(boxes.device), j] = crops.to(device=boxes.device, dtype=out.dtype)
         if poly_jobs:
             rows = torch.tensor([r for r, _, _ in poly_jobs])
             cols = torch.tensor([c for _, c, _ in poly_jobs])
-            bitmaps = rasterize_polygons_in_boxes([p for _, _, p in poly_jobs], boxes[rows.to(boxes.device)],
-                                                  mask_size)
+            bitmaps = rasterize_polygons_in_boxes([p for _, _, p in poly_jobs],
+                                                  boxes[rows.to(boxes.device), cols.to(boxes.device)], mask_size)
             out[rows.to(boxes.device), cols.to(boxes.device)] = bitmaps.to(device=boxes.device, dtype=out.dtype)
         return out
 

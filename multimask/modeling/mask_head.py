@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
 from ..config import validate_multimask_config
+from .part_box import (
+    PartBoxRegressor,
+    apply_part_deltas,
+    enlarge_boxes,
+    jitter_boxes,
+    part_box_loss,
+    part_box_targets,
+    part_boxes_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +53,17 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
     """Mask R-CNN's conv-upsample mask head with one predictor per mask name.
 
     With `shared_trunk` one conv trunk feeds every predictor; otherwise each mask has its own trunk.
+    The masks named in `part_box_masks` are predicted in their own boxes (`part_box.py`): the head
+    regresses them from the instance's features and pools again there, with the `pool` its caller passes.
     Loading a standard Mask R-CNN state dict copies its mask head into every branch.
     """
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, mask_names: Sequence[str], num_classes: int,
                  conv_dims: Sequence[int], conv_norm: str = "", shared_trunk: bool = True,
-                 loss_weights: Sequence[float] | None = None, dice_weight: float = 0.0, vis_period: int = 0):
+                 loss_weights: Sequence[float] | None = None, dice_weight: float = 0.0,
+                 part_box_masks: Sequence[str] = (), part_box_loss_weight: float = 1.0,
+                 part_box_jitter: float = 0.1, part_box_context: float = 1.25, vis_period: int = 0):
         super().__init__()
         if not conv_dims:
             raise ValueError("conv_dims must hold at least the deconv's width")
@@ -73,6 +86,17 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             nn.init.normal_(pred.weight, std=0.001)
             nn.init.constant_(pred.bias, 0)
             self.predictors[name] = pred
+        unknown = [n for n in part_box_masks if n not in self.mask_names]
+        if unknown:
+            raise ValueError(f"part_box_masks {unknown} are not among the mask names {list(self.mask_names)}")
+        self.part_box_masks = tuple(part_box_masks)
+        self.part_index = [self.mask_names.index(n) for n in self.part_box_masks]
+        self.part_box_loss_weight = float(part_box_loss_weight)
+        self.part_box_jitter = float(part_box_jitter)
+        self.part_box_context = float(part_box_context)
+        if self.part_box_masks:
+            self.part_box_regressor = PartBoxRegressor(input_shape, len(self.part_box_masks), conv_dims[0],
+                                                       conv_norm)
         self.register_load_state_dict_pre_hook(_expand_standard_mask_head)
 
     @classmethod
@@ -88,23 +112,94 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             "shared_trunk": head.SHARED_TRUNK,
             "loss_weights": list(head.LOSS_WEIGHTS),
             "dice_weight": float(head.DICE_WEIGHT),
+            "part_box_masks": list(head.PART_BOX_MASKS),
+            "part_box_loss_weight": float(head.PART_BOX_LOSS_WEIGHT),
+            "part_box_jitter": float(head.PART_BOX_JITTER),
+            "part_box_context": float(head.PART_BOX_CONTEXT),
             "vis_period": cfg.VIS_PERIOD,
         }
 
-    def layers(self, x: torch.Tensor) -> torch.Tensor:
-        """Mask logits of shape (R, NUM_MASK, C, M, M) for R ROI features."""
+    def layers(self, x: torch.Tensor, names: Sequence[str] | None = None) -> torch.Tensor:
+        """Mask logits of shape (R, len(names), C, M, M) for R ROI features; every mask name by default."""
+        names = self.mask_names if names is None else names
         if self.shared_trunk:
             x = self.trunk(x)
-            return torch.stack([self.predictors[n](x) for n in self.mask_names], dim=1)
-        return torch.stack([self.predictors[n](self.trunks[n](x)) for n in self.mask_names], dim=1)
+            return torch.stack([self.predictors[n](x) for n in names], dim=1)
+        return torch.stack([self.predictors[n](self.trunks[n](x)) for n in names], dim=1)
 
-    def forward(self, x: torch.Tensor, instances: list[Instances]):
-        logits = self.layers(x)
+    def forward(self, x: torch.Tensor, instances: list[Instances],
+                pool: Callable[[list[Boxes]], torch.Tensor] | None = None):
+        """Losses in training, else `instances` with their predictions.
+
+        `x` holds the features pooled in the instances' boxes; `pool` pools the same feature maps in other
+        boxes (one `Boxes` per image), which the part boxes need.
+        """
+        if not self.part_box_masks:
+            logits, mask_boxes, box_losses = self.layers(x), None, {}
+        else:
+            if pool is None:
+                raise ValueError("PART_BOX_MASKS needs the ROI heads to pass `pool` (use MultiMaskROIHeads)")
+            logits, mask_boxes, box_losses = self._with_part_boxes(x, instances, pool)
         if self.training:
-            return multimask_rcnn_loss(logits, instances, self.mask_names, self.loss_weights, self.vis_period,
-                                       dice_weight=self.dice_weight)
-        multimask_rcnn_inference(logits, instances)
+            losses = multimask_rcnn_loss(logits, instances, self.mask_names, self.loss_weights, self.vis_period,
+                                         dice_weight=self.dice_weight, mask_boxes=mask_boxes)
+            return {**losses, **box_losses}
+        multimask_rcnn_inference(logits, instances, mask_boxes)
         return instances
+
+    def _with_part_boxes(self, x: torch.Tensor, instances: list[Instances], pool):
+        """Logits (R, K, C, M, M), the box each mask's logits lie in (R, K, 4), and the part box losses."""
+        boxes = cat([(i.proposal_boxes if self.training else i.pred_boxes).tensor for i in instances])
+        others = [n for n in self.mask_names if n not in self.part_box_masks]
+        r, k = len(boxes), len(self.mask_names)
+        deltas = self.part_box_regressor(x)  # (R, P, 4)
+        mask_boxes = boxes.unsqueeze(1).repeat(1, k, 1)
+        if not r:
+            zero = {f"loss_part_box_{n}": deltas.sum() * 0 for n in self.part_box_masks}
+            return self.layers(x), mask_boxes, zero if self.training else {}
+        box_losses = {}
+        if self.training:
+            gt = [i.gt_multimask for i in instances if len(i)]
+            present = cat([g.present for g in gt])[:, self.part_index]
+            truth = cat([part_boxes_of(g, self.part_box_masks) for g in gt]).to(boxes)
+            losses = part_box_loss(deltas, part_box_targets(boxes, truth), present) * self.part_box_loss_weight
+            box_losses = {f"loss_part_box_{n}": losses[j] for j, n in enumerate(self.part_box_masks)}
+            pooled = jitter_boxes(truth, self.part_box_jitter)
+        else:
+            present = torch.ones((r, len(self.part_index)), dtype=torch.bool)
+            pooled = apply_part_deltas(deltas.detach(), boxes)
+        pooled = enlarge_boxes(pooled, self.part_box_context)
+        rows, cols = present.nonzero(as_tuple=True)  # row-major: grouped by image, as the pooler needs
+        logits = None
+        if others:  # the other masks on the instance's grid, with room for the parts in MASK_NAMES order
+            on_instance = self.layers(x, others)
+            logits = on_instance.new_zeros((r, k, *on_instance.shape[2:]))
+            logits[:, [self.mask_names.index(n) for n in others]] = on_instance
+        if len(rows):
+            image_of_row = torch.repeat_interleave(torch.arange(len(instances)),
+                                                   torch.tensor([len(i) for i in instances]))
+            counts = torch.bincount(image_of_row[rows], minlength=len(instances)).tolist()
+            chosen = pooled[rows.to(pooled.device), cols.to(pooled.device)]
+            part_logits = self._part_logits(pool([Boxes(b) for b in chosen.split(counts)]), cols)
+            if logits is None:
+                logits = part_logits.new_zeros((r, k, *part_logits.shape[1:]))
+            index = torch.tensor(self.part_index)[cols].to(x.device)
+            logits[rows.to(x.device), index] = part_logits
+            mask_boxes[rows.to(x.device), index] = chosen
+        elif logits is None:  # every mask is a part and no instance has one: nothing is trained
+            logits = self.layers(x)
+        return logits, mask_boxes, box_losses
+
+    def _part_logits(self, features: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(N, C, M, M) logits of N part features, feature i for part `cols[i]`."""
+        out = None
+        for j, name in enumerate(self.part_box_masks):
+            idx = (cols == j).nonzero().flatten().to(features.device)
+            y = self.layers(features[idx], [name])[:, 0]
+            if out is None:
+                out = y.new_zeros((len(features), *y.shape[1:]))
+            out[idx] = y
+        return out
 
 
 def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict: dict, prefix: str,
@@ -154,20 +249,24 @@ def _select_class(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 
 
 def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_names: Sequence[str],
-                        loss_weights: Sequence[float], vis_period: int = 0, *,
-                        dice_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                        loss_weights: Sequence[float], vis_period: int = 0, *, dice_weight: float = 0.0,
+                        mask_boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-mask-name binary cross-entropy on the matched class channel, `loss_mask_<name>`.
 
     Each name's loss is its `loss_weights` entry times (the mean cross-entropy over the pixels of the ROIs
     whose ground truth has that mask + `dice_weight` times their mean Dice loss); an ROI whose instance
-    lacks it contributes nothing to that name. Logs detectron2's mask accuracy,
+    lacks it contributes nothing to that name. The logits of ROI i's mask k lie in `mask_boxes[i, k]`
+    (R, K, 4), by default in the ROI's proposal box. Logs detectron2's mask accuracy,
     false-positive and false-negative rates per name (`mask_rcnn/<name>/...`), with one GPU sync in all.
     """
     mask_size = logits.shape[-1]
     fg = [x for x in instances if len(x)]
     if not fg:
         return {f"loss_mask_{n}": logits.sum() * 0 for n in mask_names}
-    targets = cat([x.gt_multimask.crop_and_resize(x.proposal_boxes.tensor, mask_size) for x in fg])
+    if mask_boxes is None:
+        mask_boxes = cat([x.proposal_boxes.tensor for x in fg])
+    targets = cat([x.gt_multimask.crop_and_resize(b, mask_size)
+                   for x, b in zip(fg, mask_boxes.split([len(x) for x in fg]))])
     present = cat([x.gt_multimask.present for x in fg])  # on the CPU: no sync to choose ROIs
     classes = cat([x.gt_classes for x in fg]).to(torch.int64)
     logits = _select_class(logits, classes)
@@ -214,10 +313,19 @@ def _mask_stats(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, ...
             (wrong & gt).sum() / positives.clamp(min=1))
 
 
-def multimask_rcnn_inference(logits: torch.Tensor, pred_instances: list[Instances]) -> None:
-    """Set `pred_multimask` (R, K, M, M) probabilities and `pred_masks` (R, 1, M, M), the first mask."""
+def multimask_rcnn_inference(logits: torch.Tensor, pred_instances: list[Instances],
+                             mask_boxes: torch.Tensor | None = None) -> None:
+    """Set `pred_multimask` (R, K, M, M) probabilities and `pred_masks` (R, 1, M, M), the first mask.
+
+    With `mask_boxes` (R, K, 4), the box each mask was predicted in, also set `pred_multimask_boxes`
+    (`multimask_postprocess` pastes each mask in its own box).
+    """
     classes = cat([x.pred_classes for x in pred_instances]) if logits.shape[2] > 1 else None
     probs = _select_class(logits, classes).sigmoid()
-    for inst, p in zip(pred_instances, probs.split([len(x) for x in pred_instances])):
+    counts = [len(x) for x in pred_instances]
+    boxes = mask_boxes.split(counts) if mask_boxes is not None else [None] * len(counts)
+    for inst, p, b in zip(pred_instances, probs.split(counts), boxes):
         inst.pred_multimask = p
         inst.pred_masks = p[:, :1]
+        if b is not None:
+            inst.pred_multimask_boxes = b

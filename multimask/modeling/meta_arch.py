@@ -36,10 +36,15 @@ def multimask_postprocess(instances: Instances, height: int, width: int,
         return detector_postprocess(instances, height, width, mask_threshold=mask_threshold)
     if instances.has("pred_masks"):
         instances.remove("pred_masks")  # pasted below with the others, not twice
+    scale = torch.tensor([width / instances.image_size[1], height / instances.image_size[0]] * 2)
     r = detector_postprocess(instances, height, width)
     probs = r.pred_multimask  # (N, K, M, M), filtered and boxes rescaled by detector_postprocess
     n, k = probs.shape[:2]
-    boxes = r.pred_boxes.tensor.repeat_interleave(k, dim=0)
+    if r.has("pred_multimask_boxes"):  # masks predicted in boxes of their own (part boxes)
+        boxes = (r.pred_multimask_boxes * scale.to(r.pred_multimask_boxes)).flatten(0, 1)
+        r.remove("pred_multimask_boxes")
+    else:
+        boxes = r.pred_boxes.tensor.repeat_interleave(k, dim=0)
     pasted = paste_masks_in_image(probs.flatten(0, 1), boxes, (height, width), threshold=mask_threshold)
     pasted = pasted.to(torch.bool).view(n, k, height, width)
     r.pred_multimask = pasted

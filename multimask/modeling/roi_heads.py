@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, select_foreground_proposals
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
+from detectron2.structures import Instances
 
 from ..config import validate_multimask_config
 
@@ -17,6 +21,14 @@ class MultiMaskROIHeads(StandardROIHeads):
     Training losses: detectron2's box losses plus `loss_mask_<name>` per mask name. Inference adds
     `pred_multimask` (R, NUM_MASK, M, M) and `pred_masks` (the first mask) to each instance.
     """
+
+    def _forward_mask(self, features: dict[str, torch.Tensor], instances: list[Instances]):
+        """StandardROIHeads' mask branch, also handing the head a `pool` for boxes of its own (part boxes)."""
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+        maps = [features[f] for f in self.mask_in_features]
+        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+        return self.mask_head(self.mask_pooler(maps, boxes), instances, pool=partial(self.mask_pooler, maps))
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:

@@ -1,0 +1,97 @@
+"""Part boxes: a mask predicted on its own grid, inside a box the head regresses from the instance's ROI.
+
+A part that covers a few percent of its object's box is a few cells of the object's 28 x 28 grid
+(bench/README.md, "Issue 14"). With `MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS`, the head regresses one box
+per such mask from the instance's pooled features, pools features again in that box (enlarged by
+`PART_BOX_CONTEXT`) and predicts the mask there. In training the pooled box is the ground-truth part box,
+jittered, as the proposals that train detectron2's mask head vary around their objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling.box_regression import Box2BoxTransform
+from torch import nn
+
+from ..structures import MultiMasks
+
+PART_BOX_TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
+MIN_PART_BOX_SIZE = 1.0  # pixels: a degenerate part still gets a box its deltas can be taken to
+
+
+class PartBoxRegressor(nn.Module):
+    """Box deltas (R, P, 4) of P parts relative to each of R instance boxes, from the instance's features."""
+
+    def __init__(self, input_shape: ShapeSpec, num_parts: int, conv_dim: int, norm: str = "",
+                 fc_dim: int = 256):
+        super().__init__()
+        self.num_parts = num_parts
+        self.conv = Conv2d(input_shape.channels, conv_dim, 3, stride=2, padding=1, bias=not norm,
+                           norm=get_norm(norm, conv_dim), activation=nn.ReLU())
+        weight_init.c2_msra_fill(self.conv)
+        side = (input_shape.height + 1) // 2
+        self.fc = nn.Linear(conv_dim * side * (((input_shape.width or input_shape.height) + 1) // 2), fc_dim)
+        weight_init.c2_xavier_fill(self.fc)
+        self.deltas = nn.Linear(fc_dim, 4 * num_parts)
+        nn.init.normal_(self.deltas.weight, std=0.001)  # as detectron2's box predictor: start at the ROI box
+        nn.init.constant_(self.deltas.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc(self.conv(x).flatten(1)))
+        return self.deltas(x).view(len(x), self.num_parts, 4)
+
+
+def part_boxes_of(masks: MultiMasks, names: Sequence[str]) -> torch.Tensor:
+    """(N, P, 4) boxes enclosing each instance's mask of each name in `names`; zeros where absent."""
+    boxes = torch.stack([masks.masks[n].get_bounding_boxes().tensor.float() for n in names], dim=1)
+    present = masks.present[:, [masks.names.index(n) for n in names]].unsqueeze(-1).to(boxes.device)
+    return torch.where(present, boxes, torch.zeros_like(boxes))  # absent polygons have infinite boxes
+
+
+def part_box_targets(instance_boxes: torch.Tensor, part_boxes: torch.Tensor) -> torch.Tensor:
+    """(R, P, 4) deltas taking each instance box (R, 4) to its P part boxes (R, P, 4)."""
+    r, p = part_boxes.shape[:2]
+    parts = enlarge_boxes(part_boxes.reshape(r * p, 4), 1.0)
+    src = enlarge_boxes(instance_boxes, 1.0).repeat_interleave(p, dim=0)
+    return PART_BOX_TRANSFORM.get_deltas(src, parts).view(r, p, 4)
+
+
+def apply_part_deltas(deltas: torch.Tensor, instance_boxes: torch.Tensor) -> torch.Tensor:
+    """(R, P, 4) part boxes from deltas (R, P, 4) relative to instance boxes (R, 4)."""
+    r, p = deltas.shape[:2]
+    return PART_BOX_TRANSFORM.apply_deltas(deltas.reshape(r, 4 * p), instance_boxes).view(r, p, 4)
+
+
+def part_box_loss(pred_deltas: torch.Tensor, target_deltas: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(P,) L1 losses: per part, the sum over the 4 deltas averaged over the instances that have the part.
+
+    An instance without the part (present False) adds nothing; a part no instance has gives a 0 that keeps
+    the graph.
+    """
+    weight = present.to(pred_deltas.device, pred_deltas.dtype)  # (R, P)
+    per = (pred_deltas - target_deltas.detach()).abs().sum(-1) * weight
+    return per.sum(0) / weight.sum(0).clamp(min=1)
+
+
+def jitter_boxes(boxes: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boxes (..., 4) whose centres move by up to `amount` of their size and whose sides scale by up to
+    exp(+-amount), uniformly at random."""
+    if amount <= 0:
+        return boxes
+    noise = (torch.rand(boxes.shape, generator=generator, device="cpu") * 2 - 1).to(boxes) * amount
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=MIN_PART_BOX_SIZE)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2 + noise[..., :2] * size
+    half = size * noise[..., 2:].exp() / 2
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def enlarge_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """Boxes (..., 4) scaled by `factor` about their centres, at least MIN_PART_BOX_SIZE wide and high."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    half = (boxes[..., 2:] - boxes[..., :2]).clamp(min=MIN_PART_BOX_SIZE) * factor / 2
+    return torch.cat([centre - half, centre + half], dim=-1)
+

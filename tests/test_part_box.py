@@ -1,0 +1,282 @@
+"""Part boxes (MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS): boxes, losses, the absent-part rule, pasting, loading."""
+
+import math
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from multimask.config import get_multimask_cfg
+from multimask.modeling import multimask_postprocess
+from multimask.modeling.mask_head import MultiMaskRCNNConvUpsampleHead, multimask_rcnn_loss
+from multimask.modeling.part_box import (
+    PartBoxRegressor,
+    apply_part_deltas,
+    enlarge_boxes,
+    jitter_boxes,
+    part_box_loss,
+    part_box_targets,
+    part_boxes_of,
+)
+from tests.conftest import tiny_cfg
+from tests.test_head import _instances, _standard_mask_rcnn_state
+
+PART = {"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS": ["secondary"]}
+
+
+def test_deltas_to_a_part_box_by_hand_and_back():
+    instance = torch.tensor([[0.0, 0, 32, 32]])
+    part = torch.tensor([[[0.0, 0, 16, 32]]])  # the left half
+    deltas = part_box_targets(instance, part)
+    # centre 8 vs 16 over a width of 32; half the width; same height
+    assert deltas[0, 0].tolist() == pytest.approx([-0.25, 0.0, math.log(0.5), 0.0])
+    assert torch.allclose(apply_part_deltas(deltas, instance), part)
+
+
+def test_degenerate_part_boxes_get_finite_deltas():
+    deltas = part_box_targets(torch.tensor([[0.0, 0, 32, 32]]), torch.tensor([[[5.0, 5, 5, 5]]]))
+    assert torch.isfinite(deltas).all()
+    assert deltas[0, 0, 2].item() == pytest.approx(math.log(1 / 32))  # a 1-pixel box at least
+
+
+def test_part_box_loss_by_hand_and_absent_parts_add_nothing():
+    pred = torch.zeros(3, 2, 4, requires_grad=True)
+    target = torch.tensor([[[1.0, 0, 0, 0], [0, 0, 0, 9]],
+                           [[0, 2, 0, -1], [7, 7, 7, 7]],
+                           [[5, 5, 5, 5], [0, 0, 0, 0.5]]])
+    present = torch.tensor([[True, False], [True, False], [False, True]])
+    losses = part_box_loss(pred, target, present)
+    # part 0: instances 0 and 1, |1| and |2| + |-1|, averaged; part 1: instance 2 alone
+    assert losses.tolist() == pytest.approx([(1 + 3) / 2, 0.5])
+    losses.sum().backward()
+    assert pred.grad[2, 0].abs().sum() == 0 and pred.grad[0, 1].abs().sum() == 0 and pred.grad[1, 1].abs().sum() == 0
+    none = part_box_loss(pred, target, torch.zeros(3, 2, dtype=torch.bool))
+    assert none.tolist() == [0.0, 0.0] and none.requires_grad
+
+
+def test_part_boxes_of_the_ground_truth_are_zero_where_absent():
+    masks = _instances()[0].gt_multimask  # ROI 0: left half of [0, 0, 32, 32]; ROI 1 has no secondary
+    assert part_boxes_of(masks, ["secondary"]).tolist() == [[[0.0, 0, 16, 32]], [[0.0, 0, 0, 0]]]
+
+
+def test_jitter_and_enlarge():
+    boxes = torch.tensor([[10.0, 20, 30, 60]] * 500)
+    moved = jitter_boxes(boxes, 0.1, torch.Generator().manual_seed(0))
+    size = torch.tensor([20.0, 40])
+    centre_shift = ((moved[:, :2] + moved[:, 2:]) / 2 - torch.tensor([20.0, 40])) / size
+    scale = (moved[:, 2:] - moved[:, :2]) / size
+    assert centre_shift.abs().max() <= 0.1 + 1e-6 and centre_shift.abs().max() > 0.05
+    assert scale.min() >= math.exp(-0.1) - 1e-6 and scale.max() <= math.exp(0.1) + 1e-6
+    assert torch.equal(jitter_boxes(boxes, 0.0), boxes)
+    assert enlarge_boxes(torch.tensor([10.0, 20, 30, 60]), 1.5).tolist() == [5, 10, 35, 70]
+
+
+def test_regressor_shapes_and_start_at_the_instance_box():
+    reg = PartBoxRegressor(ShapeSpec(channels=8, height=14, width=14), num_parts=3, conv_dim=16)
+    deltas = reg(torch.randn(5, 8, 14, 14))
+    assert deltas.shape == (5, 3, 4)
+    assert deltas.abs().max() < 0.05  # detectron2's box predictor init: small deltas, the ROI box itself
+
+
+def test_crop_and_resize_takes_one_box_per_mask():
+    masks = _instances()[0].gt_multimask
+    per_instance = torch.tensor([[0.0, 0, 32, 32], [32, 32, 64, 64]])
+    per_mask = torch.stack([per_instance, torch.tensor([[0.0, 0, 16, 32], [32, 32, 64, 64]])], dim=1)
+    same = masks.crop_and_resize(per_instance, 8)
+    assert torch.equal(masks.crop_and_resize(per_instance.unsqueeze(1).expand(2, 2, 4), 8), same)
+    own = masks.crop_and_resize(per_mask, 8)
+    assert torch.equal(own[:, 0], same[:, 0])
+    assert own[0, 1].min() == 1  # the left half, cropped to its own box, fills it
+    assert same[0, 1, :, :4].min() == 1 and same[0, 1, :, 4:].max() == 0
+
+
+def test_mask_loss_in_the_part_box_by_hand():
+    # Logit +2 on the matched channel; the secondary's logits lie in its own box, the left half, so every
+    # target pixel is foreground: -log(sigmoid(2)), where in the instance's box it was half and half.
+    logits = torch.full((2, 2, 3, 8, 8), -50.0)
+    logits[0, :, 0] = 2.0
+    logits[1, :, 1] = 2.0
+    boxes = torch.tensor([[0.0, 0, 32, 32], [32, 32, 64, 64]]).unsqueeze(1).repeat(1, 2, 1)
+    boxes[0, 1] = torch.tensor([0.0, 0, 16, 32])
+    with EventStorage():
+        losses = multimask_rcnn_loss(logits, _instances(), ("primary", "secondary"), (1.0, 1.0), mask_boxes=boxes)
+    assert losses["loss_mask_secondary"].item() == pytest.approx(-math.log(1 / (1 + math.exp(-2))), rel=1e-5)
+
+
+def _fake_pool(features_per_box):
+    """A pooler stand-in: every box gets `features_per_box` plus its own coordinates, so pooling is traceable."""
+    calls = []
+
+    def pool(box_lists):
+        calls.append([b.tensor.clone() for b in box_lists])
+        n = sum(len(b) for b in box_lists)
+        return features_per_box.expand(n, -1, -1, -1).clone()
+    return pool, calls
+
+
+def _part_head(**extra):
+    cfg = tiny_cfg(num_classes=3, **PART, **extra)
+    return MultiMaskRCNNConvUpsampleHead(cfg, ShapeSpec(channels=64, height=14, width=14))
+
+
+def test_training_pools_only_present_parts_and_absent_ones_add_nothing():
+    head = _part_head().train()
+    x = torch.randn(2, 64, 14, 14, requires_grad=True)
+    pool, calls = _fake_pool(torch.randn(1, 64, 14, 14))
+    with EventStorage():
+        losses = head(x, _instances(), pool=pool)
+    assert set(losses) == {"loss_mask_primary", "loss_mask_secondary", "loss_part_box_secondary"}
+    # ROI 1 has no secondary: one part box is pooled, near ROI 0's true part box [0, 0, 16, 32], enlarged
+    (pooled,) = calls[0]
+    assert pooled.shape == (1, 4)
+    assert (pooled[0] - torch.tensor([-2.0, -4, 18, 36])).abs().max() < 0.25 * 32
+    (losses["loss_part_box_secondary"] + losses["loss_mask_secondary"]).backward()
+    assert x.grad[1].abs().sum() == 0 and x.grad[0].abs().sum() > 0
+
+
+def test_no_part_anywhere_gives_zero_part_losses_with_graph():
+    head = _part_head().train()
+    x = torch.randn(2, 64, 14, 14, requires_grad=True)
+    pool, calls = _fake_pool(torch.randn(1, 64, 14, 14))
+    with EventStorage():
+        losses = head(x, _instances(present=((True, False), (True, False))), pool=pool)
+    assert losses["loss_part_box_secondary"].item() == 0 and losses["loss_mask_secondary"].item() == 0
+    (losses["loss_part_box_secondary"] + losses["loss_mask_secondary"]).backward()
+    assert not calls  # nothing to pool
+
+
+def test_inference_predicts_each_part_in_its_regressed_box():
+    head = _part_head().eval()
+    with torch.no_grad():
+        head.part_box_regressor.deltas.weight.zero_()
+        head.part_box_regressor.deltas.bias.copy_(torch.tensor([-0.25, 0.0, math.log(0.5), 0.0]))
+    a, b = Instances((64, 64)), Instances((64, 64))
+    a.pred_boxes, b.pred_boxes = Boxes(torch.tensor([[0.0, 0, 32, 32]])), Boxes(torch.tensor([[32.0, 32, 64, 64]]))
+    a.pred_classes, b.pred_classes = torch.tensor([0]), torch.tensor([2])
+    pool, calls = _fake_pool(torch.randn(1, 64, 14, 14))
+    with torch.no_grad():
+        head(torch.randn(2, 64, 14, 14), [a, b], pool=pool)
+    assert [len(c) for c in calls[0]] == [1, 1]  # one part box per image, grouped as the pooler needs
+    assert a.pred_multimask.shape == (1, 2, 28, 28)
+    # the left half of each box, enlarged by PART_BOX_CONTEXT 1.25 about its centre
+    assert torch.allclose(a.pred_multimask_boxes[0], torch.tensor([[0.0, 0, 32, 32], [-2, -4, 18, 36]]))
+    assert torch.allclose(b.pred_multimask_boxes[0], torch.tensor([[32.0, 32, 64, 64], [30, 28, 50, 68]]))
+    with pytest.raises(ValueError, match="pool"):
+        head(torch.randn(2, 64, 14, 14), [a, b])
+
+
+def test_postprocess_pastes_each_mask_in_its_own_box():
+    inst = Instances((32, 32))
+    inst.pred_boxes = Boxes(torch.tensor([[0.0, 0, 32, 32]]))
+    inst.scores, inst.pred_classes = torch.tensor([0.9]), torch.tensor([0])
+    inst.pred_multimask = torch.ones(1, 2, 28, 28)
+    inst.pred_multimask_boxes = torch.tensor([[[0.0, 0, 32, 32], [8.0, 4, 16, 12]]])
+    out = multimask_postprocess(inst, 64, 64)  # output twice the size: boxes scale with it
+    assert out.pred_multimask[0, 0].all()
+    secondary = out.pred_multimask[0, 1].nonzero()
+    assert secondary[:, 0].min() == 8 and secondary[:, 0].max() == 23  # rows 8..23: y 4..12 doubled
+    assert secondary[:, 1].min() == 16 and secondary[:, 1].max() == 31
+    assert not out.has("pred_multimask_boxes")
+
+
+def test_model_with_part_boxes_trains_and_predicts_at_image_resolution():
+    cfg = tiny_cfg(num_classes=2, **PART, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
+    model = build_model(cfg)
+    batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "instances": _instances()[0]}]
+    with EventStorage():
+        losses = model(batch)
+    assert losses["loss_part_box_secondary"].item() > 0
+    sum(losses.values()).backward()
+    assert model.roi_heads.mask_head.part_box_regressor.deltas.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        out = model.eval()([{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8),
+                             "height": 192, "width": 256}])[0]["instances"]
+    assert len(out) > 0 and out.pred_multimask.shape == (len(out), 2, 192, 256)
+    assert torch.equal(out.pred_masks, out.pred_multimask[:, 0])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_standard_checkpoint_fills_every_mask_branch_and_leaves_the_part_box_fresh(tmp_path, shared):
+    from multimask.engine import MultiMaskCheckpointer
+
+    state = _standard_mask_rcnn_state(num_classes=3)
+    torch.save({"model": state}, tmp_path / "standard.pth")
+    model = build_model(tiny_cfg(num_classes=3, **PART, **{"MODEL.ROI_MULTI_MASK_HEAD.SHARED_TRUNK": shared}))
+    head = model.roi_heads.mask_head
+    fresh = {k: v.clone() for k, v in head.part_box_regressor.state_dict().items()}
+    MultiMaskCheckpointer(model).load(str(tmp_path / "standard.pth"), checkpointables=[])
+    for name in ("primary", "secondary"):
+        trunk = head.trunk if shared else head.trunks[name]
+        assert torch.equal(trunk.mask_fcn2.weight, state["roi_heads.mask_head.mask_fcn2.weight"])
+        assert torch.equal(head.predictors[name].weight, state["roi_heads.mask_head.predictor.weight"])
+    for k, v in head.part_box_regressor.state_dict().items():
+        assert torch.equal(v, fresh[k]), k
+
+
+@pytest.mark.parametrize(("opts", "match"), [
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", ["nucleus"]], r"PART_BOX_MASKS \['nucleus'\].*\['nucleus'\] are not"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", ["secondary", "secondary"]], "distinct"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_JITTER", 2.0], "PART_BOX_JITTER must be a number from 0 to 1"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_CONTEXT", 0.5], "PART_BOX_CONTEXT must be a number from 1 to 4"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_LOSS_WEIGHT", -1.0], "PART_BOX_LOSS_WEIGHT"),
+])
+def test_part_box_settings_are_validated(opts, match):
+    with pytest.raises(ValueError, match=match):
+        get_multimask_cfg("tiny_cpu", ["MODEL.DEVICE", "cpu", *opts])
+
+
+def test_a_run_folder_from_before_part_boxes_loads_and_predicts_as_before(tmp_path):
+    """A config.yaml written before the PART_BOX_* keys existed, and its weights, give today's predictions."""
+    import numpy as np
+
+    from multimask.engine.predictor import MultiMaskPredictor
+
+    cfg = get_multimask_cfg("tiny_cpu", ["MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu",
+                                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    old = "\n".join(line for line in cfg.dump().splitlines() if "PART_BOX" not in line)
+    assert "PART_BOX" in cfg.dump() and "PART_BOX" not in old
+    run = tmp_path / "old-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(old)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(run)).save("model_final")
+    image = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    out = MultiMaskPredictor.from_run(run)(image)["instances"]
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = str(run / "model_final.pth")
+    ref = MultiMaskPredictor(cfg)(image)["instances"]  # today's full config, same weights
+    assert len(out) > 0 and torch.equal(out.pred_multimask, ref.pred_multimask)
+    assert not model.roi_heads.mask_head.part_box_masks
+
+
+@pytest.mark.parametrize(("regime", "mask_drop", "box_drop"), [("small-part", 0.92, 0.7), ("large-part", 0.85, None)])
+def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, regime, mask_drop, box_drop):
+    """90 iterations: the part's mask loss falls in both regimes (1.19 -> 1.04 and 1.25 -> 0.89 when written);
+    its box loss falls where the part is small in its object's box (2.5 -> 1.4; a part covering most of its
+    object starts near its box, 0.56 -> 0.58)."""
+    import json
+
+    from multimask.data import register_multimask_dataset
+    from multimask.data.synth import generate_synthetic_dataset
+    from multimask.engine import MultiMaskTrainer
+
+    paths = generate_synthetic_dataset(tmp_path / "data", num_train=24, num_val=0, seed=0, regime=regime)
+    register_multimask_dataset(f"part_box_{regime}", paths["train"])
+    cfg = tiny_cfg(num_classes=3, **PART, **{
+        "SOLVER.MAX_ITER": 90, "SOLVER.WARMUP_ITERS": 10, "SOLVER.CHECKPOINT_PERIOD": 1000, "SEED": 1,
+        "OUTPUT_DIR": str(tmp_path / "run"), "DATASETS.TRAIN": (f"part_box_{regime}",), "DATASETS.TEST": ()})
+    trainer = MultiMaskTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()]
+    rows = [r for r in rows if "total_loss" in r]
+    first, last = rows[0], rows[-1]  # medians over 20 iterations
+    assert last["iteration"] == 89
+    assert last["loss_mask_secondary"] < mask_drop * first["loss_mask_secondary"], (first, last)
+    if box_drop:
+        assert last["loss_part_box_secondary"] < box_drop * first["loss_part_box_secondary"], (first, last)
