@@ -43,7 +43,7 @@ def _models(args, dicts):
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
 
-    mm = multimask_cfg(args.preset, args.device, args.batch)
+    mm = multimask_cfg(args.preset, args.device, args.batch, **dict(zip(args.opts[::2], args.opts[1::2])))
     st = stock_cfg(mm)
     out = {}
     for name, cfg, is_mm in (("multimask", mm, True), ("stock", st, False)):
@@ -125,10 +125,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--amp", action="store_true", help="autocast (mixed precision)")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config options of the multimask model, e.g. MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS "
+                        "\"['secondary']\"")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--memory-child", choices=["multimask", "stock"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if len(args.opts) % 2:
+        p.error("--opts takes KEY VALUE pairs")
     args.preset = args.preset or ("scratch_mask_rcnn_R_50_FPN_gn" if args.device == "cuda" else "tiny_cpu")
     args.batch = args.batch or (4 if args.device == "cuda" else 2)
     if args.memory_child:
@@ -142,16 +147,17 @@ def main() -> None:
         for which in ("multimask", "stock"):
             cmd = [sys.executable, __file__, "--memory-child", which, "--data", tmp, "--device", args.device,
                    "--preset", args.preset, "--batch", str(args.batch), "--iters", str(args.iters),
-                   "--images", str(args.images)] + (["--amp"] if args.amp else [])
+                   "--images", str(args.images)] + (["--amp"] if args.amp else []) + \
+                  (["--opts", *args.opts] if args.opts else [])
             mem[which] = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
     rows = [("training step (s)", times["train_s"], 1.10), ("inference (s/img)", times["infer_s"], 1.05),
             ("peak memory (MiB)", mem, 1.10)]
     print(f"\nmachine: {machine()}\npreset {args.preset}, batch {args.batch}, device {args.device}, "
-          f"amp {args.amp}, {args.iters} timed iterations (median)\n")
+          f"amp {args.amp}, {args.iters} timed iterations (median), options {args.opts}\n")
     print("| metric | multimask (2 masks) | stock Mask R-CNN | ratio | target |")
     print("|---|---|---|---|---|")
     result = {"machine": machine(), "preset": args.preset, "batch": args.batch, "device": args.device,
-              "amp": args.amp, "rows": {}}
+              "amp": args.amp, "opts": args.opts, "rows": {}}
     for label, vals, target in rows:
         ratio = vals["multimask"] / vals["stock"]
         ok = "ok" if ratio <= target else "MISSED"

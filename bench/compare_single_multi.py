@@ -22,7 +22,7 @@ from bench.common import machine, multimask_cfg, write_json  # noqa: E402
 VARIANTS = {"two-mask": ("primary", "secondary"), "primary-only": ("primary",), "secondary-only": ("secondary",)}
 
 
-def train_variant(name: str, names, args, paths) -> dict:
+def train_variant(name: str, names, args, paths, extra: dict) -> dict:
     from detectron2.utils.logger import setup_logger
 
     from multimask.data import register_multimask_dataset
@@ -40,7 +40,7 @@ def train_variant(name: str, names, args, paths) -> dict:
         "DATALOADER.NUM_WORKERS": args.workers, "SOLVER.AMP.ENABLED": args.amp,
         "INPUT.MIN_SIZE_TRAIN": tuple(args.train_sizes), "INPUT.MAX_SIZE_TRAIN": 533,
         "INPUT.MIN_SIZE_TEST": args.test_size, "INPUT.MAX_SIZE_TEST": 533,
-        **dict(zip(args.opts[::2], args.opts[1::2]))})
+        **dict(zip(args.opts[::2], args.opts[1::2])), **extra})
     setup_logger(str(out), name="detectron2")
     trainer = MultiMaskTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -78,6 +78,10 @@ def main() -> None:
                    help="train only these variants (e.g. to finish a comparison within one device session)")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="config options for every model, e.g. MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0")
+    p.add_argument("--two-mask-opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config options for the two-mask model only, e.g. "
+                        "MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS \"['secondary']\"")
+    p.add_argument("--label", default="two-mask", help="the two-mask model's name in the table and output folder")
     p.add_argument("--regime", choices=["default", "small-part", "large-part"], default="default",
                    help="the synthetic data (multimask synth --regime): parts small in their object's box, or "
                         "covering most of it")
@@ -85,8 +89,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=320, help="synthetic image width (px)")
     p.add_argument("--json")
     args = p.parse_args()
-    if len(args.opts) % 2:
-        p.error("--opts takes KEY VALUE pairs")
+    if len(args.opts) % 2 or len(args.two_mask_opts) % 2:
+        p.error("--opts and --two-mask-opts take KEY VALUE pairs")
 
     from multimask.data.synth import generate_synthetic_dataset
 
@@ -96,7 +100,9 @@ def main() -> None:
     runs = {}
     for name, names in VARIANTS.items():
         if name in args.only:
-            runs[name] = train_variant(name, names, args, paths)
+            two = name == "two-mask"
+            extra = dict(zip(args.two_mask_opts[::2], args.two_mask_opts[1::2])) if two else {}
+            runs[args.label if two else name] = train_variant(args.label if two else name, names, args, paths, extra)
             # after each model, so that a device session that runs out of time keeps what finished
             write_json(args.json, {"machine": machine(), "args": vars(args), "runs": runs})
     print(f"\nmachine: {machine()}\npreset {args.preset}, {args.max_iter} iterations x batch {args.batch}, "
@@ -110,7 +116,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + f" | {r['train_and_eval_s']:.0f} |")
     if len(runs) == len(VARIANTS):
         two = runs["primary-only"]["train_and_eval_s"] + runs["secondary-only"]["train_and_eval_s"]
-        one = runs["two-mask"]["train_and_eval_s"]
+        one = runs[args.label]["train_and_eval_s"]
         print(f"\ntwo single-mask models: {two:.0f} s; one two-mask model: {one:.0f} s ({one / two:.2f}x)")
 
 
