@@ -15,12 +15,13 @@ import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.box_regression import Box2BoxTransform
+from fvcore.nn import giou_loss
 from torch import nn
 
 from ..structures import MultiMasks
 
 PART_BOX_TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
-MIN_PART_BOX_SIZE = 1.0  # pixels: a degenerate part still gets a box its deltas can be taken to
+MIN_PART_BOX_SIZE = 1.0  # pixels: the smallest box pooled for a part
 
 
 class PartBoxRegressor(nn.Module):
@@ -52,29 +53,25 @@ def part_boxes_of(masks: MultiMasks, names: Sequence[str]) -> torch.Tensor:
     return torch.where(present, boxes, torch.zeros_like(boxes))  # absent polygons have infinite boxes
 
 
-def part_box_targets(instance_boxes: torch.Tensor, part_boxes: torch.Tensor) -> torch.Tensor:
-    """(R, P, 4) deltas taking each instance box (R, 4) to its P part boxes (R, P, 4)."""
-    r, p = part_boxes.shape[:2]
-    parts = enlarge_boxes(part_boxes.reshape(r * p, 4), 1.0)
-    src = enlarge_boxes(instance_boxes, 1.0).repeat_interleave(p, dim=0)
-    return PART_BOX_TRANSFORM.get_deltas(src, parts).view(r, p, 4)
-
-
 def apply_part_deltas(deltas: torch.Tensor, instance_boxes: torch.Tensor) -> torch.Tensor:
     """(R, P, 4) part boxes from deltas (R, P, 4) relative to instance boxes (R, 4)."""
     r, p = deltas.shape[:2]
     return PART_BOX_TRANSFORM.apply_deltas(deltas.reshape(r, 4 * p), instance_boxes).view(r, p, 4)
 
 
-def part_box_loss(pred_deltas: torch.Tensor, target_deltas: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """(P,) L1 losses: per part, the sum over the 4 deltas averaged over the instances that have the part.
+def part_box_loss(pred_boxes: torch.Tensor, true_boxes: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(P,) generalised-IoU losses: per part, 1 - GIoU(predicted, true box) averaged over the instances that
+    have the part.
 
-    An instance without the part (present False) adds nothing; a part no instance has gives a 0 that keeps
-    the graph.
+    GIoU is scale-free: a part a tenth of its object's width is held to its own size, where an L1 loss on
+    deltas relative to the object's box would forgive an error as large as the part. An instance without the
+    part (present False) adds nothing; a part no instance has gives a 0 that keeps the graph.
     """
-    weight = present.to(pred_deltas.device, pred_deltas.dtype)  # (R, P)
-    per = (pred_deltas - target_deltas.detach()).abs().sum(-1) * weight
-    return per.sum(0) / weight.sum(0).clamp(min=1)
+    present = present.to(pred_boxes.device)  # (R, P)
+    r, p = pred_boxes.shape[:2]
+    per = giou_loss(pred_boxes.reshape(r * p, 4), true_boxes.detach().reshape(r * p, 4)).view(r, p)
+    per = torch.where(present, per, torch.zeros_like(per))
+    return per.sum(0) / present.sum(0).clamp(min=1)
 
 
 def jitter_boxes(boxes: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
