@@ -44,7 +44,7 @@ def add_multimask_config(cfg: CN) -> None:
     # Masks predicted on their own grid, in a box the head regresses from the instance's features
     # (multimask/modeling/part_box.py), e.g. ["secondary"] for a part that is small in its object's box.
     head.PART_BOX_MASKS = []
-    head.PART_BOX_LOSS_WEIGHT = 1.0  # weight of each part's box loss, `loss_part_box_<name>` (1 - GIoU)
+    head.PART_BOX_LOSS_WEIGHT = 1.0  # weight of each part's box loss, `loss_part_box_<name>` (L1 + 1 - GIoU)
     head.PART_BOX_JITTER = 0.1  # training: the true part box, moved and scaled by up to this share of its size
     head.PART_BOX_CONTEXT = 1.25  # the part's features and mask are taken in its box enlarged by this factor
     # Class names of the training data, stored with each run so a run folder is self-contained.

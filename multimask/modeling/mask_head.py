@@ -161,7 +161,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             gt = [i.gt_multimask for i in instances if len(i)]
             present = cat([g.present for g in gt])[:, self.part_index]
             truth = cat([part_boxes_of(g, self.part_box_masks) for g in gt]).to(boxes)
-            losses = part_box_loss(apply_part_deltas(deltas, boxes), truth, present) * self.part_box_loss_weight
+            losses = part_box_loss(deltas, boxes, truth, present) * self.part_box_loss_weight
             box_losses = {f"loss_part_box_{n}": losses[j] for j, n in enumerate(self.part_box_masks)}
             pooled = jitter_boxes(truth, self.part_box_jitter)
         else:

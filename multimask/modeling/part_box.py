@@ -21,7 +21,7 @@ from torch import nn
 from ..structures import MultiMasks
 
 PART_BOX_TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
-MIN_PART_BOX_SIZE = 1.0  # pixels: the smallest box pooled for a part
+MIN_PART_BOX_SIZE = 1.0  # pixels: the smallest box a part is given
 
 
 class PartBoxRegressor(nn.Module):
@@ -59,17 +59,23 @@ def apply_part_deltas(deltas: torch.Tensor, instance_boxes: torch.Tensor) -> tor
     return PART_BOX_TRANSFORM.apply_deltas(deltas.reshape(r, 4 * p), instance_boxes).view(r, p, 4)
 
 
-def part_box_loss(pred_boxes: torch.Tensor, true_boxes: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """(P,) generalised-IoU losses: per part, 1 - GIoU(predicted, true box) averaged over the instances that
-    have the part.
+def part_box_loss(deltas: torch.Tensor, instance_boxes: torch.Tensor, true_boxes: torch.Tensor,
+                  present: torch.Tensor) -> torch.Tensor:
+    """(P,) box losses: per part, L1 on the deltas (R, P, 4) to its true box, relative to the instance box
+    (R, 4), plus 1 - GIoU of the regressed and true boxes, averaged over the instances that have the part.
 
-    GIoU is scale-free: a part a tenth of its object's width is held to its own size, where an L1 loss on
-    deltas relative to the object's box would forgive an error as large as the part. An instance without the
-    part (present False) adds nothing; a part no instance has gives a 0 that keeps the graph.
+    The L1 term moves a box that still covers the whole object quickly; the generalised-IoU term is
+    scale-free, so a part a tenth of its object's width is placed to within its own size (as DETR pairs the
+    two). An instance without the part (present False) adds nothing; a part no instance has gives a 0 that
+    keeps the graph.
     """
-    present = present.to(pred_boxes.device)  # (R, P)
-    r, p = pred_boxes.shape[:2]
-    per = giou_loss(pred_boxes.reshape(r * p, 4), true_boxes.detach().reshape(r * p, 4)).view(r, p)
+    present = present.to(deltas.device)  # (R, P)
+    r, p = deltas.shape[:2]
+    inst = enlarge_boxes(instance_boxes, 1.0).repeat_interleave(p, dim=0)
+    truth = enlarge_boxes(true_boxes.detach().reshape(r * p, 4), 1.0)
+    l1 = (deltas.reshape(r * p, 4) - PART_BOX_TRANSFORM.get_deltas(inst, truth)).abs().sum(-1)
+    giou = giou_loss(PART_BOX_TRANSFORM.apply_deltas(deltas.reshape(r * p, 4), inst), truth)
+    per = (l1 + giou).view(r, p)
     per = torch.where(present, per, torch.zeros_like(per))
     return per.sum(0) / present.sum(0).clamp(min=1)
 
