@@ -288,3 +288,33 @@ def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, reg
     assert last["loss_mask_secondary"] < mask_drop * first["loss_mask_secondary"], (first, last)
     if box_drop:
         assert last["loss_part_box_secondary"] < box_drop * first["loss_part_box_secondary"], (first, last)
+
+
+def test_a_part_box_run_trains_resumes_evaluates_and_predicts_through_the_cli(tmp_path):
+    import json
+
+    import cv2
+
+    from multimask.engine.predictor import MultiMaskPredictor
+    from tests.test_cli import _cli
+
+    _cli("synth", "--out", tmp_path / "data", "--num-train", 6, "--num-val", 3, "--seed", 5, "--regime", "small-part")
+    train = ["train", "--config-file", "tiny_cpu", "--train-json", tmp_path / "data/train.json",
+             "--val-json", tmp_path / "data/val.json", "--output-dir", tmp_path / "run"]
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
+            "MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", "['secondary']"]
+    _cli(*train, *opts, "SOLVER.MAX_ITER", 4)
+    proc = _cli(*train, "--resume", *opts, "SOLVER.MAX_ITER", 6)
+    assert "Resuming at iteration 4" in proc.stdout + proc.stderr
+    assert any("loss_part_box_secondary" in line for line in (tmp_path / "run/metrics.json").read_text().splitlines())
+    proc = _cli("evaluate", "--run", tmp_path / "run", "--json", tmp_path / "data/val.json", "--device", "cpu")
+    assert "segm/secondary" in proc.stdout
+    _cli("predict", "--run", tmp_path / "run", tmp_path / "data/images", "--output", tmp_path / "out",
+         "--score-threshold", 0.0, "--device", "cpu")
+    data = json.loads((tmp_path / "out/predictions.json").read_text())
+    assert data["mask_names"] == ["primary", "secondary"] and data["images"][0]["instances"]
+    predictor = MultiMaskPredictor.from_run(tmp_path / "run", score_threshold=0.0, device="cpu")
+    assert predictor.model.roi_heads.mask_head.part_box_masks == ("secondary",)
+    image = cv2.imread(str(next((tmp_path / "data/images").glob("val_*.png"))))
+    out = predictor(image)["instances"]
+    assert out.pred_multimask.shape == (len(out), 2, *image.shape[:2])
