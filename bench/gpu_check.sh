@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 2 and 4, in one run on the device machine (see bench/README.md).
+# The GPU checks of issues 2, 4 and 14, in one run on the device machine (see bench/README.md).
 # Needs the wheels in .whl/ (bench/README.md says how to fetch them); writes its results under $OUT.
 set -uo pipefail
 OUT=${OUT:-bench/out}
@@ -14,6 +14,19 @@ python3 -c "import torch, detectron2, multimask; print(torch.__version__, torch.
 # single/two-mask comparison (issue 2, 400 iterations x batch 8 per model), which writes its JSON after each model.
 # BENCH=1 adds the model benchmark (about 150 s); COMPARE=0 or TRAIN_JOB=0 leave a part out; COMPARE_OPTS="KEY
 # VALUE ..." passes config options to the comparison (e.g. "MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0").
+# ISSUE14=1 runs issue 14's checks instead of the others (about 8 minutes): the model benchmark with part boxes,
+# then on REGIME (small-part by default) the two-mask model with part boxes, without, and the secondary-only model.
+if [ "${ISSUE14:-0}" = 1 ]; then
+  PB="MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS"
+  timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --opts $PB "['secondary']" \
+    --json "$OUT/bench_model_part_box.json" 2>&1 | grep -v '^\[' | tee "$OUT/bench_model_part_box.txt"
+  C="--max-iter ${COMPARE_ITERS:-400} --workers 8 --amp --regime ${REGIME:-small-part} --out /tmp/compare14"
+  timeout 200 python3 bench/compare_single_multi.py $C --only two-mask --label two-mask-partbox \
+    --two-mask-opts $PB "['secondary']" --json "$OUT/compare14_partbox.json" 2>&1 | grep -E 'RESULT|^\||Error'
+  timeout 200 python3 bench/compare_single_multi.py $C --only two-mask secondary-only \
+    --json "$OUT/compare14.json" 2>&1 | grep -E 'RESULT|^\||Error'
+  exit 0
+fi
 if [ "${BENCH:-0}" = 1 ]; then
   timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --json "$OUT/bench_model.json" \
     2>&1 | grep -v '^\[' | tee "$OUT/bench_model.txt"

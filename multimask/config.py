@@ -45,6 +45,10 @@ def add_multimask_config(cfg: CN) -> None:
     # (multimask/modeling/part_box.py), e.g. ["secondary"] for a part that is small in its object's box.
     head.PART_BOX_MASKS = []
     head.PART_BOX_LOSS_WEIGHT = 1.0  # weight of each part's box loss, `loss_part_box_<name>` (L1 + 1 - GIoU)
+    # Where a part's box comes from at inference: "regression" (a box regressed from the instance's features,
+    # `loss_part_box_<name>`) or "coarse_mask" (around the part predicted on the instance's own grid, which is
+    # trained as well, `loss_mask_<name>_coarse`).
+    head.PART_BOX_FROM = "regression"
     head.PART_BOX_JITTER = 0.1  # training: the true part box, moved and scaled by up to this share of its size
     head.PART_BOX_CONTEXT = 1.25  # the part's features and mask are taken in its box enlarged by this factor
     # Class names of the training data, stored with each run so a run folder is self-contained.
@@ -108,6 +112,11 @@ def _validate_part_boxes(head: CN, names: list[str]) -> None:
     if unknown or len(set(parts)) != len(parts):
         raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS {parts} must be distinct names of MASK_NAMES "
                          f"{names}" + (f" ({unknown} are not)" if unknown else ""))
+    from .modeling.part_box import PART_BOX_SOURCES
+
+    if head.PART_BOX_FROM not in PART_BOX_SOURCES:
+        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM must be one of {list(PART_BOX_SOURCES)}, "
+                         f"got {head.PART_BOX_FROM!r}")
     for key, low, high in (("PART_BOX_LOSS_WEIGHT", 0, float("inf")), ("PART_BOX_JITTER", 0, 1),
                            ("PART_BOX_CONTEXT", 1, 4)):
         value = head[key]

@@ -16,6 +16,7 @@ from multimask.modeling.mask_head import MultiMaskRCNNConvUpsampleHead, multimas
 from multimask.modeling.part_box import (
     PartBoxRegressor,
     apply_part_deltas,
+    boxes_of_masks,
     enlarge_boxes,
     jitter_boxes,
     part_box_loss,
@@ -131,19 +132,28 @@ def _part_head(**extra):
     return MultiMaskRCNNConvUpsampleHead(cfg, ShapeSpec(channels=64, height=14, width=14))
 
 
-def test_training_pools_only_present_parts_and_absent_ones_add_nothing():
-    head = _part_head().train()
-    x = torch.randn(2, 64, 14, 14, requires_grad=True)
-    pool, calls = _fake_pool(torch.randn(1, 64, 14, 14))
+@pytest.mark.parametrize("source", ["regression", "coarse_mask"])
+def test_training_pools_only_present_parts_and_absent_ones_add_nothing(source):
+    head = _part_head(**{"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM": source}).train()
+    x = torch.randn(2, 64, 14, 14)
+    part_features = torch.randn(1, 64, 14, 14)
+    pool, calls = _fake_pool(part_features)
     with EventStorage():
+        torch.manual_seed(1)  # the same jitter in both calls
         losses = head(x, _instances(), pool=pool)
-    assert set(losses) == {"loss_mask_primary", "loss_mask_secondary", "loss_part_box_secondary"}
-    # ROI 1 has no secondary: one part box is pooled, near ROI 0's true part box [0, 0, 16, 32], enlarged
+        other = x.clone()
+        other[1] = torch.randn(64, 14, 14)  # ROI 1 has no secondary: its features must not count
+        torch.manual_seed(1)
+        again = head(other, _instances(), pool=pool)
+    own = {"regression": "loss_part_box_secondary", "coarse_mask": "loss_mask_secondary_coarse"}[source]
+    assert set(losses) == {"loss_mask_primary", "loss_mask_secondary", own}
+    # one part box is pooled, near ROI 0's true part box [0, 0, 16, 32], enlarged
     (pooled,) = calls[0]
     assert pooled.shape == (1, 4)
     assert (pooled[0] - torch.tensor([-2.0, -4, 18, 36])).abs().max() < 0.25 * 32
-    (losses["loss_part_box_secondary"] + losses["loss_mask_secondary"]).backward()
-    assert x.grad[1].abs().sum() == 0 and x.grad[0].abs().sum() > 0
+    assert losses[own].item() == again[own].item() and losses[own].item() > 0
+    assert losses["loss_mask_secondary"].item() == again["loss_mask_secondary"].item()
+    assert losses["loss_mask_primary"].item() != again["loss_mask_primary"].item()  # ROI 1 has a primary
 
 
 def test_no_part_anywhere_gives_zero_part_losses_with_graph():
@@ -231,6 +241,7 @@ def test_standard_checkpoint_fills_every_mask_branch_and_leaves_the_part_box_fre
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_JITTER", 2.0], "PART_BOX_JITTER must be a number from 0 to 1"),
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_CONTEXT", 0.5], "PART_BOX_CONTEXT must be a number from 1 to 4"),
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_LOSS_WEIGHT", -1.0], "PART_BOX_LOSS_WEIGHT"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM", "mask"], r"PART_BOX_FROM must be one of \['regression', 'coarse_mask'\]"),
 ])
 def test_part_box_settings_are_validated(opts, match):
     with pytest.raises(ValueError, match=match):
@@ -318,3 +329,28 @@ def test_a_part_box_run_trains_resumes_evaluates_and_predicts_through_the_cli(tm
     image = cv2.imread(str(next((tmp_path / "data/images").glob("val_*.png"))))
     out = predictor(image)["instances"]
     assert out.pred_multimask.shape == (len(out), 2, *image.shape[:2])
+
+
+def test_boxes_of_coarse_masks_by_hand():
+    masks = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    masks[0, 0, 1:3, 0] = True  # rows 1-2 of column 0
+    instances = torch.tensor([[0.0, 0, 40, 80], [10.0, 10, 20, 20]])
+    boxes = boxes_of_masks(masks, instances)
+    # cells are 10 x 20 px in the first box: column 0, rows 1-2; the second mask is empty: its instance's box
+    assert boxes.tolist() == [[[0.0, 20, 10, 60]], [[10.0, 10, 20, 20]]]
+
+
+def test_coarse_mask_source_predicts_the_part_in_the_box_of_its_coarse_prediction():
+    head = _part_head(**{"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM": "coarse_mask"}).eval()
+    assert not hasattr(head, "part_box_regressor")
+    with torch.no_grad():  # the coarse secondary: the left half of the grid, for every class
+        head.predictors["secondary"].weight.zero_()
+        head.predictors["secondary"].bias.fill_(-10.0)
+    inst = Instances((64, 64))
+    inst.pred_boxes, inst.pred_classes = Boxes(torch.tensor([[0.0, 0, 32, 32]])), torch.tensor([1])
+    pool, calls = _fake_pool(torch.randn(1, 64, 14, 14))
+    with torch.no_grad():
+        head(torch.randn(1, 64, 14, 14), [inst], pool=pool)
+    # nothing predicted coarsely: the part is looked for in the instance's box, enlarged
+    assert torch.allclose(calls[0][0], torch.tensor([[-4.0, -4, 36, 36]]))
+    assert torch.allclose(inst.pred_multimask_boxes[0, 1], torch.tensor([-4.0, -4, 36, 36]))

@@ -18,8 +18,10 @@ from torch.nn import functional as F
 
 from ..config import validate_multimask_config
 from .part_box import (
+    PART_BOX_SOURCES,
     PartBoxRegressor,
     apply_part_deltas,
+    boxes_of_masks,
     enlarge_boxes,
     jitter_boxes,
     part_box_loss,
@@ -62,7 +64,8 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
                  conv_dims: Sequence[int], conv_norm: str = "", shared_trunk: bool = True,
                  loss_weights: Sequence[float] | None = None, dice_weight: float = 0.0,
                  part_box_masks: Sequence[str] = (), part_box_loss_weight: float = 1.0,
-                 part_box_jitter: float = 0.1, part_box_context: float = 1.25, vis_period: int = 0):
+                 part_box_from: str = "regression", part_box_jitter: float = 0.1, part_box_context: float = 1.25,
+                 vis_period: int = 0):
         super().__init__()
         if not conv_dims:
             raise ValueError("conv_dims must hold at least the deconv's width")
@@ -93,7 +96,10 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         self.part_box_loss_weight = float(part_box_loss_weight)
         self.part_box_jitter = float(part_box_jitter)
         self.part_box_context = float(part_box_context)
-        if self.part_box_masks:
+        if part_box_from not in PART_BOX_SOURCES:
+            raise ValueError(f"part_box_from must be one of {PART_BOX_SOURCES}, got {part_box_from!r}")
+        self.part_box_from = part_box_from
+        if self.part_box_masks and part_box_from == "regression":
             self.part_box_regressor = PartBoxRegressor(input_shape, len(self.part_box_masks), conv_dims[0],
                                                        conv_norm)
         self.register_load_state_dict_pre_hook(_expand_standard_mask_head)
@@ -113,6 +119,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             "dice_weight": float(head.DICE_WEIGHT),
             "part_box_masks": list(head.PART_BOX_MASKS),
             "part_box_loss_weight": float(head.PART_BOX_LOSS_WEIGHT),
+            "part_box_from": head.PART_BOX_FROM,
             "part_box_jitter": float(head.PART_BOX_JITTER),
             "part_box_context": float(head.PART_BOX_CONTEXT),
             "vis_period": cfg.VIS_PERIOD,
@@ -149,45 +156,46 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
     def _with_part_boxes(self, x: torch.Tensor, instances: list[Instances], pool):
         """Logits (R, K, C, M, M), the box each mask's logits lie in (R, K, 4), and the part box losses."""
         boxes = cat([(i.proposal_boxes if self.training else i.pred_boxes).tensor for i in instances])
-        others = [n for n in self.mask_names if n not in self.part_box_masks]
         r, k = len(boxes), len(self.mask_names)
-        deltas = self.part_box_regressor(x)  # (R, P, 4)
         mask_boxes = boxes.unsqueeze(1).repeat(1, k, 1)
-        if not r:
-            zero = {f"loss_part_box_{n}": deltas.sum() * 0 for n in self.part_box_masks}
-            return self.layers(x), mask_boxes, zero if self.training else {}
-        box_losses = {}
+        # every mask on the instance's grid: the output of the other masks, and where the parts are coarsely
+        coarse = self.layers(x)
+        if self.part_box_from == "regression":
+            deltas = self.part_box_regressor(x.detach())  # (R, P, 4); its loss does not train the backbone
+        extra = {}
         if self.training:
             gt = [i.gt_multimask for i in instances if len(i)]
-            present = cat([g.present for g in gt])[:, self.part_index]
-            truth = cat([part_boxes_of(g, self.part_box_masks) for g in gt]).to(boxes)
-            losses = part_box_loss(deltas, boxes, truth, present) * self.part_box_loss_weight
-            box_losses = {f"loss_part_box_{n}": losses[j] for j, n in enumerate(self.part_box_masks)}
+            present = cat([g.present for g in gt])[:, self.part_index] if r else torch.zeros((0, 0), dtype=bool)
+            truth = cat([part_boxes_of(g, self.part_box_masks) for g in gt]).to(boxes) if r else boxes[:, None]
+            if self.part_box_from == "regression":
+                losses = (part_box_loss(deltas, boxes, truth, present) * self.part_box_loss_weight if r
+                          else deltas.sum((0, 2)) * 0)
+                extra = {f"loss_part_box_{n}": losses[j] for j, n in enumerate(self.part_box_masks)}
+            else:  # the coarse part is trained too: it places the part's box at inference
+                coarse_losses = multimask_rcnn_loss(coarse, instances, self.mask_names, self.loss_weights,
+                                                    dice_weight=self.dice_weight)
+                extra = {f"loss_mask_{n}_coarse": coarse_losses[f"loss_mask_{n}"] for n in self.part_box_masks}
             pooled = jitter_boxes(truth, self.part_box_jitter)
         else:
             present = torch.ones((r, len(self.part_index)), dtype=torch.bool)
-            pooled = apply_part_deltas(deltas.detach(), boxes)
-        pooled = enlarge_boxes(pooled, self.part_box_context)
+            if self.part_box_from == "regression":
+                pooled = apply_part_deltas(deltas.detach(), boxes)
+            else:
+                classes = cat([i.pred_classes for i in instances]) if coarse.shape[2] > 1 else None
+                probs = _select_class(coarse[:, self.part_index], classes).sigmoid()
+                pooled = boxes_of_masks(probs > 0.5, boxes)
         rows, cols = present.nonzero(as_tuple=True)  # row-major: grouped by image, as the pooler needs
-        logits = None
-        if others:  # the other masks on the instance's grid, with room for the parts in MASK_NAMES order
-            on_instance = self.layers(x, others)
-            logits = on_instance.new_zeros((r, k, *on_instance.shape[2:]))
-            logits[:, [self.mask_names.index(n) for n in others]] = on_instance
+        logits = coarse.clone()
         if len(rows):
+            chosen = enlarge_boxes(pooled, self.part_box_context)[rows.to(boxes.device), cols.to(boxes.device)]
             image_of_row = torch.repeat_interleave(torch.arange(len(instances)),
                                                    torch.tensor([len(i) for i in instances]))
             counts = torch.bincount(image_of_row[rows], minlength=len(instances)).tolist()
-            chosen = pooled[rows.to(pooled.device), cols.to(pooled.device)]
-            part_logits = self._part_logits(pool([Boxes(b) for b in chosen.split(counts)]), cols)
-            if logits is None:
-                logits = part_logits.new_zeros((r, k, *part_logits.shape[1:]))
             index = torch.tensor(self.part_index)[cols].to(x.device)
-            logits[rows.to(x.device), index] = part_logits
+            logits[rows.to(x.device), index] = self._part_logits(pool([Boxes(b) for b in chosen.split(counts)]),
+                                                                 cols)
             mask_boxes[rows.to(x.device), index] = chosen
-        elif logits is None:  # every mask is a part and no instance has one: nothing is trained
-            logits = self.layers(x)
-        return logits, mask_boxes, box_losses
+        return logits, mask_boxes, extra
 
     def _part_logits(self, features: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """(N, C, M, M) logits of N part features, feature i for part `cols[i]`."""

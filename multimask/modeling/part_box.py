@@ -21,6 +21,7 @@ from torch import nn
 from ..structures import MultiMasks
 
 PART_BOX_TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
+PART_BOX_SOURCES = ("regression", "coarse_mask")  # where a part's box comes from at inference
 MIN_PART_BOX_SIZE = 1.0  # pixels: the smallest box a part is given
 
 
@@ -78,6 +79,27 @@ def part_box_loss(deltas: torch.Tensor, instance_boxes: torch.Tensor, true_boxes
     per = (l1 + giou).view(r, p)
     per = torch.where(present, per, torch.zeros_like(per))
     return per.sum(0) / present.sum(0).clamp(min=1)
+
+
+def boxes_of_masks(masks: torch.Tensor, instance_boxes: torch.Tensor) -> torch.Tensor:
+    """(R, P, 4) boxes, in image coordinates, of the cells set in masks (R, P, M, M) drawn on the grids of
+    instance boxes (R, 4); an empty mask gets its instance's box."""
+    r, p, m = masks.shape[:3]
+    cols, rows = masks.any(2), masks.any(3)  # (R, P, M): which columns / rows hold a cell
+    cells = torch.arange(m, device=masks.device)
+    big = torch.full_like(cells, m)
+
+    def span(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.where(hit, cells, big).min(-1).values
+        last = torch.where(hit, cells, -1).max(-1).values + 1
+        return first, last
+
+    (x0, x1), (y0, y1) = span(cols), span(rows)
+    grid = torch.stack([x0, y0, x1, y1], dim=-1).to(instance_boxes.dtype) / m  # (R, P, 4) in [0, 1]
+    origin, size = instance_boxes[:, None, :2], (instance_boxes[:, 2:] - instance_boxes[:, :2])[:, None]
+    out = torch.cat([origin + grid[..., :2] * size, origin + grid[..., 2:] * size], dim=-1)
+    empty = ~cols.any(-1)
+    return torch.where(empty[..., None], instance_boxes[:, None].expand(r, p, 4), out)
 
 
 def jitter_boxes(boxes: torch.Tensor, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
