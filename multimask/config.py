@@ -45,10 +45,10 @@ def add_multimask_config(cfg: CN) -> None:
     # (multimask/modeling/part_box.py), e.g. ["secondary"] for a part that is small in its object's box.
     head.PART_BOX_MASKS = []
     head.PART_BOX_LOSS_WEIGHT = 1.0  # weight of each part's box loss, `loss_part_box_<name>` (L1 + 1 - GIoU)
-    # Where a part's box comes from at inference: "regression" (a box regressed from the instance's features,
-    # `loss_part_box_<name>`) or "coarse_mask" (around the part predicted on the instance's own grid, which is
-    # trained as well, `loss_mask_<name>_coarse`).
-    head.PART_BOX_FROM = "regression"
+    # Where a part's box comes from at inference: "coarse_mask" (around the part predicted on the instance's own
+    # grid, which is trained as well, `loss_mask_<name>_coarse`) or "regression" (a box regressed from the
+    # instance's features, `loss_part_box_<name>`; less accurate in bench/README.md's study).
+    head.PART_BOX_FROM = "coarse_mask"
     head.PART_BOX_JITTER = 0.1  # training: the true part box, moved and scaled by up to this share of its size
     head.PART_BOX_CONTEXT = 1.25  # the part's features and mask are taken in its box enlarged by this factor
     # Class names of the training data, stored with each run so a run folder is self-contained.

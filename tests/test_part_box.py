@@ -26,6 +26,7 @@ from tests.conftest import tiny_cfg
 from tests.test_head import _instances, _standard_mask_rcnn_state
 
 PART = {"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS": ["secondary"]}
+REGRESSED = {"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM": "regression"}
 
 
 def test_deltas_give_a_part_box_by_hand():
@@ -156,19 +157,21 @@ def test_training_pools_only_present_parts_and_absent_ones_add_nothing(source):
     assert losses["loss_mask_primary"].item() != again["loss_mask_primary"].item()  # ROI 1 has a primary
 
 
-def test_no_part_anywhere_gives_zero_part_losses_with_graph():
-    head = _part_head().train()
+@pytest.mark.parametrize("source", ["regression", "coarse_mask"])
+def test_no_part_anywhere_gives_zero_part_losses_with_graph(source):
+    head = _part_head(**{"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM": source}).train()
     x = torch.randn(2, 64, 14, 14, requires_grad=True)
     pool, calls = _fake_pool(torch.randn(1, 64, 14, 14))
     with EventStorage():
         losses = head(x, _instances(present=((True, False), (True, False))), pool=pool)
-    assert losses["loss_part_box_secondary"].item() == 0 and losses["loss_mask_secondary"].item() == 0
-    (losses["loss_part_box_secondary"] + losses["loss_mask_secondary"]).backward()
+    part = [k for k in losses if k != "loss_mask_primary"]
+    assert len(part) == 2 and all(losses[k].item() == 0 for k in part)
+    sum(losses[k] for k in part).backward()
     assert not calls  # nothing to pool
 
 
 def test_inference_predicts_each_part_in_its_regressed_box():
-    head = _part_head().eval()
+    head = _part_head(**REGRESSED).eval()
     with torch.no_grad():
         head.part_box_regressor.deltas.weight.zero_()
         head.part_box_regressor.deltas.bias.copy_(torch.tensor([-0.25, 0.0, math.log(0.5), 0.0]))
@@ -201,8 +204,8 @@ def test_postprocess_pastes_each_mask_in_its_own_box():
     assert not out.has("pred_multimask_boxes")
 
 
-def test_model_with_part_boxes_trains_and_predicts_at_image_resolution():
-    cfg = tiny_cfg(num_classes=2, **PART, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
+def test_model_with_regressed_part_boxes_trains_and_predicts_at_image_resolution():
+    cfg = tiny_cfg(num_classes=2, **PART, **REGRESSED, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
     model = build_model(cfg)
     batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "instances": _instances()[0]}]
     with EventStorage():
@@ -223,7 +226,8 @@ def test_standard_checkpoint_fills_every_mask_branch_and_leaves_the_part_box_fre
 
     state = _standard_mask_rcnn_state(num_classes=3)
     torch.save({"model": state}, tmp_path / "standard.pth")
-    model = build_model(tiny_cfg(num_classes=3, **PART, **{"MODEL.ROI_MULTI_MASK_HEAD.SHARED_TRUNK": shared}))
+    model = build_model(tiny_cfg(num_classes=3, **PART, **REGRESSED,
+                                 **{"MODEL.ROI_MULTI_MASK_HEAD.SHARED_TRUNK": shared}))
     head = model.roi_heads.mask_head
     fresh = {k: v.clone() for k, v in head.part_box_regressor.state_dict().items()}
     MultiMaskCheckpointer(model).load(str(tmp_path / "standard.pth"), checkpointables=[])
@@ -241,7 +245,7 @@ def test_standard_checkpoint_fills_every_mask_branch_and_leaves_the_part_box_fre
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_JITTER", 2.0], "PART_BOX_JITTER must be a number from 0 to 1"),
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_CONTEXT", 0.5], "PART_BOX_CONTEXT must be a number from 1 to 4"),
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_LOSS_WEIGHT", -1.0], "PART_BOX_LOSS_WEIGHT"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM", "mask"], r"PART_BOX_FROM must be one of \['regression', 'coarse_mask'\]"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM", "mask"], r"PART_BOX_FROM must be one of \['coarse_mask', 'reg"),
 ])
 def test_part_box_settings_are_validated(opts, match):
     with pytest.raises(ValueError, match=match):
@@ -273,11 +277,10 @@ def test_a_run_folder_from_before_part_boxes_loads_and_predicts_as_before(tmp_pa
     assert not model.roi_heads.mask_head.part_box_masks
 
 
-@pytest.mark.parametrize(("regime", "mask_drop", "box_drop"), [("small-part", 0.92, 0.75), ("large-part", 0.85, None)])
-def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, regime, mask_drop, box_drop):
-    """90 iterations: the part's mask loss falls in both regimes (1.19 -> 0.99 and 1.27 -> 0.91 when written);
-    its box loss falls where the part is small in its object's box (4.5 -> 2.9), while a part covering most
-    of its object starts near its box (1.04 -> 1.14)."""
+@pytest.mark.parametrize("regime", ["small-part", "large-part"])
+def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, regime):
+    """90 iterations with the part boxes: the part's losses, on its own grid and on its object's, fall (by a
+    third in both regimes when written: 1.21 -> 0.85 and 1.61 -> 1.07 on small-part)."""
     import json
 
     from multimask.data import register_multimask_dataset
@@ -296,9 +299,8 @@ def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, reg
     rows = [r for r in rows if "total_loss" in r]
     first, last = rows[0], rows[-1]  # medians over 20 iterations
     assert last["iteration"] == 89
-    assert last["loss_mask_secondary"] < mask_drop * first["loss_mask_secondary"], (first, last)
-    if box_drop:
-        assert last["loss_part_box_secondary"] < box_drop * first["loss_part_box_secondary"], (first, last)
+    for key in ("loss_mask_secondary", "loss_mask_secondary_coarse"):
+        assert last[key] < 0.9 * first[key], (key, first[key], last[key])
 
 
 def test_a_part_box_run_trains_resumes_evaluates_and_predicts_through_the_cli(tmp_path):
@@ -317,7 +319,8 @@ def test_a_part_box_run_trains_resumes_evaluates_and_predicts_through_the_cli(tm
     _cli(*train, *opts, "SOLVER.MAX_ITER", 4)
     proc = _cli(*train, "--resume", *opts, "SOLVER.MAX_ITER", 6)
     assert "Resuming at iteration 4" in proc.stdout + proc.stderr
-    assert any("loss_part_box_secondary" in line for line in (tmp_path / "run/metrics.json").read_text().splitlines())
+    metrics = (tmp_path / "run/metrics.json").read_text()
+    assert "loss_mask_secondary_coarse" in metrics and "loss_part_box" not in metrics
     proc = _cli("evaluate", "--run", tmp_path / "run", "--json", tmp_path / "data/val.json", "--device", "cpu")
     assert "segm/secondary" in proc.stdout
     _cli("predict", "--run", tmp_path / "run", tmp_path / "data/images", "--output", tmp_path / "out",

@@ -64,7 +64,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
                  conv_dims: Sequence[int], conv_norm: str = "", shared_trunk: bool = True,
                  loss_weights: Sequence[float] | None = None, dice_weight: float = 0.0,
                  part_box_masks: Sequence[str] = (), part_box_loss_weight: float = 1.0,
-                 part_box_from: str = "regression", part_box_jitter: float = 0.1, part_box_context: float = 1.25,
+                 part_box_from: str = "coarse_mask", part_box_jitter: float = 0.1, part_box_context: float = 1.25,
                  vis_period: int = 0):
         super().__init__()
         if not conv_dims:

@@ -21,7 +21,7 @@ from torch import nn
 from ..structures import MultiMasks
 
 PART_BOX_TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
-PART_BOX_SOURCES = ("regression", "coarse_mask")  # where a part's box comes from at inference
+PART_BOX_SOURCES = ("coarse_mask", "regression")  # where a part's box comes from at inference
 MIN_PART_BOX_SIZE = 1.0  # pixels: the smallest box a part is given
 
 
