@@ -357,3 +357,13 @@ def test_coarse_mask_source_predicts_the_part_in_the_box_of_its_coarse_predictio
     # nothing predicted coarsely: the part is looked for in the instance's box, enlarged
     assert torch.allclose(calls[0][0], torch.tensor([[-4.0, -4, 36, 36]]))
     assert torch.allclose(inst.pred_multimask_boxes[0, 1], torch.tensor([-4.0, -4, 36, 36]))
+
+
+def test_mask_loss_over_some_of_the_names_matches_the_full_one():
+    logits = torch.randn(2, 2, 3, 8, 8)
+    names = ("primary", "secondary")
+    with EventStorage():
+        full = multimask_rcnn_loss(logits, _instances(), names, (1.0, 0.5), dice_weight=1.0)
+        part = multimask_rcnn_loss(logits[:, 1:], _instances(), ("secondary",), (0.5,), dice_weight=1.0)
+    assert set(part) == {"loss_mask_secondary"}
+    assert part["loss_mask_secondary"].item() == pytest.approx(full["loss_mask_secondary"].item())

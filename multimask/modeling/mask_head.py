@@ -54,8 +54,9 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
     """Mask R-CNN's conv-upsample mask head with one predictor per mask name.
 
     With `shared_trunk` one conv trunk feeds every predictor; otherwise each mask has its own trunk.
-    The masks named in `part_box_masks` are predicted in their own boxes (`part_box.py`): the head
-    regresses them from the instance's features and pools again there, with the `pool` its caller passes.
+    The masks named in `part_box_masks` are predicted a second time, in boxes of their own (`part_box.py`):
+    around their coarse prediction on the instance's grid (`part_box_from` "coarse_mask") or regressed from the
+    instance's features ("regression"), with features pooled there by the `pool` its caller passes.
     Loading a standard Mask R-CNN state dict copies its mask head into every branch.
     """
 
@@ -160,25 +161,29 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         mask_boxes = boxes.unsqueeze(1).repeat(1, k, 1)
         # every mask on the instance's grid: the output of the other masks, and where the parts are coarsely
         coarse = self.layers(x)
-        if self.part_box_from == "regression":
-            deltas = self.part_box_regressor(x.detach())  # (R, P, 4); its loss does not train the backbone
+        regressed = self.part_box_from == "regression"
+        deltas = self.part_box_regressor(x.detach()) if regressed else None  # its loss leaves the backbone alone
+        if not r:
+            zero = coarse.sum() * 0 + (deltas.sum() * 0 if regressed else 0)
+            kind = "loss_part_box_{}" if regressed else "loss_mask_{}_coarse"
+            return coarse, mask_boxes, {kind.format(n): zero for n in self.part_box_masks} if self.training else {}
         extra = {}
         if self.training:
             gt = [i.gt_multimask for i in instances if len(i)]
-            present = cat([g.present for g in gt])[:, self.part_index] if r else torch.zeros((0, 0), dtype=bool)
-            truth = cat([part_boxes_of(g, self.part_box_masks) for g in gt]).to(boxes) if r else boxes[:, None]
-            if self.part_box_from == "regression":
-                losses = (part_box_loss(deltas, boxes, truth, present) * self.part_box_loss_weight if r
-                          else deltas.sum((0, 2)) * 0)
+            present = cat([g.present for g in gt])[:, self.part_index]
+            truth = cat([part_boxes_of(g, self.part_box_masks) for g in gt]).to(boxes)
+            if regressed:
+                losses = part_box_loss(deltas, boxes, truth, present) * self.part_box_loss_weight
                 extra = {f"loss_part_box_{n}": losses[j] for j, n in enumerate(self.part_box_masks)}
             else:  # the coarse part is trained too: it places the part's box at inference
-                coarse_losses = multimask_rcnn_loss(coarse, instances, self.mask_names, self.loss_weights,
-                                                    dice_weight=self.dice_weight)
-                extra = {f"loss_mask_{n}_coarse": coarse_losses[f"loss_mask_{n}"] for n in self.part_box_masks}
+                weights = [self.loss_weights[j] for j in self.part_index]
+                losses = multimask_rcnn_loss(coarse[:, self.part_index], instances, self.part_box_masks, weights,
+                                             dice_weight=self.dice_weight)
+                extra = {f"{key}_coarse": value for key, value in losses.items()}
             pooled = jitter_boxes(truth, self.part_box_jitter)
         else:
             present = torch.ones((r, len(self.part_index)), dtype=torch.bool)
-            if self.part_box_from == "regression":
+            if regressed:
                 pooled = apply_part_deltas(deltas.detach(), boxes)
             else:
                 classes = cat([i.pred_classes for i in instances]) if coarse.shape[2] > 1 else None
@@ -262,8 +267,9 @@ def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_n
 
     Each name's loss is its `loss_weights` entry times (the mean cross-entropy over the pixels of the ROIs
     whose ground truth has that mask + `dice_weight` times their mean Dice loss); an ROI whose instance
-    lacks it contributes nothing to that name. The logits of ROI i's mask k lie in `mask_boxes[i, k]`
-    (R, K, 4), by default in the ROI's proposal box. Logs detectron2's mask accuracy,
+    lacks it contributes nothing to that name. `mask_names` may be some of the ground truth's names, in the
+    order of the logits' K masks. The logits of ROI i's mask k lie in `mask_boxes[i, k]` (R, K, 4; every
+    ground-truth name), by default in the ROI's proposal box. Logs detectron2's mask accuracy,
     false-positive and false-negative rates per name (`mask_rcnn/<name>/...`), with one GPU sync in all.
     """
     mask_size = logits.shape[-1]
@@ -280,12 +286,13 @@ def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_n
     storage = get_event_storage()
     losses, stats = {}, {}
     for k, name in enumerate(mask_names):
-        idx = present[:, k].nonzero().flatten()
+        col = fg[0].gt_multimask.names.index(name)
+        idx = present[:, col].nonzero().flatten()
         if not len(idx):
             losses[f"loss_mask_{name}"] = logits.sum() * 0
             continue
         idx = idx.to(logits.device, non_blocking=True)
-        pred, target = logits[idx, k], targets[idx, k]
+        pred, target = logits[idx, k], targets[idx, col]
         stats[name] = _mask_stats(pred, target > 0.5)
         loss = F.binary_cross_entropy_with_logits(pred, target)
         if dice_weight:
