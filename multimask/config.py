@@ -41,8 +41,8 @@ def add_multimask_config(cfg: CN) -> None:
     head.DICE_WEIGHT = 0.0
     # True: one conv trunk feeds NUM_MASK predictors. False: one conv trunk per mask.
     head.SHARED_TRUNK = True
-    # Masks predicted on their own grid, in a box the head regresses from the instance's features
-    # (multimask/modeling/part_box.py), e.g. ["secondary"] for a part that is small in its object's box.
+    # Masks predicted a second time on their own grid, in a box of their own (PART_BOX_FROM;
+    # multimask/modeling/part_box.py), e.g. ["secondary"] for a part that is small in its object's box.
     head.PART_BOX_MASKS = []
     head.PART_BOX_LOSS_WEIGHT = 1.0  # weight of each part's box loss, `loss_part_box_<name>` (L1 + 1 - GIoU)
     # Where a part's box comes from at inference: "coarse_mask" (around the part predicted on the instance's own

@@ -1,8 +1,9 @@
-"""Part boxes: a mask predicted on its own grid, inside a box the head regresses from the instance's ROI.
+"""Part boxes: a mask predicted a second time on its own grid, inside a box of its own.
 
 A part that covers a few percent of its object's box is a few cells of the object's 28 x 28 grid
-(bench/README.md, "Issue 14"). With `MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS`, the head regresses one box
-per such mask from the instance's pooled features, pools features again in that box (enlarged by
+(bench/README.md, "Issue 14"). With `MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS`, the head finds one box per
+such mask (`PART_BOX_FROM`: around its coarse prediction on the instance's grid, `boxes_of_masks`, or regressed
+from the instance's pooled features, `PartBoxRegressor`), pools features again in that box (enlarged by
 `PART_BOX_CONTEXT`) and predicts the mask there. In training the pooled box is the ground-truth part box,
 jittered, as the proposals that train detectron2's mask head vary around their objects.
 """
@@ -35,8 +36,8 @@ class PartBoxRegressor(nn.Module):
         self.conv = Conv2d(input_shape.channels, conv_dim, 3, stride=2, padding=1, bias=not norm,
                            norm=get_norm(norm, conv_dim), activation=nn.ReLU())
         weight_init.c2_msra_fill(self.conv)
-        side = (input_shape.height + 1) // 2
-        self.fc = nn.Linear(conv_dim * side * (((input_shape.width or input_shape.height) + 1) // 2), fc_dim)
+        cells = ((input_shape.height + 1) // 2) * ((input_shape.width + 1) // 2)  # after the stride-2 conv
+        self.fc = nn.Linear(conv_dim * cells, fc_dim)
         weight_init.c2_xavier_fill(self.fc)
         self.deltas = nn.Linear(fc_dim, 4 * num_parts)
         nn.init.normal_(self.deltas.weight, std=0.001)  # as detectron2's box predictor: start at the ROI box
