@@ -33,19 +33,49 @@ def _train(cfg, resume=False):
     return trainer
 
 
-def test_short_training_reduces_every_loss(synth_data, tmp_path):
+def _mask_losses_on_true_boxes(trainer, dataset_json) -> dict[str, float]:
+    """The model's mask losses on the first 8 training images, each image's true boxes as its proposals.
+
+    Fixed images, no augmentation and fixed proposals: unlike the logged losses, whose foreground ROIs change
+    as the RPN learns, this measures the mask head alone.
+    """
+    import detectron2.data.transforms as T
+    from detectron2.utils.events import EventStorage
+
+    from multimask.data import MultiMaskDatasetMapper, load_multimask_json
+
+    cfg, model = trainer.cfg, trainer.model
+    mapper = MultiMaskDatasetMapper(cfg, is_train=True)
+    mapper.augmentations = T.AugmentationList([T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)])
+    batch = [mapper(d) for d in load_multimask_json(dataset_json)[0][:8]]
+    for d in batch:
+        d["instances"].proposal_boxes = d["instances"].gt_boxes
+    model.train()
+    with torch.no_grad(), EventStorage():
+        features = model.backbone(model.preprocess_image(batch).tensor)
+        losses = model.roi_heads._forward_mask(features, [d["instances"] for d in batch])
+    return {k: v.item() for k, v in losses.items()}
+
+
+def test_short_training_teaches_the_rpn_and_both_masks(synth_data, tmp_path):
     cfg = _cfg(synth_data, tmp_path, 90, **{"SOLVER.CHECKPOINT_PERIOD": 1000})
     cfg.defrost()
     cfg.SOLVER.WARMUP_ITERS = 10
-    _train(cfg)
+    trainer = MultiMaskTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = _mask_losses_on_true_boxes(trainer, synth_data["train"])
+    trainer.train()
+    after = _mask_losses_on_true_boxes(trainer, synth_data["train"])
+    # The mask head learns both masks. Measured on the Intel CI-size machine, seeds 1-4: primary 0.89-0.90x,
+    # secondary 0.49-0.51x its loss before training (the object fills most of its box and learns more slowly).
+    assert after["loss_mask_primary"] < 0.95 * before["loss_mask_primary"], (before, after)
+    assert after["loss_mask_secondary"] < 0.7 * before["loss_mask_secondary"], (before, after)
     rows = [r for r in _metrics(tmp_path) if "total_loss" in r]
     # PeriodicWriter logs every 20 iterations, each value a median over the window
     first, last = rows[0], rows[-1]
     assert last["iteration"] == 89
-    # Box losses grow at first, as the RPN starts to find objects; the RPN and mask losses must fall.
+    # Box losses grow at first, as the RPN starts to find objects; the RPN loss must fall.
     assert last["loss_rpn_cls"] < 0.5 * first["loss_rpn_cls"]
-    assert last["loss_mask_secondary"] < 0.7 * first["loss_mask_secondary"]
-    assert last["loss_mask_primary"] < first["loss_mask_primary"]
     assert "mask_rcnn/secondary/accuracy" in last and "mask_rcnn/primary/false_negative" in last
     assert (tmp_path / "model_final.pth").is_file()
     assert list(tmp_path.glob("events.out.tfevents.*")), "TensorBoard events"
