@@ -51,6 +51,9 @@ def add_multimask_config(cfg: CN) -> None:
     head.PART_BOX_FROM = "coarse_mask"
     head.PART_BOX_JITTER = 0.1  # training: the true part box, moved and scaled by up to this share of its size
     head.PART_BOX_CONTEXT = 1.25  # the part's features and mask are taken in its box enlarged by this factor
+    # Training: at most this many (foreground ROI, part) pairs per image train the parts on their own grid, drawn
+    # at random (0: all). A part's box is its jittered true box, whichever ROI it comes with: more add little.
+    head.PART_BOX_BATCH_SIZE_PER_IMAGE = 16
     # Class names of the training data, stored with each run so a run folder is self-contained.
     cfg.MULTIMASK = CN()
     cfg.MULTIMASK.CLASS_NAMES = []
@@ -117,6 +120,10 @@ def _validate_part_boxes(head: CN, names: list[str]) -> None:
     if head.PART_BOX_FROM not in PART_BOX_SOURCES:
         raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM must be one of {list(PART_BOX_SOURCES)}, "
                          f"got {head.PART_BOX_FROM!r}")
+    size = head.PART_BOX_BATCH_SIZE_PER_IMAGE
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_BATCH_SIZE_PER_IMAGE must be a whole number >= 0 "
+                         f"(0: every foreground ROI), got {size!r}")
     for key, low, high in (("PART_BOX_LOSS_WEIGHT", 0, float("inf")), ("PART_BOX_JITTER", 0, 1),
                            ("PART_BOX_CONTEXT", 1, 4)):
         value = head[key]

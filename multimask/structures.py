@@ -69,10 +69,12 @@ class MultiMasks:
         """Move the masks (bitmaps; polygons stay on the CPU, as in detectron2)."""
         return MultiMasks(self.names, [self.masks[n].to(*args, **kwargs) for n in self.names], self.present)
 
-    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int,
+                        names: Sequence[str] | None = None) -> torch.Tensor:
         """(N, NUM_MASK, mask_size, mask_size) float targets inside `boxes`; zeros where absent.
 
-        `boxes` is (N, 4), one box per instance, or (N, NUM_MASK, 4), one box per mask. Polygons are
+        `boxes` is (N, 4), one box per instance, or (N, NUM_MASK, 4), one box per mask. Only `names` (default:
+        all) are rasterised; the other names' targets stay zero. Polygons are
         rasterised as detectron2's PolygonMasks.crop_and_resize does (same pixels), but in one pycocotools
         call for every present mask of every name, instead of one call per ROI.
         """
@@ -83,7 +85,7 @@ class MultiMasks:
         poly_jobs = []
         for j, name in enumerate(self.names):
             idx = self.present[:, j].nonzero().flatten()
-            if not len(idx):
+            if not len(idx) or (names is not None and name not in names):
                 continue
             masks = self.masks[name]
             if isinstance(masks, PolygonMasks):

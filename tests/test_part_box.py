@@ -21,6 +21,7 @@ from multimask.modeling.part_box import (
     jitter_boxes,
     part_box_loss,
     part_boxes_of,
+    sample_per_image,
 )
 from tests.conftest import tiny_cfg
 from tests.test_head import _instances, _standard_mask_rcnn_state
@@ -102,6 +103,8 @@ def test_crop_and_resize_takes_one_box_per_mask():
     assert torch.equal(own[:, 0], same[:, 0])
     assert own[0, 1].min() == 1  # the left half, cropped to its own box, fills it
     assert same[0, 1, :, :4].min() == 1 and same[0, 1, :, 4:].max() == 0
+    secondary_only = masks.crop_and_resize(per_mask, 8, ["secondary"])  # a loss over some names rasterises those
+    assert secondary_only[:, 0].max() == 0 and torch.equal(secondary_only[:, 1], own[:, 1])
 
 
 def test_mask_loss_in_the_part_box_by_hand():
@@ -155,6 +158,41 @@ def test_training_pools_only_present_parts_and_absent_ones_add_nothing(source):
     assert losses[own].item() == again[own].item() and losses[own].item() > 0
     assert losses["loss_mask_secondary"].item() == again["loss_mask_secondary"].item()
     assert losses["loss_mask_primary"].item() != again["loss_mask_primary"].item()  # ROI 1 has a primary
+
+
+def test_sample_per_image_keeps_at_most_the_limit_per_image():
+    flags = torch.tensor([[True, True], [True, False], [False, False], [True, True], [False, True]])
+    image_of_row = torch.tensor([0, 0, 0, 1, 1])
+    assert torch.equal(sample_per_image(flags, image_of_row, 0), flags)
+    assert torch.equal(sample_per_image(flags, image_of_row, 3), flags)
+    drawn = set()
+    for seed in range(20):
+        kept = sample_per_image(flags, image_of_row, 2, torch.Generator().manual_seed(seed))
+        assert not (kept & ~flags).any()  # only what was there
+        assert kept[:3].sum() == 2 and kept[3:].sum() == 2
+        drawn.add(tuple(kept.flatten().tolist()))
+    assert len(drawn) > 3  # drawn at random
+
+
+@pytest.mark.parametrize("source", ["regression", "coarse_mask"])
+def test_training_trains_the_parts_on_at_most_the_batch_size_per_image(source):
+    """PART_BOX_BATCH_SIZE_PER_IMAGE 1: one part box per image is pooled, and the part's loss is the mean over
+    those alone. Without jitter every ROI here gives the same part target (to the rasteriser's sub-pixel rounding)
+    and features, so it equals the loss
+    over all of them; ROIs left out would bring their instance-grid logits, and change it."""
+    opts = {"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM": source, "MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_JITTER": 0.0}
+    x = torch.randn(4, 64, 14, 14)
+    part_features = torch.randn(1, 64, 14, 14)
+    losses = {}
+    for limit in (0, 1):
+        torch.manual_seed(0)
+        head = _part_head(**opts, **{"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_BATCH_SIZE_PER_IMAGE": limit}).train()
+        pool, calls = _fake_pool(part_features)
+        with EventStorage():
+            losses[limit] = head(x, _instances(n_img=2, present=((True, True), (True, True))), pool=pool)
+        assert [len(b) for b in calls[0]] == [limit or 2, limit or 2]
+    assert losses[1]["loss_mask_secondary"].item() == pytest.approx(losses[0]["loss_mask_secondary"].item(), rel=1e-3)
+    assert losses[1]["loss_mask_secondary"].item() > 0
 
 
 @pytest.mark.parametrize("source", ["regression", "coarse_mask"])
@@ -246,6 +284,7 @@ def test_standard_checkpoint_fills_every_mask_branch_and_leaves_the_part_box_fre
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_CONTEXT", 0.5], "PART_BOX_CONTEXT must be a number from 1 to 4"),
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_LOSS_WEIGHT", -1.0], "PART_BOX_LOSS_WEIGHT"),
     (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM", "mask"], r"PART_BOX_FROM must be one of \['coarse_mask', 'reg"),
+    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_BATCH_SIZE_PER_IMAGE", -1], "PART_BOX_BATCH_SIZE_PER_IMAGE must be a whole"),
 ])
 def test_part_box_settings_are_validated(opts, match):
     with pytest.raises(ValueError, match=match):

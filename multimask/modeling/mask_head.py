@@ -26,6 +26,7 @@ from .part_box import (
     jitter_boxes,
     part_box_loss,
     part_boxes_of,
+    sample_per_image,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
                  loss_weights: Sequence[float] | None = None, dice_weight: float = 0.0,
                  part_box_masks: Sequence[str] = (), part_box_loss_weight: float = 1.0,
                  part_box_from: str = "coarse_mask", part_box_jitter: float = 0.1, part_box_context: float = 1.25,
-                 vis_period: int = 0):
+                 part_box_batch_size_per_image: int = 0, vis_period: int = 0):
         super().__init__()
         if not conv_dims:
             raise ValueError("conv_dims must hold at least the deconv's width")
@@ -97,6 +98,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         self.part_box_loss_weight = float(part_box_loss_weight)
         self.part_box_jitter = float(part_box_jitter)
         self.part_box_context = float(part_box_context)
+        self.part_box_batch_size_per_image = int(part_box_batch_size_per_image)
         if part_box_from not in PART_BOX_SOURCES:
             raise ValueError(f"part_box_from must be one of {PART_BOX_SOURCES}, got {part_box_from!r}")
         self.part_box_from = part_box_from
@@ -123,6 +125,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             "part_box_from": head.PART_BOX_FROM,
             "part_box_jitter": float(head.PART_BOX_JITTER),
             "part_box_context": float(head.PART_BOX_CONTEXT),
+            "part_box_batch_size_per_image": head.PART_BOX_BATCH_SIZE_PER_IMAGE,
             "vis_period": cfg.VIS_PERIOD,
         }
 
@@ -142,20 +145,26 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         boxes (one `Boxes` per image), which the part boxes need.
         """
         if not self.part_box_masks:
-            logits, mask_boxes, box_losses = self.layers(x), None, {}
+            logits, mask_boxes, part_losses = self.layers(x), None, {}
         else:
             if pool is None:
                 raise ValueError("PART_BOX_MASKS needs the ROI heads to pass `pool` (use MultiMaskROIHeads)")
-            logits, mask_boxes, box_losses = self._with_part_boxes(x, instances, pool)
-        if self.training:
-            losses = multimask_rcnn_loss(logits, instances, self.mask_names, self.loss_weights, self.vis_period,
-                                         dice_weight=self.dice_weight, mask_boxes=mask_boxes)
-            return {**losses, **box_losses}
+            logits, mask_boxes, part_losses = self._with_part_boxes(x, instances, pool)
+        if self.training:  # the parts' losses on their own grids come from _with_part_boxes
+            own = [k for k, n in enumerate(self.mask_names) if n not in self.part_box_masks]
+            losses = multimask_rcnn_loss(logits[:, own], instances, [self.mask_names[k] for k in own],
+                                         [self.loss_weights[k] for k in own], self.vis_period,
+                                         dice_weight=self.dice_weight)
+            return {**losses, **part_losses}
         multimask_rcnn_inference(logits, instances, mask_boxes)
         return instances
 
     def _with_part_boxes(self, x: torch.Tensor, instances: list[Instances], pool):
-        """Logits (R, K, C, M, M), the box each mask's logits lie in (R, K, 4), and the part box losses."""
+        """Logits (R, K, C, M, M), the box each mask's logits lie in (R, K, 4), and the parts' losses.
+
+        In training the logits are the instance grid's, and the losses those of the parts on their own grids
+        (`loss_mask_<part>`) and of their boxes (`loss_part_box_<part>` or `loss_mask_<part>_coarse`).
+        """
         boxes = cat([(i.proposal_boxes if self.training else i.pred_boxes).tensor for i in instances])
         r, k = len(boxes), len(self.mask_names)
         mask_boxes = boxes.unsqueeze(1).repeat(1, k, 1)
@@ -163,24 +172,28 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         coarse = self.layers(x)
         regressed = self.part_box_from == "regression"
         deltas = self.part_box_regressor(x.detach()) if regressed else None  # its loss leaves the backbone alone
+        zero = coarse.sum() * 0 + (deltas.sum() * 0 if regressed else 0)
         if not r:
-            zero = coarse.sum() * 0 + (deltas.sum() * 0 if regressed else 0)
             kind = "loss_part_box_{}" if regressed else "loss_mask_{}_coarse"
-            return coarse, mask_boxes, {kind.format(n): zero for n in self.part_box_masks} if self.training else {}
-        extra = {}
+            return coarse, mask_boxes, ({key.format(n): zero for n in self.part_box_masks
+                                         for key in (kind, "loss_mask_{}")} if self.training else {})
+        image_of_row = torch.repeat_interleave(torch.arange(len(instances)),
+                                               torch.tensor([len(i) for i in instances]))
+        losses = {}
         if self.training:
             gt = [i.gt_multimask for i in instances if len(i)]
             present = cat([g.present for g in gt])[:, self.part_index]
             truth = cat([part_boxes_of(g, self.part_box_masks) for g in gt]).to(boxes)
             if regressed:
-                losses = part_box_loss(deltas, boxes, truth, present) * self.part_box_loss_weight
-                extra = {f"loss_part_box_{n}": losses[j] for j, n in enumerate(self.part_box_masks)}
+                box_losses = part_box_loss(deltas, boxes, truth, present) * self.part_box_loss_weight
+                losses = {f"loss_part_box_{n}": box_losses[j] for j, n in enumerate(self.part_box_masks)}
             else:  # the coarse part is trained too: it places the part's box at inference
                 weights = [self.loss_weights[j] for j in self.part_index]
-                losses = multimask_rcnn_loss(coarse[:, self.part_index], instances, self.part_box_masks, weights,
-                                             dice_weight=self.dice_weight)
-                extra = {f"{key}_coarse": value for key, value in losses.items()}
+                coarse_losses = multimask_rcnn_loss(coarse[:, self.part_index], instances, self.part_box_masks,
+                                                    weights, dice_weight=self.dice_weight)
+                losses = {f"{key}_coarse": value for key, value in coarse_losses.items()}
             pooled = jitter_boxes(truth, self.part_box_jitter)
+            present = sample_per_image(present, image_of_row, self.part_box_batch_size_per_image)
         else:
             present = torch.ones((r, len(self.part_index)), dtype=torch.bool)
             if regressed:
@@ -190,17 +203,43 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
                 probs = _select_class(coarse[:, self.part_index], classes).sigmoid()
                 pooled = boxes_of_masks(probs > 0.5, boxes)
         rows, cols = present.nonzero(as_tuple=True)  # row-major: grouped by image, as the pooler needs
-        logits = coarse.clone()
+        chosen = enlarge_boxes(pooled, self.part_box_context)[rows.to(boxes.device), cols.to(boxes.device)]
+        fine = None
         if len(rows):
-            chosen = enlarge_boxes(pooled, self.part_box_context)[rows.to(boxes.device), cols.to(boxes.device)]
-            image_of_row = torch.repeat_interleave(torch.arange(len(instances)),
-                                                   torch.tensor([len(i) for i in instances]))
             counts = torch.bincount(image_of_row[rows], minlength=len(instances)).tolist()
+            fine = self._part_logits(pool([Boxes(b) for b in chosen.split(counts)]), cols)
+        if self.training:
+            return coarse, mask_boxes, {**losses, **self._part_losses(fine, chosen, rows, cols, instances, zero)}
+        logits = coarse.clone()
+        if fine is not None:
             index = torch.tensor(self.part_index)[cols].to(x.device)
-            logits[rows.to(x.device), index] = self._part_logits(pool([Boxes(b) for b in chosen.split(counts)]),
-                                                                 cols)
+            logits[rows.to(x.device), index] = fine
             mask_boxes[rows.to(x.device), index] = chosen
-        return logits, mask_boxes, extra
+        return logits, mask_boxes, {}
+
+    def _part_losses(self, fine: torch.Tensor | None, chosen: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                     instances: list[Instances], zero: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`loss_mask_<part>` of the parts' logits on their own grids: `fine[i]` (C, M, M) for part `cols[i]` of
+        ROI `rows[i]` (indexing the images' ROIs in turn), lying in the box `chosen[i]`."""
+        starts = [0]
+        for inst in instances:
+            starts.append(starts[-1] + len(inst))
+        losses = {}
+        for j, name in enumerate(self.part_box_masks):
+            sel = (cols == j).nonzero().flatten()
+            if not len(sel):
+                losses[f"loss_mask_{name}"] = zero
+                continue
+            picked = rows[sel]
+            subsets = [inst[picked[(picked >= a) & (picked < b)] - a]
+                       for inst, a, b in zip(instances, starts, starts[1:])]
+            boxes = cat([i.proposal_boxes.tensor for i in subsets])
+            mask_boxes = boxes.unsqueeze(1).repeat(1, len(self.mask_names), 1)
+            mask_boxes[:, self.part_index[j]] = chosen[sel.to(chosen.device)]
+            losses.update(multimask_rcnn_loss(fine[sel.to(fine.device)].unsqueeze(1), subsets, [name],
+                                              [self.loss_weights[self.part_index[j]]], self.vis_period,
+                                              dice_weight=self.dice_weight, mask_boxes=mask_boxes))
+        return losses
 
     def _part_logits(self, features: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """(N, C, M, M) logits of N part features, feature i for part `cols[i]`."""
@@ -278,7 +317,7 @@ def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_n
         return {f"loss_mask_{n}": logits.sum() * 0 for n in mask_names}
     if mask_boxes is None:
         mask_boxes = cat([x.proposal_boxes.tensor for x in fg])
-    targets = cat([x.gt_multimask.crop_and_resize(b, mask_size)
+    targets = cat([x.gt_multimask.crop_and_resize(b, mask_size, mask_names)
                    for x, b in zip(fg, mask_boxes.split([len(x) for x in fg]))])
     present = cat([x.gt_multimask.present for x in fg])  # on the CPU: no sync to choose ROIs
     classes = cat([x.gt_classes for x in fg]).to(torch.int64)

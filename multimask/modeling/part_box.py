@@ -121,3 +121,20 @@ def enlarge_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
     half = (boxes[..., 2:] - boxes[..., :2]).clamp(min=MIN_PART_BOX_SIZE) * factor / 2
     return torch.cat([centre - half, centre + half], dim=-1)
 
+
+
+def sample_per_image(flags: torch.Tensor, image_of_row: torch.Tensor, limit: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """A copy of the (R, P) bool `flags` (R ROIs, P parts) with at most `limit` True entries per image, kept
+    uniformly at random; `image_of_row` (R,) holds each ROI's image. `limit` 0 keeps them all."""
+    if limit <= 0:
+        return flags
+    rows, cols = flags.nonzero(as_tuple=True)
+    images = image_of_row[rows]
+    keep = torch.zeros(len(rows), dtype=torch.bool)
+    for image in images.unique().tolist():
+        idx = (images == image).nonzero().flatten()
+        keep[idx[torch.randperm(len(idx), generator=generator)[:limit]]] = True
+    out = torch.zeros_like(flags)
+    out[rows[keep], cols[keep]] = True
+    return out
