@@ -2,13 +2,16 @@
 
 Same data, schedule and device for all three: the multimask model (primary + secondary), a primary-only
 model and a secondary-only model (whose boxes are the secondary masks' boxes, as a stock single-mask
-Mask R-CNN would be trained for that part). Prints per-mask COCO AP and training time of each.
+Mask R-CNN would be trained for that part). Prints per-mask COCO AP and training time of each, and the median
+training step once the model has learned enough to send many foreground ROIs to the mask head (after the first
+fifth of the schedule; `bench_model.py` times untrained models, which send few).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,7 +55,13 @@ def train_variant(name: str, names, args, paths, extra: dict) -> dict:
     results = json.loads((out / "eval_results.json").read_text())
     print(f"RESULT {name}: {total:.0f} s, " + ", ".join(f"{k} AP {v['AP']:.1f}" for k, v in results.items()),
           flush=True)
-    return {"masks": list(names), "train_and_eval_s": total, "results": results}
+    return {"masks": list(names), "train_and_eval_s": total, "step_s": median_step_s(out, it), "results": results}
+
+
+def median_step_s(out: Path, max_iter: int) -> float:
+    """The median of the seconds per iteration that detectron2's writer logged after the first fifth."""
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    return statistics.median(r["time"] for r in rows if "time" in r and r["iteration"] >= max_iter // 5)
 
 
 def _cell(results: dict, task: str, metric: str) -> str:
@@ -109,11 +118,11 @@ def main() -> None:
           f"{args.train_images} train / {args.val_images} val images, amp {args.amp}, regime {args.regime}\n")
     columns = [("bbox", "AP")] + [(f"segm/{n}", m) for n in ("primary", "secondary") for m in ("AP", "AP50", "AP75")]
     print("| model | " + " | ".join(f"{t.partition('/')[2] or 'box'} {m}" for t, m in columns)
-          + " | train+eval time (s) |")
-    print("|---|" + "---|" * (len(columns) + 1))
+          + " | train+eval time (s) | step (s) |")
+    print("|---|" + "---|" * (len(columns) + 2))
     for name, r in runs.items():
         cells = [_cell(r["results"], task, m) for task, m in columns]
-        print(f"| {name} | " + " | ".join(cells) + f" | {r['train_and_eval_s']:.0f} |")
+        print(f"| {name} | " + " | ".join(cells) + f" | {r['train_and_eval_s']:.0f} | {r['step_s']:.3f} |")
     if len(runs) == len(VARIANTS):
         two = runs["primary-only"]["train_and_eval_s"] + runs["secondary-only"]["train_and_eval_s"]
         one = runs[args.label]["train_and_eval_s"]
