@@ -18,8 +18,9 @@ from ..config import validate_multimask_config
 class MultiMaskROIHeads(StandardROIHeads):
     """Box head as in Mask R-CNN; the mask branch is built from `MODEL.ROI_MULTI_MASK_HEAD`.
 
-    Training losses: detectron2's box losses plus `loss_mask_<name>` per mask name. Inference adds
-    `pred_multimask` (R, NUM_MASK, M, M) and `pred_masks` (the first mask) to each instance.
+    Training losses: detectron2's box losses plus `loss_mask_<name>` per mask name (and the part boxes' losses,
+    see the mask head). Inference adds `pred_multimask` (R, NUM_MASK, M, M), `pred_masks` (the first mask) and,
+    with part boxes, `pred_multimask_boxes` (R, NUM_MASK, 4) to each instance.
     """
 
     def _forward_mask(self, features: dict[str, torch.Tensor], instances: list[Instances]):
