@@ -178,8 +178,8 @@ def test_sample_per_image_keeps_at_most_the_limit_per_image():
 def test_training_trains_the_parts_on_at_most_the_batch_size_per_image(source):
     """PART_BOX_BATCH_SIZE_PER_IMAGE 1: one part box per image is pooled, and the part's loss is the mean over
     those alone. Without jitter every ROI here gives the same part target (to the rasteriser's sub-pixel rounding)
-    and features, so it equals the loss
-    over all of them; ROIs left out would bring their instance-grid logits, and change it."""
+    and features, so it equals the loss over all of them; ROIs left out would bring their instance-grid logits,
+    and change it."""
     opts = {"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM": source, "MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_JITTER": 0.0}
     x = torch.randn(4, 64, 14, 14)
     part_features = torch.randn(1, 64, 14, 14)

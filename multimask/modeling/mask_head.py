@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -221,9 +222,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
                      instances: list[Instances], zero: torch.Tensor) -> dict[str, torch.Tensor]:
         """`loss_mask_<part>` of the parts' logits on their own grids: `fine[i]` (C, M, M) for part `cols[i]` of
         ROI `rows[i]` (indexing the images' ROIs in turn), lying in the box `chosen[i]`."""
-        starts = [0]
-        for inst in instances:
-            starts.append(starts[-1] + len(inst))
+        starts = [0, *itertools.accumulate(len(i) for i in instances)]
         losses = {}
         for j, name in enumerate(self.part_box_masks):
             sel = (cols == j).nonzero().flatten()

@@ -122,7 +122,6 @@ def enlarge_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=-1)
 
 
-
 def sample_per_image(flags: torch.Tensor, image_of_row: torch.Tensor, limit: int,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """A copy of the (R, P) bool `flags` (R ROIs, P parts) with at most `limit` True entries per image, kept
