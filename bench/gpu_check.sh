@@ -15,7 +15,8 @@ python3 -c "import torch, detectron2, multimask; print(torch.__version__, torch.
 # BENCH=1 adds the model benchmark (about 150 s); COMPARE=0 or TRAIN_JOB=0 leave a part out; COMPARE_OPTS="KEY
 # VALUE ..." passes config options to the comparison (e.g. "MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT 0.0").
 # ISSUE14=1 runs issue 14's checks instead of the others (about 8 minutes): the model benchmark with part boxes,
-# then on REGIME (small-part by default) the two-mask model with part boxes, without, and the secondary-only model.
+# then on REGIME (small-part by default) the two-mask model with part boxes, without, and the secondary-only model,
+# and part_ceiling.py on each.
 if [ "${ISSUE14:-0}" = 1 ]; then
   PB="MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS"
   timeout 150 python3 bench/bench_model.py --device cuda --iters 20 --warmup 5 --opts $PB "['secondary']" \
@@ -25,6 +26,11 @@ if [ "${ISSUE14:-0}" = 1 ]; then
     --two-mask-opts $PB "['secondary']" --json "$OUT/compare14_partbox.json" 2>&1 | grep -E 'RESULT|^\||Error'
   timeout 200 python3 bench/compare_single_multi.py $C --only two-mask secondary-only \
     --json "$OUT/compare14.json" 2>&1 | grep -E 'RESULT|^\||Error'
+  # how much of each model's secondary AP its detections and its mask grid allow
+  for m in two-mask two-mask-partbox secondary-only; do
+    timeout 60 python3 bench/part_ceiling.py /tmp/compare14/data-*/val.json \
+      /tmp/compare14/$m/inference/*/multimask_predictions.json --json "$OUT/part_ceiling_$m.json" 2>&1 | grep -E '^\||Error'
+  done
   exit 0
 fi
 if [ "${BENCH:-0}" = 1 ]; then
