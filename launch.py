@@ -18,26 +18,48 @@ NO_AUTH_WARNING = """\
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Serve the multimask Gradio app (on this machine only unless --host "
-                                            "says otherwise; a network address needs users, see --add-user).")
+    p = argparse.ArgumentParser(
+        description="Serve the multimask Gradio app (on this machine only unless --host "
+        "says otherwise; a network address needs users, see --add-user)."
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 serves every network interface")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--data-root", default="datasets", help="folder of datasets")
     p.add_argument("--runs-root", default="runs", help="folder of training runs")
-    p.add_argument("--import-root", action="append", default=[], metavar="FOLDER",
-                   help="a server folder the Label tab may import images and datasets from (repeatable; "
-                        "the data root is always allowed)")
-    p.add_argument("--users-file", metavar="FILE",
-                   help="user names and password hashes (default: RUNS_ROOT/.users.json); when it has users, "
-                        "the app asks for a login")
-    p.add_argument("--add-user", metavar="NAME", help="add a user or change their password, then exit (the "
-                   "password is asked for; read from stdin when stdin is not a terminal)")
+    p.add_argument(
+        "--import-root",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a server folder the Label tab may import images and datasets from (repeatable; "
+        "the data root is always allowed)",
+    )
+    p.add_argument(
+        "--users-file",
+        metavar="FILE",
+        help="user names and password hashes (default: RUNS_ROOT/.users.json); when it has users, "
+        "the app asks for a login",
+    )
+    p.add_argument(
+        "--add-user",
+        metavar="NAME",
+        help="add a user or change their password, then exit (the "
+        "password is asked for; read from stdin when stdin is not a terminal)",
+    )
     p.add_argument("--remove-user", metavar="NAME", help="remove a user, then exit")
-    p.add_argument("--no-auth", action="store_true",
-                   help="serve a network address without login: anyone who can reach it can do anything")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a further host name that browsers use to reach the app (a DNS alias, a proxy); the "
-                        "machine's own names and the address a request arrives on are always allowed")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve a network address without login: anyone who can reach it can do anything",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a further host name that browsers use to reach the app (a DNS alias, a proxy); the "
+        "machine's own names and the address a request arrives on are always allowed",
+    )
     p.add_argument("--session-hours", type=float, default=12.0, help="a login lasts this long (default 12)")
     return p
 
@@ -83,25 +105,43 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     local = is_loopback(args.host)
     if not local and not login and not args.no_auth:
-        raise SystemExit(f"Refusing to serve {args.host} without a login: anyone on the network could read, change "
-                         f"and delete the datasets. Add a user first (`python launch.py --add-user NAME`, stored in "
-                         f"{users.path}), or pass --no-auth to serve without one.")
+        raise SystemExit(
+            f"Refusing to serve {args.host} without a login: anyone on the network could read, change "
+            f"and delete the datasets. Add a user first (`python launch.py --add-user NAME`, stored in "
+            f"{users.path}), or pass --no-auth to serve without one."
+        )
     if not local and args.no_auth:
-        print(NO_AUTH_WARNING.format(host=args.host, url=public_url(args.host, args.port)), file=sys.stderr,
-              flush=True)
+        print(NO_AUTH_WARNING.format(host=args.host, url=public_url(args.host, args.port)), file=sys.stderr, flush=True)
     from app import build_app
 
     demo = build_app(args.data_root, args.runs_root, args.import_root, logout=login)
     lock, other = claim_data_root(demo.data_root)
     if other is not None:
-        print(f"warning: another multimask app ({other}) serves {demo.data_root} too. Saves stay safe (each dataset "
-              "is locked while it is written), but two apps start queued training jobs and show each other's "
-              "changes only on refresh.", file=sys.stderr, flush=True)
-    served = serve(demo, demo.data_root, ServeOptions(
-        host=args.host, port=args.port, users=users if login else None, allowed_hosts=tuple(args.allowed_host),
-        session_hours=args.session_hours, max_file_size=MAX_UPLOAD))
-    print(f"multimask app running at {served.url}" + (f" (on this machine: {served.local_url})" if not local else "")
-          + (f"; login required (users in {users.path})" if login else ""), flush=True)
+        print(
+            f"warning: another multimask app ({other}) serves {demo.data_root} too. Saves stay safe (each dataset "
+            "is locked while it is written), but two apps start queued training jobs and show each other's "
+            "changes only on refresh.",
+            file=sys.stderr,
+            flush=True,
+        )
+    served = serve(
+        demo,
+        demo.data_root,
+        ServeOptions(
+            host=args.host,
+            port=args.port,
+            users=users if login else None,
+            allowed_hosts=tuple(args.allowed_host),
+            session_hours=args.session_hours,
+            max_file_size=MAX_UPLOAD,
+        ),
+    )
+    print(
+        f"multimask app running at {served.url}"
+        + (f" (on this machine: {served.local_url})" if not local else "")
+        + (f"; login required (users in {users.path})" if login else ""),
+        flush=True,
+    )
     try:
         while served.thread.is_alive():
             served.thread.join(timeout=1.0)

@@ -42,8 +42,15 @@ def instance_table(raw: RawPrediction, keep: Sequence[int]) -> pd.DataFrame:
     rows = []
     for j, i in enumerate(keep):
         box = [round(float(v) * raw.scale) for v in raw.boxes[i]]
-        rows.append([instance_number(j), raw.class_name(int(raw.classes[i])), round(float(raw.scores[i]), 3), *box,
-                     *(round(int(a) * raw.scale ** 2) for a in raw.areas[i])])
+        rows.append(
+            [
+                instance_number(j),
+                raw.class_name(int(raw.classes[i])),
+                round(float(raw.scores[i]), 3),
+                *box,
+                *(round(int(a) * raw.scale**2) for a in raw.areas[i]),
+            ]
+        )
     return pd.DataFrame(rows, columns=table_columns(raw.mask_names))
 
 
@@ -52,8 +59,9 @@ def display_scale(height: int, width: int) -> int:
     return max(1, DISPLAY_SIDE // max(height, width, 1))
 
 
-def render(raw: RawPrediction, threshold: float, visible: Sequence[str] | None,
-           highlight: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+def render(
+    raw: RawPrediction, threshold: float, visible: Sequence[str] | None, highlight: int | None = None
+) -> tuple[np.ndarray, pd.DataFrame]:
     """The overlay (RGB, `display_scale` times the image's size) and the instance table for the detections above
     `threshold`; `visible` names the mask layers to draw (None: all; unknown names are ignored); `highlight`, a
     detection's index, is drawn with its box and label and the others faded (when it is above `threshold`)."""
@@ -65,13 +73,20 @@ def render(raw: RawPrediction, threshold: float, visible: Sequence[str] | None,
     wanted = set(raw.mask_names if visible is None else [visible] if isinstance(visible, str) else visible)
     shown = [n for n in raw.mask_names if n in wanted]
     masks = raw.full_masks(keep, [raw.mask_names.index(n) for n in shown])
-    labels = [f"#{instance_number(j)} {raw.class_name(int(raw.classes[i]))} {raw.scores[i]:.0%}"
-              for j, i in enumerate(keep)]
+    labels = [
+        f"#{instance_number(j)} {raw.class_name(int(raw.classes[i]))} {raw.scores[i]:.0%}" for j, i in enumerate(keep)
+    ]
     h, w = raw.image.shape[:2]
     scale = display_scale(h, w)
     vis = MultiMaskVisualizer(raw.image, None, scale=scale)
-    vis.draw_multimask(masks, raw.mask_names, boxes=raw.boxes[keep], labels=labels, visible=shown,
-                       highlight=highlight if highlight is not None and highlight < len(keep) else None)
+    vis.draw_multimask(
+        masks,
+        raw.mask_names,
+        boxes=raw.boxes[keep],
+        labels=labels,
+        visible=shown,
+        highlight=highlight if highlight is not None and highlight < len(keep) else None,
+    )
     overlay = vis.output.get_image()
     if overlay.shape[:2] != (h * scale, w * scale):  # matplotlib can round the canvas size by a pixel
         overlay = cv2.resize(overlay, (w * scale, h * scale), interpolation=cv2.INTER_AREA)

@@ -34,8 +34,11 @@ def remove_folder(folder: str | None) -> None:
 
 def _is_ours(folder: Path) -> bool:
     """A folder named as this module names them, directly in the temporary folder (links resolved), not a link."""
-    return (folder.name.startswith(FOLDER_PREFIX) and not folder.is_symlink()
-            and folder.resolve().parent == Path(tempfile.gettempdir()).resolve())
+    return (
+        folder.name.startswith(FOLDER_PREFIX)
+        and not folder.is_symlink()
+        and folder.resolve().parent == Path(tempfile.gettempdir()).resolve()
+    )
 
 
 def file_stem(name: str | None) -> str:
@@ -74,10 +77,14 @@ def predictions_json(raw: RawPrediction, keep: Sequence[int], overlay_name: str 
     sx, sy = width / raw.image.shape[1], height / raw.image.shape[0]
     records = []
     for i in keep:  # one instance at a time: all masks at a photo's full size at once could take gigabytes
-        box = torch.from_numpy(raw.boxes[i:i + 1] * np.array([sx, sy, sx, sy], dtype=np.float32))
-        one = Instances((height, width), pred_boxes=Boxes(box), scores=torch.from_numpy(raw.scores[i:i + 1]),
-                        pred_classes=torch.from_numpy(raw.classes[i:i + 1]),
-                        pred_multimask=torch.from_numpy(upload_masks(raw, i)[None]))
+        box = torch.from_numpy(raw.boxes[i : i + 1] * np.array([sx, sy, sx, sy], dtype=np.float32))
+        one = Instances(
+            (height, width),
+            pred_boxes=Boxes(box),
+            scores=torch.from_numpy(raw.scores[i : i + 1]),
+            pred_classes=torch.from_numpy(raw.classes[i : i + 1]),
+            pred_multimask=torch.from_numpy(upload_masks(raw, i)[None]),
+        )
         records += prediction_records(one, raw.file_name, raw.mask_names, raw.class_names)
     image = image_entry(raw.file_name, height, width, records, overlay_name)
     return predictions_document([image], raw.mask_names, raw.class_names)

@@ -78,8 +78,9 @@ def no_runs_message(runs_root: str | Path) -> str:
 
 
 def _too_large(w: int, h: int) -> str:
-    return (f"The image is {w}x{h} ({h * w:,} pixels), over the limit of {MAX_IMAGE_PIXELS:,} pixels; downscale "
-            "it first.")
+    return (
+        f"The image is {w}x{h} ({h * w:,} pixels), over the limit of {MAX_IMAGE_PIXELS:,} pixels; downscale it first."
+    )
 
 
 def to_rgb(image: Any) -> np.ndarray:
@@ -97,8 +98,10 @@ def to_rgb(image: Any) -> np.ndarray:
         except ImageTooLargeError as e:
             raise InputError(_too_large(e.width, e.height)) from None
         except ValueError:
-            raise InputError(f"The upload is not a readable image: {Path(image).name!r} "
-                             f"{unreadable_reason(image)}. Use {IMAGE_FORMATS}.") from None
+            raise InputError(
+                f"The upload is not a readable image: {Path(image).name!r} "
+                f"{unreadable_reason(image)}. Use {IMAGE_FORMATS}."
+            ) from None
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] in (1, 2):  # gray, gray + alpha
         image = image[:, :, 0]
@@ -141,8 +144,14 @@ def _image_kind(head: bytes) -> str | None:
     """The image format a file's first bytes announce, if any."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
-    signatures = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\0": "TIFF",
-                  b"MM\0*": "TIFF", b"GIF8": "GIF"}
+    signatures = {
+        b"\x89PNG\r\n\x1a\n": "PNG",
+        b"\xff\xd8\xff": "JPEG",
+        b"BM": "BMP",
+        b"II*\0": "TIFF",
+        b"MM\0*": "TIFF",
+        b"GIF8": "GIF",
+    }
     return next((kind for magic, kind in signatures.items() if head.startswith(magic)), None)
 
 
@@ -178,9 +187,19 @@ class RawPrediction:
         return len(self.scores)
 
     @classmethod
-    def from_instances(cls, instances, image: np.ndarray, run_name: str, run_key: tuple,
-                       mask_names: Sequence[str], class_names: Sequence[str], *, source: str = "",
-                       scale: float = 1.0, source_size: tuple[int, int] | None = None) -> RawPrediction:
+    def from_instances(
+        cls,
+        instances,
+        image: np.ndarray,
+        run_name: str,
+        run_key: tuple,
+        mask_names: Sequence[str],
+        class_names: Sequence[str],
+        *,
+        source: str = "",
+        scale: float = 1.0,
+        source_size: tuple[int, int] | None = None,
+    ) -> RawPrediction:
         """Convert a predictor's output Instances (on any device) for `image`, which shows the upload (of size
         `source_size`, default the image's own) shrunk by `scale`."""
         instances = instances.to("cpu")
@@ -200,13 +219,24 @@ class RawPrediction:
                 crops.append(np.zeros((k, 0, 0), dtype=bool))
                 continue
             origins[j] = xs[0], ys[0]
-            crops.append(m[:, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy())
+            crops.append(m[:, ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1].copy())
         areas = np.array([c.sum(axis=(1, 2)) for c in crops], dtype=np.int64).reshape(len(crops), k)
-        return cls(run_name=run_name, run_key=tuple(run_key), source=source, scale=float(scale), image=image,
-                   boxes=instances.pred_boxes.tensor.numpy().astype(np.float32)[order].reshape(-1, 4),
-                   scores=scores[order], classes=instances.pred_classes.numpy().astype(np.int64)[order],
-                   origins=origins, crops=crops, areas=areas, mask_names=list(mask_names),
-                   class_names=list(class_names), source_size=tuple(source_size or (h, w)))
+        return cls(
+            run_name=run_name,
+            run_key=tuple(run_key),
+            source=source,
+            scale=float(scale),
+            image=image,
+            boxes=instances.pred_boxes.tensor.numpy().astype(np.float32)[order].reshape(-1, 4),
+            scores=scores[order],
+            classes=instances.pred_classes.numpy().astype(np.int64)[order],
+            origins=origins,
+            crops=crops,
+            areas=areas,
+            mask_names=list(mask_names),
+            class_names=list(class_names),
+            source_size=tuple(source_size or (h, w)),
+        )
 
     def class_name(self, c: int) -> str:
         return self.class_names[c] if 0 <= c < len(self.class_names) else str(c)
@@ -219,7 +249,7 @@ class RawPrediction:
             x, y = self.origins[i]
             crop = self.crops[i]
             for k in mask_indices:
-                out[j, k, y:y + crop.shape[1], x:x + crop.shape[2]] = crop[k]
+                out[j, k, y : y + crop.shape[1], x : x + crop.shape[2]] = crop[k]
         return out
 
 
@@ -255,8 +285,12 @@ class PredictorCache:
                 self._items.move_to_end(run.key)
                 return self._items[run.key]
             logger.info("loading run %s (%s)", run.name, run.weights)
-            predictor = MultiMaskPredictor.from_run(run.path, score_threshold=RAW_SCORE_THRESHOLD,
-                                                    device=self.device or default_device(), weights=run.weights)
+            predictor = MultiMaskPredictor.from_run(
+                run.path,
+                score_threshold=RAW_SCORE_THRESHOLD,
+                device=self.device or default_device(),
+                weights=run.weights,
+            )
             self.loads += 1
             self._items[run.key] = predictor
             while len(self._items) > self.max_size:
@@ -268,8 +302,9 @@ def image_digest(rgb: np.ndarray) -> str:
     return f"{rgb.shape}:{hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest()}"
 
 
-def run_model(predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | None = None, *,
-              source: str | None = None) -> RawPrediction:
+def run_model(
+    predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | None = None, *, source: str | None = None
+) -> RawPrediction:
     """Detections of `predictor` on an RGB uint8 image, at the predictor's (raw) score threshold; an image
     whose longer side exceeds PREDICT_MAX_SIDE (or the model's INPUT.MAX_SIZE_TEST) is shrunk first. `source`:
     the image's `image_digest`, when the caller has it already."""
@@ -286,9 +321,17 @@ def run_model(predictor, rgb: np.ndarray, run: RunInfo, lock: threading.Lock | N
     bgr = np.ascontiguousarray(shown[:, :, ::-1])
     with lock or contextlib.nullcontext():
         instances = predictor(bgr)["instances"]
-    return RawPrediction.from_instances(instances, shown, run.name, run.key, predictor.mask_names,
-                                        predictor.metadata.thing_classes, source=source or image_digest(rgb),
-                                        scale=scale, source_size=(h, w))
+    return RawPrediction.from_instances(
+        instances,
+        shown,
+        run.name,
+        run.key,
+        predictor.mask_names,
+        predictor.metadata.thing_classes,
+        source=source or image_digest(rgb),
+        scale=scale,
+        source_size=(h, w),
+    )
 
 
 Outputs = tuple[Any, pd.DataFrame, str, Any]
@@ -311,8 +354,11 @@ class PredictView:
         """Re-list the runs, keeping the current choice when it still exists."""
         choices = self.run_choices()
         names = [v for _, v in choices]
-        status = no_runs_message(self.runs_root) if not names else \
-            f"Found {len(names)} run(s) in the runs folder `{shown(self.runs_root, [self.runs_root])}`."
+        status = (
+            no_runs_message(self.runs_root)
+            if not names
+            else f"Found {len(names)} run(s) in the runs folder `{shown(self.runs_root, [self.runs_root])}`."
+        )
         return choices_keeping(choices, current, names, names[0] if names else None), status
 
     def load_runs(self, current: str | None) -> tuple[Any, str]:
@@ -340,8 +386,14 @@ class PredictView:
         names = list(run.mask_names)
         return gr.update(choices=names, value=names), f"Run `{run.name}`: masks {', '.join(names)}."
 
-    def predict(self, run_name: str | None, image: Any, threshold: Any, visible: Sequence[str] | None,
-                state: RawPrediction | None = None) -> Outputs:
+    def predict(
+        self,
+        run_name: str | None,
+        image: Any,
+        threshold: Any,
+        visible: Sequence[str] | None,
+        state: RawPrediction | None = None,
+    ) -> Outputs:
         """Detect on `image` with the chosen run (reusing `state` when run and image are unchanged).
 
         Returns (overlay, instance table, status Markdown, new state); errors give a message, no overlay. An upload
@@ -372,8 +424,9 @@ class PredictView:
             logger.exception("prediction failed")
             return None, empty_table(), _warn(f"Prediction failed: {type(e).__name__}: {self._scrub(e)}"), None
 
-    def redraw(self, state: RawPrediction | None, threshold: Any,
-               visible: Sequence[str] | None) -> tuple[Any, Any, str]:
+    def redraw(
+        self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None
+    ) -> tuple[Any, Any, str]:
         """Re-filter and redraw the last prediction without running the model; skips when there is none, or
         when the overlay last sent already shows these settings."""
         if not isinstance(state, RawPrediction):
@@ -390,8 +443,9 @@ class PredictView:
             logger.exception("redraw failed")
             return gr.skip(), gr.skip(), _warn(f"Drawing failed: {type(e).__name__}: {self._scrub(e)}")
 
-    def highlight(self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None,
-                  number: Any) -> tuple[Any, str]:
+    def highlight(
+        self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None, number: Any
+    ) -> tuple[Any, str]:
         """Highlight detection `number` (the table's "#") on the overlay, or show all again when it is the one
         highlighted already (a second click on its row). Returns (overlay, status)."""
         if not isinstance(state, RawPrediction):
@@ -411,8 +465,9 @@ class PredictView:
             return overlay, _summary(state, shown, threshold, None)
         return overlay, f"Instance #{number} highlighted; click its row again to show all {shown}."
 
-    def highlight_row(self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None,
-                      evt: gr.SelectData) -> tuple[Any, str]:
+    def highlight_row(
+        self, state: RawPrediction | None, threshold: Any, visible: Sequence[str] | None, evt: gr.SelectData
+    ) -> tuple[Any, str]:
         """A click on an instance table cell: highlight the row's instance (its "#", the first value)."""
         row = evt.row_value if isinstance(evt.row_value, (list, tuple)) else [None]
         return self.highlight(state, threshold, visible, row[0] if row else None)
@@ -434,8 +489,7 @@ class PredictView:
             off = gr.update(value=None, interactive=False)
             return off, off, folder
         state.exported = rendered
-        return (gr.update(value=str(doc), interactive=True), gr.update(value=str(png), interactive=True),
-                str(path))
+        return (gr.update(value=str(doc), interactive=True), gr.update(value=str(png), interactive=True), str(path))
 
     def _render(self, raw: RawPrediction, threshold: float, visible: Sequence[str] | None) -> tuple:
         overlay, table = render(raw, threshold, visible, raw.highlight)
@@ -479,8 +533,12 @@ def _run_label(run: RunInfo, progress: RunProgress) -> str:
         marker = f"stopped after {done} iterations"
     else:
         weights = "partial weights" if done is None else f"weights after {done} iterations"
-        marker = {"training": "training…", "stopped": "stopped", "failed": "training failed",
-                  "unfinished": "unfinished"}[progress.state] + f" – {weights}"
+        marker = {
+            "training": "training…",
+            "stopped": "stopped",
+            "failed": "training failed",
+            "unfinished": "unfinished",
+        }[progress.state] + f" – {weights}"
     return f"{run.name} · {marker}  {details}"
 
 
@@ -489,13 +547,16 @@ def _warn(message: object) -> str:
 
 
 def _summary(raw: RawPrediction, shown: int, threshold: float, seconds: float | None) -> str:
-    text = (f"{shown} of {len(raw)} detections with score ≥ {threshold:.2f} "
-            f"(run `{raw.run_name}`; detections under {RAW_SCORE_THRESHOLD} are not kept)")
+    text = (
+        f"{shown} of {len(raw)} detections with score ≥ {threshold:.2f} "
+        f"(run `{raw.run_name}`; detections under {RAW_SCORE_THRESHOLD} are not kept)"
+    )
     return text + (f" · model ran in {seconds:.2f} s" if seconds is not None else "")
 
 
-def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView | None = None,
-                      tab: gr.Tab | None = None) -> PredictView:
+def build_predict_tab(
+    demo: gr.Blocks, runs_root: str | Path, view: PredictView | None = None, tab: gr.Tab | None = None
+) -> PredictView:
     """Add the Predict tab's components and events to the current Blocks; returns its handlers.
 
     API endpoints: `predict` (run, image, threshold, masks), `redraw` (threshold, masks; uses the session's
@@ -513,49 +574,102 @@ def build_predict_tab(demo: gr.Blocks, runs_root: str | Path, view: PredictView 
                 refresh = gr.Button("Refresh", scale=1, min_width=80)
             # The file as uploaded, undecoded (no PIL conversion, which clips 16-bit greyscale to white), read by
             # to_rgb as training and the CLI read images.
-            image = undecoded(gr.Image(type="filepath", image_mode=None, format="png", label="Image",
-                                       sources=["upload", "clipboard"], elem_id="mm-predict-image"))
-            threshold = gr.Slider(0.0, 1.0, value=DEFAULT_SCORE_THRESHOLD, step=0.01, label="Score threshold",
-                                  info=f"Detections under {RAW_SCORE_THRESHOLD} are never kept.")
+            image = undecoded(
+                gr.Image(
+                    type="filepath",
+                    image_mode=None,
+                    format="png",
+                    label="Image",
+                    sources=["upload", "clipboard"],
+                    elem_id="mm-predict-image",
+                )
+            )
+            threshold = gr.Slider(
+                0.0,
+                1.0,
+                value=DEFAULT_SCORE_THRESHOLD,
+                step=0.01,
+                label="Score threshold",
+                info=f"Detections under {RAW_SCORE_THRESHOLD} are never kept.",
+            )
             masks = gr.CheckboxGroup(first_masks, value=first_masks, label="Mask layers")
             detect = gr.Button("Detect", variant="primary")
         with gr.Column(scale=2):
             # A small image is drawn larger (see predict_draw.display_scale); the fullscreen button enlarges it all.
-            overlay = gr.Image(format="png", label="Prediction", interactive=False, buttons=["fullscreen"],
-                               elem_id="mm-predict-overlay")
-            status = gr.Markdown(no_runs_message(runs_root) if not choices else NO_IMAGE_MESSAGE, label="Status",
-                                 elem_id="mm-predict-status")
+            overlay = gr.Image(
+                format="png",
+                label="Prediction",
+                interactive=False,
+                buttons=["fullscreen"],
+                elem_id="mm-predict-overlay",
+            )
+            status = gr.Markdown(
+                no_runs_message(runs_root) if not choices else NO_IMAGE_MESSAGE,
+                label="Status",
+                elem_id="mm-predict-status",
+            )
             with gr.Row():
-                json_file = gr.DownloadButton("Predictions (JSON)", interactive=False, size="sm",
-                                              elem_id="mm-predict-json")
+                json_file = gr.DownloadButton(
+                    "Predictions (JSON)", interactive=False, size="sm", elem_id="mm-predict-json"
+                )
                 png_file = gr.DownloadButton("Overlay (PNG)", interactive=False, size="sm", elem_id="mm-predict-png")
-            table = gr.Dataframe(empty_table(first_masks), label="Instances (click a row to highlight it)",
-                                 interactive=False, datatype="auto", elem_id="mm-predict-table")
+            table = gr.Dataframe(
+                empty_table(first_masks),
+                label="Instances (click a row to highlight it)",
+                interactive=False,
+                datatype="auto",
+                elem_id="mm-predict-table",
+            )
     state = gr.State(None, time_to_live=3600)
     folder = gr.State(None, delete_callback=remove_folder)  # the session's download folder
     listed = gr.State(None)  # the run choices last sent by the timer
 
-    predict_io = {"fn": view.predict, "inputs": [run, image, threshold, masks, state],
-                  "outputs": [overlay, table, status, state], "concurrency_id": "multimask_model",
-                  "concurrency_limit": 1}
-    redraw_io = {"fn": view.redraw, "inputs": [state, threshold, masks], "outputs": [overlay, table, status],
-                 "show_progress": "minimal"}
-    downloads_io = {"fn": view.downloads, "inputs": [state, folder], "outputs": [json_file, png_file, folder],
-                    "show_progress": "hidden", "api_visibility": "private"}
+    predict_io = {
+        "fn": view.predict,
+        "inputs": [run, image, threshold, masks, state],
+        "outputs": [overlay, table, status, state],
+        "concurrency_id": "multimask_model",
+        "concurrency_limit": 1,
+    }
+    redraw_io = {
+        "fn": view.redraw,
+        "inputs": [state, threshold, masks],
+        "outputs": [overlay, table, status],
+        "show_progress": "minimal",
+    }
+    downloads_io = {
+        "fn": view.downloads,
+        "inputs": [state, folder],
+        "outputs": [json_file, png_file, folder],
+        "show_progress": "hidden",
+        "api_visibility": "private",
+    }
     threshold.change(**redraw_io, trigger_mode="always_last", api_name="redraw").then(**downloads_io)  # owns the name
     masks.input(**redraw_io, trigger_mode="always_last", api_visibility="private").then(**downloads_io)
     # After a prediction, a redraw with the slider and layers as they are by then (moved while the model ran)
     detect.click(**predict_io, api_name="predict").then(**redraw_io, api_visibility="private").then(**downloads_io)
     image.change(**predict_io, api_visibility="private").then(**redraw_io, api_visibility="private").then(
-        **downloads_io)
+        **downloads_io
+    )
     run.change(view.select_run, [run], [masks, status], api_name="select_run").then(
-        **predict_io, api_visibility="private").then(**redraw_io, api_visibility="private").then(**downloads_io)
-    table.select(view.highlight_row, [state, threshold, masks], [overlay, status], api_visibility="private",
-                 show_progress="minimal").then(**downloads_io)
+        **predict_io, api_visibility="private"
+    ).then(**redraw_io, api_visibility="private").then(**downloads_io)
+    table.select(
+        view.highlight_row,
+        [state, threshold, masks],
+        [overlay, status],
+        api_visibility="private",
+        show_progress="minimal",
+    ).then(**downloads_io)
     refresh.click(view.refresh_runs, [run], [run, status], api_name="list_runs")
     demo.load(view.load_runs, [run], [run, status], api_visibility="private")  # runs trained meanwhile
-    poll = {"fn": view.poll_runs, "inputs": [listed, run], "outputs": [run, listed], "show_progress": "hidden",
-            "api_visibility": "private"}
+    poll = {
+        "fn": view.poll_runs,
+        "inputs": [listed, run],
+        "outputs": [run, listed],
+        "show_progress": "hidden",
+        "api_visibility": "private",
+    }
     gr.Timer(RUNS_POLL_SECONDS).tick(**poll)
     if tab is not None:
         tab.select(**poll)

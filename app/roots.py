@@ -66,7 +66,7 @@ def _in_root(path: str, forms: dict[str, str]) -> str:
     path = os.path.normpath(path)
     for form, name in sorted(forms.items(), key=lambda f: len(f[0]), reverse=True):
         if path == form or path.startswith(form.rstrip("/") + "/"):
-            return name + path[len(form):]
+            return name + path[len(form) :]
     return path.rsplit("/", 1)[1]
 
 

@@ -55,8 +55,12 @@ def run_folders(runs_root: str | Path, is_run: Callable[[Path], bool] | None = N
     if not root.is_dir():
         return []
     is_run = is_run or (lambda folder: (folder / CONFIG_NAME).is_file())
-    return [folder for child in _subdirs(root, root)
-            for folder in ([child] if is_run(child) else _subdirs(child, root)) if is_run(folder)]
+    return [
+        folder
+        for child in _subdirs(root, root)
+        for folder in ([child] if is_run(child) else _subdirs(child, root))
+        if is_run(folder)
+    ]
 
 
 def get_run(runs_root: str | Path, name: object) -> RunInfo:
@@ -69,8 +73,9 @@ def get_run(runs_root: str | Path, name: object) -> RunInfo:
     root = Path(runs_root).resolve()
     target = inside(root / rel, [root])
     if target is None:
-        raise RunNotFoundError(f"Run {name!r} links to a folder outside the runs folder `{root.name}`; the app "
-                               "does not open it.")
+        raise RunNotFoundError(
+            f"Run {name!r} links to a folder outside the runs folder `{root.name}`; the app does not open it."
+        )
     for run in find_runs(root):
         if run.name == name and run.path == target:
             return run
@@ -178,8 +183,14 @@ def run_progress(runs_root: str | Path, runs: list[RunInfo]) -> dict[str, RunPro
     return out
 
 
-_JOB_PROGRESS = {"queued": "training", "running": "training", "stopping": "training", "completed": "complete",
-                 "cancelled": "stopped", "failed": "failed"}
+_JOB_PROGRESS = {
+    "queued": "training",
+    "running": "training",
+    "stopping": "training",
+    "completed": "complete",
+    "cancelled": "stopped",
+    "failed": "failed",
+}
 _job_managers: dict[Path, object] = {}
 
 

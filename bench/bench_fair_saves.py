@@ -41,9 +41,14 @@ def _free_port() -> int:
 
 
 def _ring(rng: random.Random, cx: float, cy: float, r: float, n: int) -> list[float]:
-    return [round(min(max(v, 0.0), SIDE), 2) for j in range(n)
-            for v in (cx + r * rng.uniform(0.8, 1) * math.cos(2 * math.pi * j / n),
-                      cy + r * rng.uniform(0.8, 1) * math.sin(2 * math.pi * j / n))]
+    return [
+        round(min(max(v, 0.0), SIDE), 2)
+        for j in range(n)
+        for v in (
+            cx + r * rng.uniform(0.8, 1) * math.cos(2 * math.pi * j / n),
+            cy + r * rng.uniform(0.8, 1) * math.sin(2 * math.pi * j / n),
+        )
+    ]
 
 
 def annotator_instances(rng: random.Random) -> list[dict]:
@@ -51,8 +56,13 @@ def annotator_instances(rng: random.Random) -> list[dict]:
     out = []
     for k in range(rng.randint(20, 50)):
         cx, cy = rng.uniform(60, SIDE - 60), rng.uniform(60, SIDE - 60)
-        out.append({"id": f"a{k}", "class": "leaf", "masks": {"primary": [_ring(rng, cx, cy, 50, 40)],
-                                                              "secondary": [_ring(rng, cx, cy, 20, 15)]}})
+        out.append(
+            {
+                "id": f"a{k}",
+                "class": "leaf",
+                "masks": {"primary": [_ring(rng, cx, cy, 50, 40)], "secondary": [_ring(rng, cx, cy, 20, 15)]},
+            }
+        )
     return out
 
 
@@ -61,9 +71,17 @@ def maximal_instances(rng: random.Random) -> list[dict]:
     from app.labeling.payload import MAX_INSTANCES, MAX_TOTAL_POINTS
 
     per = MAX_TOTAL_POINTS // MAX_INSTANCES
-    return [{"id": f"h{k}", "class": "leaf", "masks": {"primary": [_ring(rng, rng.uniform(60, SIDE - 60),
-                                                                           rng.uniform(60, SIDE - 60), 50, per)],
-                                                       "secondary": []}} for k in range(MAX_INSTANCES)]
+    return [
+        {
+            "id": f"h{k}",
+            "class": "leaf",
+            "masks": {
+                "primary": [_ring(rng, rng.uniform(60, SIDE - 60), rng.uniform(60, SIDE - 60), 50, per)],
+                "secondary": [],
+            },
+        }
+        for k in range(MAX_INSTANCES)
+    ]
 
 
 class Client:
@@ -75,12 +93,16 @@ class Client:
 
     def save(self, instances_json: str) -> float:
         """One save from the current revision; returns its latency in seconds (RuntimeError if refused)."""
-        head = json.dumps({"component_id": self.component_id, "fn_name": "save_annotations",
-                           "session_hash": f"bench{self.image_id}"})[:-1]
-        body = (f'{head},"data":[{json.dumps(self.dataset)},{json.dumps(self.image_id)},{self.revision},'
-                f'{instances_json},null]}}').encode()
-        req = urllib.request.Request(self.url + "gradio_api/component_server", body,
-                                     {"Content-Type": "application/json"})
+        head = json.dumps(
+            {"component_id": self.component_id, "fn_name": "save_annotations", "session_hash": f"bench{self.image_id}"}
+        )[:-1]
+        body = (
+            f'{head},"data":[{json.dumps(self.dataset)},{json.dumps(self.image_id)},{self.revision},'
+            f"{instances_json},null]}}"
+        ).encode()
+        req = urllib.request.Request(
+            self.url + "gradio_api/component_server", body, {"Content-Type": "application/json"}
+        )
         t = time.perf_counter()
         with urllib.request.urlopen(req, timeout=300) as r:
             result = json.loads(r.read())
@@ -95,10 +117,14 @@ def _start_app(data_root: Path, runs_root: Path, switch_interval: float | None) 
     port = _free_port()
     argv = ["launch.py", "--data-root", str(data_root), "--runs-root", str(runs_root), "--port", str(port)]
     if switch_interval is not None:
-        argv = ["-c", f"import runpy, sys; sys.setswitchinterval({switch_interval}); sys.argv = {argv!r}; "
-                "runpy.run_path('launch.py', run_name='__main__')"]
-    proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+        argv = [
+            "-c",
+            f"import runpy, sys; sys.setswitchinterval({switch_interval}); sys.argv = {argv!r}; "
+            "runpy.run_path('launch.py', run_name='__main__')",
+        ]
+    proc = subprocess.Popen(
+        [sys.executable, *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -187,18 +213,24 @@ def main() -> None:
             clients = [Client(url, editor, "fair", i) for i in ids]
             n = args.annotators
             base, _ = _phase(clients[:n], [], args.seconds, args.seed)
-            loaded, big = _phase(clients[n:2 * n], clients[2 * n:], args.seconds, args.seed + 1)
+            loaded, big = _phase(clients[n : 2 * n], clients[2 * n :], args.seconds, args.seed + 1)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     print(f"machine: {machine()}")
-    print(f"{n} annotators, one save every 1-2 s each, {args.seconds:.0f} s per phase, over HTTP to launch.py "
-          f"(switch interval {args.switch_interval or 'default'})")
+    print(
+        f"{n} annotators, one save every 1-2 s each, {args.seconds:.0f} s per phase, over HTTP to launch.py "
+        f"(switch interval {args.switch_interval or 'default'})"
+    )
     for label, values in (("alone", base), (f"with {args.hostile} clients of maximal payloads", loaded)):
-        print(f"  {label:44s} saves {len(values):4d}  p50 {_pct(values, 50) * 1000:6.0f} ms  "
-              f"p95 {_pct(values, 95) * 1000:6.0f} ms")
-    print(f"  p95 ratio (with / alone): {_pct(loaded, 95) / _pct(base, 95):.2f}; target p95 < "
-          f"{P95_TARGET_S * 1000:.0f} ms: {'met' if _pct(loaded, 95) < P95_TARGET_S else 'NOT met'}")
+        print(
+            f"  {label:44s} saves {len(values):4d}  p50 {_pct(values, 50) * 1000:6.0f} ms  "
+            f"p95 {_pct(values, 95) * 1000:6.0f} ms"
+        )
+    print(
+        f"  p95 ratio (with / alone): {_pct(loaded, 95) / _pct(base, 95):.2f}; target p95 < "
+        f"{P95_TARGET_S * 1000:.0f} ms: {'met' if _pct(loaded, 95) < P95_TARGET_S else 'NOT met'}"
+    )
     if big:
         print(f"  maximal payloads: {len(big)} saves, median {statistics.median(big) * 1000:.0f} ms each")
 

@@ -27,12 +27,28 @@ def _instances(rng: random.Random, width: int, height: int, names: list[str]) ->
     out = []
     for k in range(5):
         cx, cy, r = rng.uniform(2, width - 2), rng.uniform(2, height - 2), rng.uniform(1, 2)
-        ring = [(cx + r * c, cy + r * s) for c, s in ((1, 0), (0.87, 0.5), (0.5, 0.87), (0, 1), (-0.5, 0.87),
-                                                      (-0.87, 0.5), (-1, 0), (-0.87, -0.5), (-0.5, -0.87),
-                                                      (0, -1), (0.5, -0.87), (0.87, -0.5))]
+        ring = [
+            (cx + r * c, cy + r * s)
+            for c, s in (
+                (1, 0),
+                (0.87, 0.5),
+                (0.5, 0.87),
+                (0, 1),
+                (-0.5, 0.87),
+                (-0.87, 0.5),
+                (-1, 0),
+                (-0.87, -0.5),
+                (-0.5, -0.87),
+                (0, -1),
+                (0.5, -0.87),
+                (0.87, -0.5),
+            )
+        ]
         primary = [round(v, 2) for p in ring for v in p]
-        secondary = [round(cx + (x - cx) * 0.4, 2) if i % 2 == 0 else round(cy + (x - cy) * 0.4, 2)
-                     for i, x in enumerate(primary[:12])]
+        secondary = [
+            round(cx + (x - cx) * 0.4, 2) if i % 2 == 0 else round(cy + (x - cy) * 0.4, 2)
+            for i, x in enumerate(primary[:12])
+        ]
         out.append({"id": f"b{k}", "class": "leaf", "masks": {names[0]: [primary], names[1]: [secondary]}})
     return out
 
@@ -99,26 +115,48 @@ def main() -> None:
     save_s, open_s = statistics.median(save_times), statistics.median(open_times)
     resave_s, warm_s = statistics.median(resave_times), statistics.median(warm_times)
     save_p95 = sorted(save_times)[int(0.95 * (len(save_times) - 1))]
-    print(f"\nmachine: {machine()}\n{args.images} images (8x8 PNG, index.json {index_kib:.0f} KiB), "
-          f"built in {build_s:.1f} s; {args.saves} saves (5 instances x 2 masks) on random images, "
-          f"{args.opens} opens\n")
+    print(
+        f"\nmachine: {machine()}\n{args.images} images (8x8 PNG, index.json {index_kib:.0f} KiB), "
+        f"built in {build_s:.1f} s; {args.saves} saves (5 instances x 2 masks) on random images, "
+        f"{args.opens} opens\n"
+    )
     print("| operation | median | target |\n|---|---|---|")
-    print(f"| save() first time, status changes (p95 {save_p95 * 1000:.1f} ms) | {save_s * 1000:.1f} ms | "
-          f"< {SAVE_TARGET_S * 1000:.0f} ms {'ok' if save_s < SAVE_TARGET_S else 'MISSED'} |")
-    print(f"| save() again, status unchanged (index.json not rewritten) | {resave_s * 1000:.1f} ms | "
-          f"< {SAVE_TARGET_S * 1000:.0f} ms {'ok' if resave_s < SAVE_TARGET_S else 'MISSED'} |")
-    print(f"| open() + images(), cold (index.json parsed) | {open_s * 1000:.1f} ms | "
-          f"< {OPEN_TARGET_S * 1000:.0f} ms {'ok' if open_s < OPEN_TARGET_S else 'MISSED'} |")
-    print(f"| open() + images(), already open in the process | {warm_s * 1000:.1f} ms | "
-          f"< {OPEN_TARGET_S * 1000:.0f} ms {'ok' if warm_s < OPEN_TARGET_S else 'MISSED'} |")
+    print(
+        f"| save() first time, status changes (p95 {save_p95 * 1000:.1f} ms) | {save_s * 1000:.1f} ms | "
+        f"< {SAVE_TARGET_S * 1000:.0f} ms {'ok' if save_s < SAVE_TARGET_S else 'MISSED'} |"
+    )
+    print(
+        f"| save() again, status unchanged (index.json not rewritten) | {resave_s * 1000:.1f} ms | "
+        f"< {SAVE_TARGET_S * 1000:.0f} ms {'ok' if resave_s < SAVE_TARGET_S else 'MISSED'} |"
+    )
+    print(
+        f"| open() + images(), cold (index.json parsed) | {open_s * 1000:.1f} ms | "
+        f"< {OPEN_TARGET_S * 1000:.0f} ms {'ok' if open_s < OPEN_TARGET_S else 'MISSED'} |"
+    )
+    print(
+        f"| open() + images(), already open in the process | {warm_s * 1000:.1f} ms | "
+        f"< {OPEN_TARGET_S * 1000:.0f} ms {'ok' if warm_s < OPEN_TARGET_S else 'MISSED'} |"
+    )
     view_s = statistics.median(view_times)
-    print(f"| Label tab: open the dataset (gallery page of {GALLERY_PAGE} thumbnails, first image), cold | "
-          f"{view_s * 1000:.1f} ms | < {OPEN_TARGET_S * 1000:.0f} ms {'ok' if view_s < OPEN_TARGET_S else 'MISSED'} |")
-    write_json(args.json, {"machine": machine(), "images": args.images, "build_s": build_s,
-                           "save_median_s": save_s, "save_p95_s": save_p95,
-                           "resave_median_s": resave_s, "open_list_median_s": open_s,
-                           "open_list_warm_median_s": warm_s, "view_open_median_s": view_s,
-                           "targets": {"save_s": SAVE_TARGET_S, "open_list_s": OPEN_TARGET_S}})
+    print(
+        f"| Label tab: open the dataset (gallery page of {GALLERY_PAGE} thumbnails, first image), cold | "
+        f"{view_s * 1000:.1f} ms | < {OPEN_TARGET_S * 1000:.0f} ms {'ok' if view_s < OPEN_TARGET_S else 'MISSED'} |"
+    )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "images": args.images,
+            "build_s": build_s,
+            "save_median_s": save_s,
+            "save_p95_s": save_p95,
+            "resave_median_s": resave_s,
+            "open_list_median_s": open_s,
+            "open_list_warm_median_s": warm_s,
+            "view_open_median_s": view_s,
+            "targets": {"save_s": SAVE_TARGET_S, "open_list_s": OPEN_TARGET_S},
+        },
+    )
 
 
 if __name__ == "__main__":

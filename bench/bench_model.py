@@ -79,8 +79,10 @@ def time_models(args, dicts) -> dict:
     for i in range(args.warmup + args.iters):
         for name, (_, model, _, batches) in models.items():
             model.eval()
-            inputs = [{"image": b["image"], "height": b["image"].shape[1], "width": b["image"].shape[2]}
-                      for b in batches[i % len(batches)][:1]]
+            inputs = [
+                {"image": b["image"], "height": b["image"].shape[1], "width": b["image"].shape[2]}
+                for b in batches[i % len(batches)][:1]
+            ]
             _sync(args.device)
             t = time.perf_counter()
             with torch.no_grad(), torch.autocast(args.device, enabled=args.amp):
@@ -88,8 +90,10 @@ def time_models(args, dicts) -> dict:
             _sync(args.device)
             if i >= args.warmup:
                 infer[name].append(time.perf_counter() - t)
-    return {"train_s": {k: statistics.median(v) for k, v in train.items()},
-            "infer_s": {k: statistics.median(v) for k, v in infer.items()}}
+    return {
+        "train_s": {k: statistics.median(v) for k, v in train.items()},
+        "infer_s": {k: statistics.median(v) for k, v in infer.items()},
+    }
 
 
 def _rss_kb(field: str) -> int:
@@ -125,9 +129,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--amp", action="store_true", help="autocast (mixed precision)")
-    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
-                   help="config options of the multimask model, e.g. MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS "
-                        "\"['secondary']\"")
+    p.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config options of the multimask model, e.g. MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS \"['secondary']\"",
+    )
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--memory-child", choices=["multimask", "stock"], help=argparse.SUPPRESS)
@@ -145,19 +153,49 @@ def main() -> None:
         times = time_models(args, dicts)
         mem = {}
         for which in ("multimask", "stock"):
-            cmd = [sys.executable, __file__, "--memory-child", which, "--data", tmp, "--device", args.device,
-                   "--preset", args.preset, "--batch", str(args.batch), "--iters", str(args.iters),
-                   "--images", str(args.images)] + (["--amp"] if args.amp else []) + \
-                  (["--opts", *args.opts] if args.opts else [])
+            cmd = (
+                [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    which,
+                    "--data",
+                    tmp,
+                    "--device",
+                    args.device,
+                    "--preset",
+                    args.preset,
+                    "--batch",
+                    str(args.batch),
+                    "--iters",
+                    str(args.iters),
+                    "--images",
+                    str(args.images),
+                ]
+                + (["--amp"] if args.amp else [])
+                + (["--opts", *args.opts] if args.opts else [])
+            )
             mem[which] = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
-    rows = [("training step (s)", times["train_s"], 1.10), ("inference (s/img)", times["infer_s"], 1.05),
-            ("peak memory (MiB)", mem, 1.10)]
-    print(f"\nmachine: {machine()}\npreset {args.preset}, batch {args.batch}, device {args.device}, "
-          f"amp {args.amp}, {args.iters} timed iterations (median), options {args.opts}\n")
+    rows = [
+        ("training step (s)", times["train_s"], 1.10),
+        ("inference (s/img)", times["infer_s"], 1.05),
+        ("peak memory (MiB)", mem, 1.10),
+    ]
+    print(
+        f"\nmachine: {machine()}\npreset {args.preset}, batch {args.batch}, device {args.device}, "
+        f"amp {args.amp}, {args.iters} timed iterations (median), options {args.opts}\n"
+    )
     print("| metric | multimask (2 masks) | stock Mask R-CNN | ratio | target |")
     print("|---|---|---|---|---|")
-    result = {"machine": machine(), "preset": args.preset, "batch": args.batch, "device": args.device,
-              "amp": args.amp, "opts": args.opts, "rows": {}}
+    result = {
+        "machine": machine(),
+        "preset": args.preset,
+        "batch": args.batch,
+        "device": args.device,
+        "amp": args.amp,
+        "opts": args.opts,
+        "rows": {},
+    }
     for label, vals, target in rows:
         ratio = vals["multimask"] / vals["stock"]
         ok = "ok" if ratio <= target else "MISSED"

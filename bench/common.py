@@ -18,9 +18,22 @@ from multimask.evaluation import save_results
 def multimask_cfg(preset: str, device: str, batch: int, names=("primary", "secondary"), **opts):
     """The preset as a multimask model predicting the masks `names`."""
     names, num_mask = list(names), len(names)
-    base = ["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", 3, "SOLVER.IMS_PER_BATCH",
-            batch, "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", num_mask, "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", names,
-            "MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS", [1.0] * num_mask]
+    base = [
+        "MODEL.DEVICE",
+        device,
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        3,
+        "SOLVER.IMS_PER_BATCH",
+        batch,
+        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
+        num_mask,
+        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
+        names,
+        "MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS",
+        [1.0] * num_mask,
+    ]
     for k, v in opts.items():
         base += [k, v]
     return get_multimask_cfg(preset, base)
@@ -44,12 +57,10 @@ def stock_cfg(mm_cfg):
 
 def polygon_only_dicts(out_dir: Path, num_images: int, seed: int = 0, height: int = 256, width: int = 320):
     """Synthetic dataset dicts whose masks are all polygons, so both mappers read the same data."""
-    paths = generate_synthetic_dataset(out_dir, num_train=num_images, num_val=0, seed=seed, height=height,
-                                       width=width)
+    paths = generate_synthetic_dataset(out_dir, num_train=num_images, num_val=0, seed=seed, height=height, width=width)
     dicts, _ = load_multimask_json(paths["train"])
     for d in dicts:
-        d["annotations"] = [a for a in d["annotations"]
-                            if all(isinstance(m, list) for m in a["multimask"].values())]
+        d["annotations"] = [a for a in d["annotations"] if all(isinstance(m, list) for m in a["multimask"].values())]
     return [d for d in dicts if d["annotations"]]
 
 

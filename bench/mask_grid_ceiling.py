@@ -43,8 +43,9 @@ def grid_ceiling(json_file: str, sizes: list[int], part_box: list[str] = (), con
         if not anns:
             continue
         mm = MultiMasks.from_segmentations(names, [a["multimask"] for a in anns], hw)
-        boxes = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns],
-                             dtype=torch.float32)
+        boxes = torch.tensor(
+            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns], dtype=torch.float32
+        )
         per_mask = boxes.unsqueeze(1).repeat(1, len(names), 1)
         for n in part_box:
             per_mask[:, names.index(n)] = enlarge_boxes(part_boxes_of(mm, [n])[:, 0], context)
@@ -62,9 +63,12 @@ def grid_ceiling(json_file: str, sizes: list[int], part_box: list[str] = (), con
     out = {}
     for key, values in ious.items():
         v = np.asarray(values)
-        out[key] = {"masks": len(v), "mean_iou": float(v.mean()) if len(v) else None,
-                    "iou>=0.75": float((v >= 0.75).mean()) if len(v) else None,
-                    "iou>=0.9": float((v >= 0.9).mean()) if len(v) else None}
+        out[key] = {
+            "masks": len(v),
+            "mean_iou": float(v.mean()) if len(v) else None,
+            "iou>=0.75": float((v >= 0.75).mean()) if len(v) else None,
+            "iou>=0.9": float((v >= 0.9).mean()) if len(v) else None,
+        }
     return out
 
 
@@ -80,10 +84,20 @@ def _full_resolution(masks, hw: tuple[int, int]) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("json_file", help="a multimask dataset JSON")
-    p.add_argument("--sizes", type=int, nargs="+", default=[28, 56],
-                   help="mask grid sizes M (2 x POOLER_RESOLUTION); 28 is the default head's")
-    p.add_argument("--part-box", nargs="+", default=[], metavar="NAME",
-                   help="mask names drawn on their own box's grid (MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS)")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[28, 56],
+        help="mask grid sizes M (2 x POOLER_RESOLUTION); 28 is the default head's",
+    )
+    p.add_argument(
+        "--part-box",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="mask names drawn on their own box's grid (MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS)",
+    )
     p.add_argument("--context", type=float, default=1.25, help="PART_BOX_CONTEXT: the own box's enlargement")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
@@ -92,8 +106,9 @@ def main() -> None:
     for key, r in res.items():
         if r["masks"]:
             print(f"| {key} | {r['masks']} | {r['mean_iou']:.3f} | {r['iou>=0.75']:.2f} | {r['iou>=0.9']:.2f} |")
-    write_json(args.json, {"json_file": args.json_file, "part_box": args.part_box, "context": args.context,
-                           "results": res})
+    write_json(
+        args.json, {"json_file": args.json_file, "part_box": args.part_box, "context": args.context, "results": res}
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ def sweep(predictor, json_file: str, thresholds: list[float]) -> dict:
     known = list(predictor.cfg.MULTIMASK.CLASS_NAMES)  # a run's; a bare config only has a class count
     classes = meta["thing_classes"]
     if (known and known != classes) or len(predictor.metadata.thing_classes) != len(classes):
-        raise SystemExit(f"{json_file}: classes {classes} differ from the model's "
-                         f"{predictor.metadata.thing_classes}")
+        raise SystemExit(f"{json_file}: classes {classes} differ from the model's {predictor.metadata.thing_classes}")
     raw = []  # per image: detections before pasting (probabilities on the head's grid), image size
     for d in dicts:
         img = read_image_bgr(d["file_name"], max_pixels=None)
@@ -60,8 +59,13 @@ def main() -> None:
     p.add_argument("--config-file", help="or a preset / config file, with --weights")
     p.add_argument("--weights")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.4, 0.3, 0.2])
-    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
-                   help="config options, e.g. the settings a bench script trained with")
+    p.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config options, e.g. the settings a bench script trained with",
+    )
     p.add_argument("--json")
     args = p.parse_args()
 
@@ -73,8 +77,9 @@ def main() -> None:
             p.error("--opts goes with --config-file; a run folder brings its own config")
         predictor = MultiMaskPredictor.from_run(args.run, device="cpu")
     elif args.config_file and args.weights:
-        predictor = MultiMaskPredictor(get_multimask_cfg(
-            args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *args.opts]))
+        predictor = MultiMaskPredictor(
+            get_multimask_cfg(args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *args.opts])
+        )
     else:
         p.error("give --run, or --config-file and --weights")
     res = sweep(predictor, args.json_file, args.thresholds)
@@ -82,8 +87,11 @@ def main() -> None:
     print("| threshold | " + " | ".join(f"{t} AP / AP50 / AP75" for t in tasks) + " |")
     print("|---|" + "---|" * len(tasks))
     for t, r in res.items():
-        print(f"| {t} | " + " | ".join(f"{r[k]['AP']:.1f} / {r[k]['AP50']:.1f} / {r[k]['AP75']:.1f}" for k in tasks)
-              + " |")
+        print(
+            f"| {t} | "
+            + " | ".join(f"{r[k]['AP']:.1f} / {r[k]['AP50']:.1f} / {r[k]['AP75']:.1f}" for k in tasks)
+            + " |"
+        )
     write_json(args.json, {"json_file": args.json_file, "results": {str(t): r for t, r in res.items()}})
 
 

@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_json  # noqa: E402
 
 
-def with_true_masks(dicts: list[dict], records: list[dict], names: list[str], match_iou: float,
-                    grid: int | None = None) -> list[dict]:
+def with_true_masks(
+    dicts: list[dict], records: list[dict], names: list[str], match_iou: float, grid: int | None = None
+) -> list[dict]:
     """`records` with each matched prediction's masks `names` replaced by its true instance's (as RLE); with
     `grid`, the true mask as the head would draw it: on a grid x grid cells in the predicted box, pasted back."""
     from detectron2.structures import BoxMode
@@ -47,13 +48,18 @@ def with_true_masks(dicts: list[dict], records: list[dict], names: list[str], ma
                 h, w = d["height"], d["width"]
                 for name in names:
                     segm = anns[best]["multimask"].get(name) or []
-                    rle = to_rle(segm, h, w) if not is_empty(segm) else mask_util.encode(
-                        np.zeros((h, w), dtype=np.uint8, order="F"))
+                    rle = (
+                        to_rle(segm, h, w)
+                        if not is_empty(segm)
+                        else mask_util.encode(np.zeros((h, w), dtype=np.uint8, order="F"))
+                    )
                     if grid and not is_empty(segm):
                         rle = mask_util.encode(_through_grid(mask_util.decode(rle), rec["bbox"], grid))
                     counts = rle["counts"]
-                    rec["multimask"][name] = {"size": [h, w],
-                                              "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+                    rec["multimask"][name] = {
+                        "size": [h, w],
+                        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+                    }
         out.append(rec)
     return out
 
@@ -81,9 +87,14 @@ def main() -> None:
     p.add_argument("predictions", help="a multimask_predictions.json written by evaluation")
     p.add_argument("--masks", nargs="+", default=None, help="mask names made perfect (default: each in turn)")
     p.add_argument("--match-iou", type=float, default=0.5, help="least box IoU of a prediction and its instance")
-    p.add_argument("--grids", type=int, nargs="*", default=[28, 56],
-                   help="also the true masks seen through the head's M x M output in the predicted box, for each M "
-                        "(2 x POOLER_RESOLUTION; 28 is the default head's)")
+    p.add_argument(
+        "--grids",
+        type=int,
+        nargs="*",
+        default=[28, 56],
+        help="also the true masks seen through the head's M x M output in the predicted box, for each M "
+        "(2 x POOLER_RESOLUTION; 28 is the default head's)",
+    )
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
     records = read_json(args.predictions)
@@ -92,19 +103,24 @@ def main() -> None:
     names, classes = meta["mask_names"], meta["thing_classes"]
     res = {"as predicted": evaluate_records(dicts, records, names, classes)}
     for name in args.masks or names:
-        res[f"{name} perfect"] = evaluate_records(dicts, with_true_masks(dicts, records, [name], args.match_iou),
-                                                  names, classes)
+        res[f"{name} perfect"] = evaluate_records(
+            dicts, with_true_masks(dicts, records, [name], args.match_iou), names, classes
+        )
         for m in args.grids:
             res[f"{name} perfect on a {m} x {m} grid"] = evaluate_records(
-                dicts, with_true_masks(dicts, records, [name], args.match_iou, m), names, classes)
+                dicts, with_true_masks(dicts, records, [name], args.match_iou, m), names, classes
+            )
     print("| masks | box AP | " + " | ".join(f"{n} AP (AP50 / AP75)" for n in names) + " |")
     print("|---|---|" + "---|" * len(names))
     for label, r in res.items():
-        cells = [f"{r[f'segm/{n}']['AP']:.1f} ({r[f'segm/{n}']['AP50']:.1f} / {r[f'segm/{n}']['AP75']:.1f})"
-                 for n in names]
+        cells = [
+            f"{r[f'segm/{n}']['AP']:.1f} ({r[f'segm/{n}']['AP50']:.1f} / {r[f'segm/{n}']['AP75']:.1f})" for n in names
+        ]
         print(f"| {label} | {r['bbox']['AP']:.1f} | " + " | ".join(cells) + " |")
-    write_json(args.json, {"json_file": args.json_file, "predictions": args.predictions,
-                           "match_iou": args.match_iou, "results": res})
+    write_json(
+        args.json,
+        {"json_file": args.json_file, "predictions": args.predictions, "match_iou": args.match_iou, "results": res},
+    )
 
 
 if __name__ == "__main__":

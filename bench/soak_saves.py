@@ -38,10 +38,17 @@ def _instances(rng: random.Random, marker: str) -> list[dict]:
     out = []
     for k in range(rng.randint(20, 30)):
         cx, cy = rng.uniform(20, 236), rng.uniform(20, 236)
-        ring = [round(v, 2) for j in range(20) for v in (cx + 15 * rng.uniform(0.6, 1) * math.cos(j * math.pi / 10),
-                                                          cy + 15 * rng.uniform(0.6, 1) * math.sin(j * math.pi / 10))]
-        out.append({"id": marker if k == 0 else f"i{k}", "class": "leaf", "masks": {"primary": [ring],
-                                                                                  "secondary": []}})
+        ring = [
+            round(v, 2)
+            for j in range(20)
+            for v in (
+                cx + 15 * rng.uniform(0.6, 1) * math.cos(j * math.pi / 10),
+                cy + 15 * rng.uniform(0.6, 1) * math.sin(j * math.pi / 10),
+            )
+        ]
+        out.append(
+            {"id": marker if k == 0 else f"i{k}", "class": "leaf", "masks": {"primary": [ring], "secondary": []}}
+        )
     return out
 
 
@@ -85,8 +92,20 @@ def _run_workers(root: Path, saves: int, kills: int, rng: random.Random) -> tupl
     count, starts, found = 0, 0, [0, 0]
     while count < saves:
         starts += 1
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", str(root), "--saves", str(saves - count),
-                                 "--seed", str(rng.randrange(10**9))], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(root),
+                "--saves",
+                str(saves - count),
+                "--seed",
+                str(rng.randrange(10**9)),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         killed = False
         for line in proc.stdout:
             if line.startswith("found "):
@@ -119,8 +138,11 @@ def _disk_state(folder: Path) -> tuple[int, int, int]:
         except (OSError, ValueError):
             corrupt += 1
     index = docs.get("index.json", {"images": []})["images"]
-    drifted = sum(1 for e in index if f"{e['id']}.json" in docs
-                  and docs[f"{e['id']}.json"].get("status", e["status"]) != e["status"])
+    drifted = sum(
+        1
+        for e in index
+        if f"{e['id']}.json" in docs and docs[f"{e['id']}.json"].get("status", e["status"]) != e["status"]
+    )
     return temps, corrupt, drifted
 
 
@@ -155,9 +177,11 @@ def main() -> None:
                 lost += 1
         leftover, corrupt, drifted = _disk_state(folder)
         print(f"{args.saves} acknowledged saves, {args.kills} kill -9, {starts} worker starts, {elapsed:.1f} s")
-        print(f"left by the kills, found by the next worker before it opened the dataset: {found[0]} temp files, "
-              f"{found[1]} index statuses behind their annotations; before the final open: {temps_before} and "
-              f"{drifted_before}")
+        print(
+            f"left by the kills, found by the next worker before it opened the dataset: {found[0]} temp files, "
+            f"{found[1]} index statuses behind their annotations; before the final open: {temps_before} and "
+            f"{drifted_before}"
+        )
         print(f"lost {lost}  corrupt {corrupt}  drifted {drifted}  leftover {leftover}")
         if lost or corrupt or drifted or leftover:
             sys.exit(1)

@@ -45,11 +45,22 @@ def main() -> None:
     service = TrainingService(work / "datasets", work / "runs")
     t0 = time.time()
     try:
-        job, notes = service.start({
-            "dataset": "synth", "run_name": "bench", "start": args.start, "iterations": args.iterations,
-            "batch_size": args.batch, "lr": args.lr, "image_size": args.image_size, "device": args.device,
-            "amp": args.amp, "eval_period": args.eval_period, "best_metric": "segm/primary/AP",
-            "advanced": "DATALOADER.NUM_WORKERS 8" if args.device == "cuda" else ""})
+        job, notes = service.start(
+            {
+                "dataset": "synth",
+                "run_name": "bench",
+                "start": args.start,
+                "iterations": args.iterations,
+                "batch_size": args.batch,
+                "lr": args.lr,
+                "image_size": args.image_size,
+                "device": args.device,
+                "amp": args.amp,
+                "eval_period": args.eval_period,
+                "best_metric": "segm/primary/AP",
+                "advanced": "DATALOADER.NUM_WORKERS 8" if args.device == "cuda" else "",
+            }
+        )
     except (FormError, JobError) as e:
         raise SystemExit(f"cannot start: {e}") from None
     print(f"job {job['id']}: {job['state']}", *notes, sep="\n", flush=True)
@@ -64,11 +75,19 @@ def main() -> None:
     sec = sorted(times)[len(times) // 2] if times else None
     mem = [r["max_mem_mb"] for r in rows if "max_mem_mb" in r]
     result = {
-        "machine": platform.node(), "device": args.device, "amp": args.amp, "start": args.start,
-        "state": job["state"], "error": job.get("error"), "iterations": args.iterations, "batch": args.batch,
-        "wall_seconds": round(wall, 1), "median_sec_per_iter": sec,
+        "machine": platform.node(),
+        "device": args.device,
+        "amp": args.amp,
+        "start": args.start,
+        "state": job["state"],
+        "error": job.get("error"),
+        "iterations": args.iterations,
+        "batch": args.batch,
+        "wall_seconds": round(wall, 1),
+        "median_sec_per_iter": sec,
         "images_per_sec": round(args.batch / sec, 2) if sec else None,
-        "peak_gpu_mem_mb": round(max(mem)) if mem else None, "final_ap": monitor.final_ap(run_dir),
+        "peak_gpu_mem_mb": round(max(mem)) if mem else None,
+        "final_ap": monitor.final_ap(run_dir),
     }
     if args.device == "cuda":
         import torch

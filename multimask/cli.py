@@ -16,9 +16,17 @@ TRAIN_NAME, VAL_NAME = "multimask_train", "multimask_val"
 def cmd_synth(args: argparse.Namespace) -> None:
     from .data.synth import generate_synthetic_dataset
 
-    paths = generate_synthetic_dataset(args.out, args.num_train, args.num_val, seed=args.seed, height=args.height,
-                                       width=args.width, mask_names=args.mask_names, regime=args.regime,
-                                       progress=True)
+    paths = generate_synthetic_dataset(
+        args.out,
+        args.num_train,
+        args.num_val,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        mask_names=args.mask_names,
+        regime=args.regime,
+        progress=True,
+    )
     print(f"wrote {paths['train']} and {paths['val']}")
 
 
@@ -28,28 +36,37 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     if args.format == "labelme":
         if args.field or args.drop_class or args.mask_name or args.image_root:
-            raise ValueError("labelme takes --map, --class and --mask-names (not --field, --drop-class, --mask-name, "
-                             "--image-root: images are found from each file's imagePath)")
-        report = convert.import_labelme(args.src, args.out, args.map, default_class=args.cls,
-                                        mask_names=args.mask_names)
+            raise ValueError(
+                "labelme takes --map, --class and --mask-names (not --field, --drop-class, --mask-name, "
+                "--image-root: images are found from each file's imagePath)"
+            )
+        report = convert.import_labelme(
+            args.src, args.out, args.map, default_class=args.cls, mask_names=args.mask_names
+        )
     else:
         if args.map or args.cls or args.mask_names or (args.field if args.format == "coco" else args.mask_name):
-            raise ValueError(f"{args.format}: the class is the COCO category; --map, --class and --mask-names are "
-                             "for labelme, --mask-name for coco and --field for coco-fields")
+            raise ValueError(
+                f"{args.format}: the class is the COCO category; --map, --class and --mask-names are "
+                "for labelme, --mask-name for coco and --field for coco-fields"
+            )
         kwargs = {"image_root": args.image_root, "drop_classes": args.drop_class or ()}
         if args.format == "coco":
             report = convert.import_coco(args.src, args.out, args.mask_name or "primary", **kwargs)
         elif not args.field:
-            raise ValueError("coco-fields needs at least one --field FIELD=MASK_NAME (e.g. --field "
-                             "segmentation=primary --field visible_mask=secondary; FIELD_A+FIELD_B=NAME unites two)")
+            raise ValueError(
+                "coco-fields needs at least one --field FIELD=MASK_NAME (e.g. --field "
+                "segmentation=primary --field visible_mask=secondary; FIELD_A+FIELD_B=NAME unites two)"
+            )
         else:
             report = convert.import_coco_fields(args.src, args.out, args.field, **kwargs)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}\n\n{report.table()}")
     if report:
         print(f"\n{report.summary(max_messages=50)}")
     if report.all_images_missing():
-        raise DatasetError(f"{args.src}: none of the {report.images_read} images was found (first: "
-                           f"{report.images_missing[0]}); pass --image-root or fix the paths")
+        raise DatasetError(
+            f"{args.src}: none of the {report.images_read} images was found (first: "
+            f"{report.images_missing[0]}); pass --image-root or fix the paths"
+        )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -77,8 +94,13 @@ def training_config(args: argparse.Namespace):
         if cfg.SEED < 0:
             cfg.SEED = run_record.random_seed()  # config.yaml (written by default_setup) records it
         if comm.is_main_process():
-            run_record.record_start(cfg.OUTPUT_DIR, {"train": args.train_json, "val": args.val_json},
-                                    seed=cfg.SEED, resume=args.resume, argv=sys.argv)
+            run_record.record_start(
+                cfg.OUTPUT_DIR,
+                {"train": args.train_json, "val": args.val_json},
+                seed=cfg.SEED,
+                resume=args.resume,
+                argv=sys.argv,
+            )
         comm.synchronize()
         _register_datasets(args, names, cfg.OUTPUT_DIR)
     cfg.DATASETS.TRAIN = (TRAIN_NAME,)
@@ -97,14 +119,18 @@ def _checked_config(args: argparse.Namespace):
     from .data.dataset_check import check_dataset_file
 
     args.config_file = str(resolve_config_file(args.config_file))  # a preset name becomes its file
-    metas = {path: check_dataset_file(path, _image_root(args, path)) for path in (args.train_json, args.val_json)
-             if path}
-    cfg = get_multimask_cfg(args.config_file, args.opts, dataset_mask_names=metas[args.train_json]["mask_names"],
-                            dataset=args.train_json)
+    metas = {
+        path: check_dataset_file(path, _image_root(args, path)) for path in (args.train_json, args.val_json) if path
+    }
+    cfg = get_multimask_cfg(
+        args.config_file, args.opts, dataset_mask_names=metas[args.train_json]["mask_names"], dataset=args.train_json
+    )
     names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
     if args.val_json and not set(names) <= set(metas[args.val_json]["mask_names"]):
-        raise ValueError(f"{args.val_json}: has masks {metas[args.val_json]['mask_names']} but the model trains "
-                         f"{names} (from {args.train_json}); give the validation set the training set's masks")
+        raise ValueError(
+            f"{args.val_json}: has masks {metas[args.val_json]['mask_names']} but the model trains "
+            f"{names} (from {args.train_json}); give the validation set the training set's masks"
+        )
     return cfg
 
 
@@ -121,12 +147,15 @@ def _register_datasets(args: argparse.Namespace, names: list[str], run_dir: str 
     for kind, name, path in (("train", TRAIN_NAME, args.train_json), ("val", VAL_NAME, args.val_json)):
         if path:
             copy = frozen_json(run_dir, kind) if run_dir else None
-            register_multimask_dataset(name, copy if copy and copy.is_file() else path, _image_root(args, path),
-                                       mask_names=names, source=path)  # the copy's messages name the user's file
+            register_multimask_dataset(
+                name, copy if copy and copy.is_file() else path, _image_root(args, path), mask_names=names, source=path
+            )  # the copy's messages name the user's file
     classes = MetadataCatalog.get(TRAIN_NAME).thing_classes
     if args.val_json and MetadataCatalog.get(VAL_NAME).thing_classes != classes:
-        raise SystemExit(f"{args.val_json}: classes {MetadataCatalog.get(VAL_NAME).thing_classes} differ from "
-                         f"the training set's {classes}")
+        raise SystemExit(
+            f"{args.val_json}: classes {MetadataCatalog.get(VAL_NAME).thing_classes} differ from "
+            f"the training set's {classes}"
+        )
     return classes
 
 
@@ -175,8 +204,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         launch(_train_worker, 1, args=(args,))
         return
     check_gpus(_checked_config(args), args.num_gpus)  # here, before the processes start: one-line errors
-    launch_until_stopped(_train_worker, args.num_gpus, num_machines=args.num_machines,
-                         machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    launch_until_stopped(
+        _train_worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -193,15 +228,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     masks = check_dataset_file(args.json, _image_root(args, args.json))["mask_names"]
     predictor = MultiMaskPredictor.from_run(args.run, device=args.device)
     if not set(predictor.mask_names) <= set(masks):
-        raise ValueError(f"{args.json}: has masks {masks} but the run {args.run} predicts {predictor.mask_names}; "
-                         "evaluate it on a dataset with those masks, or train a run on this dataset")
+        raise ValueError(
+            f"{args.json}: has masks {masks} but the run {args.run} predicts {predictor.mask_names}; "
+            "evaluate it on a dataset with those masks, or train a run on this dataset"
+        )
     cfg = predictor.cfg.clone()
     cfg.defrost()
     register_multimask_dataset(VAL_NAME, args.json, args.image_root, mask_names=predictor.mask_names)
     classes, run_classes = MetadataCatalog.get(VAL_NAME).thing_classes, predictor.metadata.thing_classes
     if list(classes) != list(run_classes):
-        raise ValueError(f"{args.json}: classes {list(classes)} differ from the run's {list(run_classes)} (same "
-                         "names in the same order, i.e. the same category ids, are needed)")
+        raise ValueError(
+            f"{args.json}: classes {list(classes)} differ from the run's {list(run_classes)} (same "
+            "names in the same order, i.e. the same category ids, are needed)"
+        )
     out = Path(args.output or Path(args.run) / "evaluations" / Path(args.json).stem / EVAL_RESULTS_FILE)
     cfg.DATASETS.TEST = (VAL_NAME,)
     cfg.OUTPUT_DIR = str(out.parent)  # the predictions go next to the results, never into the run's own files
@@ -270,8 +309,10 @@ def cmd_split(args: argparse.Namespace) -> None:
     from .data.split import format_split, split_dataset
 
     result = split_dataset(args.src, args.out, args.val_fraction, args.seed, image_root=args.image_root)
-    print(f"wrote {result.paths['train']} and {result.paths['val']}\n{format_split(result.stats)}\n"
-          f"{result.report.summary(max_messages=50)}")
+    print(
+        f"wrote {result.paths['train']} and {result.paths['val']}\n{format_split(result.stats)}\n"
+        f"{result.report.summary(max_messages=50)}"
+    )
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -280,8 +321,10 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
     report = Report()
     dicts, meta = load_multimask_json(args.src, args.image_root, report=report)
-    print(f"{format_stats(dataset_stats(dicts, meta['thing_classes'], meta['mask_names']))}\n"
-          f"{report.summary(max_messages=50)}")
+    print(
+        f"{format_stats(dataset_stats(dicts, meta['thing_classes'], meta['mask_names']))}\n"
+        f"{report.summary(max_messages=50)}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,27 +341,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=256)
     s.add_argument("--width", type=int, default=320)
     s.add_argument("--mask-names", nargs="+", default=["primary", "secondary"])
-    s.add_argument("--regime", choices=["default", "small-part", "large-part"], default="default",
-                   help="small-part: objects with a long thin appendage and a part covering 1-3%% of their box; "
-                        "large-part: a part covering 60-90%% of its object, cut along a straight line")
+    s.add_argument(
+        "--regime",
+        choices=["default", "small-part", "large-part"],
+        default="default",
+        help="small-part: objects with a long thin appendage and a part covering 1-3%% of their box; "
+        "large-part: a part covering 60-90%% of its object, cut along a straight line",
+    )
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("import", help="convert labelme, plain COCO or COCO-with-mask-fields data to the multimask "
-                       "format (see datasets/README.md)")
+    s = sub.add_parser(
+        "import",
+        help="convert labelme, plain COCO or COCO-with-mask-fields data to the multimask "
+        "format (see datasets/README.md)",
+    )
     s.add_argument("format", choices=["labelme", "coco", "coco-fields"])
     s.add_argument("src", help="folder of labelme JSON files, or COCO JSON")
     s.add_argument("out", help="multimask JSON to write (the report goes to OUT's name + .report.json)")
-    s.add_argument("--map", action="append", help="labelme: LABEL=MASK or LABEL=CLASS:MASK; repeat to add "
-                   "(LABEL_A+LABEL_B=MASK unites labels, one label may feed several masks)")
+    s.add_argument(
+        "--map",
+        action="append",
+        help="labelme: LABEL=MASK or LABEL=CLASS:MASK; repeat to add "
+        "(LABEL_A+LABEL_B=MASK unites labels, one label may feed several masks)",
+    )
     s.add_argument("--class", dest="cls", help="labelme: the class of every instance whose labels name none")
     s.add_argument("--mask-names", nargs="+", help="labelme: mask names in order")
-    s.add_argument("--field", action="append", help="coco-fields: FIELD=MASK_NAME, repeat to add "
-                   "(FIELD_A+FIELD_B=MASK unites fields)")
+    s.add_argument(
+        "--field",
+        action="append",
+        help="coco-fields: FIELD=MASK_NAME, repeat to add (FIELD_A+FIELD_B=MASK unites fields)",
+    )
     s.add_argument("--mask-name", help="coco: the mask name of 'segmentation' (default primary)")
-    s.add_argument("--drop-class", action="append", help="coco, coco-fields: drop this category and its "
-                   "annotations (repeatable)")
-    s.add_argument("--image-root", help="coco, coco-fields: folder the images' file_name are relative to "
-                   "(default: the JSON's folder)")
+    s.add_argument(
+        "--drop-class", action="append", help="coco, coco-fields: drop this category and its annotations (repeatable)"
+    )
+    s.add_argument(
+        "--image-root",
+        help="coco, coco-fields: folder the images' file_name are relative to (default: the JSON's folder)",
+    )
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("export", help="export a multimask JSON as a labelme folder")
@@ -328,8 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
 
     t = default_argument_parser()  # --config-file, --resume, --num-gpus, --num-machines, --dist-url, opts
-    s = sub.add_parser("train", parents=[t], add_help=False, help="train a model (detectron2 launch)",
-                       epilog="Trailing KEY VALUE pairs override config options.")
+    s = sub.add_parser(
+        "train",
+        parents=[t],
+        add_help=False,
+        help="train a model (detectron2 launch)",
+        epilog="Trailing KEY VALUE pairs override config options.",
+    )
     s.set_defaults(config_file="mask_rcnn_R_50_FPN_3x", func=cmd_train)
     s.add_argument("--train-json", required=True)
     s.add_argument("--val-json")

@@ -81,9 +81,7 @@ def validate_multimask_config(cfg: CN) -> None:
         raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK must be an integer >= 1, got {k!r}")
     names = list(head.MASK_NAMES)
     if len(names) != k:
-        raise ValueError(
-            f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES has {len(names)} names {names} but NUM_MASK is {k}"
-        )
+        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES has {len(names)} names {names} but NUM_MASK is {k}")
     bad = [n for n in names if not is_valid_mask_name(n)]
     if bad:
         raise ValueError(
@@ -113,22 +111,35 @@ def _validate_part_boxes(head: CN, names: list[str]) -> None:
     parts = list(head.PART_BOX_MASKS)
     unknown = [n for n in parts if n not in names]
     if unknown or len(set(parts)) != len(parts):
-        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS {parts} must be distinct names of MASK_NAMES "
-                         f"{names}" + (f" ({unknown} are not)" if unknown else ""))
+        raise ValueError(
+            f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS {parts} must be distinct names of MASK_NAMES "
+            f"{names}" + (f" ({unknown} are not)" if unknown else "")
+        )
     from .modeling.part_box import PART_BOX_SOURCES
 
     if head.PART_BOX_FROM not in PART_BOX_SOURCES:
-        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM must be one of {list(PART_BOX_SOURCES)}, "
-                         f"got {head.PART_BOX_FROM!r}")
+        raise ValueError(
+            f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM must be one of {list(PART_BOX_SOURCES)}, "
+            f"got {head.PART_BOX_FROM!r}"
+        )
     size = head.PART_BOX_BATCH_SIZE_PER_IMAGE
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_BATCH_SIZE_PER_IMAGE must be a whole number >= 0 "
-                         f"(0: every foreground ROI), got {size!r}")
-    for key, low, high in (("PART_BOX_LOSS_WEIGHT", 0, float("inf")), ("PART_BOX_JITTER", 0, 1),
-                           ("PART_BOX_CONTEXT", 1, 4)):
+        raise ValueError(
+            f"MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_BATCH_SIZE_PER_IMAGE must be a whole number >= 0 "
+            f"(0: every foreground ROI), got {size!r}"
+        )
+    for key, low, high in (
+        ("PART_BOX_LOSS_WEIGHT", 0, float("inf")),
+        ("PART_BOX_JITTER", 0, 1),
+        ("PART_BOX_CONTEXT", 1, 4),
+    ):
         value = head[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high \
-                or value == float("inf"):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not low <= value <= high
+            or value == float("inf")
+        ):
             raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.{key} must be a number from {low} to {high}, got {value!r}")
 
 
@@ -140,8 +151,10 @@ def _validate_training(cfg: CN) -> None:
         from .evaluation import METRICS
 
         tasks = ", ".join(["bbox", *(f"segm/{n}" for n in names)])
-        raise ValueError(f"MULTIMASK.BEST_METRIC {metric!r} is not an evaluation result: use TASK/METRIC with TASK "
-                         f"one of {tasks} and METRIC one of {', '.join(METRICS)} or AP-<class name>")
+        raise ValueError(
+            f"MULTIMASK.BEST_METRIC {metric!r} is not an evaluation result: use TASK/METRIC with TASK "
+            f"one of {tasks} and METRIC one of {', '.join(METRICS)} or AP-<class name>"
+        )
     if mm.BEST_MODE not in ("max", "min"):
         raise ValueError(f"MULTIMASK.BEST_MODE must be 'max' or 'min', got {mm.BEST_MODE!r}")
     _check_int("MULTIMASK.EARLY_STOP_PATIENCE", mm.EARLY_STOP_PATIENCE, 0, " (0: off)")
@@ -165,7 +178,7 @@ def split_metric(metric: str, mask_names: list[str]) -> tuple[str, str] | None:
     from .evaluation import METRICS
 
     for task in ["bbox", *(f"segm/{n}" for n in mask_names)]:
-        name = metric[len(task) + 1:] if metric.startswith(f"{task}/") else ""
+        name = metric[len(task) + 1 :] if metric.startswith(f"{task}/") else ""
         if name in METRICS or (name.startswith("AP-") and len(name) > 3):
             return task, name
     return None
@@ -190,8 +203,13 @@ def resolve_config_file(config_file: str | Path) -> Path:
     return path if path.is_file() else preset_path(str(config_file))
 
 
-def get_multimask_cfg(config_file: str | Path | None = None, opts: list[str] | None = None, *,
-                      dataset_mask_names: Sequence[str] | None = None, dataset: str | Path = "the dataset") -> CN:
+def get_multimask_cfg(
+    config_file: str | Path | None = None,
+    opts: list[str] | None = None,
+    *,
+    dataset_mask_names: Sequence[str] | None = None,
+    dataset: str | Path = "the dataset",
+) -> CN:
     """A detectron2 config with the multimask keys, merged from a preset name or a YAML file, then `opts`.
 
     With `dataset_mask_names` (the `mask_names` of `dataset`, the training set), the heads follow the dataset
@@ -207,8 +225,9 @@ def get_multimask_cfg(config_file: str | Path | None = None, opts: list[str] | N
         try:
             cfg.merge_from_file(str(path), allow_unsafe=False)
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not a config file this tool reads (plain YAML only): "
-                             f"{str(e).splitlines()[0]}") from None
+            raise ValueError(
+                f"{path}: not a config file this tool reads (plain YAML only): {str(e).splitlines()[0]}"
+            ) from None
     if opts:
         cfg.merge_from_list(list(opts))
     if dataset_mask_names is not None:
@@ -235,8 +254,9 @@ def set_head_keys(config_file: str | Path | None, opts: list[str] | None) -> dic
     return found
 
 
-def follow_dataset_masks(cfg: CN, mask_names: Sequence[str], explicit: dict[str, str],
-                         dataset: str | Path = "the dataset") -> None:
+def follow_dataset_masks(
+    cfg: CN, mask_names: Sequence[str], explicit: dict[str, str], dataset: str | Path = "the dataset"
+) -> None:
     """Take MASK_NAMES from a dataset's `mask_names`, NUM_MASK and LOSS_WEIGHTS (1.0 each) from MASK_NAMES.
 
     Keys in `explicit` (see `set_head_keys`) are kept. Explicit MASK_NAMES may select some of the dataset's
@@ -246,10 +266,12 @@ def follow_dataset_masks(cfg: CN, mask_names: Sequence[str], explicit: dict[str,
     if "MASK_NAMES" in explicit:
         missing = [n for n in head.MASK_NAMES if n not in mask_names]
         if missing:
-            raise ValueError(f"{dataset}: has masks {list(mask_names)}, not {missing} of "
-                             f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES {list(head.MASK_NAMES)} set in "
-                             f"{explicit['MASK_NAMES']}; remove that setting to train the dataset's masks, or "
-                             "use a dataset that has those masks")
+            raise ValueError(
+                f"{dataset}: has masks {list(mask_names)}, not {missing} of "
+                f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES {list(head.MASK_NAMES)} set in "
+                f"{explicit['MASK_NAMES']}; remove that setting to train the dataset's masks, or "
+                "use a dataset that has those masks"
+            )
     else:
         head.MASK_NAMES = list(mask_names)
     if "NUM_MASK" not in explicit:

@@ -38,8 +38,12 @@ def instances_to_records(instances: Instances, image_id, mask_names: Sequence[st
     masks = instances.pred_multimask.numpy() if instances.has("pred_multimask") else None
     records = []
     for i in range(n):
-        rec = {"image_id": image_id, "category_id": int(instances.pred_classes[i]),
-               "bbox": [float(v) for v in boxes[i]], "score": float(instances.scores[i])}
+        rec = {
+            "image_id": image_id,
+            "category_id": int(instances.pred_classes[i]),
+            "bbox": [float(v) for v in boxes[i]],
+            "score": float(instances.scores[i]),
+        }
         if masks is not None:
             rec["multimask"] = {}
             for k, name in enumerate(mask_names):
@@ -59,8 +63,13 @@ class MultiMaskEvaluator(DatasetEvaluator):
     areas, boxes included (the union of the instance's masks), as in COCO.
     """
 
-    def __init__(self, dataset_name: str, mask_names: Sequence[str] | None = None,
-                 output_dir: str | Path | None = None, distributed: bool = True):
+    def __init__(
+        self,
+        dataset_name: str,
+        mask_names: Sequence[str] | None = None,
+        output_dir: str | Path | None = None,
+        distributed: bool = True,
+    ):
         meta = MetadataCatalog.get(dataset_name)
         self.dataset_name = dataset_name
         self.mask_names = list(mask_names or meta.mask_names)
@@ -90,8 +99,9 @@ class MultiMaskEvaluator(DatasetEvaluator):
         return evaluate_records(DatasetCatalog.get(self.dataset_name), records, self.mask_names, self.classes)
 
 
-def evaluate_records(dataset_dicts: list[dict], records: list[dict], mask_names: Sequence[str],
-                     classes: Sequence[str]) -> OrderedDict:
+def evaluate_records(
+    dataset_dicts: list[dict], records: list[dict], mask_names: Sequence[str], classes: Sequence[str]
+) -> OrderedDict:
     """COCO AP of prediction records against dataset dicts (contiguous class ids, `multimask` masks)."""
     results = OrderedDict()
     gt = _coco_ground_truth(dataset_dicts, None, classes)
@@ -99,9 +109,16 @@ def evaluate_records(dataset_dicts: list[dict], records: list[dict], mask_names:
     results["bbox"] = _coco_ap(gt, dets, "bbox", classes)
     for name in mask_names:
         gt = _coco_ground_truth(dataset_dicts, name, classes)
-        dets = [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"],
-                 "segmentation": r["multimask"][name]}
-                for r in records if "multimask" in r and not is_empty(r["multimask"][name])]
+        dets = [
+            {
+                "image_id": r["image_id"],
+                "category_id": r["category_id"],
+                "score": r["score"],
+                "segmentation": r["multimask"][name],
+            }
+            for r in records
+            if "multimask" in r and not is_empty(r["multimask"][name])
+        ]
         results[f"segm/{name}"] = _coco_ap(gt, dets, "segm", classes)
     return results
 
@@ -115,8 +132,13 @@ def _coco_ground_truth(dicts: list[dict], mask_name: str | None, classes: Sequen
         images.append({"id": d["image_id"], "height": h, "width": w})
         for a in d.get("annotations", []):
             bbox = [float(v) for v in BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)]
-            ann = {"id": len(anns) + 1, "image_id": d["image_id"], "category_id": a["category_id"],
-                   "iscrowd": a.get("iscrowd", 0), "bbox": bbox}
+            ann = {
+                "id": len(anns) + 1,
+                "image_id": d["image_id"],
+                "category_id": a["category_id"],
+                "iscrowd": a.get("iscrowd", 0),
+                "bbox": bbox,
+            }
             if mask_name is None:
                 present = [m for m in a["multimask"].values() if not is_empty(m)]
                 ann["area"] = union_area(present, h, w) if present else bbox[2] * bbox[3]
@@ -127,8 +149,11 @@ def _coco_ground_truth(dicts: list[dict], mask_name: str | None, classes: Sequen
                 ann.update(iscrowd=1, segmentation=[[x, y, x + bw, y, x + bw, y + bh, x, y + bh]], area=bw * bh)
             anns.append(ann)
     coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns,
-                    "categories": [{"id": i, "name": c} for i, c in enumerate(classes)]}
+    coco.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i, "name": c} for i, c in enumerate(classes)],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -141,8 +166,10 @@ def _coco_ap(gt: COCO, dets: list[dict], iou_type: str, classes: Sequence[str]) 
         logger.warning("no ground truth for %s evaluation; its AP is NaN", iou_type)
         return {**{m: float("nan") for m in METRICS}, **{f"AP-{c}": float("nan") for c in classes}}
     if not dets:
-        return {**{m: 0.0 for m in METRICS},
-                **{f"AP-{c}": 0.0 if k in with_gt else float("nan") for k, c in enumerate(classes)}}
+        return {
+            **{m: 0.0 for m in METRICS},
+            **{f"AP-{c}": 0.0 if k in with_gt else float("nan") for k, c in enumerate(classes)},
+        }
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         ev = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)
@@ -170,8 +197,10 @@ def format_results(results: dict) -> str:
 def format_class_ap(results: dict) -> str:
     """AP per class (rows) for each task (columns: bbox, segm/<name>); `-` where a class has no ground truth."""
     classes = [k[3:] for k in next(iter(results.values()), {}) if k.startswith("AP-")]
-    rows = [[c] + ["-" if math.isnan(ap := res.get(f"AP-{c}", float("nan"))) else f"{ap:.2f}"
-                   for res in results.values()] for c in classes]
+    rows = [
+        [c] + ["-" if math.isnan(ap := res.get(f"AP-{c}", float("nan"))) else f"{ap:.2f}" for res in results.values()]
+        for c in classes
+    ]
     return format_table(["class", *results], rows)
 
 

@@ -46,8 +46,13 @@ class MultiMasks:
             if all(isinstance(x, list) for x in per_inst):
                 sets.append(PolygonMasks([[np.asarray(p, dtype=np.float64) for p in x] for x in per_inst]))
             else:
-                sets.append(BitMasks(torch.stack([_to_bitmap(x, h, w) for x in per_inst])
-                                     if per_inst else torch.zeros((0, h, w), dtype=torch.bool)))
+                sets.append(
+                    BitMasks(
+                        torch.stack([_to_bitmap(x, h, w) for x in per_inst])
+                        if per_inst
+                        else torch.zeros((0, h, w), dtype=torch.bool)
+                    )
+                )
         pres = torch.tensor(present, dtype=torch.bool).T.reshape(len(segms), len(names))
         return cls(names, sets, pres)
 
@@ -69,8 +74,7 @@ class MultiMasks:
         """Move the masks (bitmaps; polygons stay on the CPU, as in detectron2)."""
         return MultiMasks(self.names, [self.masks[n].to(*args, **kwargs) for n in self.names], self.present)
 
-    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int,
-                        names: Sequence[str] | None = None) -> torch.Tensor:
+    def crop_and_resize(self, boxes: torch.Tensor, mask_size: int, names: Sequence[str] | None = None) -> torch.Tensor:
         """(N, NUM_MASK, mask_size, mask_size) float targets inside `boxes`; zeros where absent.
 
         `boxes` is (N, 4), one box per instance, or (N, NUM_MASK, 4), one box per mask. Only `names` (default:
@@ -96,8 +100,9 @@ class MultiMasks:
         if poly_jobs:
             rows = torch.tensor([r for r, _, _ in poly_jobs])
             cols = torch.tensor([c for _, c, _ in poly_jobs])
-            bitmaps = rasterize_polygons_in_boxes([p for _, _, p in poly_jobs],
-                                                  boxes[rows.to(boxes.device), cols.to(boxes.device)], mask_size)
+            bitmaps = rasterize_polygons_in_boxes(
+                [p for _, _, p in poly_jobs], boxes[rows.to(boxes.device), cols.to(boxes.device)], mask_size
+            )
             out[rows.to(boxes.device), cols.to(boxes.device)] = bitmaps.to(device=boxes.device, dtype=out.dtype)
         return out
 
@@ -126,8 +131,7 @@ class MultiMasks:
         return f"MultiMasks(num_instances={len(self)}, names={list(self.names)})"
 
 
-def rasterize_polygons_in_boxes(polygons: list[list[np.ndarray]], boxes: torch.Tensor,
-                                mask_size: int) -> torch.Tensor:
+def rasterize_polygons_in_boxes(polygons: list[list[np.ndarray]], boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
     """(R, M, M) bool masks: polygons[i] rasterised inside boxes[i] at M x M.
 
     Same coordinate transform and rasteriser (pycocotools) as detectron2's `rasterize_polygons_within_box`,

@@ -47,8 +47,9 @@ def instance_color(i: int) -> np.ndarray:
     return PALETTE[(i * 7) % len(PALETTE)]
 
 
-def label_position(box: Rect, size: tuple[float, float], taken: Sequence[Rect],
-                   bounds: tuple[float, float]) -> tuple[float, float]:
+def label_position(
+    box: Rect, size: tuple[float, float], taken: Sequence[Rect], bounds: tuple[float, float]
+) -> tuple[float, float]:
     """Top-left corner for a label of `size` (w, h) of `box`, inside `bounds` (W, H).
 
     The first spot that overlaps no rectangle of `taken`, of: inside the box's top-left corner, above it, its
@@ -88,9 +89,16 @@ class MultiMaskVisualizer(Visualizer):
         self._default_font_size = em_px / scale * 72 / self.output.dpi
         self._labels: list[Rect] = []  # label rectangles drawn so far, image coordinates
 
-    def draw_multimask(self, masks: np.ndarray, mask_names: Sequence[str], *, boxes: np.ndarray | None = None,
-                       labels: Sequence[str] | None = None, visible: Sequence[str] | None = None,
-                       highlight: int | None = None):
+    def draw_multimask(
+        self,
+        masks: np.ndarray,
+        mask_names: Sequence[str],
+        *,
+        boxes: np.ndarray | None = None,
+        labels: Sequence[str] | None = None,
+        visible: Sequence[str] | None = None,
+        highlight: int | None = None,
+    ):
         """Draw (N, K, H, W) bool masks; `visible` limits the drawn mask names; returns the VisImage.
 
         `highlight`: an instance drawn with its box and label, the others faded and unlabelled.
@@ -114,26 +122,37 @@ class MultiMaskVisualizer(Visualizer):
 
     def draw_label(self, text: str, box: Sequence[float], color: np.ndarray) -> None:
         """A label with detectron2's `draw_text`, at `label_position` clear of the labels drawn before."""
-        self.draw_text(text, (0, 0), color=self._change_color_brightness(color, brightness_factor=0.7),
-                       horizontal_alignment="left")
+        self.draw_text(
+            text, (0, 0), color=self._change_color_brightness(color, brightness_factor=0.7), horizontal_alignment="left"
+        )
         artist = self.output.ax.texts[-1]
         renderer = self.output.canvas.get_renderer()
         artist.update_bbox_position_size(renderer)
         (px0, py1), (px1, py0) = self.output.ax.transData.inverted().transform(
-            artist.get_bbox_patch().get_window_extent(renderer).get_points())  # y grows downwards in the image
-        x, y = label_position(tuple(map(float, box)), (px1 - px0, py1 - py0), self._labels,
-                              (self.output.width, self.output.height))
+            artist.get_bbox_patch().get_window_extent(renderer).get_points()
+        )  # y grows downwards in the image
+        x, y = label_position(
+            tuple(map(float, box)), (px1 - px0, py1 - py0), self._labels, (self.output.width, self.output.height)
+        )
         artist.set_position((x - px0, y - py0))
         self._labels.append((x, y, x + px1 - px0, y + py1 - py0))
 
-    def draw_instance_predictions_multimask(self, instances, mask_names: Sequence[str],
-                                            class_names: Sequence[str], visible: Sequence[str] | None = None):
+    def draw_instance_predictions_multimask(
+        self, instances, mask_names: Sequence[str], class_names: Sequence[str], visible: Sequence[str] | None = None
+    ):
         """Draw a model's output Instances with class and score labels."""
         instances = instances.to("cpu")
-        labels = [f"{class_names[c] if c < len(class_names) else c} {s:.0%}"
-                  for c, s in zip(instances.pred_classes.tolist(), instances.scores.tolist())]
-        return self.draw_multimask(instances.pred_multimask.numpy(), mask_names,
-                                   boxes=instances.pred_boxes.tensor.numpy(), labels=labels, visible=visible)
+        labels = [
+            f"{class_names[c] if c < len(class_names) else c} {s:.0%}"
+            for c, s in zip(instances.pred_classes.tolist(), instances.scores.tolist())
+        ]
+        return self.draw_multimask(
+            instances.pred_multimask.numpy(),
+            mask_names,
+            boxes=instances.pred_boxes.tensor.numpy(),
+            labels=labels,
+            visible=visible,
+        )
 
     def _draw_styled_mask(self, mask: np.ndarray, color: np.ndarray, k: int, lw: float, fade: float) -> None:
         alpha, hatch, linestyle = mask_style(k)
@@ -144,9 +163,17 @@ class MultiMaskVisualizer(Visualizer):
         for c in contours:
             if len(c) < 3:
                 continue
-            self.output.ax.add_patch(MplPolygon(c.reshape(-1, 2), closed=True, fill=False, hatch=hatch,
-                                                edgecolor=color, linewidth=lw * 1.5 * self.output.scale,
-                                                linestyle=linestyle))
+            self.output.ax.add_patch(
+                MplPolygon(
+                    c.reshape(-1, 2),
+                    closed=True,
+                    fill=False,
+                    hatch=hatch,
+                    edgecolor=color,
+                    linewidth=lw * 1.5 * self.output.scale,
+                    linestyle=linestyle,
+                )
+            )
 
     def _draw_legend(self, shown: Sequence[str], mask_names: Sequence[str], lw: float) -> None:
         if not shown:
@@ -157,7 +184,11 @@ class MultiMaskVisualizer(Visualizer):
             if alpha > 0 or hatch:
                 handles.append(Patch(facecolor=(0.5, 0.5, 0.5, alpha), edgecolor="black", hatch=hatch, label=name))
             else:
-                handles.append(Line2D([0], [0], color="black", linestyle=linestyle,
-                                      linewidth=lw * 1.5 * self.output.scale, label=name))
-        self.output.ax.legend(handles=handles, loc="lower right",
-                              fontsize=self._default_font_size * self.output.scale, framealpha=0.7)
+                handles.append(
+                    Line2D(
+                        [0], [0], color="black", linestyle=linestyle, linewidth=lw * 1.5 * self.output.scale, label=name
+                    )
+                )
+        self.output.ax.legend(
+            handles=handles, loc="lower right", fontsize=self._default_font_size * self.output.scale, framealpha=0.7
+        )

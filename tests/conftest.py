@@ -10,10 +10,18 @@ from multimask.config import get_multimask_cfg
 
 def tiny_cfg(num_classes: int = 3, names=("primary", "secondary"), **extra):
     """The CPU test preset with `num_classes` classes and the given mask names, on the CPU."""
-    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", num_classes, "MODEL.DEVICE", "cpu",
-            "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", len(names),
-            "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", list(names),
-            "MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS", [1.0] * len(names)]
+    opts = [
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        num_classes,
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
+        len(names),
+        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
+        list(names),
+        "MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS",
+        [1.0] * len(names),
+    ]
     for k, v in extra.items():
         opts += [k, v]
     return get_multimask_cfg("tiny_cpu", opts)
@@ -33,8 +41,14 @@ def _seed():
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make browser` installs it (playwright cannot download one)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:

@@ -27,8 +27,9 @@ OLD = 1_600_000_000  # an mtime older than the freshly saved run
 def _make_run(folder):
     """A run folder with random-init weights of the tiny CPU model (no training)."""
     folder.mkdir(parents=True)
-    cfg = get_multimask_cfg("tiny_cpu", ["MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu",
-                                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    cfg = get_multimask_cfg(
+        "tiny_cpu", ["MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0]
+    )
     cfg.MULTIMASK.CLASS_NAMES = CLASSES
     (folder / "config.yaml").write_text(cfg.dump())
     torch.manual_seed(0)
@@ -131,8 +132,24 @@ def test_find_runs_lists_valid_runs_newest_first_and_skips_broken_ones(runs_root
     assert find_runs(runs_root / "does_not_exist") == []
 
 
-@pytest.mark.parametrize("name", ["../exp1", "exp1/../exp1", "/etc", "", None, 3, "exp1\\..", "group", "broken",
-                                  "linked", "escapes", "nope", "./exp1"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../exp1",
+        "exp1/../exp1",
+        "/etc",
+        "",
+        None,
+        3,
+        "exp1\\..",
+        "group",
+        "broken",
+        "linked",
+        "escapes",
+        "nope",
+        "./exp1",
+    ],
+)
 def test_get_run_refuses_names_that_are_not_listed_runs(runs_root, name):
     with pytest.raises(RunNotFoundError):
         get_run(runs_root, name)
@@ -249,7 +266,7 @@ def test_an_uploaded_file_is_read_as_training_and_the_cli_read_it(tmp_path):
 
     from multimask.data.images import read_image_bgr
 
-    grey = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100)  # 16-bit: PIL's RGB makes it white
+    grey = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100  # 16-bit: PIL's RGB makes it white
     path = tmp_path / "grey16.png"
     cv2.imwrite(str(path), grey)
     rgb = to_rgb(str(path))
@@ -326,8 +343,9 @@ def test_app_end_to_end(runs_root, tmp_path, image):
     server = serve_app(demo)
     try:
         client = Client(server.local_url, verbose=False)
-        overlay, table, status = client.predict("exp1", handle_file(path), 0.0, ["primary", "secondary"],
-                                                api_name="/predict")
+        overlay, table, status = client.predict(
+            "exp1", handle_file(path), 0.0, ["primary", "secondary"], api_name="/predict"
+        )
         assert "⚠️" not in status
         with Image.open(overlay) as im:
             assert im.size == (960, 720) and im.mode == "RGB"  # drawn 6x: see display_scale

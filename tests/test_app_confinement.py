@@ -24,8 +24,22 @@ from tests.conftest import free_port
 from tests.test_app import _copy_run, _make_run
 from tests.test_train_first_day import _cli_run
 
-HOSTILE_NAMES = ["../outside/run", "linked", "group/run", "weights-out", "config-out", "ckpt-out", "exp/../linked",
-                 "exp\x00", "..", "/", "~", "exp\\..\\linked", "./exp", " exp"]
+HOSTILE_NAMES = [
+    "../outside/run",
+    "linked",
+    "group/run",
+    "weights-out",
+    "config-out",
+    "ckpt-out",
+    "exp/../linked",
+    "exp\x00",
+    "..",
+    "/",
+    "~",
+    "exp\\..\\linked",
+    "./exp",
+    " exp",
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +80,15 @@ def _png(tmp_path, name, data):
 def _record(jobs_root: Path, job_id: str, run_dir: Path, log: Path | None = None, state: str = "completed") -> None:
     """A job record as the Train tab writes it."""
     jobs_root.mkdir(parents=True, exist_ok=True)
-    record = {"id": job_id, "state": state, "device": "cpu", "command": ["python", "-m", "multimask", "train"],
-              "run_dir": str(run_dir), "log": str(log or jobs_root / f"{job_id}.log"),
-              "created": "2026-01-01T00:00:00+00:00"}
+    record = {
+        "id": job_id,
+        "state": state,
+        "device": "cpu",
+        "command": ["python", "-m", "multimask", "train"],
+        "run_dir": str(run_dir),
+        "log": str(log or jobs_root / f"{job_id}.log"),
+        "created": "2026-01-01T00:00:00+00:00",
+    }
     (jobs_root / f"{job_id}.json").write_text(json.dumps(record))
 
 
@@ -137,12 +157,15 @@ def test_job_records_naming_files_outside_are_left_out_and_never_acted_on(tmp_pa
 # --- Predict: uploads that are not images, downloads, messages
 
 
-@pytest.mark.parametrize(("name", "data", "words"), [
-    ("notes.png", b"just some notes\n", "'notes.png' is text, not an image"),
-    ("page.png", b"<!DOCTYPE html><html><body>hi</body></html>", "'page.png' is HTML or XML text, not an image"),
-    ("cut.png", None, "'cut.png' is a PNG file that cannot be decoded (damaged or cut short?)"),
-    ("empty.jpg", b"", "'empty.jpg' is empty"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("notes.png", b"just some notes\n", "'notes.png' is text, not an image"),
+        ("page.png", b"<!DOCTYPE html><html><body>hi</body></html>", "'page.png' is HTML or XML text, not an image"),
+        ("cut.png", None, "'cut.png' is a PNG file that cannot be decoded (damaged or cut short?)"),
+        ("empty.jpg", b"", "'empty.jpg' is empty"),
+    ],
+)
 def test_an_upload_that_is_not_an_image_is_named(view, tmp_path, name, data, words):
     if data is None:
         data = cv2.imencode(".png", np.full((40, 50, 3), 200, np.uint8))[1].tobytes()[:60]
@@ -160,10 +183,13 @@ def test_the_served_predict_tab_names_a_bad_upload_instead_of_a_bare_error(base,
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
-        for name, data, words in (("photo.png", b"not an image", "'photo.png' is text, not an image"),
-                                  ("page.png", b"<html><script>x</script></html>", "'page.png' is HTML")):
-            overlay, _, status = client.predict("exp", handle_file(str(_png(tmp_path, name, data))), 0.5, [],
-                                                api_name="/predict")
+        for name, data, words in (
+            ("photo.png", b"not an image", "'photo.png' is text, not an image"),
+            ("page.png", b"<html><script>x</script></html>", "'page.png' is HTML"),
+        ):
+            overlay, _, status = client.predict(
+                "exp", handle_file(str(_png(tmp_path, name, data))), 0.5, [], api_name="/predict"
+            )
             assert overlay is None and words in status and "/" not in status.split("image:")[1]
     finally:
         demo.close()
@@ -204,8 +230,10 @@ def train(tmp_path):
     (tmp_path / "datasets" / "evil").symlink_to(tmp_path / "elsewhere" / "evil", target_is_directory=True)
     runs = tmp_path / "runs"
     cli = _cli_run(runs, "cli", metrics=2)
-    (cli / "log.txt").write_text(f"$ /opt/lab/.venv/bin/python -m multimask train --output-dir {runs}/cli\n"
-                                 f"error: {tmp_path}/datasets/shapes/images/a.png: cannot read the image\n")
+    (cli / "log.txt").write_text(
+        f"$ /opt/lab/.venv/bin/python -m multimask train --output-dir {runs}/cli\n"
+        f"error: {tmp_path}/datasets/shapes/images/a.png: cannot read the image\n"
+    )
     leak = _cli_run(runs, "leak", metrics=2)
     (tmp_path / "secret.txt").write_text("the server's secret")
     (leak / "log.txt").symlink_to(tmp_path / "secret.txt")
@@ -223,8 +251,9 @@ def _form(**values):
 def test_a_dataset_linking_outside_the_data_root_is_neither_offered_nor_trained(train, tmp_path):
     service = train.service
     assert service.store.list_datasets() == ["shapes"]
-    assert train.on_load()[1]["choices"] == ["shapes"] and train.refresh_form(None, None, None)[0]["choices"] == \
-        ["shapes"]
+    assert train.on_load()[1]["choices"] == ["shapes"] and train.refresh_form(None, None, None)[0]["choices"] == [
+        "shapes"
+    ]
     assert service.mask_names("evil") == [] and service.split("evil", 0.5) == (0, 0)
     message, _ = train.start(*_form(dataset="evil", run_name="r"))
     assert message == "⚠️ dataset 'evil' does not exist (any more); refresh the list"
@@ -254,12 +283,14 @@ def test_a_hostile_run_name_is_refused_by_every_train_handler(train, tmp_path, n
 def test_the_train_tab_names_paths_from_their_roots_and_shows_no_log_from_outside(train, tmp_path):
     out = train.status("cli")
     log, record = out[7], out[8]
-    assert log == ("$ python -m multimask train --output-dir runs/cli\n"
-                   "error: datasets/shapes/images/a.png: cannot read the image")
+    assert log == (
+        "$ python -m multimask train --output-dir runs/cli\nerror: datasets/shapes/images/a.png: cannot read the image"
+    )
     assert record["run_dir"] == "runs/cli" and str(tmp_path) not in json.dumps(record)
     assert train.status("leak")[7] == "", "a log.txt linking outside the runs root is not read"
     secret = str(tmp_path / "secret.txt")
     message, _ = train.start(*_form(start="local", weights_file=secret))
     assert message.startswith("⚠️ local weights file") and str(tmp_path) not in message.replace(secret, "")
     assert train.estimate(*_form(start="local", weights_file="")).startswith(
-        "⚠️ local weights file: give the path of a .pth or .pkl file in `runs/` or `datasets/`")
+        "⚠️ local weights file: give the path of a .pth or .pkl file in `runs/` or `datasets/`"
+    )

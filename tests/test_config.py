@@ -18,7 +18,11 @@ def test_defaults_match_the_design():
     head = cfg.MODEL.ROI_MULTI_MASK_HEAD
     assert head.NAME == "MultiMaskRCNNConvUpsampleHead"
     assert (head.NUM_MASK, head.MASK_NAMES, head.NUM_CONV, head.POOLER_RESOLUTION) == (
-        2, ["primary", "secondary"], 4, 14)
+        2,
+        ["primary", "secondary"],
+        4,
+        14,
+    )
     assert head.LOSS_WEIGHTS == [1.0, 1.0] and head.SHARED_TRUNK is True
     assert head.DICE_WEIGHT == 0.0  # Mask R-CNN's own loss; the presets add Dice
     assert cfg.MODEL.DEVICE in ("cpu", "cuda")
@@ -28,24 +32,29 @@ def test_defaults_match_the_design():
     validate_multimask_config(cfg)
 
 
-@pytest.mark.parametrize("opts, message", [
-    (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 3], "MASK_NAMES has 2 names"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS", [1.0]], "LOSS_WEIGHTS has 1 weights"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT", -0.5], r"DICE_WEIGHT must be a number >= 0 \(0: off\), got -0.5"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 0, "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", []], "NUM_MASK must be"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["a", "a"]], "duplicates"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["ok", "not ok"]], "not valid names"),
-    (["MODEL.MASK_ON", False], "MASK_ON"),
-    (["MULTIMASK.BEST_METRIC", "segm/tertiary/AP"], r"BEST_METRIC 'segm/tertiary/AP' is not an evaluation result"),
-    (["MULTIMASK.BEST_METRIC", "bbox/ap"], "TASK one of bbox, segm/primary, segm/secondary and METRIC one of AP,"),
-    (["MULTIMASK.BEST_METRIC", "AP"], "is not an evaluation result"),
-    (["MULTIMASK.BEST_METRIC", "segm/primary/AP-"], "is not an evaluation result"),
-    (["MULTIMASK.BEST_MODE", "up"], "BEST_MODE must be 'max' or 'min'"),
-    (["MULTIMASK.EARLY_STOP_PATIENCE", -1], "EARLY_STOP_PATIENCE must be an integer >= 0"),
-    (["MULTIMASK.WRITE_PERIOD", 0], "WRITE_PERIOD must be an integer >= 1"),
-    (["SOLVER.AMP.ENABLED", True, "MODEL.DEVICE", "cpu"],
-     r"mixed precision \(SOLVER.AMP.ENABLED\) needs a CUDA GPU; turn it off to train on the CPU"),
-])
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 3], "MASK_NAMES has 2 names"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS", [1.0]], "LOSS_WEIGHTS has 1 weights"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.DICE_WEIGHT", -0.5], r"DICE_WEIGHT must be a number >= 0 \(0: off\), got -0.5"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", 0, "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", []], "NUM_MASK must be"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["a", "a"]], "duplicates"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", ["ok", "not ok"]], "not valid names"),
+        (["MODEL.MASK_ON", False], "MASK_ON"),
+        (["MULTIMASK.BEST_METRIC", "segm/tertiary/AP"], r"BEST_METRIC 'segm/tertiary/AP' is not an evaluation result"),
+        (["MULTIMASK.BEST_METRIC", "bbox/ap"], "TASK one of bbox, segm/primary, segm/secondary and METRIC one of AP,"),
+        (["MULTIMASK.BEST_METRIC", "AP"], "is not an evaluation result"),
+        (["MULTIMASK.BEST_METRIC", "segm/primary/AP-"], "is not an evaluation result"),
+        (["MULTIMASK.BEST_MODE", "up"], "BEST_MODE must be 'max' or 'min'"),
+        (["MULTIMASK.EARLY_STOP_PATIENCE", -1], "EARLY_STOP_PATIENCE must be an integer >= 0"),
+        (["MULTIMASK.WRITE_PERIOD", 0], "WRITE_PERIOD must be an integer >= 1"),
+        (
+            ["SOLVER.AMP.ENABLED", True, "MODEL.DEVICE", "cpu"],
+            r"mixed precision \(SOLVER.AMP.ENABLED\) needs a CUDA GPU; turn it off to train on the CPU",
+        ),
+    ],
+)
 def test_inconsistent_settings_raise_a_clear_error(opts, message):
     with pytest.raises(ValueError, match=message):
         get_multimask_cfg("tiny_cpu", opts)
@@ -53,8 +62,9 @@ def test_inconsistent_settings_raise_a_clear_error(opts, message):
 
 @pytest.mark.parametrize("metric", ["bbox/AP", "segm/secondary/AP50", "bbox/APl", "segm/primary/AP-disc"])
 def test_best_metric_accepts_flattened_evaluation_keys(metric):
-    cfg = get_multimask_cfg("tiny_cpu", ["MULTIMASK.BEST_METRIC", metric, "MULTIMASK.BEST_MODE", "min",
-                                         "MULTIMASK.EARLY_STOP_PATIENCE", 3])
+    cfg = get_multimask_cfg(
+        "tiny_cpu", ["MULTIMASK.BEST_METRIC", metric, "MULTIMASK.BEST_MODE", "min", "MULTIMASK.EARLY_STOP_PATIENCE", 3]
+    )
     assert best_metric(cfg) == metric
 
 

@@ -60,18 +60,35 @@ def _uoais(root: Path) -> tuple[Path, np.ndarray]:
     visible = np.zeros((H, W), np.uint8)
     visible[30:50, 40:70] = 1  # reaches out of the amodal box, so the bbox must grow
     anns = [
-        {"id": 11, "image_id": 5, "category_id": 3, "segmentation": [[10, 10, 50, 10, 50, 40, 10, 40]],
-         "visible_mask": _rle(visible)},
-        {"id": 12, "image_id": 5, "category_id": 7, "segmentation": [[60, 5, 75, 5, 75, 20]],
-         "visible_mask": [[60, 5, 75, 5, 75, 20]]},
-        {"id": 13, "image_id": 5, "category_id": 99, "segmentation": [[1, 1, 9, 1, 9, 9]],
-         "visible_mask": []},
-        {"id": 14, "image_id": 5, "category_id": 3, "visible_mask": [],
-         "segmentation": [[1, 1, 9, 1, 9], [20, 50, 30, 50, 30, 58]]},
+        {
+            "id": 11,
+            "image_id": 5,
+            "category_id": 3,
+            "segmentation": [[10, 10, 50, 10, 50, 40, 10, 40]],
+            "visible_mask": _rle(visible),
+        },
+        {
+            "id": 12,
+            "image_id": 5,
+            "category_id": 7,
+            "segmentation": [[60, 5, 75, 5, 75, 20]],
+            "visible_mask": [[60, 5, 75, 5, 75, 20]],
+        },
+        {"id": 13, "image_id": 5, "category_id": 99, "segmentation": [[1, 1, 9, 1, 9, 9]], "visible_mask": []},
+        {
+            "id": 14,
+            "image_id": 5,
+            "category_id": 3,
+            "visible_mask": [],
+            "segmentation": [[1, 1, 9, 1, 9], [20, 50, 30, 50, 30, 58]],
+        },
         {"id": 15, "image_id": 5, "category_id": 3, "segmentation": [[1, 1, 2]], "visible_mask": []},
     ]
-    data = {"images": [{"id": 5, "file_name": "images/a.png", "height": H, "width": W}],
-            "categories": [{"id": 3, "name": "box"}, {"id": 7, "name": "cup"}], "annotations": anns}
+    data = {
+        "images": [{"id": 5, "file_name": "images/a.png", "height": H, "width": W}],
+        "categories": [{"id": 3, "name": "box"}, {"id": 7, "name": "cup"}],
+        "annotations": anns,
+    }
     return _write(root / "train.json", data), visible
 
 
@@ -106,10 +123,13 @@ def test_import_coco_fields_uoais(tmp_path):
 
 def test_import_coco_fields_bad_input(tmp_path):
     src, _ = _uoais(tmp_path)
-    for bad, why in (({"segmentation": "primary", "visible_mask": "visible-mask"}, "valid mask name"),
-                     ({"segmentation": "1st", "visible_mask": "secondary"}, "valid mask name"),
-                     ({"segmentation": "box:primary"}, "the class comes from the COCO category"),
-                     ({}, "nothing is mapped"), (["segmentation"], "expects KEY=VALUE")):
+    for bad, why in (
+        ({"segmentation": "primary", "visible_mask": "visible-mask"}, "valid mask name"),
+        ({"segmentation": "1st", "visible_mask": "secondary"}, "valid mask name"),
+        ({"segmentation": "box:primary"}, "the class comes from the COCO category"),
+        ({}, "nothing is mapped"),
+        (["segmentation"], "expects KEY=VALUE"),
+    ):
         with pytest.raises(ValueError, match=why):
             import_coco_fields(src, tmp_path / "out.json", bad)
     assert not (tmp_path / "out.json").exists()
@@ -157,20 +177,31 @@ APPLE = [[5, 5], [25, 5], [25, 25], [5, 25]]
 def _labelme_folder(folder: Path) -> None:
     _png(folder / "a.png")
     _png(folder / "pics" / "b.png", 50, 70)
-    _labelme_file(folder, "a", [
-        _shape("leaf", LEAF, 1),
-        _shape("lesion", LESION_A, 1),
-        _shape("lesion", LESION_B, 1),
-        _shape("lesion", [[15, 15], [18, 18]], 1, "circle"),
-        _shape("leaf", [[70, 50], [50, 5]], 2, "rectangle"),  # corners in any order
-        _shape("leaf", FREE, None),
-        _shape("lesion", [[1, 1], [5, 1], [5, 5]], None),  # alone, and a lesion gives no class
-    ], "a.png")
-    _labelme_file(folder, "b", [
-        _shape("apple", APPLE, 7),
-        _shape("spot", [[8, 8], [12, 8], [12, 12, 3]], 7),
-        _shape("pear", [[30, 30], [40, 30], [40, 40]], 8),
-    ], "pics/b.png", size=None)  # size read from the image
+    _labelme_file(
+        folder,
+        "a",
+        [
+            _shape("leaf", LEAF, 1),
+            _shape("lesion", LESION_A, 1),
+            _shape("lesion", LESION_B, 1),
+            _shape("lesion", [[15, 15], [18, 18]], 1, "circle"),
+            _shape("leaf", [[70, 50], [50, 5]], 2, "rectangle"),  # corners in any order
+            _shape("leaf", FREE, None),
+            _shape("lesion", [[1, 1], [5, 1], [5, 5]], None),  # alone, and a lesion gives no class
+        ],
+        "a.png",
+    )
+    _labelme_file(
+        folder,
+        "b",
+        [
+            _shape("apple", APPLE, 7),
+            _shape("spot", [[8, 8], [12, 8], [12, 12, 3]], 7),
+            _shape("pear", [[30, 30], [40, 30], [40, 40]], 8),
+        ],
+        "pics/b.png",
+        size=None,
+    )  # size read from the image
     _write(folder / "broken.json", '{"shapes": [')
     _labelme_file(folder, "lost", [_shape("leaf", LEAF, 1)], "gone.png", size=None)
 
@@ -192,7 +223,9 @@ def test_import_labelme(tmp_path):
 
     raw = json.loads(out.read_text())
     assert [(i["file_name"], i["height"], i["width"]) for i in raw["images"]] == [
-        ("../lm/a.png", H, W), ("../lm/pics/b.png", 50, 70)]
+        ("../lm/a.png", H, W),
+        ("../lm/pics/b.png", 50, 70),
+    ]
     dicts, meta = load_multimask_json(out, report=(load_report := Report()))  # images found from out/
     assert not load_report
     assert meta["thing_classes"] == ["leaf", "fruit"] and meta["mask_names"] == ["primary", "secondary"]
@@ -224,8 +257,10 @@ def test_import_labelme_bad_maps(tmp_path):
 def _polygons_by_image(json_file: Path) -> dict:
     dicts, meta = load_multimask_json(json_file)
     classes = meta["thing_classes"]
-    return {Path(d["file_name"]).resolve(): [(classes[a["category_id"]], a["multimask"])
-                                             for a in d["annotations"]] for d in dicts}
+    return {
+        Path(d["file_name"]).resolve(): [(classes[a["category_id"]], a["multimask"]) for a in d["annotations"]]
+        for d in dicts
+    }
 
 
 def test_labelme_round_trip(tmp_path):
@@ -273,9 +308,13 @@ def test_export_rle_hole_is_reported(tmp_path):
     blob = np.zeros((H, W), np.uint8)
     blob[5:8, 65:75] = 1
     masks = {"primary": _rle(ring), "secondary": _rle(blob)}
-    write_multimask_json(tmp_path / "ds.json", [{"id": 1, "file_name": "img/x.png", "height": H, "width": W}],
-                         [{"id": 1, "name": "tyre"}], [make_annotation(1, 1, 1, masks, H, W, list(masks))],
-                         list(masks))
+    write_multimask_json(
+        tmp_path / "ds.json",
+        [{"id": 1, "file_name": "img/x.png", "height": H, "width": W}],
+        [{"id": 1, "name": "tyre"}],
+        [make_annotation(1, 1, 1, masks, H, W, list(masks))],
+        list(masks),
+    )
     report = export_labelme(tmp_path / "ds.json", tmp_path / "exp")
     assert report.counts == {"masks with holes lost": 1}
     assert "mask 'primary'" in report.messages[0] and "1 hole(s) filled" in report.messages[0]

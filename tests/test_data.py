@@ -32,16 +32,24 @@ def _write(tmp_path, annotations, images=None, mask_names=("primary", "secondary
     if make_images:
         for img in images:
             cv2.imwrite(str(tmp_path / img["file_name"]), np.full((H, W, 3), 128, np.uint8))
-    data = {"mask_names": list(mask_names), "images": images, "annotations": annotations,
-            "categories": [{"id": 7, "name": "leaf"}, {"id": 9, "name": "fruit"}]}
+    data = {
+        "mask_names": list(mask_names),
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 7, "name": "leaf"}, {"id": 9, "name": "fruit"}],
+    }
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(data))
     return path
 
 
 def _ann(i, primary, secondary, cat=7, image_id=1):
-    return {"id": i, "image_id": image_id, "category_id": cat,
-            "multimask": {"primary": primary, "secondary": secondary}}
+    return {
+        "id": i,
+        "image_id": image_id,
+        "category_id": cat,
+        "multimask": {"primary": primary, "secondary": secondary},
+    }
 
 
 def test_loads_polygons_and_rle_with_contiguous_classes(tmp_path):
@@ -65,13 +73,16 @@ def test_bbox_encloses_all_masks(tmp_path):
     assert dicts[0]["annotations"][0]["bbox"] == [10, 10, 28, 28]
 
 
-@pytest.mark.parametrize("primary, kind, fragment", [
-    ([SQUARE, [1, 2, 3, 4]], "skipped polygons", "fewer than 3 points"),
-    ([SQUARE, [1, 2, 3, 4, 5, 6, 7]], "skipped polygons", "odd number of coordinates"),
-    ([[10, 10, 30, 30, 30, 10, 10, 30]], "repaired polygons", "invalid polygon repaired"),
-    ([[-5, 10, 30, 10, 30, 80]], "clipped polygons", "clipped"),
-    ([SQUARE, [1, 2, "x", 4, 5, 6]], "skipped polygons", "not a flat list of numbers"),
-])
+@pytest.mark.parametrize(
+    "primary, kind, fragment",
+    [
+        ([SQUARE, [1, 2, 3, 4]], "skipped polygons", "fewer than 3 points"),
+        ([SQUARE, [1, 2, 3, 4, 5, 6, 7]], "skipped polygons", "odd number of coordinates"),
+        ([[10, 10, 30, 30, 30, 10, 10, 30]], "repaired polygons", "invalid polygon repaired"),
+        ([[-5, 10, 30, 10, 30, 80]], "clipped polygons", "clipped"),
+        ([SQUARE, [1, 2, "x", 4, 5, 6]], "skipped polygons", "not a flat list of numbers"),
+    ],
+)
 def test_bad_polygons_are_repaired_or_skipped_and_reported(tmp_path, primary, kind, fragment):
     report = Report()
     dicts, _ = load_multimask_json(_write(tmp_path, [_ann(42, primary, [INNER])]), report=report)
@@ -86,8 +97,7 @@ def test_bad_polygons_are_repaired_or_skipped_and_reported(tmp_path, primary, ki
 
 def test_self_intersecting_bowtie_becomes_two_valid_parts(tmp_path):
     report = Report()
-    dicts, _ = load_multimask_json(_write(tmp_path, [_ann(1, [[10, 10, 30, 30, 30, 10, 10, 30]], [])]),
-                                   report=report)
+    dicts, _ = load_multimask_json(_write(tmp_path, [_ann(1, [[10, 10, 30, 30, 30, 10, 10, 30]], [])]), report=report)
     parts = dicts[0]["annotations"][0]["multimask"]["primary"]
     assert len(parts) == 2
     from shapely.geometry import Polygon
@@ -97,10 +107,21 @@ def test_self_intersecting_bowtie_becomes_two_valid_parts(tmp_path):
 
 
 def test_unknown_category_missing_image_and_empty_instance_are_reported(tmp_path):
-    images = [{"id": 1, "file_name": "a.png", "height": H, "width": W},
-              {"id": 2, "file_name": "missing.png", "height": H, "width": W}]
-    path = _write(tmp_path, [_ann(1, [SQUARE], [], cat=3), _ann(2, [SQUARE], [], image_id=2),
-                             _ann(3, [[1, 2, 3, 4]], []), _ann(4, [SQUARE], [])], images=images, make_images=False)
+    images = [
+        {"id": 1, "file_name": "a.png", "height": H, "width": W},
+        {"id": 2, "file_name": "missing.png", "height": H, "width": W},
+    ]
+    path = _write(
+        tmp_path,
+        [
+            _ann(1, [SQUARE], [], cat=3),
+            _ann(2, [SQUARE], [], image_id=2),
+            _ann(3, [[1, 2, 3, 4]], []),
+            _ann(4, [SQUARE], []),
+        ],
+        images=images,
+        make_images=False,
+    )
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((H, W, 3), np.uint8))
     report = Report()
     dicts, _ = load_multimask_json(path, report=report)
@@ -132,13 +153,20 @@ def test_unknown_mask_names_raise(tmp_path):
         load_multimask_json(_write(tmp_path, [_ann(1, [SQUARE], [])]), mask_names=["primary", "lesion"])
 
 
-@pytest.mark.parametrize("images, fragment", [
-    ([{"id": 1, "file_name": "a.png", "height": H, "width": W}, {"id": 1, "file_name": "b.png", "height": H,
-                                                                  "width": W}],
-     r"images\[1\]: image id 1 is also the id of images\[0\]"),
-    ([{"file_name": "a.png", "height": H, "width": W}], r"images\[0\]: an image needs an integer or string 'id'"),
-    ([{"id": [1], "file_name": "a.png", "height": H, "width": W}], r"images\[0\]: an image needs an integer"),
-])
+@pytest.mark.parametrize(
+    "images, fragment",
+    [
+        (
+            [
+                {"id": 1, "file_name": "a.png", "height": H, "width": W},
+                {"id": 1, "file_name": "b.png", "height": H, "width": W},
+            ],
+            r"images\[1\]: image id 1 is also the id of images\[0\]",
+        ),
+        ([{"file_name": "a.png", "height": H, "width": W}], r"images\[0\]: an image needs an integer or string 'id'"),
+        ([{"id": [1], "file_name": "a.png", "height": H, "width": W}], r"images\[0\]: an image needs an integer"),
+    ],
+)
 def test_missing_or_duplicate_image_ids_raise_naming_the_image(tmp_path, images, fragment):
     """Else annotations would silently land on another image."""
     with pytest.raises(DatasetError, match=r"ds.json " + fragment):
@@ -158,9 +186,16 @@ def test_an_annotation_without_a_declared_mask_is_reported_and_taken_as_absent(t
 def test_an_rle_whose_runs_do_not_fit_the_image_is_skipped_and_reported(tmp_path):
     other = mask_util.encode(np.asfortranarray(np.ones((H * 2, W), np.uint8)))["counts"].decode("ascii")
     report = Report()
-    dicts, _ = load_multimask_json(_write(tmp_path, [_ann(3, [SQUARE], {"size": [H, W], "counts": other}),
-                                                     _ann(4, [SQUARE], {"size": [H, W], "counts": [5, 7]})]),
-                                   report=report)
+    dicts, _ = load_multimask_json(
+        _write(
+            tmp_path,
+            [
+                _ann(3, [SQUARE], {"size": [H, W], "counts": other}),
+                _ann(4, [SQUARE], {"size": [H, W], "counts": [5, 7]}),
+            ],
+        ),
+        report=report,
+    )
     assert [a["multimask"]["secondary"] for a in dicts[0]["annotations"]] == [[], []]
     assert report.counts == {"skipped masks": 2}
     assert "annotation id=3" in report.messages[0] and "RLE cannot be decoded" in report.messages[0]
@@ -177,8 +212,14 @@ def test_register_sets_metadata_and_reloads(tmp_path):
 
 
 def _mapper(augs, names=("primary", "secondary")):
-    return MultiMaskDatasetMapper(True, augmentations=augs, image_format="BGR", use_instance_mask=True,
-                                  mask_names=list(names), recompute_boxes=False)
+    return MultiMaskDatasetMapper(
+        True,
+        augmentations=augs,
+        image_format="BGR",
+        use_instance_mask=True,
+        mask_names=list(names),
+        recompute_boxes=False,
+    )
 
 
 def _raster(masks, i, h, w):
@@ -246,9 +287,14 @@ def test_crop_recomputes_boxes_from_every_present_mask(tmp_path):
     rle, hole_mask = _rle_with_hole()
     path = _write(tmp_path, [_ann(1, [SQUARE], [INNER]), _ann(2, rle, [], cat=9)])
     dicts, _ = load_multimask_json(path)
-    mapper = MultiMaskDatasetMapper(True, augmentations=[T.CropTransform(5, 8, 40, 24)], image_format="BGR",
-                                    use_instance_mask=True, mask_names=["primary", "secondary"],
-                                    recompute_boxes=True)
+    mapper = MultiMaskDatasetMapper(
+        True,
+        augmentations=[T.CropTransform(5, 8, 40, 24)],
+        image_format="BGR",
+        use_instance_mask=True,
+        mask_names=["primary", "secondary"],
+        recompute_boxes=True,
+    )
     inst = mapper(dicts[0])["instances"]
     assert inst.image_size == (24, 40)
     # the square (10..30) becomes (5..25) x (2..22); the RLE ring (35..55, 5..35) becomes (30..40) x (0..24)
@@ -262,14 +308,20 @@ def test_the_mapper_reads_a_16_bit_greyscale_image_as_predict_does(tmp_path, ima
     # detectron2's reader (PIL) clips such an image to white; the mapper maps it by its range, as predict does
     from multimask.data.images import read_image_bgr, to_uint8
 
-    grey = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 85)  # 0 .. 65195
+    grey = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 85  # 0 .. 65195
     path = tmp_path / "grey16.png"
     cv2.imwrite(str(path), grey)
     colour = np.stack([grey, grey // 2, grey // 4], axis=2)
     cpath = tmp_path / "colour16.png"
     cv2.imwrite(str(cpath), colour)
-    mapper = MultiMaskDatasetMapper(True, augmentations=[], image_format=image_format, use_instance_mask=True,
-                                    mask_names=["primary", "secondary"], recompute_boxes=False)
+    mapper = MultiMaskDatasetMapper(
+        True,
+        augmentations=[],
+        image_format=image_format,
+        use_instance_mask=True,
+        mask_names=["primary", "secondary"],
+        recompute_boxes=False,
+    )
     for p, expected in ((path, np.repeat(to_uint8(grey)[:, :, None], 3, axis=2)), (cpath, to_uint8(colour))):
         record = {"file_name": str(p), "height": 24, "width": 32, "image_id": 1, "annotations": []}
         image = mapper(record)["image"].permute(1, 2, 0).numpy()

@@ -35,8 +35,9 @@ def test_model_outputs_every_mask_at_image_resolution(k):
     cfg = tiny_cfg(num_classes=2, names=NAMES[k], **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})
     model = build_model(cfg).eval()
     with torch.no_grad():
-        out = model([{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8),
-                      "height": 192, "width": 256}])[0]["instances"]
+        out = model([{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8), "height": 192, "width": 256}])[
+            0
+        ]["instances"]
     assert len(out) > 0
     assert out.pred_multimask.shape == (len(out), k, 192, 256)
     assert out.pred_multimask.dtype == torch.bool
@@ -100,18 +101,19 @@ def test_dice_term_adds_to_its_mask_only():
     # primary: two ROIs with all 64 pixels foreground; secondary: ROI 0 alone, 32 of 64 pixels foreground
     primary = 1 - (2 * 64 * p + 1) / (64 * p + 64 + 1)
     secondary = 1 - (2 * 32 * p + 1) / (64 * p + 32 + 1)
-    assert dice["loss_mask_primary"].item() == pytest.approx(plain["loss_mask_primary"].item() + 2 * primary,
-                                                             rel=1e-5)
+    assert dice["loss_mask_primary"].item() == pytest.approx(plain["loss_mask_primary"].item() + 2 * primary, rel=1e-5)
     assert dice["loss_mask_secondary"].item() == pytest.approx(
-        plain["loss_mask_secondary"].item() + 0.5 * 2 * secondary, rel=1e-5)
+        plain["loss_mask_secondary"].item() + 0.5 * 2 * secondary, rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("dice_weight", [0.0, 1.0])
 def test_absent_masks_contribute_nothing(dice_weight):
     logits = torch.randn(2, 2, 3, 8, 8, requires_grad=True)
     with EventStorage():
-        losses = multimask_rcnn_loss(logits, _instances(), ("primary", "secondary"), (1.0, 1.0),
-                                     dice_weight=dice_weight)
+        losses = multimask_rcnn_loss(
+            logits, _instances(), ("primary", "secondary"), (1.0, 1.0), dice_weight=dice_weight
+        )
     losses["loss_mask_secondary"].backward()
     # ROI 1 has no secondary: no gradient reaches its logits; ROI 0's matched channel gets one
     assert logits.grad[1].abs().sum() == 0
@@ -121,8 +123,9 @@ def test_absent_masks_contribute_nothing(dice_weight):
 def test_no_instance_with_a_mask_gives_zero_loss_with_graph():
     logits = torch.randn(2, 2, 3, 8, 8, requires_grad=True)
     with EventStorage():
-        losses = multimask_rcnn_loss(logits, _instances(present=((True, False), (True, False))),
-                                     ("primary", "secondary"), (1.0, 1.0))
+        losses = multimask_rcnn_loss(
+            logits, _instances(present=((True, False), (True, False))), ("primary", "secondary"), (1.0, 1.0)
+        )
     assert losses["loss_mask_secondary"].item() == 0.0
     losses["loss_mask_secondary"].backward()  # still part of the graph, so DDP and AMP are happy
     empty = _instances()[0][torch.zeros(0, dtype=torch.long)]
@@ -183,7 +186,7 @@ def test_standard_mask_rcnn_checkpoint_initialises_every_mask_branch(tmp_path, s
         assert torch.equal(head.predictors[name].weight, state["roi_heads.mask_head.predictor.weight"])
     assert torch.equal(model.backbone.bottom_up.stem.conv1.weight, state["backbone.bottom_up.stem.conv1.weight"])
     for key, value in head.state_dict().items():  # every tensor of every branch came from the checkpoint
-        std_key = key.split(".", 2)[-1] if key.startswith(("trunks.", "predictors.")) else key[len("trunk."):]
+        std_key = key.split(".", 2)[-1] if key.startswith(("trunks.", "predictors.")) else key[len("trunk.") :]
         std_key = std_key.replace("primary.", "").replace("secondary.", "")
         std_key = "predictor." + std_key if key.startswith("predictors.") else std_key
         assert torch.equal(value, state["roi_heads.mask_head." + std_key]), key

@@ -52,8 +52,14 @@ def test_view_import_shows_the_report(tmp_path):
     view = LabelView(tmp_path / "data", tmp_path / "runs", import_roots=[tmp_path / "incoming"])
     view.create_dataset("worms", "worm", "primary, secondary")
     _labelme(tmp_path / "incoming" / "lm")
-    msg = view.import_data("worms", "labelme folder", str(tmp_path / "incoming" / "lm"), "",
-                           "Head_a=primary, Head_b=primary\nHead_b=secondary", "worm")
+    msg = view.import_data(
+        "worms",
+        "labelme folder",
+        str(tmp_path / "incoming" / "lm"),
+        "",
+        "Head_a=primary, Head_b=primary\nHead_b=secondary",
+        "worm",
+    )
     assert "Imported" in msg and "Head_b" in msg and "8 primary, 8 secondary" in msg and "cell_2.png" in msg
     msg = view.import_data("worms", "labelme folder", str(tmp_path / "incoming" / "lm"), "", "Head_a=primary", "")
     assert msg.startswith("⚠️") and "pass --class NAME" in msg

@@ -34,11 +34,35 @@ def _object(k: int) -> list[tuple[str, list]]:
     parts = [("Head_a", [[x, y], [x + 20, y], [x + 20, y + 3], [x, y + 3]])]
     if k % 4 != 3:
         parts.append(("Head_b", [[x + 18, y], [x + 30, y], [x + 30, y + 3], [x + 18, y + 3]]))  # overlaps Head_a
-    parts += [("Mid", [[x + 30, y], [x + 35, y], [x + 35, y + 2], [x + 32, y + 2], [x + 32, y + 6],
-                       [x + 35, y + 6], [x + 35, y + 8], [x + 30, y + 8]]),
-              ("Mid", [[x + 35, y], [x + 40, y], [x + 40, y + 8], [x + 35, y + 8], [x + 35, y + 6],
-                       [x + 38, y + 6], [x + 38, y + 2], [x + 35, y + 2]]),
-              ("Tail", [[x + 40, y + 3], [x + 46, y + 3], [x + 46, y + 5], [x + 40, y + 5]])]
+    parts += [
+        (
+            "Mid",
+            [
+                [x + 30, y],
+                [x + 35, y],
+                [x + 35, y + 2],
+                [x + 32, y + 2],
+                [x + 32, y + 6],
+                [x + 35, y + 6],
+                [x + 35, y + 8],
+                [x + 30, y + 8],
+            ],
+        ),
+        (
+            "Mid",
+            [
+                [x + 35, y],
+                [x + 40, y],
+                [x + 40, y + 8],
+                [x + 35, y + 8],
+                [x + 35, y + 6],
+                [x + 38, y + 6],
+                [x + 38, y + 2],
+                [x + 35, y + 2],
+            ],
+        ),
+        ("Tail", [[x + 40, y + 3], [x + 46, y + 3], [x + 46, y + 5], [x + 40, y + 5]]),
+    ]
     if k % 3 != 2:
         parts.append(("Spot", [[x + 5, y + 10], [x + 9, y + 10], [x + 7, y + 14]]))
     return parts
@@ -64,9 +88,19 @@ def _labelme(folder: Path, objects_per_image=(4, 3, 2)) -> dict:
         if i < len(objects_per_image) - 1:
             assert cv2.imwrite(str(folder / name), np.full((H, W), 20 * i, np.uint8))  # distinct images
         truth["images"].append(name)
-        (folder / f"cell_{i}.json").write_text(json.dumps({
-            "version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": name, "imageData": None,
-            "imageHeight": H, "imageWidth": W}))
+        (folder / f"cell_{i}.json").write_text(
+            json.dumps(
+                {
+                    "version": "5.4.1",
+                    "flags": {},
+                    "shapes": shapes,
+                    "imagePath": name,
+                    "imageData": None,
+                    "imageHeight": H,
+                    "imageWidth": W,
+                }
+            )
+        )
     return truth
 
 
@@ -91,8 +125,7 @@ def test_labelme_union_and_one_to_many(tmp_path):
     assert (a.used, dict(a.into), dict(a.skipped)) == (len(objects), {"primary": len(objects)}, {})
     assert (b.used, dict(b.into)) == (with_b, {"primary": with_b, "secondary": with_b})
     for label in ("Mid", "Tail"):
-        assert report.sources[label].used == 0 and dict(report.sources[label].skipped) == {
-            "not mapped": shapes[label]}
+        assert report.sources[label].used == 0 and dict(report.sources[label].skipped) == {"not mapped": shapes[label]}
     assert dict(report.sources["Spot"].skipped) == {"not mapped": shapes["Spot"]}
     _check_balanced(report)
     assert report.masks == {"primary": [len(objects), 0], "secondary": [with_b, len(objects) - with_b]}
@@ -120,19 +153,23 @@ def test_repeated_keys_add_and_class_is_never_guessed(tmp_path):
         import_labelme(tmp_path / "lm", tmp_path / "x.json", USER_MAP)
     assert not (tmp_path / "x.json").exists()
     plus = import_labelme(tmp_path / "lm", tmp_path / "p.json", ["Head_a+Head_b=worm:primary", "Head_b=worm:secondary"])
-    repeated = import_labelme(tmp_path / "lm", tmp_path / "r.json",
-                              [("Head_a", "worm:primary"), ("Head_b", "worm:primary"), ("Head_b", "worm:secondary")])
+    repeated = import_labelme(
+        tmp_path / "lm",
+        tmp_path / "r.json",
+        [("Head_a", "worm:primary"), ("Head_b", "worm:primary"), ("Head_b", "worm:secondary")],
+    )
     assert plus.as_dict()["sources"] == repeated.as_dict()["sources"]
     assert plus.sources["Head_b"].into == {"primary": 8, "secondary": 8}  # 9 objects, one without Head_b
-    assert json.loads((tmp_path / "p.json").read_text())["annotations"] == \
-        json.loads((tmp_path / "r.json").read_text())["annotations"]
+    assert (
+        json.loads((tmp_path / "p.json").read_text())["annotations"]
+        == json.loads((tmp_path / "r.json").read_text())["annotations"]
+    )
 
 
 def test_labelme_multimask_round_trip_is_lossless(tmp_path):
     _labelme(tmp_path / "lm")
     first = tmp_path / "first.json"
-    import_labelme(tmp_path / "lm", first, ["Head_a+Head_b+Mid+Tail=primary", "Head_b=secondary"],
-                   default_class="worm")
+    import_labelme(tmp_path / "lm", first, ["Head_a+Head_b+Mid+Tail=primary", "Head_b=secondary"], default_class="worm")
     assert not export_labelme(first, tmp_path / "exported").counts.keys() - {"missing images"}
     back = import_labelme(tmp_path / "exported", tmp_path / "second.json")
     assert back.instances_written == back.instances_read == len(json.loads(first.read_text())["annotations"])
@@ -158,8 +195,15 @@ def _coco_fields(root: Path, truth: dict) -> Path:
                 fields.setdefault(f"segmentation_{label}", []).append(sum(pts, []))
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0, **fields})
     path = root / "lm" / "coco.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [
-        {"id": 0, "name": "_background_"}, {"id": 1, "name": "worm"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 0, "name": "_background_"}, {"id": 1, "name": "worm"}],
+            }
+        )
+    )
     return path
 
 
@@ -167,8 +211,9 @@ def test_coco_fields_union_background_and_report(tmp_path):
     truth = _labelme(tmp_path / "lm")
     src = _coco_fields(tmp_path, truth)
     out = tmp_path / "out" / "ds.json"
-    report = import_coco_fields(src, out, ["segmentation_Head_a+segmentation_Head_b=primary",
-                                           "segmentation_Head_b=secondary"])
+    report = import_coco_fields(
+        src, out, ["segmentation_Head_a+segmentation_Head_b=primary", "segmentation_Head_b=secondary"]
+    )
     n, with_b = len(truth["objects"]), sum("Head_b" in dict(o) for o in truth["objects"])
     assert report.sources["segmentation_Head_a"].into == {"primary": n}
     assert report.sources["segmentation_Head_b"].into == {"primary": with_b, "secondary": with_b}
@@ -189,16 +234,32 @@ def test_plain_coco_polygons_rle_crowd_and_drop_class(tmp_path):
     crowd[50:70, 20:90] = 1
     counts = mask_util.encode(np.asfortranarray(crowd))
     uncompressed = {"size": [H, W], "counts": [int(v) for v in _runs(crowd)]}
-    anns = [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 40, 10, 40, 30]]},
-            {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 1, "segmentation": uncompressed},
-            {"id": 3, "image_id": 1, "category_id": 2, "segmentation": {"size": [H, W],
-                                                                         "counts": counts["counts"].decode()}},
-            {"id": 4, "image_id": 1, "category_id": 3, "segmentation": [[1, 1, 9, 1, 9, 9]]}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 40, 10, 40, 30]]},
+        {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 1, "segmentation": uncompressed},
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": {"size": [H, W], "counts": counts["counts"].decode()},
+        },
+        {"id": 4, "image_id": 1, "category_id": 3, "segmentation": [[1, 1, 9, 1, 9, 9]]},
+    ]
     src = tmp_path / "coco.json"
-    src.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
-                               "annotations": anns, "categories": [
-                                   {"id": 0, "name": "_background_"}, {"id": 1, "name": "cell"},
-                                   {"id": 2, "name": "blob"}, {"id": 3, "name": "debris"}]}))
+    src.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+                "annotations": anns,
+                "categories": [
+                    {"id": 0, "name": "_background_"},
+                    {"id": 1, "name": "cell"},
+                    {"id": 2, "name": "blob"},
+                    {"id": 3, "name": "debris"},
+                ],
+            }
+        )
+    )
     report = import_coco(src, tmp_path / "sub" / "ds.json", "whole", drop_classes=["debris"])
     seg = report.sources["segmentation"]
     assert (seg.read, seg.used, dict(seg.into), dict(seg.skipped)) == (4, 3, {"whole": 3}, {"class dropped": 1})
@@ -227,8 +288,9 @@ def _runs(mask: np.ndarray) -> list[int]:
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "multimask", "import", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "multimask", "import", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_import(tmp_path):
@@ -265,8 +327,10 @@ def test_cli_plain_coco_and_wrong_flags(tmp_path):
     report = json.loads((tmp_path / "o" / "ds.report.json").read_text())
     assert report["sources"]["segmentation"] == {"read": 9, "used": 9, "into": {"head": 9}, "skipped": {}}
     assert report["sources"]["segmentation_Mid"]["skipped"] == {"not mapped": 9}
-    for args, why in ((("coco", src, tmp_path / "x.json", "--field", "a=b"), "--field for coco-fields"),
-                      (("coco-fields", src, tmp_path / "x.json", "--field", "a=b", "--class", "w"), "COCO category"),
-                      (("labelme", tmp_path / "lm", tmp_path / "x.json", "--field", "a=b"), "labelme takes --map")):
+    for args, why in (
+        (("coco", src, tmp_path / "x.json", "--field", "a=b"), "--field for coco-fields"),
+        (("coco-fields", src, tmp_path / "x.json", "--field", "a=b", "--class", "w"), "COCO category"),
+        (("labelme", tmp_path / "lm", tmp_path / "x.json", "--field", "a=b"), "labelme takes --map"),
+    ):
         proc = _cli(*args)
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr

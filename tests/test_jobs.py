@@ -76,8 +76,11 @@ def test_the_queue_survives_a_restart(tmp_path):
 
 def test_a_file_that_is_not_a_job_record_does_not_stop_the_queue(tmp_path):
     m = _mgr(tmp_path)
-    for name, text in (("no-state", '{"id": "no-state", "device": "cpu"}'), ("list", "[1, 2]"),
-                       ("other-id", '{"id": "x", "state": "queued", "device": "cpu"}')):
+    for name, text in (
+        ("no-state", '{"id": "no-state", "device": "cpu"}'),
+        ("list", "[1, 2]"),
+        ("other-id", '{"id": "x", "state": "queued", "device": "cpu"}'),
+    ):
         (tmp_path / "jobs" / f"{name}.json").write_text(text)
     job = m.submit(_script("print('ran')"), tmp_path / "runs" / "a")
     assert m.wait(job["id"], 20)["state"] == "completed"
@@ -116,10 +119,16 @@ def test_deleting_a_run_waits_for_its_jobs_and_stays_inside_the_runs_folder(tmp_
             m.delete_run(outside)
 
 
-@pytest.mark.parametrize("device, inherited, expected", [
-    ("cpu", "2,3", ""), ("cuda:0", None, "0"), ("cuda:0", "", "0"), ("cuda:1", "2,3", "3"),
-    ("cuda:0,1", "GPU-a, GPU-b", "GPU-a,GPU-b"),
-])
+@pytest.mark.parametrize(
+    "device, inherited, expected",
+    [
+        ("cpu", "2,3", ""),
+        ("cuda:0", None, "0"),
+        ("cuda:0", "", "0"),
+        ("cuda:1", "2,3", "3"),
+        ("cuda:0,1", "GPU-a, GPU-b", "GPU-a,GPU-b"),
+    ],
+)
 def test_a_job_sees_the_gpus_it_was_given_among_those_the_app_may_use(device, inherited, expected, monkeypatch):
     from app.training.jobs import visible_devices
 
@@ -148,9 +157,11 @@ def test_stopping_a_queued_job_cancels_it(tmp_path):
 
 def test_stop_is_graceful_when_the_job_handles_sigterm(tmp_path):
     m = _mgr(tmp_path)
-    code = ("import signal, sys, time\n"
-            "def stop(*a):\n    print('saving ' + 'checkpoint', flush=True); sys.exit(3)\n"
-            "signal.signal(signal.SIGTERM, stop)\nprint('rea' + 'dy', flush=True)\ntime.sleep(30)\n")
+    code = (
+        "import signal, sys, time\n"
+        "def stop(*a):\n    print('saving ' + 'checkpoint', flush=True); sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, stop)\nprint('rea' + 'dy', flush=True)\ntime.sleep(30)\n"
+    )
     job = m.submit(_script(code), tmp_path / "runs" / "a")
     _wait_for(lambda: "ready" in m.log_tail(job["id"]))
     assert m.stop(job["id"], timeout=20)["state"] == "stopping"
@@ -162,8 +173,9 @@ def test_stop_is_graceful_when_the_job_handles_sigterm(tmp_path):
 def _job_ignoring_sigterm(m: JobManager, tmp_path, body: str, word: str) -> dict:
     """A running job that ignores SIGTERM and then runs `body`, once `word` is in its log (`body` prints it
     built from two halves, so that the command line echoed at the log's top does not match)."""
-    job = m.submit(_script(f"import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n{body}"),
-                   tmp_path / "runs" / "a")
+    job = m.submit(
+        _script(f"import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n{body}"), tmp_path / "runs" / "a"
+    )
     _wait_for(lambda: word in m.log_tail(job["id"]))
     return job
 
@@ -186,8 +198,9 @@ def test_a_stopping_job_that_still_writes_its_log_gets_longer_before_it_is_kille
     from app.training.jobs import MAX_STOP_TIMEOUTS
 
     m = _mgr(tmp_path)
-    job = _job_ignoring_sigterm(m, tmp_path, "while True:\n    print('eva' + 'luating', flush=True)\n"
-                                "    time.sleep(0.05)\n", "evaluating")
+    job = _job_ignoring_sigterm(
+        m, tmp_path, "while True:\n    print('eva' + 'luating', flush=True)\n    time.sleep(0.05)\n", "evaluating"
+    )
     t0 = time.time()
     m.stop(job["id"], timeout=0.4)
     time.sleep(1.2)
@@ -199,8 +212,9 @@ def test_a_stopping_job_that_still_writes_its_log_gets_longer_before_it_is_kille
 
 def test_a_job_killed_from_outside_is_failed_with_its_log_tail(tmp_path):
     m = _mgr(tmp_path)
-    job = m.submit(_script("import time; print('working ' + 'on it', flush=True); time.sleep(60)"),
-                   tmp_path / "runs" / "a")
+    job = m.submit(
+        _script("import time; print('working ' + 'on it', flush=True); time.sleep(60)"), tmp_path / "runs" / "a"
+    )
     _wait_for(lambda: "working on it" in m.log_tail(job["id"]))
     os.killpg(job["pgid"], signal.SIGKILL)
     job = m.wait(job["id"], 20)
@@ -256,28 +270,71 @@ def test_commands_are_validated(tmp_path):
     assert m.jobs() == []
 
 
-@pytest.mark.parametrize("log, expected", [
-    ("Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate", OOM_MESSAGE),
-    ("FloatingPointError: Loss became infinite or NaN at iteration=12!", NAN_MESSAGE),
-    ("RuntimeError: Found no NVIDIA driver on your system.", NO_GPU_MESSAGE),
-    ("AssertionError: Torch not compiled with CUDA enabled", NO_GPU_MESSAGE),
-    ("INFO x\nerror: data/train.json: annotation 7: segmentation is not a polygon or RLE\n",
-     "error: data/train.json: annotation 7: segmentation is not a polygon or RLE"),
-    ("Traceback (most recent call last):\n  File x\nKeyError: 'boxes'\n", "KeyError: 'boxes'"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "log, expected",
+    [
+        ("Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate", OOM_MESSAGE),
+        ("FloatingPointError: Loss became infinite or NaN at iteration=12!", NAN_MESSAGE),
+        ("RuntimeError: Found no NVIDIA driver on your system.", NO_GPU_MESSAGE),
+        ("AssertionError: Torch not compiled with CUDA enabled", NO_GPU_MESSAGE),
+        (
+            "INFO x\nerror: data/train.json: annotation 7: segmentation is not a polygon or RLE\n",
+            "error: data/train.json: annotation 7: segmentation is not a polygon or RLE",
+        ),
+        ("Traceback (most recent call last):\n  File x\nKeyError: 'boxes'\n", "KeyError: 'boxes'"),
+        ("", ""),
+    ],
+)
 def test_classify_failure(log, expected):
     assert classify_failure(log) == expected
 
 
 def _train_argv(tmp_path, run: Path, *options: str) -> list[str]:
     data = tmp_path / "data"
-    subprocess.run([PY, "-m", "multimask", "synth", "--out", str(data), "--num-train", "8", "--num-val", "2",
-                    "--height", "128", "--width", "160"], cwd=REPO, check=True, capture_output=True)
-    return [PY, "-m", "multimask", "train", "--config-file", "tiny_cpu", "--train-json", str(data / "train.json"),
-            "--output-dir", str(run), *options, "SOLVER.CHECKPOINT_PERIOD", "1000",
-            "SOLVER.WARMUP_ITERS", "5", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
-            "MODEL.DEVICE", "cpu"]
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "multimask",
+            "synth",
+            "--out",
+            str(data),
+            "--num-train",
+            "8",
+            "--num-val",
+            "2",
+            "--height",
+            "128",
+            "--width",
+            "160",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return [
+        PY,
+        "-m",
+        "multimask",
+        "train",
+        "--config-file",
+        "tiny_cpu",
+        "--train-json",
+        str(data / "train.json"),
+        "--output-dir",
+        str(run),
+        *options,
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "SOLVER.WARMUP_ITERS",
+        "5",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(128,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "160",
+        "MODEL.DEVICE",
+        "cpu",
+    ]
 
 
 def test_training_stops_gracefully_and_resumes_to_the_same_schedule(tmp_path):
@@ -294,8 +351,14 @@ def test_training_stops_gracefully_and_resumes_to_the_same_schedule(tmp_path):
     job = m.wait(job["id"], 300)
     assert job["state"] == "cancelled", m.log_tail(job["id"])
     assert job["returncode"] == 3
-    n = int(re.search(r"stopped after (\d+) iterations \(checkpoint saved\); press Resume to continue",
-                      job["error"]).group(1)) - 1  # the checkpoint's iteration, counted from 0
+    n = (
+        int(
+            re.search(
+                r"stopped after (\d+) iterations \(checkpoint saved\); press Resume to continue", job["error"]
+            ).group(1)
+        )
+        - 1
+    )  # the checkpoint's iteration, counted from 0
     assert 19 <= n < 39
     assert (run / "last_checkpoint").read_text() == f"model_{n:07d}.pth"
     assert not (run / "model_final.pth").exists()
@@ -324,7 +387,6 @@ def test_jobs_asking_for_any_gpu_share_the_gpus_one_job_each(tmp_path):
     assert too_many["state"] == "failed" and too_many["error"] == "needs 3 GPUs, 2 visible"
     resumed = m.resume(a["id"], start=False)
     assert resumed["device"] == "cuda*1", "a resumed job asks for any free GPU again"
-
 
 
 def _stoppable_worker(out_dir: str) -> None:

@@ -63,8 +63,12 @@ def _shown(pg) -> str:
 
 
 def _in_viewport(box: dict) -> bool:
-    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"] \
+    return (
+        box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= VIEWPORT["width"]
         and box["y"] + box["height"] <= VIEWPORT["height"]
+    )
 
 
 def test_after_a_restart_the_gallery_and_the_last_image_are_back(roots, browser):
@@ -110,7 +114,6 @@ def test_remove_takes_the_image_shown_after_navigation(roots, page):
     pg.wait_for_function("() => document.querySelector('#mm-editor .mm-file').textContent === 'photo2.png'")
 
 
-
 def test_the_editor_uses_the_window_and_stays_in_view(roots, page):
     pg = page
     stage = pg.locator("#mm-editor .mm-stage").bounding_box()
@@ -124,7 +127,6 @@ def test_the_editor_uses_the_window_and_stays_in_view(roots, page):
     pg.mouse.wheel(0, 800)
     pg.wait_for_function("() => window.scrollY > 100")
     assert _in_viewport(pg.locator("#mm-editor .mm-stage").bounding_box())
-
 
 
 def test_messages_appear_in_the_viewport(roots, page, tmp_path):

@@ -41,12 +41,12 @@ def _jpeg(h: int = H, w: int = W) -> bytes:
 
 def _huge_png_header(w: int, h: int) -> bytes:
     """A PNG whose header claims w x h pixels, with (almost) no pixel data: cheap to make, costly to decode."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _inst(iid: str = "a", cls: str = "leaf", primary=None, secondary=None) -> dict:
@@ -82,8 +82,12 @@ def test_create_list_open(store, tmp_path):
     assert meta["rules"] == {"secondary_inside_primary": True} and meta["created"]
     assert json.loads((folder / "index.json").read_text()) == {"images": []}
     assert (folder / "images").is_dir() and (folder / "annotations").is_dir()
-    assert ds.meta == {"name": "leaves", "classes": CLASSES, "mask_names": NAMES,
-                       "rules": {"secondary_inside_primary": True}}
+    assert ds.meta == {
+        "name": "leaves",
+        "classes": CLASSES,
+        "mask_names": NAMES,
+        "rules": {"secondary_inside_primary": True},
+    }
     again = LabelStore(tmp_path / "data").open("b-2.v1")
     assert again.mask_names == ["whole"] and again.images() == []
     with pytest.raises(ValueError, match="already exists"):
@@ -94,8 +98,9 @@ def test_create_list_open(store, tmp_path):
         store.open("nope")
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "a\\b", "/abs", ".hidden", "-x", "a b", "x" * 65,
-                                  "a\n", None, 3])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "../x", "a/b", "a\\b", "/abs", ".hidden", "-x", "a b", "x" * 65, "a\n", None, 3]
+)
 def test_bad_dataset_names(store, tmp_path, name):
     with pytest.raises(ValueError, match="invalid dataset name"):
         store.create(name, CLASSES)
@@ -303,8 +308,9 @@ def test_index_written_only_when_status_changes(ds, monkeypatch):
     writes = []
     for name in ("atomic_write_json", "atomic_write_bytes"):
         real = getattr(store_module, name)
-        monkeypatch.setattr(store_module, name, lambda p, *a, real=real, **k: (writes.append(Path(p).name),
-                                                                               real(p, *a, **k)))
+        monkeypatch.setattr(
+            store_module, name, lambda p, *a, real=real, **k: (writes.append(Path(p).name), real(p, *a, **k))
+        )
     ds.save(image, 1, [_inst("b")])
     assert writes == [f"{image}.json"]
 
@@ -344,10 +350,12 @@ def test_payload_validation():
     kw = {"classes": CLASSES, "mask_names": NAMES, "width": W, "height": H}
     good = {"id": "a-1_B", "class": "leaf", "masks": {"primary": [[0, 0, 80.4, -0.3, 40, 60.5]]}}
     out = validate_instances([good], **kw)
-    assert out == [{"id": "a-1_B", "class": "leaf",
-                    "masks": {"primary": [[0.0, 0.0, 80.0, 0.0, 40.0, 60.0]], "secondary": []}}]
+    assert out == [
+        {"id": "a-1_B", "class": "leaf", "masks": {"primary": [[0.0, 0.0, 80.0, 0.0, 40.0, 60.0]], "secondary": []}}
+    ]
     assert validate_instances([_inst(primary=[1.234567, 2, 3, 4, 5, 6])], **kw)[0]["masks"]["primary"] == [
-        [1.23, 2.0, 3.0, 4.0, 5.0, 6.0]]
+        [1.23, 2.0, 3.0, 4.0, 5.0, 6.0]
+    ]
     assert validate_instances([], **kw) == []
 
     def bad(payload, match):
@@ -438,8 +446,14 @@ def test_navigation_and_previous_instances(ds):
     assert ds.save(c, 1, copied)["revision"] == 2  # what it returns is a valid payload
 
     small = ds.add_image_bytes("small.png", _png(30, 40))["id"]
-    ds.save(d, 0, [_inst("big", primary=[30.0, 20.0, 70.0, 20.0, 70.0, 50.0, 30.0, 50.0]),
-                   _inst("gone", primary=[60.0, 40.0, 70.0, 40.0, 70.0, 50.0])])
+    ds.save(
+        d,
+        0,
+        [
+            _inst("big", primary=[30.0, 20.0, 70.0, 20.0, 70.0, 50.0, 30.0, 50.0]),
+            _inst("gone", primary=[60.0, 40.0, 70.0, 40.0, 70.0, 50.0]),
+        ],
+    )
     (clipped,) = ds.previous_instances(small)  # 80x60 -> 40x30: clipped, an instance left empty is dropped
     assert np.asarray(clipped["masks"]["primary"][0]).reshape(-1, 2).max(axis=0).tolist() == [40.0, 30.0]
     ds.save(small, 0, [clipped])
@@ -468,8 +482,11 @@ def test_add_and_rename_class(ds):
     assert ds.load(c)["revision"] == 0
     with pytest.raises(ConflictError):
         ds.save(a, 1, [_inst("1", "blade")])  # an editor holding the old version must reload
-    for old, new, match in (("leaf", "x", "no class 'leaf'"), ("fruit", "stem", "already exists"),
-                            ("fruit", "", "non-empty")):
+    for old, new, match in (
+        ("leaf", "x", "no class 'leaf'"),
+        ("fruit", "stem", "already exists"),
+        ("fruit", "", "non-empty"),
+    ):
         with pytest.raises(ValueError, match=match):
             ds.rename_class(old, new)
     assert LabelStore(ds.folder.parent).open("leaves").classes == ["blade", "fruit", "stem"]
@@ -497,8 +514,12 @@ def _split(paths: dict) -> tuple[list, list]:
 def test_export(ds, tmp_path):
     ids = _add(ds, 12)
     for k, image in enumerate(ids[:10]):
-        ds.save(image, 0, [_inst("a", secondary=[INNER]), _inst("b", "fruit", primary=OUTSIDE)],
-                status="done" if k < 6 else None)
+        ds.save(
+            image,
+            0,
+            [_inst("a", secondary=[INNER]), _inst("b", "fruit", primary=OUTSIDE)],
+            status="done" if k < 6 else None,
+        )
     ds.save(ids[10], 0, [], status="done")  # a checked negative: exported without instances
     # ids[11] never labelled: left out
     out = tmp_path / "exports" / "run1"
@@ -559,8 +580,13 @@ def test_import_multimask_synthetic(store, tmp_path):
         assert loaded["revision"] == 1 and len(loaded["instances"]) == len(rec["annotations"])
         assert entry["status"] == ("done" if rec["annotations"] else "unlabelled")
         validate_instances(loaded["instances"], classes=ds.classes, mask_names=NAMES, width=80, height=64)
-    holes = sum(1 for rec in source for a in rec["annotations"] for m in a["multimask"].values()
-                if isinstance(m, dict) and _has_hole(mask_util.decode(m)))
+    holes = sum(
+        1
+        for rec in source
+        for a in rec["annotations"]
+        for m in a["multimask"].values()
+        if isinstance(m, dict) and _has_hole(mask_util.decode(m))
+    )
     assert report.counts.get("masks with holes lost", 0) == holes
     _check_export(ds.export(tmp_path / "out", val_fraction=0.34), ds.classes)
     with pytest.raises(ValueError, match=r"mask names \['whole'\] differ from this dataset's"):
@@ -576,8 +602,13 @@ def _one_mask_json(tmp_path: Path) -> Path:
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "a.png").write_bytes(_png())
     ann = make_annotation(1, 1, 1, {"whole": [SQUARE]}, H, W, ["whole"])
-    write_multimask_json(tmp_path / "one" / "d.json", [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
-                         [{"id": 1, "name": "leaf"}], [ann], ["whole"])
+    write_multimask_json(
+        tmp_path / "one" / "d.json",
+        [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+        [{"id": 1, "name": "leaf"}],
+        [ann],
+        ["whole"],
+    )
     return tmp_path / "one" / "d.json"
 
 
@@ -591,11 +622,15 @@ def test_import_multimask_with_hole_and_missing_image(ds, tmp_path):
     ring[20:40, 20:40] = 0
     rle = mask_util.encode(np.asfortranarray(ring))
     rle = {"size": [H, W], "counts": rle["counts"].decode("ascii")}
-    images = [{"id": k, "file_name": f"pics/{n}", "height": H, "width": W}
-              for k, n in ((1, "a.png"), (2, "missing.png"), (3, "bad.png"))]
-    anns = [make_annotation(1, 1, 1, {"primary": rle, "secondary": [INNER]}, H, W, NAMES),
-            make_annotation(2, 1, 2, {"primary": [OUTSIDE], "secondary": []}, H, W, NAMES),
-            make_annotation(3, 3, 1, {"primary": [SQUARE], "secondary": []}, H, W, NAMES)]
+    images = [
+        {"id": k, "file_name": f"pics/{n}", "height": H, "width": W}
+        for k, n in ((1, "a.png"), (2, "missing.png"), (3, "bad.png"))
+    ]
+    anns = [
+        make_annotation(1, 1, 1, {"primary": rle, "secondary": [INNER]}, H, W, NAMES),
+        make_annotation(2, 1, 2, {"primary": [OUTSIDE], "secondary": []}, H, W, NAMES),
+        make_annotation(3, 3, 1, {"primary": [SQUARE], "secondary": []}, H, W, NAMES),
+    ]
     write_multimask_json(src / "d.json", images, [{"id": 1, "name": "leaf"}, {"id": 2, "name": "stem"}], anns, NAMES)
     report = ds.import_multimask(src / "d.json")
     assert report.counts == {"masks with holes lost": 1, "skipped images": 2}
@@ -616,12 +651,14 @@ def test_import_coco_fields(ds, tmp_path):
     src = tmp_path / "uoais"
     (src / "images").mkdir(parents=True)
     (src / "images" / "a.png").write_bytes(_png())
-    data = {"images": [{"id": 5, "file_name": "images/a.png", "height": H, "width": W}],
-            "categories": [{"id": 3, "name": "box"}],
-            "annotations": [{"id": 1, "image_id": 5, "category_id": 3, "segmentation": [SQUARE],
-                             "visible_mask": [INNER]},
-                            {"id": 2, "image_id": 5, "category_id": 3, "segmentation": [[1, 1, 2]],
-                             "visible_mask": []}]}
+    data = {
+        "images": [{"id": 5, "file_name": "images/a.png", "height": H, "width": W}],
+        "categories": [{"id": 3, "name": "box"}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 3, "segmentation": [SQUARE], "visible_mask": [INNER]},
+            {"id": 2, "image_id": 5, "category_id": 3, "segmentation": [[1, 1, 2]], "visible_mask": []},
+        ],
+    }
     (src / "train.json").write_text(json.dumps(data))
     report = ds.import_coco_fields(src / "train.json", {"segmentation": "primary", "visible_mask": "secondary"})
     assert report.counts == {"skipped polygons": 1, "skipped annotations": 1}
@@ -642,11 +679,18 @@ def test_import_labelme(ds, tmp_path):
     def shape(label, points, group):
         return {"label": label, "points": points, "group_id": group, "shape_type": "polygon", "flags": {}}
 
-    doc = {"shapes": [shape("leaf/primary", [[10, 10], [50, 10], [50, 50], [10, 50]], 1),
-                      shape("leaf/secondary", [[20, 20], [30, 20], [30, 30], [20, 30]], 1),
-                      shape("leaf/other", [[1, 1], [5, 1], [5, 5]], 1),
-                      shape("apple/primary", [[60, 5], [75, 5], [75, 20], [60, 20]], 2)],
-           "imagePath": "a.png", "imageData": None, "imageHeight": H, "imageWidth": W}
+    doc = {
+        "shapes": [
+            shape("leaf/primary", [[10, 10], [50, 10], [50, 50], [10, 50]], 1),
+            shape("leaf/secondary", [[20, 20], [30, 20], [30, 30], [20, 30]], 1),
+            shape("leaf/other", [[1, 1], [5, 1], [5, 5]], 1),
+            shape("apple/primary", [[60, 5], [75, 5], [75, 20], [60, 20]], 2),
+        ],
+        "imagePath": "a.png",
+        "imageData": None,
+        "imageHeight": H,
+        "imageWidth": W,
+    }
     (lm / "a.json").write_text(json.dumps(doc))
     report = ds.import_labelme(lm)
     assert report.counts == {"skipped shapes": 1}  # mask name 'other' is not this dataset's

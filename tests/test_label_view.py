@@ -43,8 +43,10 @@ def _instances():
 
 def _thumbs(gallery_json):
     """(file name, status, thumbnail path) per gallery card."""
-    return [(i["name"], i["status"], i["thumb"].removeprefix("/gradio_api/file="))
-            for i in json.loads(gallery_json)["items"]]
+    return [
+        (i["name"], i["status"], i["thumb"].removeprefix("/gradio_api/file="))
+        for i in json.loads(gallery_json)["items"]
+    ]
 
 
 def test_upload_then_save_and_load_through_the_server_functions(view, tmp_path):
@@ -80,13 +82,16 @@ def test_conflicting_save_is_refused_and_nothing_is_overwritten(view, tmp_path):
     assert view.load_image("leaves", image_id, None)["instances"][0]["id"] == "a1"
 
 
-@pytest.mark.parametrize("instances, fragment", [
-    ([{"id": "x", "class": "tree", "masks": {"primary": [SQUARE]}}], "tree"),
-    ([{"id": "x", "class": "leaf", "masks": {"nucleus": [SQUARE]}}], "nucleus"),
-    ([{"id": "x", "class": "leaf", "masks": {"primary": [[1, 2, float("nan"), 4, 5, 6]]}}], "finite"),
-    ([{"id": "x", "class": "leaf", "masks": {"primary": [[1, 2, 500, 4, 5, 6]]}}], "outside"),
-    ("not a list", "list"),
-])
+@pytest.mark.parametrize(
+    "instances, fragment",
+    [
+        ([{"id": "x", "class": "tree", "masks": {"primary": [SQUARE]}}], "tree"),
+        ([{"id": "x", "class": "leaf", "masks": {"nucleus": [SQUARE]}}], "nucleus"),
+        ([{"id": "x", "class": "leaf", "masks": {"primary": [[1, 2, float("nan"), 4, 5, 6]]}}], "finite"),
+        ([{"id": "x", "class": "leaf", "masks": {"primary": [[1, 2, 500, 4, 5, 6]]}}], "outside"),
+        ("not a list", "list"),
+    ],
+)
 def test_bad_payloads_get_a_clear_error_and_change_nothing(view, tmp_path, instances, fragment):
     view.upload("leaves", [_png(tmp_path)])
     image_id = view.store.open("leaves").images()[0]["id"]
@@ -122,7 +127,9 @@ def test_propose_uses_the_run_chosen_in_this_tab(view, tmp_path):
     assert set(unmapped) <= set(CLASSES) and not set(unmapped) & {"leaf", "fruit"}
     assert [n for n in reply["notes"] if "is not a class of this dataset" in n] == [
         f"the model's class {c!r} is not a class of this dataset: its {sum(i['class'] == c for i in inst)} "
-        "instance(s) take the toolbar's class" for c in unmapped]
+        "instance(s) take the toolbar's class"
+        for c in unmapped
+    ]
     for i in inst:
         i["class"] = "leaf"  # as the editor does
     assert view.save_annotations("leaves", image_id, 0, inst, None)["ok"]  # proposals are valid payloads
@@ -289,8 +296,12 @@ def test_an_image_added_twice_is_skipped_with_a_count(view, tmp_path):
     renamed = tmp_path / "copy of a.png"
     renamed.write_bytes(first.read_bytes())
     message, opened = view.upload("leaves", [first, renamed, _png(tmp_path, "b.png")])
-    assert message.startswith("Added 1 image(s). Skipped 2 already in the dataset (the same image, under any "
-                              "name): a.png, copy of a.png.") and json.loads(opened)["file_name"] == "b.png"
+    assert (
+        message.startswith(
+            "Added 1 image(s). Skipped 2 already in the dataset (the same image, under any name): a.png, copy of a.png."
+        )
+        and json.loads(opened)["file_name"] == "b.png"
+    )
     assert [e["file_name"] for e in view.store.open("leaves").images()] == ["a.png", "b.png"]
     assert view.upload("leaves", [first])[0].startswith("⚠️ Added 0 image(s). Skipped 1")
 

@@ -62,8 +62,9 @@ def test_part_box_loss_by_hand_and_absent_parts_add_nothing():
 
 def test_a_degenerate_true_part_box_gives_a_finite_loss():
     deltas = torch.zeros(1, 1, 4, requires_grad=True)
-    loss = part_box_loss(deltas, torch.tensor([[0.0, 0, 32, 32]]), torch.tensor([[[5.0, 5, 5, 5]]]),
-                         torch.tensor([[True]]))
+    loss = part_box_loss(
+        deltas, torch.tensor([[0.0, 0, 32, 32]]), torch.tensor([[[5.0, 5, 5, 5]]]), torch.tensor([[True]])
+    )
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(deltas.grad).all()
     assert loss.item() > 2 * math.log(32)  # at least 1 px: log(32) for each of width and height
@@ -128,6 +129,7 @@ def _fake_pool(features_per_box):
         calls.append([b.tensor.clone() for b in box_lists])
         n = sum(len(b) for b in box_lists)
         return features_per_box.expand(n, -1, -1, -1).clone()
+
     return pool, calls
 
 
@@ -252,8 +254,9 @@ def test_model_with_regressed_part_boxes_trains_and_predicts_at_image_resolution
     sum(losses.values()).backward()
     assert model.roi_heads.mask_head.part_box_regressor.deltas.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        out = model.eval()([{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8),
-                             "height": 192, "width": 256}])[0]["instances"]
+        out = model.eval()(
+            [{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8), "height": 192, "width": 256}]
+        )[0]["instances"]
     assert len(out) > 0 and out.pred_multimask.shape == (len(out), 2, 192, 256)
     assert torch.equal(out.pred_masks, out.pred_multimask[:, 0])
 
@@ -264,8 +267,9 @@ def test_standard_checkpoint_fills_every_mask_branch_and_leaves_the_part_box_fre
 
     state = _standard_mask_rcnn_state(num_classes=3)
     torch.save({"model": state}, tmp_path / "standard.pth")
-    model = build_model(tiny_cfg(num_classes=3, **PART, **REGRESSED,
-                                 **{"MODEL.ROI_MULTI_MASK_HEAD.SHARED_TRUNK": shared}))
+    model = build_model(
+        tiny_cfg(num_classes=3, **PART, **REGRESSED, **{"MODEL.ROI_MULTI_MASK_HEAD.SHARED_TRUNK": shared})
+    )
     head = model.roi_heads.mask_head
     fresh = {k: v.clone() for k, v in head.part_box_regressor.state_dict().items()}
     MultiMaskCheckpointer(model).load(str(tmp_path / "standard.pth"), checkpointables=[])
@@ -277,15 +281,24 @@ def test_standard_checkpoint_fills_every_mask_branch_and_leaves_the_part_box_fre
         assert torch.equal(v, fresh[k]), k
 
 
-@pytest.mark.parametrize(("opts", "match"), [
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", ["nucleus"]], r"PART_BOX_MASKS \['nucleus'\].*\['nucleus'\] are not"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", ["secondary", "secondary"]], "distinct"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_JITTER", 2.0], "PART_BOX_JITTER must be a number from 0 to 1"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_CONTEXT", 0.5], "PART_BOX_CONTEXT must be a number from 1 to 4"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_LOSS_WEIGHT", -1.0], "PART_BOX_LOSS_WEIGHT"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM", "mask"], r"PART_BOX_FROM must be one of \['coarse_mask', 'reg"),
-    (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_BATCH_SIZE_PER_IMAGE", -1], "PART_BOX_BATCH_SIZE_PER_IMAGE must be a whole"),
-])
+@pytest.mark.parametrize(
+    ("opts", "match"),
+    [
+        (
+            ["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", ["nucleus"]],
+            r"PART_BOX_MASKS \['nucleus'\].*\['nucleus'\] are not",
+        ),
+        (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", ["secondary", "secondary"]], "distinct"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_JITTER", 2.0], "PART_BOX_JITTER must be a number from 0 to 1"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_CONTEXT", 0.5], "PART_BOX_CONTEXT must be a number from 1 to 4"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_LOSS_WEIGHT", -1.0], "PART_BOX_LOSS_WEIGHT"),
+        (["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_FROM", "mask"], r"PART_BOX_FROM must be one of \['coarse_mask', 'reg"),
+        (
+            ["MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_BATCH_SIZE_PER_IMAGE", -1],
+            "PART_BOX_BATCH_SIZE_PER_IMAGE must be a whole",
+        ),
+    ],
+)
 def test_part_box_settings_are_validated(opts, match):
     with pytest.raises(ValueError, match=match):
         get_multimask_cfg("tiny_cpu", ["MODEL.DEVICE", "cpu", *opts])
@@ -297,8 +310,9 @@ def test_a_run_folder_from_before_part_boxes_loads_and_predicts_as_before(tmp_pa
 
     from multimask.engine.predictor import MultiMaskPredictor
 
-    cfg = get_multimask_cfg("tiny_cpu", ["MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu",
-                                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    cfg = get_multimask_cfg(
+        "tiny_cpu", ["MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0]
+    )
     old = "\n".join(line for line in cfg.dump().splitlines() if "PART_BOX" not in line)
     assert "PART_BOX" in cfg.dump() and "PART_BOX" not in old
     run = tmp_path / "old-run"
@@ -328,9 +342,19 @@ def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, reg
 
     paths = generate_synthetic_dataset(tmp_path / "data", num_train=24, num_val=0, seed=0, regime=regime)
     register_multimask_dataset(f"part_box_{regime}", paths["train"])
-    cfg = tiny_cfg(num_classes=3, **PART, **{
-        "SOLVER.MAX_ITER": 90, "SOLVER.WARMUP_ITERS": 10, "SOLVER.CHECKPOINT_PERIOD": 1000, "SEED": 1,
-        "OUTPUT_DIR": str(tmp_path / "run"), "DATASETS.TRAIN": (f"part_box_{regime}",), "DATASETS.TEST": ()})
+    cfg = tiny_cfg(
+        num_classes=3,
+        **PART,
+        **{
+            "SOLVER.MAX_ITER": 90,
+            "SOLVER.WARMUP_ITERS": 10,
+            "SOLVER.CHECKPOINT_PERIOD": 1000,
+            "SEED": 1,
+            "OUTPUT_DIR": str(tmp_path / "run"),
+            "DATASETS.TRAIN": (f"part_box_{regime}",),
+            "DATASETS.TEST": (),
+        },
+    )
     trainer = MultiMaskTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -351,10 +375,25 @@ def test_a_part_box_run_trains_resumes_evaluates_and_predicts_through_the_cli(tm
     from tests.test_cli import _cli
 
     _cli("synth", "--out", tmp_path / "data", "--num-train", 6, "--num-val", 3, "--seed", 5, "--regime", "small-part")
-    train = ["train", "--config-file", "tiny_cpu", "--train-json", tmp_path / "data/train.json",
-             "--val-json", tmp_path / "data/val.json", "--output-dir", tmp_path / "run"]
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-            "MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS", "['secondary']"]
+    train = [
+        "train",
+        "--config-file",
+        "tiny_cpu",
+        "--train-json",
+        tmp_path / "data/train.json",
+        "--val-json",
+        tmp_path / "data/val.json",
+        "--output-dir",
+        tmp_path / "run",
+    ]
+    opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        0.0,
+        "MODEL.ROI_MULTI_MASK_HEAD.PART_BOX_MASKS",
+        "['secondary']",
+    ]
     _cli(*train, *opts, "SOLVER.MAX_ITER", 4)
     proc = _cli(*train, "--resume", *opts, "SOLVER.MAX_ITER", 6)
     assert "Resuming at iteration 4" in proc.stdout + proc.stderr
@@ -362,8 +401,18 @@ def test_a_part_box_run_trains_resumes_evaluates_and_predicts_through_the_cli(tm
     assert "loss_mask_secondary_coarse" in metrics and "loss_part_box" not in metrics
     proc = _cli("evaluate", "--run", tmp_path / "run", "--json", tmp_path / "data/val.json", "--device", "cpu")
     assert "segm/secondary" in proc.stdout
-    _cli("predict", "--run", tmp_path / "run", tmp_path / "data/images", "--output", tmp_path / "out",
-         "--score-threshold", 0.0, "--device", "cpu")
+    _cli(
+        "predict",
+        "--run",
+        tmp_path / "run",
+        tmp_path / "data/images",
+        "--output",
+        tmp_path / "out",
+        "--score-threshold",
+        0.0,
+        "--device",
+        "cpu",
+    )
     data = json.loads((tmp_path / "out/predictions.json").read_text())
     assert data["mask_names"] == ["primary", "secondary"] and data["images"][0]["instances"]
     predictor = MultiMaskPredictor.from_run(tmp_path / "run", score_threshold=0.0, device="cpu")

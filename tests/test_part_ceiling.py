@@ -20,8 +20,12 @@ def _rle(mask):
 
 
 def _dataset():
-    ann = {"bbox": [8, 8, 48, 48], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0,
-           "multimask": {"primary": _square(8, 8, 56, 56), "secondary": _square(11, 11, 17, 15)}}
+    ann = {
+        "bbox": [8, 8, 48, 48],
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "category_id": 0,
+        "multimask": {"primary": _square(8, 8, 56, 56), "secondary": _square(11, 11, 17, 15)},
+    }
     return [{"image_id": 1, "height": 64, "width": 64, "annotations": [ann]}]
 
 
@@ -29,8 +33,13 @@ def _prediction(bbox):
     blank = np.zeros((64, 64), bool)
     coarse = blank.copy()
     coarse[8:56, 8:56] = True
-    return {"image_id": 1, "category_id": 0, "bbox": bbox, "score": 0.9,
-            "multimask": {"primary": _rle(coarse), "secondary": _rle(blank)}}
+    return {
+        "image_id": 1,
+        "category_id": 0,
+        "bbox": bbox,
+        "score": 0.9,
+        "multimask": {"primary": _rle(coarse), "secondary": _rle(blank)},
+    }
 
 
 def test_perfect_parts_give_the_detections_ceiling_and_a_coarse_grid_lowers_it():
@@ -45,8 +54,9 @@ def test_perfect_parts_give_the_detections_ceiling_and_a_coarse_grid_lowers_it()
     # a 6 x 4 pixel part drawn on 4 x 4 cells of a 48-pixel box (12 pixels a cell) cannot keep its shape
     coarse = with_true_masks(dicts, records, ["secondary"], match_iou=0.5, grid=4)
     part = mask_util.decode(coarse[0]["multimask"]["secondary"])
-    truth = mask_util.decode(mask_util.frPyObjects(_dataset()[0]["annotations"][0]["multimask"]["secondary"],
-                                                   64, 64)).max(axis=2)
+    truth = mask_util.decode(
+        mask_util.frPyObjects(_dataset()[0]["annotations"][0]["multimask"]["secondary"], 64, 64)
+    ).max(axis=2)
     assert (part & truth).sum() / max((part | truth).sum(), 1) < 0.75
     assert evaluate_records(dicts, coarse, NAMES, CLASSES)["segm/secondary"]["AP"] < 50
 

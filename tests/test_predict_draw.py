@@ -13,7 +13,7 @@ def _masks(h, w, boxes):
     masks = np.zeros((len(boxes), 2, h, w), bool)
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         masks[i, :, y0:y1, x0:x1] = True
-        masks[i, 1, y0:(y0 + y1) // 2] = False
+        masks[i, 1, y0 : (y0 + y1) // 2] = False
     return masks
 
 
@@ -46,7 +46,7 @@ def test_labels_on_a_full_hd_photo_are_a_readable_fraction_of_its_height():
 def test_labels_of_a_tiny_image_keep_a_minimum_size_and_grow_with_the_drawing_scale():
     heights = [y1 - y0 for _, y0, _, y1 in _label_rects(_draw(60, 80, [(10, 10, 40, 40)]))]
     assert heights[0] >= LABEL_MIN_PX
-    (x0, y0, x1, y1), = _label_rects(_draw(120, 160, [(10, 10, 60, 60)], scale=6))
+    ((x0, y0, x1, y1),) = _label_rects(_draw(120, 160, [(10, 10, 60, 60)], scale=6))
     assert y1 - y0 >= LABEL_FRACTION * 720  # 720: the canvas's shorter side
 
 
@@ -87,6 +87,7 @@ def test_a_highlighted_instance_has_its_box_and_label_and_the_others_fade():
 
 # The Predict tab's overlay and table (app.predict_draw), from detections made by hand.
 
+
 def _raw(h=120, w=160, boxes=((10, 10, 60, 50), (70, 20, 150, 100), (20, 60, 60, 110)), scores=(0.9, 0.8, 0.4)):
     import torch
     from detectron2.structures import Boxes, Instances
@@ -94,9 +95,13 @@ def _raw(h=120, w=160, boxes=((10, 10, 60, 50), (70, 20, 150, 100), (20, 60, 60,
     from app.predict_view import RawPrediction
 
     masks = _masks(h, w, boxes)
-    inst = Instances((h, w), pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
-                     scores=torch.tensor(scores), pred_classes=torch.zeros(len(boxes), dtype=torch.int64),
-                     pred_multimask=torch.from_numpy(masks))
+    inst = Instances(
+        (h, w),
+        pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+        scores=torch.tensor(scores),
+        pred_classes=torch.zeros(len(boxes), dtype=torch.int64),
+        pred_multimask=torch.from_numpy(masks),
+    )
     rng = np.random.RandomState(0)
     image = rng.randint(0, 255, (h, w, 3)).astype(np.uint8)
     return RawPrediction.from_instances(inst, image, "run", ("run",), NAMES, ["leaf"])
@@ -119,8 +124,11 @@ def test_instances_are_numbered_from_one_in_the_table_and_on_the_overlay(monkeyp
 
     drawn = []
     original = MultiMaskVisualizer.draw_label
-    monkeypatch.setattr(MultiMaskVisualizer, "draw_label",
-                        lambda self, text, box, color: drawn.append(text) or original(self, text, box, color))
+    monkeypatch.setattr(
+        MultiMaskVisualizer,
+        "draw_label",
+        lambda self, text, box, color: drawn.append(text) or original(self, text, box, color),
+    )
     _, table = render(_raw(), 0.5, None)
     assert table["#"].tolist() == [1, 2]  # the Label tab's instance list counts from 1 too
     assert drawn == ["#1 leaf 90%", "#2 leaf 80%"]

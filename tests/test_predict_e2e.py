@@ -24,7 +24,7 @@ def _image(h, w, seed):
     img = np.full((h, w, 3), 60, np.uint8)
     for _ in range(12):
         x, y = rng.randint(0, w * 9 // 10), rng.randint(0, h * 9 // 10)
-        img[y:y + rng.randint(h // 18, h // 5), x:x + rng.randint(w // 30, w // 8)] = rng.randint(120, 255, 3)
+        img[y : y + rng.randint(h // 18, h // 5), x : x + rng.randint(w // 30, w // 8)] = rng.randint(120, 255, 3)
     return img
 
 
@@ -53,8 +53,9 @@ def _status(pg):
 
 def _wait_status(pg, text):
     """Wait until the status line contains `text`."""
-    pg.wait_for_function("t => document.querySelector('#mm-predict-status').innerText.includes(t)", arg=text,
-                         timeout=WAIT_MS)
+    pg.wait_for_function(
+        "t => document.querySelector('#mm-predict-status').innerText.includes(t)", arg=text, timeout=WAIT_MS
+    )
 
 
 def _overlay(pg):
@@ -90,8 +91,12 @@ def test_predict_tab_in_a_browser(served, browser):
     shown = _overlay(pg)
     assert shown["natural"] == 960, "a 160x120 image is drawn 6x, nearest-neighbour"
     assert shown["shown"] >= 600, "and fills the column"
-    assert pg.locator("#mm-predict-overlay button[aria-label*='ullscreen'], "
-                      "#mm-predict-overlay button[title*='ullscreen']").count() == 1
+    assert (
+        pg.locator(
+            "#mm-predict-overlay button[aria-label*='ullscreen'], #mm-predict-overlay button[title*='ullscreen']"
+        ).count()
+        == 1
+    )
     rows = int(pg.locator("#mm-predict-table [role=grid]").get_attribute("aria-rowcount")) - 1  # less the header
     assert rows >= 2
     assert _cell(pg, 0, 0).inner_text().strip() == "1"
@@ -114,8 +119,9 @@ def test_predict_tab_in_a_browser(served, browser):
     before = _overlay(pg)["src"]
     _cell(pg, 1, 1).click()
     _wait_status(pg, "Instance #2 highlighted")
-    pg.wait_for_function("s => document.querySelector('#mm-predict-overlay img').src !== s", arg=before,
-                         timeout=WAIT_MS)
+    pg.wait_for_function(
+        "s => document.querySelector('#mm-predict-overlay img').src !== s", arg=before, timeout=WAIT_MS
+    )
     _screenshot(pg, "predict_e2e_highlight")
     _cell(pg, 1, 1).click()
     _wait_status(pg, "detections with score")
@@ -134,7 +140,8 @@ def test_predict_tab_in_a_browser(served, browser):
     _set_threshold(pg, 0.32)
     _upload(pg, root / "photo.png")
     _wait_status(pg, "model ran in")
-    pg.wait_for_function("() => document.querySelector('#mm-predict-overlay img')?.naturalWidth === 1600",
-                         timeout=WAIT_MS)
+    pg.wait_for_function(
+        "() => document.querySelector('#mm-predict-overlay img')?.naturalWidth === 1600", timeout=WAIT_MS
+    )
     _screenshot(pg, "predict_e2e_photo")
     assert not errors, errors

@@ -50,8 +50,20 @@ def test_the_json_download_is_what_multimask_predict_writes(view, runs_root, upl
     *_, state = view.predict("exp1", str(upload), 0.0, None, None)
     doc, png, folder = _download(view, state)
     ours = json.loads(doc.read_text())
-    main(["predict", "--run", str(runs_root / "exp1"), str(upload), "--output", str(tmp_path / "out"),
-          "--score-threshold", "0.05", "--device", "cpu"])  # the app keeps detections from 0.05 too
+    main(
+        [
+            "predict",
+            "--run",
+            str(runs_root / "exp1"),
+            str(upload),
+            "--output",
+            str(tmp_path / "out"),
+            "--score-threshold",
+            "0.05",
+            "--device",
+            "cpu",
+        ]
+    )  # the app keeps detections from 0.05 too
     cli = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert ours.keys() == cli.keys() and ours["mask_names"] == cli["mask_names"]
     assert ours["classes"] == cli["classes"] and ours["skipped"] == []
@@ -62,6 +74,7 @@ def test_the_json_download_is_what_multimask_predict_writes(view, runs_root, upl
 
     def key(r):
         return round(r["score"], 5), r["class_name"], tuple(round(v, 2) for v in r["bbox"]), json.dumps(r["multimask"])
+
     assert len(image["instances"]) == len(state) > 10
     assert sorted(map(key, image["instances"])) == sorted(map(key, cli_image["instances"]))
     assert image["instances"][0].keys() == cli_image["instances"][0].keys()
@@ -71,8 +84,9 @@ def test_the_json_download_is_what_multimask_predict_writes(view, runs_root, upl
 
 
 def test_the_json_of_a_shrunk_upload_is_in_the_uploads_pixels(view, upload, tmp_path):
-    big = cv2.resize(cv2.imread(str(upload)), (PREDICT_MAX_SIDE * 2, PREDICT_MAX_SIDE * 3 // 2),
-                     interpolation=cv2.INTER_NEAREST)
+    big = cv2.resize(
+        cv2.imread(str(upload)), (PREDICT_MAX_SIDE * 2, PREDICT_MAX_SIDE * 3 // 2), interpolation=cv2.INTER_NEAREST
+    )
     path = tmp_path / "big.png"
     cv2.imwrite(str(path), big)
     _, table, _, state = view.predict("exp1", str(path), 0.3, None, None)
@@ -85,8 +99,9 @@ def test_the_json_of_a_shrunk_upload_is_in_the_uploads_pixels(view, upload, tmp_
         x, y, w, h = inst["bbox"]
         assert np.allclose([x, y, x + w, y + h], row[["x0", "y0", "x1", "y1"]].astype(float), atol=1)
         for name in state.mask_names:
-            mask = mask_util.decode({"size": inst["multimask"][name]["size"],
-                                     "counts": inst["multimask"][name]["counts"].encode()})
+            mask = mask_util.decode(
+                {"size": inst["multimask"][name]["size"], "counts": inst["multimask"][name]["counts"].encode()}
+            )
             assert mask.shape == big.shape[:2]
             assert abs(int(mask.sum()) - row[f"{name} area"]) <= 0.05 * row[f"{name} area"] + 8, name
     remove_folder(folder)
@@ -125,8 +140,16 @@ def test_a_folder_that_is_not_a_session_folder_is_never_reused_or_removed(tmp_pa
         other.rmdir()
 
 
-@pytest.mark.parametrize(("name", "stem"), [("my photo.png", "my_photo"), ("../../etc/passwd.png", "passwd"),
-                                            ("", "image"), (None, "image"), ("...png", "image"),
-                                            ("ünïcode name.jpg", "ünïcode_name")])
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("my photo.png", "my_photo"),
+        ("../../etc/passwd.png", "passwd"),
+        ("", "image"),
+        (None, "image"),
+        ("...png", "image"),
+        ("ünïcode name.jpg", "ünïcode_name"),
+    ],
+)
 def test_download_names_come_from_the_upload_made_safe(name, stem):
     assert file_stem(name) == stem

@@ -16,9 +16,15 @@ from tests.test_app import _make_run
 def _job(root, job_id, run, state):
     """A job record as the Train tab's JobManager writes it."""
     (root / ".jobs").mkdir(exist_ok=True)
-    record = {"id": job_id, "command": ["python", "-m", "multimask", "train"], "run_dir": str(run.resolve()),
-              "device": "cpu", "state": state, "log": str(root / ".jobs" / f"{job_id}.log"),
-              "created": f"2026-01-01T00:00:0{job_id[-1]}+00:00"}
+    record = {
+        "id": job_id,
+        "command": ["python", "-m", "multimask", "train"],
+        "run_dir": str(run.resolve()),
+        "device": "cpu",
+        "state": state,
+        "log": str(root / ".jobs" / f"{job_id}.log"),
+        "created": f"2026-01-01T00:00:0{job_id[-1]}+00:00",
+    }
     (root / ".jobs" / f"{job_id}.json").write_text(json.dumps(record))
 
 
@@ -53,9 +59,14 @@ def runs_root(tmp_path_factory):
 
 def test_run_progress_from_job_records_and_summaries(runs_root):
     progress = run_progress(runs_root, find_runs(runs_root))
-    assert progress == {"done": RunProgress("complete"), "partial": RunProgress("unfinished", 50),
-                        "training": RunProgress("training", 20), "stopped": RunProgress("stopped", 30),
-                        "broke": RunProgress("failed", 10), "queued": RunProgress("training", None)}
+    assert progress == {
+        "done": RunProgress("complete"),
+        "partial": RunProgress("unfinished", 50),
+        "training": RunProgress("training", 20),
+        "stopped": RunProgress("stopped", 30),
+        "broke": RunProgress("failed", 10),
+        "queued": RunProgress("training", None),
+    }
 
 
 def test_the_run_list_marks_partial_weights(runs_root):

@@ -15,8 +15,12 @@ class _Fake:
     """A stand-in for MultiMaskPredictor: fixed detections (scores, (N, 2, H, W) masks), all of class "cell"."""
 
     def __init__(self, scores, masks):
-        self.inst = Instances((64, 64), scores=torch.tensor(scores), pred_classes=torch.zeros(len(scores),
-                              dtype=torch.long), pred_multimask=torch.as_tensor(np.asarray(masks, bool)))
+        self.inst = Instances(
+            (64, 64),
+            scores=torch.tensor(scores),
+            pred_classes=torch.zeros(len(scores), dtype=torch.long),
+            pred_multimask=torch.as_tensor(np.asarray(masks, bool)),
+        )
         self.metadata = SimpleNamespace(thing_classes=["cell", "Nucleus", "dust"])
         self.mask_names = ["primary", "secondary"]
 

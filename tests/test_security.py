@@ -50,8 +50,13 @@ def site(tmp_path_factory):
     (base / "data" / "page.html").write_text("<script>alert(document.cookie)</script>")
     (base / "data" / "cells" / "images" / "note.html").write_text("<script>alert(1)</script>")
     server = serve_app(demo, users=users)
-    yield {"url": server.local_url, "server": server, "data": base / "data", "image": ds.image_path(entry["id"]),
-           "dataset": ds}
+    yield {
+        "url": server.local_url,
+        "server": server,
+        "data": base / "data",
+        "image": ds.image_path(entry["id"]),
+        "dataset": ds,
+    }
     server.close()
 
 
@@ -121,13 +126,18 @@ def test_gradio_client_with_a_login(site):
 def test_foreign_pages_cannot_write_or_read(site):
     url, client = site["url"], _login(site["url"])
     call = '{"component_id": 1, "fn_name": "save_annotations", "session_hash": "x", "data": []}'
-    r = client.post("/gradio_api/component_server", content=call,
-                    headers={"Origin": "http://evil.example", "Content-Type": "text/plain"})
+    r = client.post(
+        "/gradio_api/component_server",
+        content=call,
+        headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+    )
     assert r.status_code == 403 and "origin" in r.json()["detail"]
     r = client.post("/gradio_api/queue/join", json={}, headers={"Origin": "null"})
     assert r.status_code == 403
-    r = client.options("/gradio_api/component_server",
-                       headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    r = client.options(
+        "/gradio_api/component_server",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
     r = client.get("/gradio_api/info", headers={"Origin": "http://evil.example"})
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
@@ -143,8 +153,9 @@ def test_dns_rebinding_is_refused(site):
     client = _login(site["url"])
     r = client.get("/", headers={"Host": "evil.example"})
     assert r.status_code == 403 and "evil.example" in r.json()["detail"]
-    r = client.post("/gradio_api/queue/join", json={}, headers={"Host": "evil.example:7860",
-                                                                "Origin": "http://evil.example:7860"})
+    r = client.post(
+        "/gradio_api/queue/join", json={}, headers={"Host": "evil.example:7860", "Origin": "http://evil.example:7860"}
+    )
     assert r.status_code == 403
 
 
@@ -155,20 +166,27 @@ def test_bodies_over_their_limit_are_refused_before_they_are_read(site):
     host, port = site["url"].removeprefix("http://").split(":")
     cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
     with socket.create_connection((host, int(port)), timeout=60) as conn:
-        conn.sendall(f"POST /gradio_api/component_server HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {cookie}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n\r\n".encode())
+        conn.sendall(
+            f"POST /gradio_api/component_server HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {cookie}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n\r\n".encode()
+        )
         assert conn.recv(200).startswith(b"HTTP/1.1 413")
+
     def chunks():  # no Content-Length: counted as it arrives
         for _ in range(limit // 2**20 + 2):
             yield b" " * 2**20
+
     r = client.post("/gradio_api/component_server", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "MB" in r.json()["detail"]
 
 
 def test_unknown_editor_calls_are_404_not_500(site):
     client = _login(site["url"])
-    for call in ({"component_id": 987654, "fn_name": "save_annotations"}, {"component_id": 1, "fn_name": "__init__"},
-                 {"component_id": "1", "fn_name": "save_annotations"}):
+    for call in (
+        {"component_id": 987654, "fn_name": "save_annotations"},
+        {"component_id": 1, "fn_name": "__init__"},
+        {"component_id": "1", "fn_name": "save_annotations"},
+    ):
         r = client.post("/gradio_api/component_server", json={**call, "session_hash": "x", "data": []})
         assert r.status_code == 404, (call, r.text)
     r = client.post("/gradio_api/component_server", content=b"not json")
@@ -181,8 +199,13 @@ def test_files_served_are_dataset_images_only(site):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "SAMEORIGIN"
     data = site["data"]
-    for path in (data / "page.html", data / "cells" / "images" / "note.html", data / "cells" / "index.json",
-                 data / "cells" / "dataset.json", data / "cells" / "images" / ".." / "index.json"):
+    for path in (
+        data / "page.html",
+        data / "cells" / "images" / "note.html",
+        data / "cells" / "index.json",
+        data / "cells" / "dataset.json",
+        data / "cells" / "images" / ".." / "index.json",
+    ):
         assert client.get(f"/gradio_api/file={path}").status_code == 404, path
     assert client.get("/gradio_api/file=/etc/passwd").status_code == 403  # Gradio's own rule outside the roots
 
@@ -259,16 +282,22 @@ def test_paths_a_client_names_stay_inside_the_allowed_folders(site, tmp_path):
     (outside / "secret.png").write_bytes(_png(7))
     client = Client(site["url"], auth=(USER, PASSWORD), verbose=False)
     data, names = site["data"], ["primary", "secondary"]
-    images = [{"id": 1, "file_name": str(outside / "secret.png"), "height": 40, "width": 60},
-              {"id": 2, "file_name": "../../outside/secret.png", "height": 40, "width": 60}]
-    anns = [make_annotation(k, k, 1, {"primary": [[2, 2, 20, 2, 20, 20]], "secondary": []}, 40, 60, names)
-            for k in (1, 2)]
+    images = [
+        {"id": 1, "file_name": str(outside / "secret.png"), "height": 40, "width": 60},
+        {"id": 2, "file_name": "../../outside/secret.png", "height": 40, "width": 60},
+    ]
+    anns = [
+        make_annotation(k, k, 1, {"primary": [[2, 2, 20, 2, 20, 20]], "secondary": []}, 40, 60, names) for k in (1, 2)
+    ]
     write_multimask_json(data / "cells" / "evil.json", images, [{"id": 1, "name": "cell"}], anns, names)
     before = len(site["dataset"].images())
-    messages = [client.predict("cells", "multimask JSON", str(data / "cells" / "evil.json"), "", "", "",
-                               api_name="/import_data"),
-                client.predict("cells", str(outside), api_name="/add_folder")[0],
-                client.predict("cells", "../../../outside", 0.2, 0, False, False, api_name="/export_data")]
+    messages = [
+        client.predict(
+            "cells", "multimask JSON", str(data / "cells" / "evil.json"), "", "", "", api_name="/import_data"
+        ),
+        client.predict("cells", str(outside), api_name="/add_folder")[0],
+        client.predict("cells", "../../../outside", 0.2, 0, False, False, api_name="/export_data"),
+    ]
     assert "outside the folders this app may read" in messages[0] and "secret.png" in messages[0], messages[0]
     assert "outside the folders this app may read" in messages[1], messages[1]
     assert "plain folder name" in messages[2], messages[2]
@@ -307,8 +336,9 @@ def test_users_file_holds_hashes_only(tmp_path):
 
 
 def _launch(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "launch.py", *args], cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_launch_adds_users_and_refuses_the_network_without_them(tmp_path):
@@ -329,9 +359,24 @@ def test_launch_on_the_network_prints_a_reachable_url_and_warns_a_second_app(tmp
     from tests.conftest import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "launch.py", "--host", "0.0.0.0", "--port", str(port), "--data-root",
-                             str(data), "--runs-root", str(runs)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "launch.py",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--data-root",
+            str(data),
+            "--runs-root",
+            str(runs),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # the app prints its URL once it listens
         assert "multimask app running at http://" in line, (line, proc.stderr.read() if proc.poll() else "")

@@ -20,8 +20,13 @@ INNER = [20.0, 20.0, 30.0, 20.0, 30.0, 30.0, 20.0, 30.0]
 
 
 def _ann(ann_id, image_id, cat, primary, secondary):
-    return {"id": ann_id, "image_id": image_id, "category_id": cat, "iscrowd": 0,
-            "multimask": {"primary": primary, "secondary": secondary}}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cat,
+        "iscrowd": 0,
+        "multimask": {"primary": primary, "secondary": secondary},
+    }
 
 
 @pytest.fixture
@@ -30,13 +35,24 @@ def small_json(tmp_path) -> Path:
     (tmp_path / "images").mkdir()
     for i in range(4):
         cv2.imwrite(str(tmp_path / "images" / f"img{i}.png"), np.full((60, 80, 3), 40 * i, np.uint8))
-    anns = [_ann(1, 0, 5, [SQUARE], [INNER]), _ann(2, 0, 9, [INNER], []),
-            _ann(3, 1, 5, [SQUARE], []), _ann(4, 2, 5, [], [INNER]), _ann(5, 2, 9, [SQUARE], [INNER])]
+    anns = [
+        _ann(1, 0, 5, [SQUARE], [INNER]),
+        _ann(2, 0, 9, [INNER], []),
+        _ann(3, 1, 5, [SQUARE], []),
+        _ann(4, 2, 5, [], [INNER]),
+        _ann(5, 2, 9, [SQUARE], [INNER]),
+    ]
     path = tmp_path / "all.json"
-    path.write_text(json.dumps({
-        "mask_names": ["primary", "secondary"],
-        "images": [{"id": i, "file_name": f"images/img{i}.png", "height": 60, "width": 80} for i in range(4)],
-        "categories": [{"id": 9, "name": "fruit"}, {"id": 5, "name": "leaf"}], "annotations": anns}))
+    path.write_text(
+        json.dumps(
+            {
+                "mask_names": ["primary", "secondary"],
+                "images": [{"id": i, "file_name": f"images/img{i}.png", "height": 60, "width": 80} for i in range(4)],
+                "categories": [{"id": 9, "name": "fruit"}, {"id": 5, "name": "leaf"}],
+                "annotations": anns,
+            }
+        )
+    )
     return path
 
 
@@ -58,8 +74,17 @@ def test_stats_counts_classes_masks_and_empty_images(small_json, capsys):
     out = capsys.readouterr().out
     assert out.startswith(format_stats(stats))
     lines = out.splitlines()
-    assert lines[0].split() == ["class", "images", "instances", "primary", "no", "primary", "secondary", "no",
-                                "secondary"]
+    assert lines[0].split() == [
+        "class",
+        "images",
+        "instances",
+        "primary",
+        "no",
+        "primary",
+        "secondary",
+        "no",
+        "secondary",
+    ]
     assert lines[1].split() == ["leaf", "3", "3", "2", "1", "2", "1"]
     assert lines[2].split() == ["fruit", "2", "2", "2", "0", "1", "1"]
     assert lines[3].split() == ["all", "3", "5", "4", "1", "3", "2"]
@@ -81,17 +106,22 @@ def test_split_is_seeded_by_image_and_keeps_everything(synth_data, tmp_path, cap
         assert part_meta["thing_classes"] == meta["thing_classes"] and part_meta["mask_names"] == meta["mask_names"]
         for d in dicts:  # the same image file, and the same instances, masks and classes
             assert Path(d["file_name"]).resolve() == Path(by_id[d["image_id"]]["file_name"]).resolve()
-            assert [(a["category_id"], a["multimask"]) for a in d["annotations"]] == \
-                [(a["category_id"], a["multimask"]) for a in by_id[d["image_id"]]["annotations"]]
+            assert [(a["category_id"], a["multimask"]) for a in d["annotations"]] == [
+                (a["category_id"], a["multimask"]) for a in by_id[d["image_id"]]["annotations"]
+            ]
     raw = json.loads((tmp_path / "a" / "train.json").read_text())
     assert all(not Path(i["file_name"]).is_absolute() for i in raw["images"])
 
     n_val_instances = sum(len(by_id[i]["annotations"]) for i in ids["val"])
-    header, *rows = printed.splitlines()[1:len(meta["thing_classes"]) + 3]
+    header, *rows = printed.splitlines()[1 : len(meta["thing_classes"]) + 3]
     assert header.split() == ["class", "train", "images", "train", "instances", "val", "images", "val", "instances"]
-    assert rows[-1].split() == ["all", str(len(ids["train"])),
-                                str(sum(len(d["annotations"]) for d in source_dicts) - n_val_instances),
-                                str(len(ids["val"])), str(n_val_instances)]
+    assert rows[-1].split() == [
+        "all",
+        str(len(ids["train"])),
+        str(sum(len(d["annotations"]) for d in source_dicts) - n_val_instances),
+        str(len(ids["val"])),
+        str(n_val_instances),
+    ]
 
     again = split_dataset(src, tmp_path / "b", 0.25, 3)
     assert all(again.paths[s].read_bytes() == (tmp_path / "a" / f"{s}.json").read_bytes() for s in ("train", "val"))
@@ -101,11 +131,22 @@ def test_split_is_seeded_by_image_and_keeps_everything(synth_data, tmp_path, cap
 
 def test_split_of_an_app_export_is_the_apps_split(tmp_path):
     ds = LabelStore(tmp_path / "data").create("leaves", ["leaf", "fruit"])
-    ids = [ds.add_image_bytes(f"img{i}.png", cv2.imencode(".png", np.full((60, 80, 3), i, np.uint8))[1].tobytes())
-           ["id"] for i in range(11)]
+    ids = [
+        ds.add_image_bytes(f"img{i}.png", cv2.imencode(".png", np.full((60, 80, 3), i, np.uint8))[1].tobytes())["id"]
+        for i in range(11)
+    ]
     for k, image in enumerate(ids[:10]):
-        ds.save(image, 0, [{"id": "a", "class": ["leaf", "fruit"][k % 2],
-                            "masks": {"primary": [SQUARE], "secondary": [INNER] if k % 3 else []}}])
+        ds.save(
+            image,
+            0,
+            [
+                {
+                    "id": "a",
+                    "class": ["leaf", "fruit"][k % 2],
+                    "masks": {"primary": [SQUARE], "secondary": [INNER] if k % 3 else []},
+                }
+            ],
+        )
     # ids[10] is never labelled: the app leaves it out, so does the split of its export
     app = {s: {i["label_id"] for i in _images(p).values()} for s, p in ds.export(tmp_path / "app", 0.3, 7).items()}
     assert app["val"] == seeded_val_ids(ids[:10], 0.3, 7) and len(app["val"]) == 3
@@ -125,10 +166,12 @@ def test_bad_input_is_one_line_naming_the_file(small_json, tmp_path, capsys):
     broken.write_text("{not json")
     own = tmp_path / "train.json"  # a split into its own folder would overwrite it
     own.write_bytes(small_json.read_bytes())
-    cases = [(["split", str(broken), "--out", str(tmp_path / "o")], str(broken)),
-             (["stats", str(broken)], str(broken)),
-             (["split", str(small_json), "--val-fraction", "1", "--out", str(tmp_path / "o")], "val_fraction"),
-             (["split", str(own), "--out", str(tmp_path)], str(own))]
+    cases = [
+        (["split", str(broken), "--out", str(tmp_path / "o")], str(broken)),
+        (["stats", str(broken)], str(broken)),
+        (["split", str(small_json), "--val-fraction", "1", "--out", str(tmp_path / "o")], "val_fraction"),
+        (["split", str(own), "--out", str(tmp_path)], str(own)),
+    ]
     for argv, named in cases:
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -139,9 +182,11 @@ def test_bad_input_is_one_line_naming_the_file(small_json, tmp_path, capsys):
 
 def test_class_ap_table():
     nan = float("nan")
-    results = {"bbox": {"AP": 50.0, "AP-leaf": 61.234, "AP-fruit": nan},
-               "segm/primary": {"AP": 40.0, "AP-leaf": 40.0, "AP-fruit": nan},
-               "segm/secondary": {"AP": 10.0, "AP-leaf": 0.0, "AP-fruit": nan}}
+    results = {
+        "bbox": {"AP": 50.0, "AP-leaf": 61.234, "AP-fruit": nan},
+        "segm/primary": {"AP": 40.0, "AP-leaf": 40.0, "AP-fruit": nan},
+        "segm/secondary": {"AP": 10.0, "AP-leaf": 0.0, "AP-fruit": nan},
+    }
     lines = format_class_ap(results).splitlines()
     assert lines[0].split() == ["class", "bbox", "segm/primary", "segm/secondary"]
     assert lines[1].split() == ["leaf", "61.23", "40.00", "0.00"]

@@ -52,8 +52,12 @@ def fresh_states(monkeypatch):
 def _run_workers(script: str, args: list[list[str]], go: Path) -> list:
     """Start one Python process per argument list running `script`, let them start together (the go file), and
     return what each printed (JSON)."""
-    procs = [subprocess.Popen([sys.executable, "-c", script, *a], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for a in args]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *a], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for a in args
+    ]
     ready = [go.with_suffix(f".ready{k}") for k in range(len(args))]
     for k in range(len(procs)):  # each writes its ready file once its dataset is open
         _wait_for(lambda k=k: ready[k].exists() or procs[k].poll() is not None, 300, f"worker {k} to start")
@@ -89,7 +93,9 @@ while not Path(go).exists():  # both processes start together
     time.sleep(0.005)
 """
 
-SAVE_WORKER = WORKER_PRELUDE + """
+SAVE_WORKER = (
+    WORKER_PRELUDE
+    + """
 rounds, tag = int(sys.argv[5]), sys.argv[6]
 ids = [e["id"] for e in ds.images()]
 results = []
@@ -110,11 +116,15 @@ for t in threads:
     t.join()
 print(json.dumps(results))
 """
+)
 
-ADD_WORKER = WORKER_PRELUDE + """
+ADD_WORKER = (
+    WORKER_PRELUDE
+    + """
 added, errors = ds.add_images_from_folder(sys.argv[5], sys.argv[5])
 print(json.dumps([e["id"] for e in added] + errors))
 """
+)
 
 
 # ---------------------------------------------------------------- two processes on one data root
@@ -123,8 +133,9 @@ print(json.dumps([e["id"] for e in added] + errors))
 def test_two_processes_saving_from_the_same_revisions_never_both_succeed(ds, tmp_path):
     ids = [ds.add_image_bytes(f"im{k}.png", _png(k))["id"] for k in range(3)]
     rounds, go = 6, tmp_path / "go"
-    outs = _run_workers(SAVE_WORKER, [[str(ds.folder.parent), "leaves", str(go), str(k), str(rounds), f"p{k}"]
-                                      for k in range(2)], go)
+    outs = _run_workers(
+        SAVE_WORKER, [[str(ds.folder.parent), "leaves", str(go), str(k), str(rounds), f"p{k}"] for k in range(2)], go
+    )
     results = [r for out in outs for r in out]
     assert len(results) == 2 * 3 * rounds * len(ids)  # every attempt ended in a save or a ConflictError
     fresh = LabelStore(ds.folder.parent).open("leaves")
@@ -144,8 +155,9 @@ def test_two_processes_adding_images_keep_each_others_entries(ds, tmp_path):
         for j in range(12):
             (folder / f"p{k}_{j}.png").write_bytes(_png(100 * k + j))
     go = tmp_path / "go"
-    outs = _run_workers(ADD_WORKER, [[str(ds.folder.parent), "leaves", str(go), str(k), str(tmp_path / f"in{k}")]
-                                     for k in range(2)], go)
+    outs = _run_workers(
+        ADD_WORKER, [[str(ds.folder.parent), "leaves", str(go), str(k), str(tmp_path / f"in{k}")] for k in range(2)], go
+    )
     assert [len(out) for out in outs] == [12, 12]
     entries = json.loads((ds.folder / "index.json").read_text())["images"]
     assert sorted(e["id"] for e in entries) == sorted(outs[0] + outs[1])
@@ -162,8 +174,11 @@ def _crash_leftovers(ds) -> tuple[str, list[Path]]:
     ds.save(image_id, 0, [_inst()])
     doc = json.loads((ds.annotations_dir / f"{image_id}.json").read_text())
     (ds.annotations_dir / f"{image_id}.json").write_text(json.dumps({**doc, "revision": 2, "status": "done"}))
-    temps = [ds.folder / ".index.json.x1.tmp", ds.annotations_dir / f".{image_id}.json.x2.tmp",
-             ds.images_dir / ".b.png.x3.tmp"]
+    temps = [
+        ds.folder / ".index.json.x1.tmp",
+        ds.annotations_dir / f".{image_id}.json.x2.tmp",
+        ds.images_dir / ".b.png.x3.tmp",
+    ]
     for t in temps:
         t.write_bytes(b"half")
     return image_id, temps
@@ -200,8 +215,10 @@ def test_opening_waits_for_a_live_writer_before_removing_temp_files(ds, fresh_st
 def test_a_status_written_by_another_process_is_followed(ds):
     image_id = ds.add_image_bytes("a.png", _png(1))["id"]
     other = ds.add_image_bytes("b.png", _png(2))["id"]
-    script = ("import sys; from app.labeling.store import LabelStore; "
-              "LabelStore(sys.argv[1]).open('leaves').save(sys.argv[2], 0, [], status='done')")
+    script = (
+        "import sys; from app.labeling.store import LabelStore; "
+        "LabelStore(sys.argv[1]).open('leaves').save(sys.argv[2], 0, [], status='done')"
+    )
     subprocess.run([sys.executable, "-c", script, str(ds.folder.parent), other], cwd=REPO, check=True)
     ds.save(image_id, 0, [_inst()])  # writes index.json: must not bring back the other image's old status
     index = {e["id"]: e["status"] for e in json.loads((ds.folder / "index.json").read_text())["images"]}
@@ -250,8 +267,14 @@ def test_warnings_of_large_crossing_parts_are_bounded(ds):
     """Repairing a 1000-point random polygon takes minutes: the save lists 20 problems without repairing any."""
     image_id = ds.add_image_bytes("a.png", _png(1))["id"]
     rng = np.random.default_rng(0)
-    instances = [{"id": f"x{k}", "class": "leaf", "masks": {"primary": [rng.uniform(0, W, 2000).round(2).tolist()],
-                                                            "secondary": [list(TRIANGLE)]}} for k in range(30)]
+    instances = [
+        {
+            "id": f"x{k}",
+            "class": "leaf",
+            "masks": {"primary": [rng.uniform(0, W, 2000).round(2).tolist()], "secondary": [list(TRIANGLE)]},
+        }
+        for k in range(30)
+    ]
     warnings = ds.save(image_id, 0, instances)["warnings"]
     assert len(warnings) == store_module.MAX_WARNINGS + 1
     assert all("part 1 crosses itself: exports repair it" in w for w in warnings[:-1])
@@ -265,8 +288,12 @@ def test_fast_coordinate_checks_round_and_refuse_as_the_exact_ones():
     part += [rng.randint(0, 800) for _ in range(2000)]
     fast, exact = _part(part, 800, 800, "w"), _checked_values(part, 800, 800, "w")
     assert fast == exact and all(type(v) is float for v in fast)
-    for bad, match in ((800.6, r"point 2 is outside the image \(x = 800.6"), (float("nan"), "coordinate 2 is not "
-                       "finite"), (10**400, "not finite"), (True, "coordinate 2 is not a number")):
+    for bad, match in (
+        (800.6, r"point 2 is outside the image \(x = 800.6"),
+        (float("nan"), "coordinate 2 is not finite"),
+        (10**400, "not finite"),
+        (True, "coordinate 2 is not a number"),
+    ):
         with pytest.raises(PayloadError, match=match):
             _part([1.0, 2.0, bad, 4.0, 5.0, 6.0], 800, 800, "w")
 
@@ -277,9 +304,14 @@ def test_a_maximal_legal_payload_fits_the_request_size_limit():
     cls = "c" * 100
     per = MAX_TOTAL_POINTS // 1000
     rng = np.random.default_rng(0)
-    instances = [{"id": f"{k:040d}", "class": cls, "masks": {
-        "primary": [np.round(rng.uniform(10_000, 99_999, 2 * per), 2).tolist()], "secondary": []}}
-        for k in range(1000)]
+    instances = [
+        {
+            "id": f"{k:040d}",
+            "class": cls,
+            "masks": {"primary": [np.round(rng.uniform(10_000, 99_999, 2 * per), 2).tolist()], "secondary": []},
+        }
+        for k in range(1000)
+    ]
     body = json.dumps({"data": ["leaves", "0123456789ab", 123, instances, "in_progress"]}, separators=(",", ":"))
     assert len(body) < MAX_SAVE_BYTES
     kw = {"classes": [cls], "mask_names": NAMES, "width": width, "height": height}
@@ -341,10 +373,22 @@ def test_multimask_json_inside_the_data_root_cannot_reach_outside(view, tmp_path
 
 def test_coco_import_skips_images_outside_the_allowed_folders(view, tmp_path):
     names = ["ok.png", str(tmp_path / "outside" / "secret.png"), "../outside/secret2.png", "link.png"]
-    coco = {"images": [{"id": k, "file_name": n, "height": H, "width": W} for k, n in enumerate(names)],
-            "annotations": [{"id": k + 1, "image_id": k, "category_id": 1, "segmentation": [TRIANGLE],
-                             "iscrowd": 0, "bbox": [1, 1, 8, 8], "area": 32} for k in range(4)],
-            "categories": [{"id": 1, "name": "leaf"}]}
+    coco = {
+        "images": [{"id": k, "file_name": n, "height": H, "width": W} for k, n in enumerate(names)],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": k,
+                "category_id": 1,
+                "segmentation": [TRIANGLE],
+                "iscrowd": 0,
+                "bbox": [1, 1, 8, 8],
+                "area": 32,
+            }
+            for k in range(4)
+        ],
+        "categories": [{"id": 1, "name": "leaf"}],
+    }
     (tmp_path / "incoming" / "coco.json").write_text(json.dumps(coco))
     msg = view.import_data("leaves", "COCO", str(tmp_path / "incoming" / "coco.json"), "", "")
     _assert_only_ok_imported(view, tmp_path, msg)
@@ -355,10 +399,10 @@ def test_labelme_import_skips_images_outside_the_allowed_folders(view, tmp_path)
     lm.mkdir()
     names = ["../ok.png", str(tmp_path / "outside" / "secret.png"), "../../outside/secret2.png", "../link.png"]
     for k, name in enumerate(names):
-        shape = {"label": "leaf/primary", "points": [[1, 1], [9, 1], [9, 9]], "group_id": None,
-                 "shape_type": "polygon"}
-        (lm / f"f{k}.json").write_text(json.dumps({"shapes": [shape], "imagePath": name, "imageHeight": H,
-                                                   "imageWidth": W}))
+        shape = {"label": "leaf/primary", "points": [[1, 1], [9, 1], [9, 9]], "group_id": None, "shape_type": "polygon"}
+        (lm / f"f{k}.json").write_text(
+            json.dumps({"shapes": [shape], "imagePath": name, "imageHeight": H, "imageWidth": W})
+        )
     msg = view.import_data("leaves", "labelme folder", str(lm), "", "")
     _assert_only_ok_imported(view, tmp_path, msg)
 
@@ -417,5 +461,7 @@ def test_messages_name_files_relative_to_the_data_root(ds, tmp_path, fresh_state
     with pytest.raises(ValueError, match=r"^leaves/index.json: not valid JSON") as e:
         store.open("leaves")
     view = LabelView(tmp_path / "data", tmp_path / "runs")
-    assert view.open_dataset("leaves", "all", 1)[3] == "⚠️ leaves/index.json: not valid JSON (line 1, column 2: " \
-                                                       "Expecting property name enclosed in double quotes)"
+    assert (
+        view.open_dataset("leaves", "all", 1)[3] == "⚠️ leaves/index.json: not valid JSON (line 1, column 2: "
+        "Expecting property name enclosed in double quotes)"
+    )

@@ -59,8 +59,9 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for split in ("train", "val"):
         assert a[split].read_bytes() == b[split].read_bytes()
         assert a[split].read_bytes() != c[split].read_bytes()
-    assert [p.read_bytes() for p in sorted(a["images"].iterdir())] == \
-           [p.read_bytes() for p in sorted(b["images"].iterdir())]
+    assert [p.read_bytes() for p in sorted(a["images"].iterdir())] == [
+        p.read_bytes() for p in sorted(b["images"].iterdir())
+    ]
     # Each image has its own generator: more training images leave the validation split unchanged.
     d = generate_synthetic_dataset(tmp_path / "d", 5, 1, seed=5, height=H, width=W)
     assert d["val"].read_bytes() == a["val"].read_bytes()
@@ -85,8 +86,12 @@ def test_some_instances_overlap(synth):
         (ax, ay, aw, ah), (bx, by, bw, bh) = a["bbox"], b["bbox"]
         return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
 
-    overlaps = sum(intersects(a, b) for dicts, _ in loaded.values() for rec in dicts
-                   for a, b in itertools.combinations(rec["annotations"], 2))
+    overlaps = sum(
+        intersects(a, b)
+        for dicts, _ in loaded.values()
+        for rec in dicts
+        for a, b in itertools.combinations(rec["annotations"], 2)
+    )
     assert overlaps >= 2
 
 
@@ -143,19 +148,22 @@ def test_empty_splits_and_progress(tmp_path, capsys):
     assert len(load_multimask_json(paths["val"])[0]) == 1
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"num_train": -1}, "num_train"),
-    ({"num_val": 1.5}, "num_val"),
-    ({"num_train": True}, "num_train"),
-    ({"seed": -3}, "seed"),
-    ({"height": 32}, "height"),
-    ({"width": "320"}, "width"),
-    ({"mask_names": ()}, "mask_names"),
-    ({"mask_names": "primary"}, "mask_names"),
-    ({"mask_names": ("a", "a")}, "mask_names"),
-    ({"mask_names": ("a", "")}, "mask_names"),
-    ({"mask_names": ("a", "b", "c", "d")}, "mask_names"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"num_train": -1}, "num_train"),
+        ({"num_val": 1.5}, "num_val"),
+        ({"num_train": True}, "num_train"),
+        ({"seed": -3}, "seed"),
+        ({"height": 32}, "height"),
+        ({"width": "320"}, "width"),
+        ({"mask_names": ()}, "mask_names"),
+        ({"mask_names": "primary"}, "mask_names"),
+        ({"mask_names": ("a", "a")}, "mask_names"),
+        ({"mask_names": ("a", "")}, "mask_names"),
+        ({"mask_names": ("a", "b", "c", "d")}, "mask_names"),
+    ],
+)
 def test_bad_arguments_raise(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
         generate_synthetic_dataset(tmp_path, **kwargs)
@@ -180,8 +188,7 @@ def test_regimes_put_the_part_where_they_say(tmp_path, regime, low, high):
             continue
         part_area = mask_util.area(to_rle(part, h, w))
         _, _, bw, bh = ann["bbox"]  # XYWH, enclosing all its masks (the part lies inside the object)
-        whole = bw * bh if regime == "small-part" else \
-            mask_util.area(to_rle(ann["multimask"]["primary"], h, w))
+        whole = bw * bh if regime == "small-part" else mask_util.area(to_rle(ann["multimask"]["primary"], h, w))
         shares.append(part_area / whole)
     inside = np.mean([low <= s <= high for s in shares])
     assert len(shares) >= 30 and inside >= 0.85, (regime, len(shares), np.percentile(shares, [5, 50, 95]))

@@ -13,8 +13,17 @@ from tests.conftest import tiny_cfg
 def _cfg(synth_data, out, max_iter, **extra):
     register_multimask_dataset("synth_train", synth_data["train"])
     register_multimask_dataset("synth_val", synth_data["val"])
-    cfg = tiny_cfg(num_classes=3, **{"SOLVER.MAX_ITER": max_iter, "OUTPUT_DIR": str(out), "SEED": 1,
-                                      "DATASETS.TRAIN": ("synth_train",), "DATASETS.TEST": (), **extra})
+    cfg = tiny_cfg(
+        num_classes=3,
+        **{
+            "SOLVER.MAX_ITER": max_iter,
+            "OUTPUT_DIR": str(out),
+            "SEED": 1,
+            "DATASETS.TRAIN": ("synth_train",),
+            "DATASETS.TEST": (),
+            **extra,
+        },
+    )
     return cfg
 
 

@@ -17,8 +17,18 @@ from app.training.view import TrainView
 from multimask.config import get_multimask_cfg
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 
-FORM = {"dataset": "shapes", "start": "tiny", "iterations": 200, "batch_size": 2, "lr": 0.01, "image_size": 320,
-        "val_fraction": 0.2, "device": "cpu", "amp": False, "eval_period": 50}
+FORM = {
+    "dataset": "shapes",
+    "start": "tiny",
+    "iterations": 200,
+    "batch_size": 2,
+    "lr": 0.01,
+    "image_size": 320,
+    "val_fraction": 0.2,
+    "device": "cpu",
+    "amp": False,
+    "eval_period": 50,
+}
 
 
 @pytest.fixture
@@ -37,10 +47,14 @@ def _cli_run(runs_root: Path, name: str, metrics: int = 0, summary: bool = False
     run.mkdir(parents=True)
     cfg = get_multimask_cfg("tiny_cpu", ["SOLVER.MAX_ITER", 40, "SOLVER.IMS_PER_BATCH", 2, "MODEL.DEVICE", "cpu"])
     (run / "config.yaml").write_text(cfg.dump())
-    (run / "metrics.json").write_text("".join(json.dumps({"iteration": i, "total_loss": 1.0, "time": 0.5}) + "\n"
-                                              for i in range(metrics)))
-    (run / "run_info.json").write_text(json.dumps({"starts": [{"time": "2026-01-02T03:04:05+00:00"}],
-                                                   "data": {"train": {"path": "/data/leaves/train.json"}}}))
+    (run / "metrics.json").write_text(
+        "".join(json.dumps({"iteration": i, "total_loss": 1.0, "time": 0.5}) + "\n" for i in range(metrics))
+    )
+    (run / "run_info.json").write_text(
+        json.dumps(
+            {"starts": [{"time": "2026-01-02T03:04:05+00:00"}], "data": {"train": {"path": "/data/leaves/train.json"}}}
+        )
+    )
     if summary:
         (run / "summary.json").write_text(json.dumps({"iterations": 40, "max_iter": 40, "best": None}))
     return run
@@ -48,8 +62,9 @@ def _cli_run(runs_root: Path, name: str, metrics: int = 0, summary: bool = False
 
 def _job(service, run_name, script="pass", settings=None):
     argv = [sys.executable, "-c", script, "train"]
-    job = service.jobs.submit(argv, service.runs_root / run_name, "cpu", run_name=run_name, dataset="shapes",
-                              max_iter=10, settings=settings)
+    job = service.jobs.submit(
+        argv, service.runs_root / run_name, "cpu", run_name=run_name, dataset="shapes", max_iter=10, settings=settings
+    )
     return service.jobs.wait(job["id"], timeout=60)
 
 
@@ -131,7 +146,8 @@ def test_the_form_follows_the_starting_point_and_the_device(service):
 def test_an_evaluation_period_above_the_iterations_is_clamped_with_a_note():
     s = parse_settings({**FORM, "eval_period": 250}, runs=[])
     assert s.eval_period == 200 and s.notes == (
-        "evaluate every: 250 is more than the 200 iterations; set to 200 (one evaluation, at the end)",)
+        "evaluate every: 250 is more than the 200 iterations; set to 200 (one evaluation, at the end)",
+    )
     assert "notes" not in s.to_dict()
     assert TrainView.fit_eval_period(None, 200, 250)["value"] == 200
     assert TrainView.fit_eval_period(None, 200, 50) == {"__type__": "update"}
@@ -189,11 +205,16 @@ def test_a_local_weights_file_must_be_a_pth_or_pkl_inside_an_allowed_folder(tmp_
         s = parse_settings({**local, "weights_file": given}, runs=[], weights_roots=[root])
         assert s.weights_file == "runs/.weights/model_final_f10217.pkl" and s.weights_path == str(good.resolve())
         assert form.preset_for(s, {})[1] == str(good.resolve()) and "weights_path" not in s.to_dict()
-    for path, words in ((str(outside / "w.pth"), "outside the folders"), (str(root / "notes.txt"), "not a .pth"),
-                        (str(root / ".weights" / "escape.pth"), "outside the folders"),
-                        ("runs/.weights/escape.pth", "outside the folders"), ("../elsewhere/w.pth", "outside the"),
-                        (str(root / "missing.pth"), "no file"), ("", "give the path .* in `runs/`"),
-                        (str(root / ".weights" / ".." / ".." / "elsewhere" / "w.pth"), "outside the folders")):
+    for path, words in (
+        (str(outside / "w.pth"), "outside the folders"),
+        (str(root / "notes.txt"), "not a .pth"),
+        (str(root / ".weights" / "escape.pth"), "outside the folders"),
+        ("runs/.weights/escape.pth", "outside the folders"),
+        ("../elsewhere/w.pth", "outside the"),
+        (str(root / "missing.pth"), "no file"),
+        ("", "give the path .* in `runs/`"),
+        (str(root / ".weights" / ".." / ".." / "elsewhere" / "w.pth"), "outside the folders"),
+    ):
         with pytest.raises(FormError, match=f"^local weights file: .*{words}") as e:
             parse_settings({**local, "weights_file": path}, runs=[], weights_roots=[root])
         assert str(tmp_path) not in str(e.value).replace(path, ""), "only the path as given is named"
@@ -203,8 +224,7 @@ def test_starting_from_a_local_pkl_says_it_is_unpickled(service, monkeypatch):
     weights = service.runs_root / ".weights" / "model_final_f10217.pkl"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"x")
-    monkeypatch.setattr(service.jobs, "submit", lambda argv, *a, **k: {"state": "queued", "id": "x", "argv": argv,
-                                                                        **k})
+    monkeypatch.setattr(service.jobs, "submit", lambda argv, *a, **k: {"state": "queued", "id": "x", "argv": argv, **k})
     job, notes = service.start({**FORM, "start": "local", "weights_file": str(weights), "run_name": "local-run"})
     assert job["settings"]["weights_file"] == f"{service.runs_root.name}/.weights/model_final_f10217.pkl"
     argv = job["argv"]  # the training command: the job loads exactly that file
@@ -226,9 +246,11 @@ def test_offline_coco_weights_are_refused_in_the_form_naming_its_option(service,
 
 
 def test_a_job_that_could_not_download_its_weights_names_the_forms_option():
-    log = ("error: cannot download model weights 'detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/"
-           "137849600/model_final_f10217.pkl' (URLError: ...). Fetching them needs internet access; on an offline "
-           "machine download the file elsewhere and set MODEL.WEIGHTS to its local path, or ...")
+    log = (
+        "error: cannot download model weights 'detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/"
+        "137849600/model_final_f10217.pkl' (URLError: ...). Fetching them needs internet access; on an offline "
+        "machine download the file elsewhere and set MODEL.WEIGHTS to its local path, or ..."
+    )
     message = jobs.classify_failure(log)
     assert "download model_final_f10217.pkl" in message and "'Local weights file' under Starting point" in message
     assert "MODEL.WEIGHTS" not in message
@@ -249,23 +271,35 @@ def test_resume_needs_a_checkpoint(service):
 
 def test_selecting_a_run_fills_the_form_with_its_settings(service):
     view = TrainView(service)
-    settings = parse_settings({**FORM, "run_name": "recorded", "iterations": 77, "eval_period": 7,
-                               "best_metric": "segm/secondary/AP", "advanced": "SOLVER.MOMENTUM 0.8"}, runs=[])
+    settings = parse_settings(
+        {
+            **FORM,
+            "run_name": "recorded",
+            "iterations": 77,
+            "eval_period": 7,
+            "best_metric": "segm/secondary/AP",
+            "advanced": "SOLVER.MOMENTUM 0.8",
+        },
+        runs=[],
+    )
     _job(service, "recorded", settings=settings.to_dict())
     filled = dict(zip((f for f in form.FIELDS if f != "run_name"), view.fill_form("recorded")))
     assert filled["iterations"]["value"] == 77 and filled["eval_period"]["value"] == 7
     assert filled["dataset"]["value"] == "shapes" and filled["advanced"]["value"] == "SOLVER.MOMENTUM 0.8"
     assert filled["best_metric"]["value"] == "segm/secondary/AP"
     assert ("secondary mask AP", "segm/secondary/AP") in filled["best_metric"]["choices"]
-    assert view.on_dataset("shapes", "segm/secondary/AP")["value"] == "segm/secondary/AP", \
+    assert view.on_dataset("shapes", "segm/secondary/AP")["value"] == "segm/secondary/AP", (
         "the dataset's change event keeps the filled metric"
+    )
     _cli_run(service.runs_root, "cli-run")
     assert all(u == {"__type__": "update"} for u in view.fill_form("cli-run")), "no settings: unchanged"
 
 
 def test_a_graceful_stop_is_reported_in_completed_iterations_with_the_resume_button():
-    assert jobs.stopped_message("...\nstopped at iteration 27; resume with --resume\n") == \
-        "stopped after 28 iterations (checkpoint saved); press Resume to continue"
+    assert (
+        jobs.stopped_message("...\nstopped at iteration 27; resume with --resume\n")
+        == "stopped after 28 iterations (checkpoint saved); press Resume to continue"
+    )
     assert jobs.stopped_message("Traceback") is None
 
 
@@ -274,10 +308,18 @@ def test_the_final_evaluation_counts_as_after_the_last_iteration(tmp_path):
     rows = [{"iteration": 9, "bbox/AP": 1.0}, {"iteration": 19, "total_loss": 1.0}, {"iteration": 20, "bbox/AP": 2.0}]
     assert monitor.ap_points(rows, max_iter=20) == [(10, 1.0, "bbox"), (20, 2.0, "bbox")]
     (tmp_path / "eval_results.json").write_text(json.dumps({"bbox": {"AP": 2.0}}))
-    (tmp_path / "summary.json").write_text(json.dumps({"iterations": 20, "max_iter": 20, "best": {
-        "metric": "bbox/AP", "mode": "max", "value": 2.0, "iteration": 20}}))
-    assert monitor.evaluation(tmp_path, 20)[0].endswith("best bbox/AP 2.00 after 20 iterations: model_best.pth, "
-                                                        "used by Predict and Propose")
+    (tmp_path / "summary.json").write_text(
+        json.dumps(
+            {
+                "iterations": 20,
+                "max_iter": 20,
+                "best": {"metric": "bbox/AP", "mode": "max", "value": 2.0, "iteration": 20},
+            }
+        )
+    )
+    assert monitor.evaluation(tmp_path, 20)[0].endswith(
+        "best bbox/AP 2.00 after 20 iterations: model_best.pth, used by Predict and Propose"
+    )
 
 
 def test_the_progress_panel_and_run_selector_never_show_gradios_progress(service):
@@ -285,8 +327,7 @@ def test_the_progress_panel_and_run_selector_never_show_gradios_progress(service
     from app import build_app
 
     demo = build_app(service.store.root, service.runs_root)
-    ids = {c._id for c in demo.blocks.values() if getattr(c, "elem_id", None) in ("mm-train-progress",
-                                                                                 "mm-train-run")}
+    ids = {c._id for c in demo.blocks.values() if getattr(c, "elem_id", None) in ("mm-train-progress", "mm-train-run")}
     deps = [d for d in demo.config["dependencies"] if ids & set(d["outputs"])]
     assert len(ids) == 2 and len(deps) >= 8
     assert [d["show_progress"] for d in deps] == ["hidden"] * len(deps)

@@ -9,8 +9,16 @@ import pytest
 from app.training import form, monitor
 from app.training.form import FormError, parse_settings, resolve_device
 
-VALID = {"dataset": "shapes", "start": "tiny", "iterations": 40, "batch_size": 2, "lr": 0.01, "device": "cpu",
-         "amp": False, "eval_period": 20}
+VALID = {
+    "dataset": "shapes",
+    "start": "tiny",
+    "iterations": 40,
+    "batch_size": 2,
+    "lr": 0.01,
+    "device": "cpu",
+    "amp": False,
+    "eval_period": 20,
+}
 
 
 def _settings(**changes):
@@ -19,8 +27,15 @@ def _settings(**changes):
 
 def test_defaults_make_a_first_fine_tune():
     s = parse_settings({"dataset": "shapes"}, runs=[])
-    assert (s.start, s.iterations, s.batch_size, s.lr, s.schedule, s.device, s.amp) == \
-        ("coco", 1000, 4, 0.005, "step", "auto", True)
+    assert (s.start, s.iterations, s.batch_size, s.lr, s.schedule, s.device, s.amp) == (
+        "coco",
+        1000,
+        4,
+        0.005,
+        "step",
+        "auto",
+        True,
+    )
     assert (s.val_fraction, s.seed, s.eval_period, s.patience) == (0.2, 0, 250, 0)
 
 
@@ -29,16 +44,34 @@ def test_numbers_may_arrive_as_text_or_floats():
     assert (s.iterations, s.batch_size, s.lr, s.seed) == (40, 2, 0.02, 7)
 
 
-@pytest.mark.parametrize("field,value,words", [
-    ("iterations", 0, "iterations"), ("iterations", 1.5, "iterations"), ("iterations", True, "iterations"),
-    ("iterations", "ten", "iterations"), ("batch_size", None, "batch size"), ("lr", float("nan"), "lr"),
-    ("lr", 0, "lr"), ("lr", "inf", "lr"), ("image_size", 10, "image size"), ("val_fraction", 0.95, "val"),
-    ("device", "gpu", "device"), ("schedule", "poly", "schedule"), ("start", "run:missing", "starting point"),
-    ("start", "../../etc", "starting point"), ("run_name", "../escape", "run name"), ("run_name", 5, "run name"),
-    ("dataset", "", "dataset"), ("dataset", ["a"], "dataset"), ("amp", "yes", "mixed precision"),
-    ("eval_period", -1, "eval period"), ("best_metric", "segm/primary/AP; rm", "best metric"),
-    ("num_gpus", 3, "multiple of the number of GPUs"), ("advanced", 7, "advanced"),
-])
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("iterations", 0, "iterations"),
+        ("iterations", 1.5, "iterations"),
+        ("iterations", True, "iterations"),
+        ("iterations", "ten", "iterations"),
+        ("batch_size", None, "batch size"),
+        ("lr", float("nan"), "lr"),
+        ("lr", 0, "lr"),
+        ("lr", "inf", "lr"),
+        ("image_size", 10, "image size"),
+        ("val_fraction", 0.95, "val"),
+        ("device", "gpu", "device"),
+        ("schedule", "poly", "schedule"),
+        ("start", "run:missing", "starting point"),
+        ("start", "../../etc", "starting point"),
+        ("run_name", "../escape", "run name"),
+        ("run_name", 5, "run name"),
+        ("dataset", "", "dataset"),
+        ("dataset", ["a"], "dataset"),
+        ("amp", "yes", "mixed precision"),
+        ("eval_period", -1, "eval period"),
+        ("best_metric", "segm/primary/AP; rm", "best metric"),
+        ("num_gpus", 3, "multiple of the number of GPUs"),
+        ("advanced", 7, "advanced"),
+    ],
+)
 def test_bad_values_are_refused_with_the_field_named(field, value, words):
     with pytest.raises(FormError, match=words):
         _settings(**{field: value})
@@ -55,25 +88,40 @@ def test_starting_from_a_listed_run():
     assert _settings(start="run:old-run").start == "run:old-run"
 
 
-@pytest.mark.parametrize("text,words", [
-    ("OUTPUT_DIR /tmp/elsewhere", "set by the form"), ("DATASETS.TRAIN ('x',)", "set by the form"),
-    ("MODEL.WEIGHTS /etc/passwd", "set by the form"), ("SOLVER.AMP.ENABLED True", "set by the form"),
-    ("SOLVER.MAX_ITER 5000", "the form's 'iterations' field"), ("SOLVER.IMS_PER_BATCH 3", "'batch size' field"),
-    ("solver.base_lr 1", "line 1"), ("SOLVER.MOMENTUM", "line 1"), ("\n\nSOLVER.MOMENTUM 0.9\nbad", "line 4"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("OUTPUT_DIR /tmp/elsewhere", "set by the form"),
+        ("DATASETS.TRAIN ('x',)", "set by the form"),
+        ("MODEL.WEIGHTS /etc/passwd", "set by the form"),
+        ("SOLVER.AMP.ENABLED True", "set by the form"),
+        ("SOLVER.MAX_ITER 5000", "the form's 'iterations' field"),
+        ("SOLVER.IMS_PER_BATCH 3", "'batch size' field"),
+        ("solver.base_lr 1", "line 1"),
+        ("SOLVER.MOMENTUM", "line 1"),
+        ("\n\nSOLVER.MOMENTUM 0.9\nbad", "line 4"),
+    ],
+)
 def test_advanced_options_cannot_redirect_the_run(text, words):
     with pytest.raises(FormError, match=words):
         _settings(advanced=text)
 
 
 def test_advanced_options_are_parsed_in_order():
-    assert form.parse_advanced("# comment\nSOLVER.MOMENTUM 0.8\n\nMODEL.RPN.NMS_THRESH: 0.6\n") == \
-        ["SOLVER.MOMENTUM", "0.8", "MODEL.RPN.NMS_THRESH", "0.6"]
+    assert form.parse_advanced("# comment\nSOLVER.MOMENTUM 0.8\n\nMODEL.RPN.NMS_THRESH: 0.6\n") == [
+        "SOLVER.MOMENTUM",
+        "0.8",
+        "MODEL.RPN.NMS_THRESH",
+        "0.6",
+    ]
 
 
 def test_device_resolution():
-    assert resolve_device(_settings(device="auto", amp=True), gpu_count=0) == \
-        ("cpu", "cpu", ["mixed precision is off: it needs a CUDA GPU"])
+    assert resolve_device(_settings(device="auto", amp=True), gpu_count=0) == (
+        "cpu",
+        "cpu",
+        ["mixed precision is off: it needs a CUDA GPU"],
+    )
     assert resolve_device(_settings(device="auto"), gpu_count=1) == ("cuda", "cuda*1", [])
     assert resolve_device(_settings(device="cuda", num_gpus=2), gpu_count=2) == ("cuda", "cuda*2", [])
     with pytest.raises(FormError, match="choose device 'cpu'"):
@@ -89,8 +137,9 @@ def test_command_and_options(tmp_path):
 
     s = _settings(advanced="SOLVER.MOMENTUM 0.8", patience=2, best_metric="bbox/AP")
     config_file, weights = form.preset_for(s, {})
-    opts = form.training_options(s, get_multimask_cfg(config_file), "cpu", ["whole", "part", "core"], weights,
-                                 has_val=True)
+    opts = form.training_options(
+        s, get_multimask_cfg(config_file), "cpu", ["whole", "part", "core"], weights, has_val=True
+    )
     pairs = dict(zip(opts[::2], opts[1::2]))
     assert pairs["MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES"] == "['whole', 'part', 'core']"
     assert pairs["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK"] == "3"
@@ -129,8 +178,10 @@ def test_a_run_resumed_after_a_crash_shows_its_own_progress(tmp_path):
 
 
 def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp_path):
-    rows = [{"iteration": i, "total_loss": 2.0 - i / 10, "loss_mask_primary": 0.7, "lr": 0.01 * i, "time": 0.5}
-            for i in range(5)]
+    rows = [
+        {"iteration": i, "total_loss": 2.0 - i / 10, "loss_mask_primary": 0.7, "lr": 0.01 * i, "time": 0.5}
+        for i in range(5)
+    ]
     rows.insert(3, {"iteration": 2, "bbox/AP": 12.5, "segm/primary/AP": 10.0, "segm/primary/AP-disc": 20.0})
     rows.append({"iteration": 4, "bbox/AP": 99.0})  # then the run is resumed from a checkpoint at 2
     rows += [{"iteration": 3, "total_loss": 1.5, "time": 0.25}, {"iteration": 4, "total_loss": 1.4, "time": 0.25}]
@@ -160,12 +211,17 @@ def test_evaluation_prefers_the_final_results(tmp_path):
     (tmp_path / "eval_results.json").write_text(json.dumps(final))
     caption, results = monitor.evaluation(tmp_path)
     assert caption == "final evaluation" and results == final
-    summary = {"iterations": 60, "max_iter": 100, "early_stopped": True,
-               "best": {"metric": "segm/primary/AP", "mode": "max", "value": 41.234, "iteration": 39}}
+    summary = {
+        "iterations": 60,
+        "max_iter": 100,
+        "early_stopped": True,
+        "best": {"metric": "segm/primary/AP", "mode": "max", "value": 41.234, "iteration": 39},
+    }
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert monitor.evaluation(tmp_path)[0] == (
         "final evaluation; stopped early after 60 iterations, the results are the best evaluation's; "
-        "best segm/primary/AP 41.23 after 40 iterations: model_best.pth, used by Predict and Propose")
+        "best segm/primary/AP 41.23 after 40 iterations: model_best.pth, used by Predict and Propose"
+    )
     from app.training.view import eval_table
 
     table = eval_table(results).set_index("metric")
@@ -257,8 +313,17 @@ def test_a_run_starts_from_a_previous_runs_weights(tmp_path):
     torch.manual_seed(0)
 
     service = TrainingService(tmp_path / "datasets", tmp_path / "runs", gpus=0)
-    job, _ = service.start({**VALID, "run_name": "next", "start": "run:prev", "iterations": 2, "eval_period": 0,
-                            "val_fraction": 0.0, "image_size": 96})
+    job, _ = service.start(
+        {
+            **VALID,
+            "run_name": "next",
+            "start": "run:prev",
+            "iterations": 2,
+            "eval_period": 0,
+            "val_fraction": 0.0,
+            "image_size": 96,
+        }
+    )
     cmd = job["command"]
     assert cmd[cmd.index("--config-file") + 1] == str(prev.resolve() / "config.yaml")
     assert cmd[cmd.index("MODEL.WEIGHTS") + 1] == str(prev.resolve() / "model_final.pth")
@@ -288,8 +353,10 @@ def test_the_training_service_imports_without_gradio_or_pandas():
     """The GPU machine has neither: bench/train_job.py runs the real worker there through these modules."""
     import subprocess
 
-    code = ("import sys\nfor n in ('gradio', 'pandas'): sys.modules[n] = None\n"
-            "import app.training.service, app.training.monitor, app.labeling.store\nprint('ok')")
+    code = (
+        "import sys\nfor n in ('gradio', 'pandas'): sys.modules[n] = None\n"
+        "import app.training.service, app.training.monitor, app.labeling.store\nprint('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 

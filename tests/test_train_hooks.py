@@ -27,17 +27,33 @@ from multimask.engine.hooks import (
 from multimask.engine.run_record import RUN_INFO, record_start
 from tests.conftest import tiny_cfg
 
-SMALL = {"INPUT.MIN_SIZE_TRAIN": (128,), "INPUT.MAX_SIZE_TRAIN": 160, "INPUT.MIN_SIZE_TEST": 128,
-         "INPUT.MAX_SIZE_TEST": 160, "SOLVER.IMS_PER_BATCH": 1, "SOLVER.WARMUP_ITERS": 0,
-         "SOLVER.CHECKPOINT_PERIOD": 1000}
+SMALL = {
+    "INPUT.MIN_SIZE_TRAIN": (128,),
+    "INPUT.MAX_SIZE_TRAIN": 160,
+    "INPUT.MIN_SIZE_TEST": 128,
+    "INPUT.MAX_SIZE_TEST": 160,
+    "SOLVER.IMS_PER_BATCH": 1,
+    "SOLVER.WARMUP_ITERS": 0,
+    "SOLVER.CHECKPOINT_PERIOD": 1000,
+}
 
 
 def _cfg(synth_data, out, max_iter, **extra):
     register_multimask_dataset("synth_train", synth_data["train"])
     register_multimask_dataset("synth_val", synth_data["val"])
-    return tiny_cfg(num_classes=3, **{"SOLVER.MAX_ITER": max_iter, "OUTPUT_DIR": str(out), "SEED": 1,
-                                      "DATASETS.TRAIN": ("synth_train",), "DATASETS.TEST": ("synth_val",),
-                                      "TEST.EVAL_PERIOD": 1, **SMALL, **extra})
+    return tiny_cfg(
+        num_classes=3,
+        **{
+            "SOLVER.MAX_ITER": max_iter,
+            "OUTPUT_DIR": str(out),
+            "SEED": 1,
+            "DATASETS.TRAIN": ("synth_train",),
+            "DATASETS.TEST": ("synth_val",),
+            "TEST.EVAL_PERIOD": 1,
+            **SMALL,
+            **extra,
+        },
+    )
 
 
 def _scripted(values: list[float], seen_summary: list | None = None) -> type:
@@ -78,8 +94,9 @@ def _iteration(path) -> int:
 def test_metric_tracker_counts_evaluations_without_improvement():
     t = MetricTracker("max")
     assert t.update(2.0, 0) and (t.best, t.best_iter, t.stale) == (2.0, 0, 0)
-    assert t.update(2.0, 1) and (t.best, t.best_iter, t.stale) == (2.0, 1, 1), \
+    assert t.update(2.0, 1) and (t.best, t.best_iter, t.stale) == (2.0, 1, 1), (
         "an equal value moves the best to its later iteration, but is no improvement"
+    )
     assert not t.update(float("nan"), 2) and not t.update(None, 3) and t.stale == 3
     assert t.update(2.5, 4) and (t.best, t.best_iter, t.stale) == (2.5, 4, 0)
     t = MetricTracker("min")
@@ -92,8 +109,12 @@ def test_metric_tracker_counts_evaluations_without_improvement():
 
 def _fake_trainer(max_iter=100):
     saved = []
-    trainer = SimpleNamespace(iter=0, max_iter=max_iter, storage=EventStorage(),
-                              checkpointer=SimpleNamespace(save=lambda name, **kw: saved.append((name, kw))))
+    trainer = SimpleNamespace(
+        iter=0,
+        max_iter=max_iter,
+        storage=EventStorage(),
+        checkpointer=SimpleNamespace(save=lambda name, **kw: saved.append((name, kw))),
+    )
     return trainer, saved
 
 
@@ -115,8 +136,9 @@ def test_early_stopping_raises_after_patience_evaluations_without_improvement():
     assert hook.tracker.stale == 1 and not saved
     with pytest.raises(EarlyStopped) as e:
         _step(hook, 7, 4.0)
-    assert str(e.value) == ("early stopping at iteration 7: bbox/AP did not improve for 2 evaluations; "
-                            "best 5 at iteration 5")
+    assert str(e.value) == (
+        "early stopping at iteration 7: bbox/AP did not improve for 2 evaluations; best 5 at iteration 5"
+    )
     assert e.value.iteration == 7 and saved == [("model_final", {"iteration": 7})]
 
 
@@ -164,14 +186,18 @@ def test_saving_model_best_leaves_last_checkpoint_alone(tmp_path):
 
 
 def test_hooks_order_and_when_they_are_added(synth_data, tmp_path):
-    cfg = _cfg(synth_data, tmp_path, 4, **{"TEST.EVAL_PERIOD": 2, "MULTIMASK.EARLY_STOP_PATIENCE": 3,
-                                            "MULTIMASK.WRITE_PERIOD": 3})
+    cfg = _cfg(
+        synth_data,
+        tmp_path,
+        4,
+        **{"TEST.EVAL_PERIOD": 2, "MULTIMASK.EARLY_STOP_PATIENCE": 3, "MULTIMASK.WRITE_PERIOD": 3},
+    )
     hooks = MultiMaskTrainer(cfg)._hooks
     types = [type(h) for h in hooks]
     assert hooks[types.index(d2hooks.PeriodicWriter)]._period == 3
     i = types.index(d2hooks.EvalHook)
     assert types[i - 1] is GracefulStop, "a stop does not wait for an evaluation"
-    assert types[i + 1:i + 3] == [BestCheckpointer, EarlyStopping]
+    assert types[i + 1 : i + 3] == [BestCheckpointer, EarlyStopping]
     assert types.index(d2hooks.PeriodicWriter) > i + 2
     assert GPUMemory not in types, "the model is on the CPU"
     cfg = _cfg(synth_data, tmp_path, 4, **{"TEST.EVAL_PERIOD": 0, "MULTIMASK.EARLY_STOP_PATIENCE": 3})
@@ -224,8 +250,9 @@ class _Records(logging.Handler):
 def test_early_stop_with_real_evaluation_keeps_the_best_checkpoint(synth_data, tmp_path):
     # LR 0: the weights never change, so every evaluation equals the first: no improvement after it, but the
     # best checkpoint follows the ties to the latest evaluation
-    cfg = _cfg(synth_data, tmp_path, 20, **{"SOLVER.BASE_LR": 0.0, "TEST.EVAL_PERIOD": 2,
-                                            "MULTIMASK.EARLY_STOP_PATIENCE": 1})
+    cfg = _cfg(
+        synth_data, tmp_path, 20, **{"SOLVER.BASE_LR": 0.0, "TEST.EVAL_PERIOD": 2, "MULTIMASK.EARLY_STOP_PATIENCE": 1}
+    )
     log, logger = _Records(), logging.getLogger("multimask.engine.trainer")
     level = logger.level
     logger.addHandler(log)
@@ -237,9 +264,18 @@ def test_early_stop_with_real_evaluation_keeps_the_best_checkpoint(synth_data, t
         logger.setLevel(level)
     summary = _json(tmp_path / "summary.json")
     results = _json(tmp_path / "eval_results.json")
-    assert summary == {"iterations": 4, "max_iter": 20, "early_stopped": True,
-                       "best": {"metric": "segm/primary/AP", "mode": "max", "value": results["segm/primary"]["AP"],
-                                "iteration": 3, "checkpoint": "model_best.pth"}}
+    assert summary == {
+        "iterations": 4,
+        "max_iter": 20,
+        "early_stopped": True,
+        "best": {
+            "metric": "segm/primary/AP",
+            "mode": "max",
+            "value": results["segm/primary"]["AP"],
+            "iteration": 3,
+            "checkpoint": "model_best.pth",
+        },
+    }
     assert [e["iteration"] for e in _json(tmp_path / "evaluations.json")] == [1, 3]
     assert set(results) == {"bbox", "segm/primary", "segm/secondary"}
     assert _iteration(tmp_path / "model_best.pth") == 3
@@ -247,8 +283,10 @@ def test_early_stop_with_real_evaluation_keeps_the_best_checkpoint(synth_data, t
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth", "model_best is not a resume point"
     assert run_weights(tmp_path) == tmp_path / "model_best.pth"
     value = results["segm/primary"]["AP"]
-    assert log.messages[-1] == (f"early stopping at iteration 3: segm/primary/AP did not improve for 1 "
-                                f"evaluations; best {value:.4g} at iteration 3")
+    assert log.messages[-1] == (
+        f"early stopping at iteration 3: segm/primary/AP did not improve for 1 "
+        f"evaluations; best {value:.4g} at iteration 3"
+    )
     rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert rows and not any("max_mem_mb" in r for r in rows), "no GPU memory on the CPU"
 
@@ -257,8 +295,11 @@ def test_summary_after_a_normal_end_and_min_mode(synth_data, tmp_path):
     cfg = _cfg(synth_data, tmp_path, 3, **{"MULTIMASK.BEST_METRIC": "bbox/AP", "MULTIMASK.BEST_MODE": "min"})
     _train(_scripted([5.0, 3.0, 4.0]), cfg)  # evaluations after iterations 0, 1 and 2 (the final one)
     assert _json(tmp_path / "summary.json") == {
-        "iterations": 3, "max_iter": 3, "early_stopped": False,
-        "best": {"metric": "bbox/AP", "mode": "min", "value": 3.0, "iteration": 1, "checkpoint": "model_best.pth"}}
+        "iterations": 3,
+        "max_iter": 3,
+        "early_stopped": False,
+        "best": {"metric": "bbox/AP", "mode": "min", "value": 3.0, "iteration": 1, "checkpoint": "model_best.pth"},
+    }
     assert _json(tmp_path / "eval_results.json")["bbox"] == {"AP": 4.0, "AP50": 14.0}, "the final evaluation"
     assert _iteration(tmp_path / "model_best.pth") == 1
 
@@ -312,15 +353,21 @@ def test_resume_is_refused_when_the_training_json_changed(tmp_path):
     run = tmp_path / "run"
     record_start(run, {"train": data, "val": None}, seed=7, resume=False, argv=["x"])
     info = _json(run / RUN_INFO)
-    assert info["data"] == {"train": {"path": str(data), "sha256": hashlib.sha256(b'{"a": 1}').hexdigest(),
-                                      "copy": "data/train.json"}}
+    assert info["data"] == {
+        "train": {"path": str(data), "sha256": hashlib.sha256(b'{"a": 1}').hexdigest(), "copy": "data/train.json"}
+    }
     assert (run / "data/train.json").read_bytes() == data.read_bytes()
     record_start(run, {"train": data, "val": None}, seed=8, resume=True, argv=["y"])
     assert [(s["resume"], s["seed"], s["argv"]) for s in _json(run / RUN_INFO)["starts"]] == [
-        (False, 7, ["x"]), (True, 8, ["y"])]
+        (False, 7, ["x"]),
+        (True, 8, ["y"]),
+    ]
     data.write_text('{"a": 2}')
-    with pytest.raises(ValueError, match=r"train.json: the train JSON changed since this run started .*start a new "
-                                         r"run or restore it"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.json: the train JSON changed since this run started .*start a new "
+        r"run or restore it",
+    ):
         record_start(run, {"train": data, "val": None}, seed=9, resume=True, argv=["z"])
     assert (run / "data/train.json").read_text() == '{"a": 1}', "the frozen copy is kept"
     assert len(_json(run / RUN_INFO)["starts"]) == 2
@@ -336,8 +383,19 @@ def test_a_training_start_trains_on_frozen_copies_and_resume_checks_them(synth_d
     train = tmp_path / "train.json"  # its image file names are relative to the synthetic set's folder
     train.write_bytes(synth_data["train"].read_bytes())
     run = tmp_path / "run"
-    argv = ["train", "--config-file", "tiny_cpu", "--train-json", str(train), "--val-json", str(synth_data["val"]),
-            "--image-root", str(synth_data["images"].parent), "--output-dir", str(run)]
+    argv = [
+        "train",
+        "--config-file",
+        "tiny_cpu",
+        "--train-json",
+        str(train),
+        "--val-json",
+        str(synth_data["val"]),
+        "--image-root",
+        str(synth_data["images"].parent),
+        "--output-dir",
+        str(run),
+    ]
     cfg = training_config(build_parser().parse_args([*argv, "MODEL.DEVICE", "cpu"]))
     info = _json(run / RUN_INFO)
     assert cfg.SEED >= 0 and info["seed"] == cfg.SEED, "a concrete seed, recorded"
@@ -345,12 +403,25 @@ def test_a_training_start_trains_on_frozen_copies_and_resume_checks_them(synth_d
         meta = MetadataCatalog.get(name)
         assert meta.json_file == str(run / "data" / f"{kind}.json")
         assert (run / "data" / f"{kind}.json").read_bytes() == src.read_bytes()
-        assert info["data"][kind] == {"path": str(src.resolve()), "copy": f"data/{kind}.json",
-                                      "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+        assert info["data"][kind] == {
+            "path": str(src.resolve()),
+            "copy": f"data/{kind}.json",
+            "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        }
     assert DatasetCatalog.get(TRAIN_NAME)[0]["file_name"].startswith(str(synth_data["images"].resolve()))
     versions = info["versions"]
-    assert {"python", "torch", "torchvision", "detectron2", "multimask", "numpy", "opencv", "pycocotools",
-            "cuda", "gpus"} <= set(versions)
+    assert {
+        "python",
+        "torch",
+        "torchvision",
+        "detectron2",
+        "multimask",
+        "numpy",
+        "opencv",
+        "pycocotools",
+        "cuda",
+        "gpus",
+    } <= set(versions)
     assert versions["multimask"] and versions["opencv"] and versions["pycocotools"]
 
     edited = json.loads(train.read_text())
@@ -374,8 +445,13 @@ def _stop_together_worker(out_dir: str) -> None:
 
     saved = []
     hook = GracefulStop()
-    hook.trainer = SimpleNamespace(iter=0, max_iter=10, checkpointer=SimpleNamespace(
-        save=lambda name, iteration: saved.append(name) if comm.is_main_process() else None))
+    hook.trainer = SimpleNamespace(
+        iter=0,
+        max_iter=10,
+        checkpointer=SimpleNamespace(
+            save=lambda name, iteration: saved.append(name) if comm.is_main_process() else None
+        ),
+    )
     outcome = "finished"
     try:
         for it in range(10):

@@ -34,13 +34,34 @@ def _external_run(runs_root, name):
     run = runs_root / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(get_multimask_cfg("tiny_cpu", ["SOLVER.MAX_ITER", 100]).dump())
-    rows = [{"iteration": i, "total_loss": 3.0 - i / 50, "lr": 0.01, "time": 0.5,
-             **{f"loss_{s}": 0.1 * k + 0.1 for k, s in enumerate(HEAD_SERIES)}} for i in range(100)]
+    rows = [
+        {
+            "iteration": i,
+            "total_loss": 3.0 - i / 50,
+            "lr": 0.01,
+            "time": 0.5,
+            **{f"loss_{s}": 0.1 * k + 0.1 for k, s in enumerate(HEAD_SERIES)},
+        }
+        for i in range(100)
+    ]
     (run / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tasks = ["bbox", *(f"segm/{m}" for m in MASKS)]
-    (run / "eval_results.json").write_text(json.dumps(
-        {t: {"AP": 10.0, "AP50": 20.0, "AP75": 5.0, "APs": 1.0, "APm": 2.0, "APl": 3.0,
-             **{f"AP-{c}": 12.5 for c in MANY_CLASSES}} for t in tasks}))
+    (run / "eval_results.json").write_text(
+        json.dumps(
+            {
+                t: {
+                    "AP": 10.0,
+                    "AP50": 20.0,
+                    "AP75": 5.0,
+                    "APs": 1.0,
+                    "APm": 2.0,
+                    "APl": 3.0,
+                    **{f"AP-{c}": 12.5 for c in MANY_CLASSES},
+                }
+                for t in tasks
+            }
+        )
+    )
     (run / "summary.json").write_text(json.dumps({"iterations": 100, "max_iter": 100, "best": None}))
     (run / "log.txt").write_text("".join(f"log line {i}\n" for i in range(300)))
 
@@ -53,10 +74,19 @@ def app(tmp_path_factory):
     runs = base / "runs"
     _external_run(runs, "cli-many")
     manager = JobManager(runs / ".jobs", runs, require_module=None)  # a job of this app that failed at once
-    settings = parse_settings({"dataset": "shapes", "start": "tiny", "iterations": 77, "eval_period": 7,
-                               "device": "cpu", "amp": False}, runs=[]).to_dict()
-    job = manager.submit([sys.executable, "-c", "import sys; sys.exit(1)", "train"], runs / "crashed", "cpu",
-                         run_name="crashed", dataset="shapes", max_iter=77, settings=settings)
+    settings = parse_settings(
+        {"dataset": "shapes", "start": "tiny", "iterations": 77, "eval_period": 7, "device": "cpu", "amp": False},
+        runs=[],
+    ).to_dict()
+    job = manager.submit(
+        [sys.executable, "-c", "import sys; sys.exit(1)", "train"],
+        runs / "crashed",
+        "cpu",
+        run_name="crashed",
+        dataset="shapes",
+        max_iter=77,
+        settings=settings,
+    )
     assert manager.wait(job["id"], timeout=120)["state"] == "failed"
     demo = build_app(base / "datasets", runs)
     server = serve_app(demo)
@@ -80,8 +110,12 @@ def _choose_run(page, name):
 
 
 def _inside(inner, outer) -> bool:
-    return outer["x"] - 1 <= inner["x"] and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 1 \
-        and outer["y"] - 1 <= inner["y"] and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 1
+    return (
+        outer["x"] - 1 <= inner["x"]
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 1
+        and outer["y"] - 1 <= inner["y"]
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 1
+    )
 
 
 def test_a_cli_run_shows_every_loss_series_ap_column_and_the_end_of_its_log(page):
@@ -102,8 +136,9 @@ def test_a_cli_run_shows_every_loss_series_ap_column_and_the_end_of_its_log(page
         assert _inside(headers.nth(i).bounding_box(), box), f"column {headers.nth(i).inner_text()} is cut off"
     log = page.locator("#mm-train-log pre")
     log.get_by_text("log line 299").wait_for(timeout=WAIT_MS)
-    page.wait_for_function("(el) => el.scrollTop + el.clientHeight >= el.scrollHeight - 2", arg=log.element_handle(),
-                           timeout=WAIT_MS)  # scrolled to its end: the last line is in view
+    page.wait_for_function(
+        "(el) => el.scrollTop + el.clientHeight >= el.scrollHeight - 2", arg=log.element_handle(), timeout=WAIT_MS
+    )  # scrolled to its end: the last line is in view
     _screenshot(page, "train_page_cli_run", full_page=True)
 
 
@@ -120,8 +155,7 @@ def test_disabled_buttons_look_disabled(page):
 
 def test_after_a_reload_the_form_shows_the_selected_runs_settings(page):
     assert page.locator("#mm-train-run input").input_value() == "crashed", "the newest run is shown first"
-    page.wait_for_function("() => document.querySelector('#mm-train-iterations input').value === '77'",
-                           timeout=WAIT_MS)
+    page.wait_for_function("() => document.querySelector('#mm-train-iterations input').value === '77'", timeout=WAIT_MS)
     assert page.locator("#mm-train-eval-period input").input_value() == "7"
 
 
@@ -130,8 +164,9 @@ def test_the_starting_point_sets_the_fields_and_the_estimate_follows(page):
     estimate.get_by_text("tiny model").wait_for(timeout=WAIT_MS)
     page.locator("#mm-train-start-point input").click()
     page.get_by_role("option", name="COCO Mask R-CNN", exact=False).click()
-    page.wait_for_function("() => document.querySelector('#mm-train-image-size input').value === '512'",
-                           timeout=WAIT_MS)  # R50-FPN on the CPU
+    page.wait_for_function(
+        "() => document.querySelector('#mm-train-image-size input').value === '512'", timeout=WAIT_MS
+    )  # R50-FPN on the CPU
     estimate.get_by_text("R50-FPN on the CPU takes seconds per image").wait_for(timeout=WAIT_MS)
     assert page.locator("#mm-train-iterations input").input_value() == "200"
     assert page.locator("#mm-train-eval-period input").input_value() == "50"
@@ -139,8 +174,9 @@ def test_the_starting_point_sets_the_fields_and_the_estimate_follows(page):
     iterations.fill("20")
     iterations.press("Enter")
     page.get_by_text("is more than the 20 iterations; set to 20").first.wait_for(timeout=WAIT_MS)  # a toast
-    page.wait_for_function("() => document.querySelector('#mm-train-eval-period input').value === '20'",
-                           timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('#mm-train-eval-period input').value === '20'", timeout=WAIT_MS
+    )
     estimate.get_by_text("20 iterations of 2 images at 512 px").wait_for(timeout=WAIT_MS)
     _screenshot(page, "train_page_estimate")
 

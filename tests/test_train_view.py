@@ -18,17 +18,37 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE, RECORD, RUNS, EVAL = 0, 8, 9, 6  # positions in /train_status's outputs (see build_train_tab)
-TINY = {"start": "tiny", "batch_size": 2, "lr": 0.01, "image_size": 128, "device": "cpu", "amp": False,
-        "val_fraction": 0.25, "seed": 0, "patience": 0, "best_metric": "segm/primary/AP", "advanced": "",
-        "schedule": "step", "num_gpus": 1}
+TINY = {
+    "start": "tiny",
+    "batch_size": 2,
+    "lr": 0.01,
+    "image_size": 128,
+    "device": "cpu",
+    "amp": False,
+    "val_fraction": 0.25,
+    "seed": 0,
+    "patience": 0,
+    "best_metric": "segm/primary/AP",
+    "advanced": "",
+    "schedule": "step",
+    "num_gpus": 1,
+}
 
 
 class App:
     """`python launch.py` in its own process, restartable on the same folders and port."""
 
     def __init__(self, data_root: Path, runs_root: Path):
-        self.args = [sys.executable, "launch.py", "--data-root", str(data_root), "--runs-root", str(runs_root),
-                     "--port", str(free_port())]
+        self.args = [
+            sys.executable,
+            "launch.py",
+            "--data-root",
+            str(data_root),
+            "--runs-root",
+            str(runs_root),
+            "--port",
+            str(free_port()),
+        ]
         self.url = f"http://127.0.0.1:{self.args[-1]}/"
         self.proc = None
 
@@ -159,8 +179,9 @@ def test_queued_jobs_run_one_after_the_other(app):
 
 
 def test_form_errors_reach_the_page(app):
-    message, _ = app.call("/train_start", **{**TINY, "dataset": "shapes", "run_name": "../x", "iterations": 5,
-                                             "eval_period": 0})
+    message, _ = app.call(
+        "/train_start", **{**TINY, "dataset": "shapes", "run_name": "../x", "iterations": 5, "eval_period": 0}
+    )
     assert message.startswith("⚠️ run name")
     with pytest.raises(AppError, match="nope is not in the list of choices"):  # Gradio's own check
         app.call("/train_start", **{**TINY, "dataset": "nope", "run_name": "", "iterations": 5, "eval_period": 0})
@@ -180,8 +201,9 @@ def test_the_loss_plot_appears_and_updates(app, browser):
         page.get_by_role("tab", name="Train").click()
         # The page shows the running run, and keeps it: opening the tab once sent back the run it saw before the
         # page load had chosen (an older one), so the page followed that run and seemed stalled (_choices_keeping).
-        page.wait_for_function("() => document.querySelector('#mm-train-run input').value === 'watched'",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelector('#mm-train-run input').value === 'watched'", timeout=60_000
+        )
         progress = page.locator(".mm-train-progress")
         progress.wait_for(timeout=30_000)
         plot = page.locator("#mm-loss-plot canvas, #mm-loss-plot svg").first
@@ -192,9 +214,11 @@ def test_the_loss_plot_appears_and_updates(app, browser):
         while time.time() < deadline and int(progress.get_attribute("data-iteration")) < first_it + 5:
             time.sleep(2.5)
         shown = int(progress.get_attribute("data-iteration"))
-        assert shown >= first_it + 5, f"the page's progress stayed at {shown} (first {first_it}) for 150 s; " \
-            f"the run's own record says {app.status('watched')[0]['progress']['iteration']}; the page shows run " \
+        assert shown >= first_it + 5, (
+            f"the page's progress stayed at {shown} (first {first_it}) for 150 s; "
+            f"the run's own record says {app.status('watched')[0]['progress']['iteration']}; the page shows run "
             f"{_page_run(page)!r} ({progress.inner_text()[:120]!r})"
+        )
         assert _page_run(page) == "watched"
         time.sleep(2.5)  # one more tick of the page's timer
         assert page.locator("#mm-loss-plot").screenshot() != first_png, "the loss plot did not change"
@@ -240,5 +264,6 @@ def test_the_app_names_an_upload_that_is_not_an_image(app, tmp_path):
     bad = tmp_path / "photo.png"
     bad.write_bytes(b"not an image")
     overlay, _, status = app.client.predict(None, handle_file(str(bad)), 0.5, [], api_name="/predict")
-    assert overlay is None and status == ("⚠️ The upload is not a readable image: 'photo.png' is text, not an image. "
-                                          "Use PNG, JPEG, BMP, TIFF or WebP.")
+    assert overlay is None and status == (
+        "⚠️ The upload is not a readable image: 'photo.png' is text, not an image. Use PNG, JPEG, BMP, TIFF or WebP."
+    )

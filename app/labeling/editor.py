@@ -115,11 +115,23 @@ def palette(n: int) -> list[list[int]]:
     return [[int(round(float(c) * 255)) for c in instance_color(i)] for i in range(max(int(n), 0))]
 
 
-def editor_document_dict(*, dataset: str, image_id: str, image_url: str, width: int, height: int,
-                         classes: Sequence[str], mask_names: Sequence[str] = DEFAULT_MASK_NAMES,
-                         instances: Sequence[Mapping[str, Any]] = (), revision: int = 0,
-                         status: str = "unlabelled", rules: Mapping[str, Any] | None = None, position: int = 0,
-                         count: int = 1, file_name: str | None = None) -> dict[str, Any]:
+def editor_document_dict(
+    *,
+    dataset: str,
+    image_id: str,
+    image_url: str,
+    width: int,
+    height: int,
+    classes: Sequence[str],
+    mask_names: Sequence[str] = DEFAULT_MASK_NAMES,
+    instances: Sequence[Mapping[str, Any]] = (),
+    revision: int = 0,
+    status: str = "unlabelled",
+    rules: Mapping[str, Any] | None = None,
+    position: int = 0,
+    count: int = 1,
+    file_name: str | None = None,
+) -> dict[str, Any]:
     """The editor document as a dict (what `load_image` returns); see `editor_document`."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -130,15 +142,24 @@ def editor_document_dict(*, dataset: str, image_id: str, image_url: str, width: 
     rules = dict(rules or {})
     rules.setdefault("secondary_inside_primary", False)
     return {
-        "dataset": str(dataset), "image_id": str(image_id), "image_url": str(image_url),
-        "width": int(width), "height": int(height),
-        "classes": [str(c) for c in classes], "mask_names": [str(m) for m in mask_names],
-        "rules": {"secondary_inside_primary": bool(rules["secondary_inside_primary"]),
-                  **{k: v for k, v in rules.items() if k != "secondary_inside_primary"}},
-        "revision": int(revision), "status": status,
+        "dataset": str(dataset),
+        "image_id": str(image_id),
+        "image_url": str(image_url),
+        "width": int(width),
+        "height": int(height),
+        "classes": [str(c) for c in classes],
+        "mask_names": [str(m) for m in mask_names],
+        "rules": {
+            "secondary_inside_primary": bool(rules["secondary_inside_primary"]),
+            **{k: v for k, v in rules.items() if k != "secondary_inside_primary"},
+        },
+        "revision": int(revision),
+        "status": status,
         "instances": [dict(inst) for inst in instances],
         "palette": palette(PALETTE_SIZE),
-        "position": int(position), "count": int(count), "file_name": str(file_name or image_id),
+        "position": int(position),
+        "count": int(count),
+        "file_name": str(file_name or image_id),
     }
 
 
@@ -207,8 +228,9 @@ def _spread_arguments(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def make_editor(server_functions: Sequence[Callable[..., Any]], *, elem_id: str = "mm-editor",
-                value: str = "", **kwargs: Any) -> gr.HTML:
+def make_editor(
+    server_functions: Sequence[Callable[..., Any]], *, elem_id: str = "mm-editor", value: str = "", **kwargs: Any
+) -> gr.HTML:
     """The polygon editor: a `gr.HTML` whose value is an editor document (JSON string, "" = nothing loaded).
 
     `server_functions` are plain Python functions named save_annotations, load_image, copy_previous and

@@ -42,8 +42,15 @@ def is_valid_instance_id(value: Any) -> bool:
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
-def validate_instances(instances: Any, *, classes: Sequence[str], mask_names: Sequence[str], width: int,
-                       height: int, dropped: list[str] | None = None) -> list[dict]:
+def validate_instances(
+    instances: Any,
+    *,
+    classes: Sequence[str],
+    mask_names: Sequence[str],
+    width: int,
+    height: int,
+    dropped: list[str] | None = None,
+) -> list[dict]:
     """A checked, normalised copy of `instances`, or PayloadError naming the first problem.
 
     Checks: a list of at most MAX_INSTANCES dicts with exactly the keys id/class/masks; ids safe and unique;
@@ -83,8 +90,7 @@ def validate_instances(instances: Any, *, classes: Sequence[str], mask_names: Se
             raise PayloadError(f"{where}: unknown class {_short(cls)} (classes: {sorted(known_classes)})")
         masks = inst["masks"]
         if not isinstance(masks, dict):
-            raise PayloadError(f"{where}: masks must be an object {{mask name: polygons}}, "
-                               f"got {type(masks).__name__}")
+            raise PayloadError(f"{where}: masks must be an object {{mask name: polygons}}, got {type(masks).__name__}")
         unknown = [k for k in masks if k not in names]
         if unknown:
             raise PayloadError(f"{where}: unknown mask name {_short(unknown[0])} (mask names: {names})")
@@ -110,8 +116,7 @@ def validate_instances(instances: Any, *, classes: Sequence[str], mask_names: Se
 
 def _part(part: Any, width: int, height: int, where: str) -> list[float]:
     if not isinstance(part, (list, tuple)):
-        raise PayloadError(f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...], "
-                           f"got {type(part).__name__}")
+        raise PayloadError(f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...], got {type(part).__name__}")
     n = len(part)
     if n % 2:
         raise PayloadError(f"{where}: odd number of coordinates ({n})")
@@ -156,8 +161,9 @@ def _checked_values(part: list | tuple, width: int, height: int, where: str) -> 
         limit = width if k % 2 == 0 else height
         if not -TOLERANCE <= f <= limit + TOLERANCE:
             axis = "x" if k % 2 == 0 else "y"
-            raise PayloadError(f"{where}: point {k // 2 + 1} is outside the image ({axis} = {f:g}, "
-                               f"image is {width}x{height})")
+            raise PayloadError(
+                f"{where}: point {k // 2 + 1} is outside the image ({axis} = {f:g}, image is {width}x{height})"
+            )
         out.append(round(min(max(f, 0.0), float(limit)), DECIMALS))
     return out
 

@@ -103,8 +103,13 @@ WRITTEN_FOLDERS = ("images", "annotations", "thumbs")  # receive writes: a link 
 HEAD_RE = re.compile(rb'\{"revision": (\d+), "status": "(unlabelled|in_progress|done)"')  # how `save` starts a file
 # Image formats taken in (those of multimask.cli.IMAGE_SUFFIXES), with their suffixes; the first is the default.
 BROWSER_UNSUPPORTED = (".tif", ".tiff")  # accepted, but browsers cannot display them
-FORMAT_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"),
-                   "WEBP": (".webp",)}
+FORMAT_SUFFIXES = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg"),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+    "WEBP": (".webp",),
+}
 
 
 class DuplicateImageError(ValueError):
@@ -115,16 +120,20 @@ class ConflictError(RuntimeError):
     """A save whose base revision is not the stored one: the image was changed elsewhere."""
 
     def __init__(self, image_id: str, current: int, base: int):
-        super().__init__(f"image {image_id!r} was changed elsewhere (e.g. in another tab): it is now at revision "
-                         f"{current}, this edit started from revision {base}. Reload the image; nothing was saved.")
+        super().__init__(
+            f"image {image_id!r} was changed elsewhere (e.g. in another tab): it is now at revision "
+            f"{current}, this edit started from revision {base}. Reload the image; nothing was saved."
+        )
         self.image_id, self.current_revision, self.base_revision = image_id, current, base
 
 
 def check_dataset_name(name: Any) -> str:
     """`name` if it is a safe dataset folder name, else ValueError saying what is allowed."""
     if not isinstance(name, str) or name in (".", "..") or DATASET_NAME_RE.fullmatch(name) is None:
-        raise ValueError(f"invalid dataset name {name!r}: use 1 to 64 letters, digits, '_', '.' or '-', "
-                         "starting with a letter or digit (no paths)")
+        raise ValueError(
+            f"invalid dataset name {name!r}: use 1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (no paths)"
+        )
     return name
 
 
@@ -134,8 +143,7 @@ def check_class_name(name: Any) -> str:
         raise ValueError(f"a class name must be non-empty text, got {name!r}")
     name = name.strip()
     if len(name) > MAX_CLASS_NAME or any(not c.isprintable() for c in name):
-        raise ValueError(f"invalid class name {name[:MAX_CLASS_NAME]!r}: at most {MAX_CLASS_NAME} printable "
-                         "characters")
+        raise ValueError(f"invalid class name {name[:MAX_CLASS_NAME]!r}: at most {MAX_CLASS_NAME} printable characters")
     return name
 
 
@@ -183,11 +191,18 @@ class LabelStore:
         """Names of the labelling datasets (folders holding a dataset.json), sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if DATASET_NAME_RE.fullmatch(p.name)
-                      and (p / "dataset.json").is_file() and p.resolve().parent == self.root)
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if DATASET_NAME_RE.fullmatch(p.name) and (p / "dataset.json").is_file() and p.resolve().parent == self.root
+        )
 
-    def create(self, name: str, classes: Sequence[str], mask_names: Sequence[str] = ("primary", "secondary"),
-               ) -> LabelDataset:
+    def create(
+        self,
+        name: str,
+        classes: Sequence[str],
+        mask_names: Sequence[str] = ("primary", "secondary"),
+    ) -> LabelDataset:
         """A new, empty dataset; ValueError for a bad or taken name, bad classes or bad mask names."""
         name = check_dataset_name(name)
         if isinstance(classes, str):
@@ -198,8 +213,10 @@ class LabelStore:
         names = list(mask_names)
         bad = [n for n in names if not is_valid_mask_name(n) or "\n" in n]
         if bad or not names:
-            raise ValueError(f"mask names {bad or names} are not valid (letters, digits and '_', not starting "
-                             "with a digit; at least one)")
+            raise ValueError(
+                f"mask names {bad or names} are not valid (letters, digits and '_', not starting "
+                "with a digit; at least one)"
+            )
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate mask names in {names}")
         folder = self.root / name
@@ -211,8 +228,11 @@ class LabelStore:
         (folder / "images").mkdir()
         (folder / "annotations").mkdir()
         atomic_write_json(folder / "index.json", {"images": []})
-        atomic_write_json(folder / "dataset.json", {"name": name, "classes": classes, "mask_names": names,
-                                                    "rules": dict(DEFAULT_RULES), "created": _now()}, indent=2)
+        atomic_write_json(
+            folder / "dataset.json",
+            {"name": name, "classes": classes, "mask_names": names, "rules": dict(DEFAULT_RULES), "created": _now()},
+            indent=2,
+        )
         return LabelDataset(folder)
 
     def open(self, name: str) -> LabelDataset:
@@ -254,8 +274,12 @@ class LabelDataset:
     def meta(self) -> dict:
         """{"name", "classes", "mask_names", "rules"} (a copy)."""
         m = self._state.meta
-        return {"name": self.name, "classes": list(m["classes"]), "mask_names": list(m["mask_names"]),
-                "rules": dict(m["rules"])}
+        return {
+            "name": self.name,
+            "classes": list(m["classes"]),
+            "mask_names": list(m["mask_names"]),
+            "rules": dict(m["rules"]),
+        }
 
     @property
     def classes(self) -> list[str]:
@@ -274,16 +298,19 @@ class LabelDataset:
         """Path of the image file of `image_id` (inside images/); ValueError for an unknown id."""
         path = (self.images_dir / self._entry(image_id)["file_name"]).resolve()
         if path.parent != self.images_dir:
-            raise DatasetError(f"{self._shown(self.folder / 'index.json')}: image {image_id!r} points outside "
-                               "images/")
+            raise DatasetError(f"{self._shown(self.folder / 'index.json')}: image {image_id!r} points outside images/")
         return path
 
     def load(self, image_id: str) -> dict:
         """{"image_id", "revision", "status", "instances"}: revision 0 and no instances when never saved."""
         entry = self._entry(image_id)
         doc = self._read_annotations(image_id)
-        return {"image_id": image_id, "revision": doc["revision"], "status": doc.get("status", entry["status"]),
-                "instances": doc["instances"]}
+        return {
+            "image_id": image_id,
+            "revision": doc["revision"],
+            "status": doc.get("status", entry["status"]),
+            "instances": doc["instances"],
+        }
 
     def next_image(self, image_id: str | None, direction: str = "next") -> str | None:
         """The id of the image after ("next") or before ("prev") `image_id` in index order, or None at the end.
@@ -334,8 +361,13 @@ class LabelDataset:
             while new_id in used:
                 new_id = secrets.token_hex(4)
             used.add(new_id)
-            out.append({"id": new_id, "class": inst["class"], "masks": {n: [list(p) for p in parts]
-                                                                        for n, parts in masks.items()}})
+            out.append(
+                {
+                    "id": new_id,
+                    "class": inst["class"],
+                    "masks": {n: [list(p) for p in parts] for n, parts in masks.items()},
+                }
+            )
         return out
 
     # ----- images --------------------------------------------------------------------------------------------
@@ -423,20 +455,32 @@ class LabelDataset:
             raise PayloadError(f"base_revision must be a non-negative integer, got {base_revision!r}")
         dropped: list[str] = []
         entry, names = self._entry(image_id), self.mask_names
-        clean = validate_instances(instances, classes=self.classes, mask_names=names, width=entry["width"],
-                                   height=entry["height"], dropped=dropped)
+        clean = validate_instances(
+            instances,
+            classes=self.classes,
+            mask_names=names,
+            width=entry["width"],
+            height=entry["height"],
+            dropped=dropped,
+        )
         body = orjson.dumps(clean)  # about 5x faster than json for large payloads
         with self._locked():
             entry, meta = self._entry(image_id), self._state.meta
             if not {inst["class"] for inst in clean} <= set(meta["classes"]):  # renamed meanwhile: raises,
-                validate_instances(instances, classes=meta["classes"], mask_names=names,  # naming the class
-                                   width=entry["width"], height=entry["height"])
+                validate_instances(
+                    instances,
+                    classes=meta["classes"],
+                    mask_names=names,  # naming the class
+                    width=entry["width"],
+                    height=entry["height"],
+                )
             current, old = self._head(image_id)
             if current != base_revision:
                 raise ConflictError(image_id, current, base_revision)
             old = old or entry["status"]
-            new = status or ("in_progress" if clean and old == "unlabelled"
-                             else "unlabelled" if not clean and old != "done" else old)
+            new = status or (
+                "in_progress" if clean and old == "unlabelled" else "unlabelled" if not clean and old != "done" else old
+            )
             if new == "in_progress" and not clean:  # every instance deleted: nothing is in progress
                 new = "unlabelled"
             revision = base_revision + 1
@@ -445,8 +489,11 @@ class LabelDataset:
                 self._set_status(entry, new)
             rules = dict(meta["rules"])
         positions = {inst["id"]: k for k, inst in enumerate(instances)}  # ids checked unique above
-        return {"revision": revision, "status": new,
-                "warnings": dropped + _geometry_warnings(clean, names, rules, positions)}
+        return {
+            "revision": revision,
+            "status": new,
+            "warnings": dropped + _geometry_warnings(clean, names, rules, positions),
+        }
 
     # ----- classes -------------------------------------------------------------------------------------------
 
@@ -487,8 +534,14 @@ class LabelDataset:
 
     # ----- export --------------------------------------------------------------------------------------------
 
-    def export(self, out_dir: str | Path, val_fraction: float = 0.2, seed: int = 0, only_done: bool = False,
-               report: Report | None = None) -> dict[str, Path]:
+    def export(
+        self,
+        out_dir: str | Path,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        only_done: bool = False,
+        report: Report | None = None,
+    ) -> dict[str, Path]:
         """Write `train.json` and `val.json` (multimask COCO format) to `out_dir`; returns their paths.
 
         Exported images: those with instances, and those marked "done" without any (checked negatives);
@@ -525,32 +578,52 @@ class LabelDataset:
                     continue
                 h, w = e["height"], e["width"]
                 image_num = len(images) + 1
-                images.append({"id": image_num, "file_name": os.path.relpath(self.image_path(e["id"]), out_dir),
-                               "height": h, "width": w, "label_id": e["id"]})
+                images.append(
+                    {
+                        "id": image_num,
+                        "file_name": os.path.relpath(self.image_path(e["id"]), out_dir),
+                        "height": h,
+                        "width": w,
+                        "label_id": e["id"],
+                    }
+                )
                 for k, inst in enumerate(instances):
                     where = f"{self.name} image {e['id']} instance {k} (id {inst['id']!r})"
                     if inst["class"] not in cat_ids:
                         report.add("skipped annotations", where, f"unknown class {inst['class']!r}")
                         continue
-                    masks = {n: clean_polygons(inst["masks"].get(n, []), h, w, f"{where} mask '{n}'", report)
-                             for n in names}
+                    masks = {
+                        n: clean_polygons(inst["masks"].get(n, []), h, w, f"{where} mask '{n}'", report) for n in names
+                    }
                     if not any(masks.values()):
                         report.add("skipped annotations", where, "no usable mask")
                         continue
-                    anns.append(make_annotation(len(anns) + 1, image_num, cat_ids[inst["class"]], masks, h, w,
-                                                names))
+                    anns.append(make_annotation(len(anns) + 1, image_num, cat_ids[inst["class"]], masks, h, w, names))
             paths[split] = out_dir / f"{split}.json"
-            write_multimask_json(paths[split], images, categories, anns, names,
-                                 info={"description": f"exported from labelling dataset {self.name} ({split})",
-                                       "seed": seed, "val_fraction": val_fraction})
+            write_multimask_json(
+                paths[split],
+                images,
+                categories,
+                anns,
+                names,
+                info={
+                    "description": f"exported from labelling dataset {self.name} ({split})",
+                    "seed": seed,
+                    "val_fraction": val_fraction,
+                },
+            )
         if report:
             logger.warning("%s export: %s", self.name, report.summary())
         return paths
 
     # ----- import --------------------------------------------------------------------------------------------
 
-    def import_multimask(self, json_file: str | Path, image_root: str | Path | None = None,
-                         allowed_roots: Sequence[str | Path] | None = None) -> Report:
+    def import_multimask(
+        self,
+        json_file: str | Path,
+        image_root: str | Path | None = None,
+        allowed_roots: Sequence[str | Path] | None = None,
+    ) -> Report:
         """Add the images and instances of a multimask JSON (see datasets/README.md).
 
         Its mask names must be this dataset's (any order), else ValueError naming both lists. Images go
@@ -563,37 +636,61 @@ class LabelDataset:
         report = Report()
         dicts, meta = load_multimask_json(json_file, image_root, report=report, check_images=False)
         if set(meta["mask_names"]) != set(self.mask_names):
-            raise ValueError(f"{json_file}: its mask names {meta['mask_names']} differ from this dataset's "
-                             f"{self.mask_names}")
+            raise ValueError(
+                f"{json_file}: its mask names {meta['mask_names']} differ from this dataset's {self.mask_names}"
+            )
         self._import_dicts(dicts, meta["thing_classes"], str(json_file), report, allowed_roots)
         return report
 
-    def import_coco_fields(self, json_file: str | Path, field_map: MapPairs, image_root: str | Path | None = None,
-                           drop_classes: Sequence[str] = (), allowed_roots: Sequence[str | Path] | None = None,
-                           ) -> ImportReport:
+    def import_coco_fields(
+        self,
+        json_file: str | Path,
+        field_map: MapPairs,
+        image_root: str | Path | None = None,
+        drop_classes: Sequence[str] = (),
+        allowed_roots: Sequence[str | Path] | None = None,
+    ) -> ImportReport:
         """Add a COCO JSON keeping each mask in its own field (`field_map`: fields -> mask names, see
         `multimask.data.convert.import_coco_fields`). Mask names must be this dataset's (ValueError naming
         both lists otherwise); a dataset mask name no field maps to stays empty. Images are looked up under
         `image_root`, by default the JSON's folder. As `import_multimask` otherwise; returns the import report.
         """
         self._check_targets(build_map(field_map, "field map", allow_class=False).mask_names, "field map")
-        return self._import_converted(json_file, lambda out, report: convert.import_coco_fields(
-            json_file, out, field_map, image_root=image_root, drop_classes=drop_classes,
-            report=report), allowed_roots)
+        return self._import_converted(
+            json_file,
+            lambda out, report: convert.import_coco_fields(
+                json_file, out, field_map, image_root=image_root, drop_classes=drop_classes, report=report
+            ),
+            allowed_roots,
+        )
 
-    def import_coco(self, json_file: str | Path, mask_name: str | None = None, image_root: str | Path | None = None,
-                    drop_classes: Sequence[str] = (), allowed_roots: Sequence[str | Path] | None = None,
-                    ) -> ImportReport:
+    def import_coco(
+        self,
+        json_file: str | Path,
+        mask_name: str | None = None,
+        image_root: str | Path | None = None,
+        drop_classes: Sequence[str] = (),
+        allowed_roots: Sequence[str | Path] | None = None,
+    ) -> ImportReport:
         """Add a plain COCO JSON: each `segmentation` becomes mask `mask_name` (default: this dataset's first).
         As `import_coco_fields` otherwise."""
         name = mask_name or self.mask_names[0]
         self._check_targets([name], "mask name")
-        return self._import_converted(json_file, lambda out, report: convert.import_coco(
-            json_file, out, name, image_root=image_root, drop_classes=drop_classes, report=report), allowed_roots)
+        return self._import_converted(
+            json_file,
+            lambda out, report: convert.import_coco(
+                json_file, out, name, image_root=image_root, drop_classes=drop_classes, report=report
+            ),
+            allowed_roots,
+        )
 
-    def import_labelme(self, folder: str | Path, label_map: MapPairs | None = None,
-                       default_class: str | None = None, allowed_roots: Sequence[str | Path] | None = None,
-                       ) -> ImportReport:
+    def import_labelme(
+        self,
+        folder: str | Path,
+        label_map: MapPairs | None = None,
+        default_class: str | None = None,
+        allowed_roots: Sequence[str | Path] | None = None,
+    ) -> ImportReport:
         """Add a folder of labelme JSON files (see `multimask.data.convert.import_labelme`).
 
         The mask names that `label_map` maps to must be this dataset's (ValueError naming both lists
@@ -603,12 +700,20 @@ class LabelDataset:
         """
         if label_map is not None:
             self._check_targets(build_map(label_map, "label map").mask_names, "label map")
-        return self._import_converted(folder, lambda out, report: convert.import_labelme(
-            folder, out, label_map, default_class=default_class, mask_names=self.mask_names, report=report),
-            allowed_roots)
+        return self._import_converted(
+            folder,
+            lambda out, report: convert.import_labelme(
+                folder, out, label_map, default_class=default_class, mask_names=self.mask_names, report=report
+            ),
+            allowed_roots,
+        )
 
-    def _import_converted(self, source: str | Path, convert_to: Callable[[Path, ImportReport], Any],
-                          allowed_roots: Sequence[str | Path] | None) -> ImportReport:
+    def _import_converted(
+        self,
+        source: str | Path,
+        convert_to: Callable[[Path, ImportReport], Any],
+        allowed_roots: Sequence[str | Path] | None,
+    ) -> ImportReport:
         """Convert `source` into a temporary multimask JSON (its images resolve from there), then add it."""
         report = ImportReport()
         with tempfile.TemporaryDirectory(prefix="multimask-import-") as tmp:
@@ -652,7 +757,7 @@ class LabelDataset:
         if token == self._state.token and self._state.signature == self._signature():
             return
         state = self._state
-        pending = state.index[len(state.index) - state.unflushed:] if state.unflushed else []
+        pending = state.index[len(state.index) - state.unflushed :] if state.unflushed else []
         self._reload()
         kept = [e for e in pending if e["id"] not in state.pos]
         if kept:
@@ -682,8 +787,12 @@ class LabelDataset:
         if read:  # written again even when nothing changed: the next process reads no file
             self._flush_index()
         if fixed:
-            logger.warning("%s: status of %d image(s) taken from their annotations after an interrupted save: %s",
-                           self.name, len(fixed), ", ".join(fixed[:10]))
+            logger.warning(
+                "%s: status of %d image(s) taken from their annotations after an interrupted save: %s",
+                self.name,
+                len(fixed),
+                ", ".join(fixed[:10]),
+            )
         self._state.reconciled = True
 
     def _head(self, image_id: str) -> tuple[int, str | None]:
@@ -715,8 +824,11 @@ class LabelDataset:
         """Read dataset.json and index.json into the shared state (caller holds the lock)."""
         meta = self._read(self.folder / "dataset.json")
         where = self._shown(self.folder / "dataset.json")
-        if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list) \
-                or not all(isinstance(c, str) for c in meta["classes"]):
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("classes"), list)
+            or not all(isinstance(c, str) for c in meta["classes"])
+        ):
             raise DatasetError(f"{where}: needs a 'classes' list of names")
         names = meta.get("mask_names")
         if not isinstance(names, list) or not names or not all(is_valid_mask_name(n) for n in names):
@@ -727,11 +839,19 @@ class LabelDataset:
         if not isinstance(index, dict) or not isinstance(index.get("images"), list):
             raise DatasetError(f"{where}: needs an 'images' list")
         for i, e in enumerate(index["images"]):
-            if not (isinstance(e, dict) and isinstance(e.get("id"), str) and IMAGE_ID_RE.fullmatch(e["id"])
-                    and isinstance(e.get("file_name"), str) and e.get("status") in STATUSES
-                    and isinstance(e.get("width"), int) and isinstance(e.get("height"), int)):
-                raise DatasetError(f"{where} images[{i}]: needs a safe 'id', 'file_name', integer 'width' and "
-                                   f"'height', and a status among {STATUSES}")
+            if not (
+                isinstance(e, dict)
+                and isinstance(e.get("id"), str)
+                and IMAGE_ID_RE.fullmatch(e["id"])
+                and isinstance(e.get("file_name"), str)
+                and e.get("status") in STATUSES
+                and isinstance(e.get("width"), int)
+                and isinstance(e.get("height"), int)
+            ):
+                raise DatasetError(
+                    f"{where} images[{i}]: needs a safe 'id', 'file_name', integer 'width' and "
+                    f"'height', and a status among {STATUSES}"
+                )
         self._state.meta, self._state.index = meta, index["images"]
         self._state.reindex()
         self._state.unflushed = 0
@@ -764,8 +884,9 @@ class LabelDataset:
         if not path.is_file():
             return {"revision": 0, "instances": []}
         doc = self._read(path)
-        if not (isinstance(doc, dict) and isinstance(doc.get("revision"), int)
-                and isinstance(doc.get("instances"), list)):
+        if not (
+            isinstance(doc, dict) and isinstance(doc.get("revision"), int) and isinstance(doc.get("instances"), list)
+        ):
             raise DatasetError(f"{self._shown(path)}: needs an integer 'revision' and an 'instances' list")
         return doc
 
@@ -816,8 +937,14 @@ class LabelDataset:
             n += 1
             name = f"{stem}_{n}{suffix}"
         atomic_write_bytes(self.images_dir / name, data)
-        entry = {"id": self._new_image_id(), "file_name": name, "width": width, "height": height,
-                 "status": "unlabelled", "sha256": digest}
+        entry = {
+            "id": self._new_image_id(),
+            "file_name": name,
+            "width": width,
+            "height": height,
+            "status": "unlabelled",
+            "sha256": digest,
+        }
         self._state.index.append(entry)
         self._state.digests[digest] = name
         self._state.pos[entry["id"]] = len(self._state.index) - 1
@@ -846,8 +973,9 @@ class LabelDataset:
         self._state.unflushed = max(0, self._state.unflushed - 1)
         (self.images_dir / entry["file_name"]).unlink(missing_ok=True)
 
-    def _add_many(self, items: Iterable[tuple[str, Callable[[], bytes], Any]],
-                  after: Callable[[dict, Any], None] | None = None) -> Iterator[tuple[str, dict | str]]:
+    def _add_many(
+        self, items: Iterable[tuple[str, Callable[[], bytes], Any]], after: Callable[[dict, Any], None] | None = None
+    ) -> Iterator[tuple[str, dict | str]]:
         """Add images one by one (checked outside the lock), rewriting index.json every FLUSH_EVERY images.
 
         `items` are (filename, read the bytes, extra); `after(entry, extra)` runs under the lock once the
@@ -878,15 +1006,22 @@ class LabelDataset:
                 if self._state.unflushed:
                     self._flush_index()
 
-
     def _check_targets(self, targets: list, what: str) -> None:
         unknown = [t for t in targets if t not in self.mask_names]
         if unknown:
-            raise ValueError(f"{what} maps to mask names {list(dict.fromkeys(targets))}; this dataset's mask names "
-                             f"are {self.mask_names} ({unknown} unknown)")
+            raise ValueError(
+                f"{what} maps to mask names {list(dict.fromkeys(targets))}; this dataset's mask names "
+                f"are {self.mask_names} ({unknown} unknown)"
+            )
 
-    def _import_dicts(self, dicts: list[dict], classes: list[str], source: str, report: Report,
-                      allowed_roots: Sequence[str | Path] | None = None) -> None:
+    def _import_dicts(
+        self,
+        dicts: list[dict],
+        classes: list[str],
+        source: str,
+        report: Report,
+        allowed_roots: Sequence[str | Path] | None = None,
+    ) -> None:
         """Copy the images of loaded dataset dicts in and write their instances (see `import_multimask`)."""
         roots = None if allowed_roots is None else [Path(r).resolve() for r in allowed_roots]
         names = self.mask_names
@@ -915,14 +1050,20 @@ class LabelDataset:
         def write(entry: dict, extra: tuple[str, list[dict]]) -> None:
             where, instances = extra
             try:
-                instances = validate_instances(instances, classes=self._state.meta["classes"], mask_names=names,
-                                               width=entry["width"], height=entry["height"])
+                instances = validate_instances(
+                    instances,
+                    classes=self._state.meta["classes"],
+                    mask_names=names,
+                    width=entry["width"],
+                    height=entry["height"],
+                )
             except PayloadError as e:
                 report.add("skipped annotations", where, str(e))
                 instances = []
             status = "done" if instances else "unlabelled"
-            atomic_write_bytes(self.annotations_dir / f"{entry['id']}.json",
-                               _annotation_bytes(1, status, orjson.dumps(instances)))
+            atomic_write_bytes(
+                self.annotations_dir / f"{entry['id']}.json", _annotation_bytes(1, status, orjson.dumps(instances))
+            )
             entry["status"] = status
 
         for _, result in self._add_many(items(), after=write):
@@ -930,8 +1071,9 @@ class LabelDataset:
                 report.add("skipped images", source, result)
 
 
-def _load_converted(tmp_json: Path, image_root: str | Path | None, source: str | Path,
-                    report: Report) -> tuple[list[dict], dict]:
+def _load_converted(
+    tmp_json: Path, image_root: str | Path | None, source: str | Path, report: Report
+) -> tuple[list[dict], dict]:
     """Load a converter's temporary output; its problems go to `report` under the source's name."""
     mine = Report()
     dicts, meta = load_multimask_json(tmp_json, image_root, report=mine)
@@ -948,7 +1090,7 @@ def _refuse_outside() -> bytes:
 def _annotation_bytes(revision: int, status: str, instances_json: bytes) -> bytes:
     """An annotations file (revision and status first, as HEAD_RE reads them) around serialised instances."""
     head = json.dumps({"revision": revision, "status": status})[:-1].encode("utf-8")
-    return b"%s, \"instances\": %s, \"saved_at\": \"%s\"}" % (head, instances_json, _now().encode("ascii"))
+    return b'%s, "instances": %s, "saved_at": "%s"}' % (head, instances_json, _now().encode("ascii"))
 
 
 def _read_image_file(path: Path) -> bytes:
@@ -1021,8 +1163,9 @@ def _safe_stem(filename: str) -> str:
     return stem or "image"
 
 
-def _geometry_warnings(instances: list[dict], names: list[str], rules: dict,
-                       positions: dict[str, int] | None = None) -> list[str]:
+def _geometry_warnings(
+    instances: list[dict], names: list[str], rules: dict, positions: dict[str, int] | None = None
+) -> list[str]:
     """Parts that cross themselves or have no area, a later mask without the first one, and (per the rules)
     secondaries outside their primary. Instances are numbered from 1, as the editor lists them.
 
@@ -1036,8 +1179,9 @@ def _geometry_warnings(instances: list[dict], names: list[str], rules: dict,
     return out
 
 
-def _geometry_problems(instances: list[dict], names: list[str], rules: dict,
-                       positions: dict[str, int]) -> Iterator[str]:
+def _geometry_problems(
+    instances: list[dict], names: list[str], rules: dict, positions: dict[str, int]
+) -> Iterator[str]:
     """The warnings of `_geometry_warnings`, found lazily."""
     for i, inst in enumerate(instances):
         where = f"instance #{positions.get(inst['id'], i) + 1} (id {inst['id']!r}, {inst['class']})"
@@ -1052,19 +1196,21 @@ def _geometry_problems(instances: list[dict], names: list[str], rules: dict,
         if not primary:
             later = [n for n in names[1:] if inst["masks"][n]]
             if later:
-                yield (f"{where} has a {later[0]!r} mask but no {names[0]!r} mask: select the instance and "
-                       f"draw its {names[0]!r}")
+                yield (
+                    f"{where} has a {later[0]!r} mask but no {names[0]!r} mask: select the instance and "
+                    f"draw its {names[0]!r}"
+                )
             continue
-        if len(names) < 2 or not rules.get("secondary_inside_primary") or not inst["masks"][names[1]] \
-                or not repairable:  # (a large crossing part, reported above, costs too much to repair)
+        if (
+            len(names) < 2 or not rules.get("secondary_inside_primary") or not inst["masks"][names[1]] or not repairable
+        ):  # (a large crossing part, reported above, costs too much to repair)
             continue
         sec = parts_union(inst["masks"][names[1]])
         if sec.area <= 0:
             continue
         outside = sec.difference(parts_union(primary)).area
         if outside > INSIDE_TOLERANCE * sec.area:
-            yield (f"{where}: {outside / sec.area:.0%} of its {names[1]!r} mask lies outside its "
-                   f"{names[0]!r} mask")
+            yield (f"{where}: {outside / sec.area:.0%} of its {names[1]!r} mask lies outside its {names[0]!r} mask")
 
 
 def _part_problem(part: list[float]) -> str | None:
@@ -1111,8 +1257,7 @@ def _fit_limits(parts: list[list[float]], where: str, report: Report) -> list[li
     return out
 
 
-def _instances_of(rec: dict, classes: list[str | None], names: list[str], where: str,
-                  report: Report) -> list[dict]:
+def _instances_of(rec: dict, classes: list[str | None], names: list[str], where: str, report: Report) -> list[dict]:
     """Instance documents of one loaded dataset dict (RLE traced to polygons, editor limits applied)."""
     h, w = rec["height"], rec["width"]
     anns = rec["annotations"]
@@ -1131,12 +1276,17 @@ def _instances_of(rec: dict, classes: list[str | None], names: list[str], where:
             if isinstance(segm, dict):
                 segm, holes = _rle_to_polygons(segm, h, w)
                 if holes:
-                    report.add("masks with holes lost", f"{here} mask '{name}'",
-                               f"{holes} hole(s) filled: the editor's polygons have no holes")
+                    report.add(
+                        "masks with holes lost",
+                        f"{here} mask '{name}'",
+                        f"{holes} hole(s) filled: the editor's polygons have no holes",
+                    )
                 if not segm:
                     report.add("skipped masks", f"{here} mask '{name}'", "a speck has no polygon")
-            masks[name] = [[round(min(max(v, 0.0), float(w if j % 2 == 0 else h)), 2) for j, v in enumerate(p)]
-                           for p in _fit_limits(segm, f"{here} mask '{name}'", report)]
+            masks[name] = [
+                [round(min(max(v, 0.0), float(w if j % 2 == 0 else h)), 2) for j, v in enumerate(p)]
+                for p in _fit_limits(segm, f"{here} mask '{name}'", report)
+            ]
         if not any(masks.values()):
             report.add("skipped annotations", here, "no usable mask left")
             continue

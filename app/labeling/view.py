@@ -55,7 +55,7 @@ def notify(message: str) -> str:
     bad = message.startswith("⚠️")
     parts = [t.removeprefix("⚠️").strip() for t in message.split("\n\n") if not t.startswith("```")]
     text = " ".join(parts).replace("**", "").replace("`", "")
-    text = text if len(text) <= TOAST_CHARS else text[:TOAST_CHARS - 1] + "…"
+    text = text if len(text) <= TOAST_CHARS else text[: TOAST_CHARS - 1] + "…"
     with warnings.catch_warnings():  # outside an event (tests), Gradio warns instead of showing a toast
         warnings.simplefilter("ignore")
         (gr.Warning if bad else gr.Info)(text, duration=8 if bad else 4)
@@ -72,8 +72,11 @@ def thumbnail(ds: LabelDataset, image_id: str) -> Path:
             return ds.image_path(image_id)  # unreadable: let the gallery show what it can
         scale = THUMB_SIZE / max(img.shape[:2])
         if scale < 1:
-            img = cv2.resize(img, (max(round(img.shape[1] * scale), 1), max(round(img.shape[0] * scale), 1)),
-                             interpolation=cv2.INTER_AREA)
+            img = cv2.resize(
+                img,
+                (max(round(img.shape[1] * scale), 1), max(round(img.shape[0] * scale), 1)),
+                interpolation=cv2.INTER_AREA,
+            )
         ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
         if not ok:
             return ds.image_path(image_id)
@@ -113,8 +116,13 @@ def _doc_image(document: Any) -> tuple[str | None, str | None]:
 class LabelView:
     """Handlers of the Label tab, independent of the components so that tests can call them directly."""
 
-    def __init__(self, data_root: str | Path, runs_root: str | Path, import_roots: list[str | Path] | None = None,
-                 predictors: PredictorCache | None = None):
+    def __init__(
+        self,
+        data_root: str | Path,
+        runs_root: str | Path,
+        import_roots: list[str | Path] | None = None,
+        predictors: PredictorCache | None = None,
+    ):
         self.store = LabelStore(data_root)
         self.runs_root = Path(runs_root)
         # Server folders images and datasets may be imported from: the data root and what launch.py allows.
@@ -139,18 +147,30 @@ class LabelView:
             raise ValueError(f"image {image_id!r} is not in dataset {ds.name!r}")
         entry = images[pos]
         return editor_document_dict(
-            dataset=ds.name, image_id=image_id, image_url=f"/gradio_api/file={ds.image_path(image_id)}",
-            width=entry["width"], height=entry["height"], classes=ds.classes, mask_names=ds.mask_names,
-            instances=ann["instances"], revision=ann["revision"], status=ann["status"], rules=ds.meta["rules"],
-            position=pos, count=len(images), file_name=entry["file_name"])
+            dataset=ds.name,
+            image_id=image_id,
+            image_url=f"/gradio_api/file={ds.image_path(image_id)}",
+            width=entry["width"],
+            height=entry["height"],
+            classes=ds.classes,
+            mask_names=ds.mask_names,
+            instances=ann["instances"],
+            revision=ann["revision"],
+            status=ann["status"],
+            rules=ds.meta["rules"],
+            position=pos,
+            count=len(images),
+            file_name=entry["file_name"],
+        )
 
     def _document_json(self, ds: LabelDataset, image_id: str | None) -> str:
         return json.dumps(self.document(ds, image_id), separators=(",", ":")) if image_id else ""
 
     # ----- editor server functions ------------------------------------------------------------------------
 
-    def save_annotations(self, dataset: str, image_id: str, base_revision: int, instances: list,
-                         status: str | None) -> dict:
+    def save_annotations(
+        self, dataset: str, image_id: str, base_revision: int, instances: list, status: str | None
+    ) -> dict:
         """Validate and store one image's instances unless another tab saved it meanwhile."""
         if not isinstance(base_revision, int) or isinstance(base_revision, bool):
             return {"ok": False, "conflict": False, "error": "base_revision must be an integer"}
@@ -167,9 +187,14 @@ class LabelView:
         ds = self._dataset(dataset)
         target = ds.next_image(image_id, direction) if direction else image_id
         if target is None:
-            return {"ok": False, "error": {"prev": "this is the first image", "next": "this is the last image",
-                                           "next_unlabelled": "no other unlabelled image"}.get(direction or "",
-                                                                                             "no image")}
+            return {
+                "ok": False,
+                "error": {
+                    "prev": "this is the first image",
+                    "next": "this is the last image",
+                    "next_unlabelled": "no other unlabelled image",
+                }.get(direction or "", "no image"),
+            }
         return self.document(ds, target)
 
     def copy_previous(self, dataset: str, image_id: str) -> dict:
@@ -193,8 +218,15 @@ class LabelView:
         except ValueError:
             return {"ok": False, "error": f"cannot read the image of {image_id}"}
         predictor = self.predictors.get(run)
-        instances, notes = propose(predictor, img, threshold, ds.mask_names, ds.classes,
-                                   ds.load(image_id)["instances"], self.predictors.inference_lock)
+        instances, notes = propose(
+            predictor,
+            img,
+            threshold,
+            ds.mask_names,
+            ds.classes,
+            ds.load(image_id)["instances"],
+            self.predictors.inference_lock,
+        )
         if not instances and not notes:
             return {"ok": False, "error": f"the model found nothing scoring at least {threshold:.2f}"}
         return {"ok": True, "instances": instances, "notes": notes}
@@ -212,8 +244,11 @@ class LabelView:
                 self._session_runs[request.session_hash] = (run_name, threshold)
             else:
                 self._session_runs.pop(request.session_hash, None)
-        return f"Propose uses **{run_name}** at score >= {threshold:.2f}." if run_name else \
-            "Choose a run to enable **Propose** in the editor."
+        return (
+            f"Propose uses **{run_name}** at score >= {threshold:.2f}."
+            if run_name
+            else "Choose a run to enable **Propose** in the editor."
+        )
 
     def run_choices(self) -> list[str]:
         return [r.name for r in find_runs(self.runs_root)]
@@ -231,12 +266,14 @@ class LabelView:
     def create_dataset(self, name: str, classes_text: str, masks_text: str):
         """(dataset dropdown, message); the tab then opens the new dataset."""
         try:
-            ds = self.store.create((name or "").strip(), _split_names(classes_text),
-                                   _split_names(masks_text) or ["primary", "secondary"])
+            ds = self.store.create(
+                (name or "").strip(), _split_names(classes_text), _split_names(masks_text) or ["primary", "secondary"]
+            )
         except ValueError as e:
             return gr.update(), notify(f"⚠️ {e}")
         return gr.update(choices=self.dataset_choices(), value=ds.name), notify(
-            f"Created **{ds.name}**: add images under **Images**.")
+            f"Created **{ds.name}**: add images under **Images**."
+        )
 
     def create_demo(self):
         """(dataset dropdown, message): a synthetic dataset with known truth, most of it labelled, named `demo`
@@ -256,7 +293,8 @@ class LabelView:
         return gr.update(choices=self.dataset_choices(), value=ds.name), notify(
             f"Created **{ds.name}**: {DEMO_LABELLED} labelled synthetic images (shapes with a primary mask and, "
             f"on most, a secondary part) and {DEMO_UNLABELLED} unlabelled ones to try the editor on. Train on it "
-            "in the **Train** tab with the tiny starting point.")
+            "in the **Train** tab with the tiny starting point."
+        )
 
     def _create_unused(self, stem: str, classes: list[str]) -> LabelDataset:
         """A new dataset called `stem`, else `stem2`, `stem3`, ...: the first name no dataset has (two clicks at
@@ -276,13 +314,23 @@ class LabelView:
         """(gallery, rename dropdown, editor document, summary, page field): the dataset with the editor on the
         image this browser tab showed last, else the first image of the gallery."""
         if not name:
-            return (gallery_value(None, [], []), gr.update(choices=[]), "", "Create or choose a dataset.",
-                    gr.update(visible=False, value=1))
+            return (
+                gallery_value(None, [], []),
+                gr.update(choices=[]),
+                "",
+                "Create or choose a dataset.",
+                gr.update(visible=False, value=1),
+            )
         try:
             ds = self._dataset(name)
         except ValueError as e:
-            return (gallery_value(None, [], []), gr.update(choices=[]), "", notify(f"⚠️ {e}"),
-                    gr.update(visible=False, value=1))
+            return (
+                gallery_value(None, [], []),
+                gr.update(choices=[]),
+                "",
+                notify(f"⚠️ {e}"),
+                gr.update(visible=False, value=1),
+            )
         gallery, ids, page_field, summary = self._gallery(ds, status_filter, page)
         first = ids[0] if ids else None
         known = {e["id"] for e in ds.images()}
@@ -290,8 +338,7 @@ class LabelView:
             first = last["image_id"]
         elif first is None and known:
             first = ds.images()[0]["id"]
-        return gallery, gr.update(choices=ds.classes, value=None), self._document_json(ds, first), summary, \
-            page_field
+        return gallery, gr.update(choices=ds.classes, value=None), self._document_json(ds, first), summary, page_field
 
     def _gallery(self, ds: LabelDataset, status_filter: str, page: Any) -> tuple[str, list[str], Any, str]:
         """(gallery value, ids shown, page field update, summary) of one page of the filtered images."""
@@ -302,10 +349,14 @@ class LabelView:
             page = min(max(int(page or 1), 1), pages)
         except (TypeError, ValueError):
             page = 1
-        chunk = shown[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
+        chunk = shown[(page - 1) * GALLERY_PAGE : page * GALLERY_PAGE]
         value = gallery_value(ds.name, chunk, [thumbnail(ds, e["id"]) for e in chunk])
-        return value, [e["id"] for e in chunk], gr.update(visible=pages > 1, maximum=pages, value=page,
-                                                          label=f"Page (of {pages})"), _summary(ds, images)
+        return (
+            value,
+            [e["id"] for e in chunk],
+            gr.update(visible=pages > 1, maximum=pages, value=page, label=f"Page (of {pages})"),
+            _summary(ds, images),
+        )
 
     def refresh_gallery(self, name: str | None, status_filter: str, page: Any, shown: str | None = None):
         """(gallery, summary, page field), for the filter, the pager, the timer and after changes; the gallery
@@ -370,8 +421,9 @@ class LabelView:
             return notify(f"⚠️ {self._scrub(str(e))}"), gr.skip()
         for entry in added:
             thumbnail(ds, entry["id"])
-        return self._added(ds, [e["id"] for e in added], [self._scrub(e) for e in errors],
-                           f" from {shown(folder, self.import_roots)}")
+        return self._added(
+            ds, [e["id"] for e in added], [self._scrub(e) for e in errors], f" from {shown(folder, self.import_roots)}"
+        )
 
     def _added(self, ds: LabelDataset, added: list[str], errors: list[str], where: str):
         """(message, editor document of the first image added): counts, then what was refused and why."""
@@ -379,8 +431,10 @@ class LabelView:
         errors = [e for e in errors if not e.endswith(DUPLICATE_NOTE)]
         text = f"Added {len(added)} image(s){where}."
         if duplicates:
-            text += (f" Skipped {len(duplicates)} already in the dataset (the same image, under any name): "
-                     f"{', '.join(duplicates[:10])}{' …' if len(duplicates) > 10 else ''}.")
+            text += (
+                f" Skipped {len(duplicates)} already in the dataset (the same image, under any name): "
+                f"{', '.join(duplicates[:10])}{' …' if len(duplicates) > 10 else ''}."
+            )
         text += "".join(f"\n\n⚠️ {e}" for e in errors[:20])
         if len(errors) > 20:
             text += f"\n\n⚠️ … and {len(errors) - 20} more refused."
@@ -395,8 +449,10 @@ class LabelView:
         resolved = inside(located, self.import_roots) if str(located) not in ("", ".") else None
         if resolved is None:
             where = ", ".join(f"{shown(r, self.import_roots)}/" for r in self.import_roots)
-            raise ValueError(f"{path!r} is outside the folders this app may read ({where}); the server's "
-                             "operator can add one with --import-root")
+            raise ValueError(
+                f"{path!r} is outside the folders this app may read ({where}); the server's "
+                "operator can add one with --import-root"
+            )
         return resolved, next(r for r in self.import_roots if resolved.is_relative_to(r))
 
     def _scrub(self, message: str) -> str:
@@ -415,15 +471,21 @@ class LabelView:
             if entry is None:
                 return notify("⚠️ That image is not in the dataset any more."), gr.update(), gr.skip()
             if not confirmed:
-                return notify(f"⚠️ Tick **confirm** to remove {entry['file_name']} and its annotations."), \
-                    gr.update(), gr.skip()
+                return (
+                    notify(f"⚠️ Tick **confirm** to remove {entry['file_name']} and its annotations."),
+                    gr.update(),
+                    gr.skip(),
+                )
             neighbour = ds.next_image(image_id, "next") or ds.next_image(image_id, "prev")
             ds.remove_image(image_id)  # checks the id
         except ValueError as e:
             return notify(f"⚠️ {e}"), gr.update(), gr.skip()
         (ds.folder / "thumbs" / f"{image_id}.jpg").unlink(missing_ok=True)
-        return notify(f"Removed {entry['file_name']} and its annotations."), gr.update(value=False), \
-            self._document_json(ds, neighbour)
+        return (
+            notify(f"Removed {entry['file_name']} and its annotations."),
+            gr.update(value=False),
+            self._document_json(ds, neighbour),
+        )
 
     # ----- classes, import and export -----------------------------------------------------------------------
 
@@ -441,8 +503,9 @@ class LabelView:
             ds.rename_class(old, (new or "").strip())
         except ValueError as e:
             return notify(f"⚠️ {e}"), gr.update()
-        return notify(f"Renamed **{old}** to **{new.strip()}** in every image."), \
-            gr.update(choices=ds.classes, value=None)
+        return notify(f"Renamed **{old}** to **{new.strip()}** in every image."), gr.update(
+            choices=ds.classes, value=None
+        )
 
     def import_data(self, name: str, kind: str, path: str, image_root: str, mapping: str, cls: str = ""):
         """Import a multimask JSON, a (plain or per-field) COCO JSON or a labelme folder; show the report.
@@ -459,11 +522,11 @@ class LabelView:
             if kind == "multimask JSON":
                 report = ds.import_multimask(path, image_root or None, allowed_roots=roots)
             elif kind == "COCO":
-                report = ds.import_coco(path, (mapping or "").strip() or None, image_root or None,
-                                        allowed_roots=roots)
+                report = ds.import_coco(path, (mapping or "").strip() or None, image_root or None, allowed_roots=roots)
             elif kind == "COCO with mask fields":
-                report = ds.import_coco_fields(path, split_pairs(mapping, "Field map"), image_root or None,
-                                               allowed_roots=roots)
+                report = ds.import_coco_fields(
+                    path, split_pairs(mapping, "Field map"), image_root or None, allowed_roots=roots
+                )
             else:
                 pairs = split_pairs(mapping, "Label map")
                 report = ds.import_labelme(path, pairs or None, (cls or "").strip() or None, allowed_roots=roots)
@@ -472,8 +535,9 @@ class LabelView:
         table = f"{report.table()}\n\n" if isinstance(report, ImportReport) else ""
         return notify(self._scrub(f"Imported from {path}.\n\n```\n{table}{report.summary(max_messages=30)}\n```"))
 
-    def export(self, name: str, folder_name: str, val_fraction: float, seed: int, only_done: bool,
-               labelme: bool = False):
+    def export(
+        self, name: str, folder_name: str, val_fraction: float, seed: int, only_done: bool, labelme: bool = False
+    ):
         """Multimask COCO train/val files (seeded split) in the dataset's exports/, plus labelme if asked."""
         try:
             ds = self._dataset(name)
@@ -486,10 +550,15 @@ class LabelView:
                     notes += f"\n- labelme {split}: `{out / f'labelme_{split}'}` ({report.summary(max_messages=3)})"
         except (ValueError, TypeError) as e:
             return notify(f"⚠️ {self._scrub(str(e))}")
-        return notify(self._scrub(f"Exported {ds.name} (multimask COCO format, seeded split).\n\n" +
-                      "\n".join(f"- {k}: `{v}`" for k, v in paths.items()) + notes +
-                      f"\n\nTrain on it: `python -m multimask train --train-json {paths.get('train')} "
-                      f"--val-json {paths.get('val')}`"))
+        return notify(
+            self._scrub(
+                f"Exported {ds.name} (multimask COCO format, seeded split).\n\n"
+                + "\n".join(f"- {k}: `{v}`" for k, v in paths.items())
+                + notes
+                + f"\n\nTrain on it: `python -m multimask train --train-json {paths.get('train')} "
+                f"--val-json {paths.get('val')}`"
+            )
+        )
 
 
 def _export_folder(ds: LabelDataset, folder_name: Any) -> Path:
@@ -506,9 +575,11 @@ def _export_folder(ds: LabelDataset, folder_name: Any) -> Path:
 
 def _summary(ds: LabelDataset, images: list[dict]) -> str:
     counts = {s: sum(e["status"] == s for e in images) for s in STATUS_FILTERS[1:]}
-    return (f"**{ds.name}**: {len(images)} images ({counts['unlabelled']} unlabelled, "
-            f"{counts['in_progress']} in progress, {counts['done']} done) · classes: "
-            f"{', '.join(ds.classes) or '(none: add one under Classes)'} · masks: {', '.join(ds.mask_names)}")
+    return (
+        f"**{ds.name}**: {len(images)} images ({counts['unlabelled']} unlabelled, "
+        f"{counts['in_progress']} in progress, {counts['done']} done) · classes: "
+        f"{', '.join(ds.classes) or '(none: add one under Classes)'} · masks: {', '.join(ds.mask_names)}"
+    )
 
 
 HOW_TO = """\
@@ -546,21 +617,32 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                 create = gr.Button("Create dataset", size="sm")
                 created = gr.Markdown()
             with gr.Accordion("Images", open=True):
-                status_filter = gr.Dropdown([(s.replace("_", " "), s) for s in STATUS_FILTERS], value="all",
-                                            label="Show", elem_id="mm-label-filter")
+                status_filter = gr.Dropdown(
+                    [(s.replace("_", " "), s) for s in STATUS_FILTERS],
+                    value="all",
+                    label="Show",
+                    elem_id="mm-label-filter",
+                )
                 gallery = make_gallery()
                 page = gr.Number(1, label="Page", precision=0, minimum=1, visible=False)
                 with gr.Row(equal_height=True):
                     current = gr.Markdown("No image open.", elem_id="mm-label-current")
                 with gr.Row(equal_height=True):
                     confirm = gr.Checkbox(label="confirm", scale=1, min_width=80)
-                    remove = gr.Button("Remove this image", variant="stop", size="sm", scale=2,
-                                       elem_id="mm-label-remove")
-                upload = gr.File(label="Add images (drop files here)", file_count="multiple", file_types=["image"],
-                                 height=110, elem_id="mm-upload")
+                    remove = gr.Button(
+                        "Remove this image", variant="stop", size="sm", scale=2, elem_id="mm-label-remove"
+                    )
+                upload = gr.File(
+                    label="Add images (drop files here)",
+                    file_count="multiple",
+                    file_types=["image"],
+                    height=110,
+                    elem_id="mm-upload",
+                )
                 with gr.Row(equal_height=True):
-                    folder = gr.Textbox(label="Add a server folder", placeholder="/path/inside/an/allowed/folder",
-                                        scale=3)
+                    folder = gr.Textbox(
+                        label="Add a server folder", placeholder="/path/inside/an/allowed/folder", scale=3
+                    )
                     add_folder = gr.Button("Add", scale=1, size="sm")
                 images_message = gr.Markdown(elem_id="mm-label-images-message")
             with gr.Accordion("Classes", open=False):
@@ -576,26 +658,39 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                 runs = view.run_choices()
                 run = gr.Dropdown(runs, value=None, label="Run used by Propose", elem_id="mm-label-run")
                 view.run_dropdown = run  # the Train tab's "Use for labelling" sets it
-                threshold = gr.Slider(0.05, 1.0, value=DEFAULT_PROPOSE_THRESHOLD, step=0.05, label="Score threshold",
-                                      elem_id="mm-label-threshold")
+                threshold = gr.Slider(
+                    0.05,
+                    1.0,
+                    value=DEFAULT_PROPOSE_THRESHOLD,
+                    step=0.05,
+                    label="Score threshold",
+                    elem_id="mm-label-threshold",
+                )
                 run_info = gr.Markdown("Choose a run to enable **Propose** in the editor.")
             with gr.Accordion("Import / export", open=False):
-                kind = gr.Radio(["multimask JSON", "COCO", "COCO with mask fields", "labelme folder"],
-                                value="multimask JSON", label="Import")
+                kind = gr.Radio(
+                    ["multimask JSON", "COCO", "COCO with mask fields", "labelme folder"],
+                    value="multimask JSON",
+                    label="Import",
+                )
                 import_path = gr.Textbox(label="File or folder on the server")
                 import_root = gr.Textbox(label="Image folder (optional)")
-                mapping = gr.Textbox(label="Field or label map (COCO: the mask name)",
-                                     placeholder="Head_a=primary, Head_b=primary, Head_b=secondary "
-                                                 "(A+B=primary unites; repeated keys add)")
+                mapping = gr.Textbox(
+                    label="Field or label map (COCO: the mask name)",
+                    placeholder="Head_a=primary, Head_b=primary, Head_b=secondary "
+                    "(A+B=primary unites; repeated keys add)",
+                )
                 import_class = gr.Textbox(label="Class (labelme, when the map names none)")
                 do_import = gr.Button("Import", size="sm")
                 with gr.Row():
                     export_name = gr.Textbox(value="export", label="Export name", scale=2)
                     val_fraction = gr.Number(0.2, label="val fraction", minimum=0, maximum=0.9, scale=1)
                     seed = gr.Number(0, label="seed", precision=0, scale=1)
-                gr.Markdown("Export writes train/val files for the command line. The **Train** tab makes its own "
-                            "split of the dataset with its own validation fraction; it does not use exports.",
-                            elem_classes=["mm-note"])
+                gr.Markdown(
+                    "Export writes train/val files for the command line. The **Train** tab makes its own "
+                    "split of the dataset with its own validation fraction; it does not use exports.",
+                    elem_classes=["mm-note"],
+                )
                 with gr.Row():
                     only_done = gr.Checkbox(label="only images marked done")
                     as_labelme = gr.Checkbox(label="also as labelme folders")
@@ -603,43 +698,66 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                 io_message = gr.Markdown()
         with gr.Column(scale=4, elem_id="mm-label-main"):
             editor = make_editor([view.save_annotations, view.load_image, view.copy_previous, view.propose])
-    last = gr.BrowserState({"dataset": None, "image_id": None}, storage_key="multimask-label",
-                           secret=browser_secret(view.runs_root))
+    last = gr.BrowserState(
+        {"dataset": None, "image_id": None}, storage_key="multimask-label", secret=browser_secret(view.runs_root)
+    )
 
     private = {"api_visibility": "private"}
-    opened = {"fn": view.open_dataset, "inputs": [dataset, status_filter, page, last],
-              "outputs": [gallery, old_class, editor, summary, page], **private}
-    regallery = {"fn": view.refresh_gallery, "inputs": [dataset, status_filter, page, gallery],
-                 "outputs": [gallery, summary, page], "show_progress": "hidden", **private}
+    opened = {
+        "fn": view.open_dataset,
+        "inputs": [dataset, status_filter, page, last],
+        "outputs": [gallery, old_class, editor, summary, page],
+        **private,
+    }
+    regallery = {
+        "fn": view.refresh_gallery,
+        "inputs": [dataset, status_filter, page, gallery],
+        "outputs": [gallery, summary, page],
+        "show_progress": "hidden",
+        **private,
+    }
     # The dataset is opened explicitly after each change of it (a programmatic value that equals the old one
     # fires no change event: after a restart the tab stayed empty).
     dataset.input(**opened)
     demo.load(view.restore, [last], dataset, **private).then(**opened)
     refresh.click(view.restore, [last], dataset, **private).then(**opened).then(
-        view.refresh_runs, [run], run, **private)
+        view.refresh_runs, [run], run, **private
+    )
     editor.change(view.remember, [dataset, editor], last, **private)
     editor.change(view.current_image, [editor], current, show_progress="hidden", **private)
     status_filter.change(**regallery)
     page.submit(**regallery)
-    create.click(view.create_dataset, [new_name, new_classes, new_masks], [dataset, created],
-                 api_name="create_dataset").then(**opened)
+    create.click(
+        view.create_dataset, [new_name, new_classes, new_masks], [dataset, created], api_name="create_dataset"
+    ).then(**opened)
     demo_button.click(view.create_demo, None, [dataset, created], api_name="create_demo").then(**opened)
-    upload.upload(view.upload, [dataset, upload], [images_message, editor], api_name="upload_images").then(
-        **regallery)
+    upload.upload(view.upload, [dataset, upload], [images_message, editor], api_name="upload_images").then(**regallery)
     add_folder.click(view.add_folder, [dataset, folder], [images_message, editor], api_name="add_folder").then(
-        **regallery)
-    remove.click(view.remove_image, [dataset, editor, confirm], [images_message, confirm, editor],
-                 api_name="remove_image").then(**regallery)
+        **regallery
+    )
+    remove.click(
+        view.remove_image, [dataset, editor, confirm], [images_message, confirm, editor], api_name="remove_image"
+    ).then(**regallery)
     add_class.click(view.add_class, [dataset, new_class], [classes_message, old_class], api_name="add_class").then(
-        **opened)
-    rename.click(view.rename_class, [dataset, old_class, renamed], [classes_message, old_class],
-                 api_name="rename_class").then(**opened)
+        **opened
+    )
+    rename.click(
+        view.rename_class, [dataset, old_class, renamed], [classes_message, old_class], api_name="rename_class"
+    ).then(**opened)
     for trigger in (run.change, threshold.change):
         trigger(view.choose_run, [run, threshold], run_info, **private)
     view.propose_panel.expand(view.refresh_runs, [run], run, **private)
-    do_import.click(view.import_data, [dataset, kind, import_path, import_root, mapping, import_class], io_message,
-                    api_name="import_data").then(**opened)
-    do_export.click(view.export, [dataset, export_name, val_fraction, seed, only_done, as_labelme], io_message,
-                    api_name="export_data")
+    do_import.click(
+        view.import_data,
+        [dataset, kind, import_path, import_root, mapping, import_class],
+        io_message,
+        api_name="import_data",
+    ).then(**opened)
+    do_export.click(
+        view.export,
+        [dataset, export_name, val_fraction, seed, only_done, as_labelme],
+        io_message,
+        api_name="export_data",
+    )
     gr.Timer(SUMMARY_SECONDS).tick(**regallery)
     return editor

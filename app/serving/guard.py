@@ -54,8 +54,11 @@ DEFAULT_BODY_LIMIT = 8 * 2**20  # bytes, any request body but uploads and editor
 LARGE_BODY = 2**20  # bytes: requests with a larger body are handled one at a time (see RequestGuard)
 LOGIN_FAILURES = 10  # failed logins from one address within LOGIN_WINDOW seconds before it must wait
 LOGIN_WINDOW = 600.0
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"SAMEORIGIN"),
-                    (b"referrer-policy", b"same-origin")]
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"referrer-policy", b"same-origin"),
+]
 
 
 @dataclass
@@ -140,8 +143,11 @@ class RequestGuard:
             await _refuse(scope, send, *refusal)
             return
         self._expire_session(headers)
-        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS \
-                and not scope["path"].startswith(UPLOAD_ROUTE):
+        if (
+            scope["type"] == "http"
+            and scope["method"] not in SAFE_METHODS
+            and not scope["path"].startswith(UPLOAD_ROUTE)
+        ):
             body, refusal = await self._read_body(scope, headers, receive)
             if refusal is None and scope["path"].rstrip("/") == COMPONENT_SERVER:
                 refusal = self._check_component_call(body)
@@ -176,7 +182,7 @@ class RequestGuard:
         return None
 
     def _file_refusal(self, path: str) -> tuple[int, str] | None:
-        requested = path.split("=", 1)[1] if "=" in path else path[len(FILE_ROUTES[1]):]
+        requested = path.split("=", 1)[1] if "=" in path else path[len(FILE_ROUTES[1]) :]
         try:
             resolved = Path(requested).resolve()
         except (OSError, ValueError):
@@ -195,8 +201,12 @@ class RequestGuard:
             return 429, f"too many failed logins from this address: try again in {wait} s"
         return None
 
-    async def _read_body(self, scope: Scope, headers: dict[str, str], receive: Callable,
-                         ) -> tuple[bytes, tuple[int, str] | None]:
+    async def _read_body(
+        self,
+        scope: Scope,
+        headers: dict[str, str],
+        receive: Callable,
+    ) -> tuple[bytes, tuple[int, str] | None]:
         limit = self.policy.save_limit if scope["path"].rstrip("/") == COMPONENT_SERVER else self.policy.body_limit
         too_big = 413, f"request body over {limit // 2**20} MB refused"
         length = headers.get("content-length", "")
@@ -301,7 +311,15 @@ async def _refuse(scope: Scope, send: Callable, status: int, message: str) -> No
         await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
         return
     body = json.dumps({"detail": message}).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *SECURITY_HEADERS]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

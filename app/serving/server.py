@@ -102,6 +102,7 @@ def _server_fn_check(demo: gr.Blocks):
         block = demo.blocks.get(component_id) if isinstance(component_id, int) else None
         fn = getattr(block, fn_name, None) if isinstance(fn_name, str) else None
         return fn is not None and getattr(fn, "_is_server_fn", False)
+
     return server_fn
 
 
@@ -110,23 +111,45 @@ def serve(demo: gr.Blocks, data_root: str | Path, options: ServeOptions) -> Serv
     parent = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     parent.add_middleware(CORSMiddleware, allow_origins=[])  # Gradio then adds no CORS headers of its own
     auth = options.users.check if options.users is not None else None
-    gr.mount_gradio_app(parent, demo, path="", auth=auth, max_file_size=options.max_file_size, show_error=True,
-                        allowed_paths=list(options.allowed_paths), ssr_mode=False,
-                        auth_message="Log in with the user name and password given to you for this app.")
+    gr.mount_gradio_app(
+        parent,
+        demo,
+        path="",
+        auth=auth,
+        max_file_size=options.max_file_size,
+        show_error=True,
+        allowed_paths=list(options.allowed_paths),
+        ssr_mode=False,
+        auth_message="Log in with the user name and password given to you for this app.",
+    )
     gradio_app = next(r.app for r in parent.routes if isinstance(r, Mount))
     sessions = None
     if auth is not None:
+
         def sessions():
             cid = gradio_app.cookie_id
             return gradio_app.tokens, (f"access-token-{cid}", f"access-token-unsecure-{cid}")
+
     allowed = {h.lower() for h in options.allowed_hosts} | set(machine_names())
     if not is_loopback(options.host) and options.host not in ("0.0.0.0", "::"):
         allowed.add(options.host.lower())
-    policy = GuardPolicy(data_root=Path(data_root).resolve(), allowed_hosts=frozenset(allowed),
-                         save_limit=MAX_SAVE_BYTES, server_fn=_server_fn_check(demo), sessions=sessions,
-                         session_seconds=options.session_hours * 3600)
-    config = uvicorn.Config(RequestGuard(parent, policy), host=options.host, port=options.port, log_level="warning",
-                            proxy_headers=False, server_header=False, lifespan="on")
+    policy = GuardPolicy(
+        data_root=Path(data_root).resolve(),
+        allowed_hosts=frozenset(allowed),
+        save_limit=MAX_SAVE_BYTES,
+        server_fn=_server_fn_check(demo),
+        sessions=sessions,
+        session_seconds=options.session_hours * 3600,
+    )
+    config = uvicorn.Config(
+        RequestGuard(parent, policy),
+        host=options.host,
+        port=options.port,
+        log_level="warning",
+        proxy_headers=False,
+        server_header=False,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="multimask-server", daemon=True)
     thread.start()
@@ -137,5 +160,10 @@ def serve(demo: gr.Blocks, data_root: str | Path, options: ServeOptions) -> Serv
             raise RuntimeError(f"could not serve on {options.host}:{options.port} (is the port taken?)")
         time.sleep(0.05)
     local = "127.0.0.1" if options.host in ("0.0.0.0", "::") or is_loopback(options.host) else options.host
-    return Served(url=public_url(options.host, options.port), local_url=f"http://{local}:{options.port}",
-                  policy=policy, server=server, thread=thread)
+    return Served(
+        url=public_url(options.host, options.port),
+        local_url=f"http://{local}:{options.port}",
+        policy=policy,
+        server=server,
+        thread=thread,
+    )

@@ -58,8 +58,9 @@ class UserFile:
         except DatasetError as e:
             raise UsersError(str(e)) from None
         users = doc.get("users") if isinstance(doc, dict) else None
-        if not isinstance(users, dict) or not all(isinstance(v, dict) and isinstance(v.get("hash"), str)
-                                                  for v in users.values()):
+        if not isinstance(users, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("hash"), str) for v in users.values()
+        ):
             raise UsersError(f"{self.path}: needs a 'users' object of {{name: {{'hash': ...}}}}")
         return users
 
@@ -75,8 +76,10 @@ class UserFile:
             raise UsersError(f"the password must have at least {MIN_PASSWORD} characters")
         users = self._read()
         new = name not in users
-        users[name] = {"hash": hash_password(password),
-                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        users[name] = {
+            "hash": hash_password(password),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         atomic_write_json(self.path, {"users": users}, indent=2)  # a new file is created with mode 0600
         return new
 

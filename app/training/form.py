@@ -22,10 +22,14 @@ from ..roots import inside, locate, shown
 # key -> (label, preset). "run:<name>" starts from a previous run's weights and config.
 STARTING_POINTS: dict[str, tuple[str, str]] = {
     "coco": ("COCO Mask R-CNN R50-FPN (model zoo; downloaded once, needs internet)", "mask_rcnn_R_50_FPN_3x"),
-    "local": ("Local weights file (Mask R-CNN R50-FPN .pkl/.pth on the server, e.g. the model zoo's "
-              "model_final_f10217.pkl)", "mask_rcnn_R_50_FPN_3x"),
-    "scratch": ("From scratch: R50-FPN with GroupNorm (no download; needs long training)",
-                "scratch_mask_rcnn_R_50_FPN_gn"),
+    "local": (
+        "Local weights file (Mask R-CNN R50-FPN .pkl/.pth on the server, e.g. the model zoo's model_final_f10217.pkl)",
+        "mask_rcnn_R_50_FPN_3x",
+    ),
+    "scratch": (
+        "From scratch: R50-FPN with GroupNorm (no download; needs long training)",
+        "scratch_mask_rcnn_R_50_FPN_gn",
+    ),
     "tiny": ("Tiny model from scratch (quick CPU try-out; low accuracy)", "tiny_cpu"),
 }
 LOCAL_LABEL = "Local weights file"  # how the form names the "local" starting point in messages
@@ -36,20 +40,49 @@ DEVICES = ("auto", "cuda", "cpu")
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*$")
 # Set by the form or by the app itself: an advanced option must not point training elsewhere.
-RESERVED_KEYS = ("OUTPUT_DIR", "DATASETS.", "MODEL.WEIGHTS", "MODEL.DEVICE", "SEED", "SOLVER.AMP.",
-                 "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
-                 "MODEL.ROI_HEADS.NUM_CLASSES", "MULTIMASK.CLASS_NAMES")
+RESERVED_KEYS = (
+    "OUTPUT_DIR",
+    "DATASETS.",
+    "MODEL.WEIGHTS",
+    "MODEL.DEVICE",
+    "SEED",
+    "SOLVER.AMP.",
+    "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
+    "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "MULTIMASK.CLASS_NAMES",
+)
 # Options the form's fields set (the job's record, progress and checks follow the fields): not in the text box.
-FORM_FIELD_KEYS = {"SOLVER.MAX_ITER": "iterations", "SOLVER.IMS_PER_BATCH": "batch size",
-                   "SOLVER.BASE_LR": "learning rate", "SOLVER.LR_SCHEDULER_NAME": "schedule",
-                   "TEST.EVAL_PERIOD": "evaluation period", "MULTIMASK.EARLY_STOP_PATIENCE": "early stopping",
-                   "MULTIMASK.BEST_METRIC": "best checkpoint metric"}
+FORM_FIELD_KEYS = {
+    "SOLVER.MAX_ITER": "iterations",
+    "SOLVER.IMS_PER_BATCH": "batch size",
+    "SOLVER.BASE_LR": "learning rate",
+    "SOLVER.LR_SCHEDULER_NAME": "schedule",
+    "TEST.EVAL_PERIOD": "evaluation period",
+    "MULTIMASK.EARLY_STOP_PATIENCE": "early stopping",
+    "MULTIMASK.BEST_METRIC": "best checkpoint metric",
+}
 MAX_ADVANCED_CHARS = 4000
 
 DEFAULTS: dict[str, Any] = {
-    "dataset": None, "run_name": "", "start": "coco", "iterations": 1000, "batch_size": 4, "lr": 0.005,
-    "schedule": "step", "image_size": 800, "val_fraction": 0.2, "seed": 0, "device": "auto", "num_gpus": 1,
-    "amp": True, "eval_period": 250, "patience": 0, "best_metric": "", "advanced": "", "weights_file": "",
+    "dataset": None,
+    "run_name": "",
+    "start": "coco",
+    "iterations": 1000,
+    "batch_size": 4,
+    "lr": 0.005,
+    "schedule": "step",
+    "image_size": 800,
+    "val_fraction": 0.2,
+    "seed": 0,
+    "device": "auto",
+    "num_gpus": 1,
+    "amp": True,
+    "eval_period": 250,
+    "patience": 0,
+    "best_metric": "",
+    "advanced": "",
+    "weights_file": "",
 }
 FIELDS = tuple(DEFAULTS)
 
@@ -141,11 +174,17 @@ def _float(values: dict, name: str, lo: float, hi: float, lo_open: bool = False)
     if isinstance(v, str):
         with suppress(ValueError):
             v = float(v)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
-        and (lo < v if lo_open else lo <= v) and v <= hi
+    ok = (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and (lo < v if lo_open else lo <= v)
+        and v <= hi
+    )
     if not ok:
-        raise FormError(f"{name.replace('_', ' ')}: expected a number {'>' if lo_open else '>='} {lo} and "
-                        f"<= {hi}, got {v!r}")
+        raise FormError(
+            f"{name.replace('_', ' ')}: expected a number {'>' if lo_open else '>='} {lo} and <= {hi}, got {v!r}"
+        )
     return float(v)
 
 
@@ -170,14 +209,19 @@ def parse_settings(values: dict, runs: list[str], weights_roots: Sequence[Path] 
         raise FormError("choose a dataset (create and label one in the Label tab first)")
     run_name = values["run_name"] if values["run_name"] is not None else ""
     if not isinstance(run_name, str) or (run_name.strip() and not RUN_NAME_RE.fullmatch(run_name.strip())):
-        raise FormError(f"run name: {run_name!r} is not allowed; use 1 to 64 letters, digits, '.', '_' or '-', "
-                        "starting with a letter or digit (or leave it empty for an automatic name)")
+        raise FormError(
+            f"run name: {run_name!r} is not allowed; use 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (or leave it empty for an automatic name)"
+        )
     start = values["start"]
-    if not (start in STARTING_POINTS or (isinstance(start, str) and start.startswith(RUN_PREFIX)
-                                         and start[len(RUN_PREFIX):] in runs)):
+    if not (
+        start in STARTING_POINTS
+        or (isinstance(start, str) and start.startswith(RUN_PREFIX) and start[len(RUN_PREFIX) :] in runs)
+    ):
         raise FormError(f"starting point: {start!r} is not a model-zoo preset or a run with weights")
-    weights_file, weights_path = check_weights_file(values["weights_file"], weights_roots) if start == "local" \
-        else ("", "")
+    weights_file, weights_path = (
+        check_weights_file(values["weights_file"], weights_roots) if start == "local" else ("", "")
+    )
     iterations = _int(values, "iterations", 1, 1_000_000)
     batch_size = _int(values, "batch_size", 1, 512)
     num_gpus = _int(values, "num_gpus", 1, 64)
@@ -193,13 +237,27 @@ def parse_settings(values: dict, runs: list[str], weights_roots: Sequence[Path] 
     if not isinstance(values["amp"], bool):
         raise FormError(f"mixed precision: expected true or false, got {values['amp']!r}")
     settings = TrainSettings(
-        dataset=dataset, run_name=run_name.strip(), start=start, iterations=iterations, batch_size=batch_size,
-        lr=_float(values, "lr", 0.0, 10.0, lo_open=True), schedule=_choice(values, "schedule", tuple(SCHEDULES)),
-        image_size=_int(values, "image_size", 64, 4096), val_fraction=_float(values, "val_fraction", 0.0, 0.9),
-        seed=_int(values, "seed", 0, 2**31 - 1), device=_choice(values, "device", DEVICES), num_gpus=num_gpus,
-        amp=values["amp"], eval_period=eval_period, patience=_int(values, "patience", 0, 1000),
-        best_metric=best, advanced=advanced, weights_file=weights_file, weights_path=weights_path,
-        notes=(note,) if note else ())
+        dataset=dataset,
+        run_name=run_name.strip(),
+        start=start,
+        iterations=iterations,
+        batch_size=batch_size,
+        lr=_float(values, "lr", 0.0, 10.0, lo_open=True),
+        schedule=_choice(values, "schedule", tuple(SCHEDULES)),
+        image_size=_int(values, "image_size", 64, 4096),
+        val_fraction=_float(values, "val_fraction", 0.0, 0.9),
+        seed=_int(values, "seed", 0, 2**31 - 1),
+        device=_choice(values, "device", DEVICES),
+        num_gpus=num_gpus,
+        amp=values["amp"],
+        eval_period=eval_period,
+        patience=_int(values, "patience", 0, 1000),
+        best_metric=best,
+        advanced=advanced,
+        weights_file=weights_file,
+        weights_path=weights_path,
+        notes=(note,) if note else (),
+    )
     parse_advanced(settings.advanced)
     return settings
 
@@ -208,8 +266,10 @@ def fit_eval_period(eval_period: int, iterations: int) -> tuple[int, str | None]
     """The evaluation period clamped to the iterations (evaluating at the end only), and a note when it was."""
     if eval_period <= iterations:
         return eval_period, None
-    return iterations, (f"evaluate every: {eval_period} is more than the {iterations} iterations; set to "
-                        f"{iterations} (one evaluation, at the end)")
+    return iterations, (
+        f"evaluate every: {eval_period} is more than the {iterations} iterations; set to "
+        f"{iterations} (one evaluation, at the end)"
+    )
 
 
 def check_weights_file(path: Any, roots: Sequence[Path]) -> tuple[str, str]:
@@ -218,8 +278,10 @@ def check_weights_file(path: Any, roots: Sequence[Path]) -> tuple[str, str]:
     (`.weights/w.pkl`). Returns (the file named from its root, as messages name it; the resolved path)."""
     where = " or ".join(f"`{shown(r, roots)}/`" for r in roots) or "(no folder is allowed)"
     if not isinstance(path, str) or not path.strip():
-        raise FormError(f"local weights file: give the path of a .pth or .pkl file in {where}, e.g. "
-                        f"`{shown(roots[0], roots) if roots else 'runs'}/.weights/model_final_f10217.pkl`")
+        raise FormError(
+            f"local weights file: give the path of a .pth or .pkl file in {where}, e.g. "
+            f"`{shown(roots[0], roots) if roots else 'runs'}/.weights/model_final_f10217.pkl`"
+        )
     if "\0" in path:
         raise FormError("local weights file: the path contains a NUL character")
     given = locate(path.strip(), roots)
@@ -227,8 +289,9 @@ def check_weights_file(path: Any, roots: Sequence[Path]) -> tuple[str, str]:
     if given.suffix.lower() not in WEIGHTS_SUFFIXES or (resolved and resolved.suffix.lower() not in WEIGHTS_SUFFIXES):
         raise FormError(f"local weights file: {path!r} is not a .pth or .pkl file")
     if resolved is None:
-        raise FormError(f"local weights file: {path!r} is outside the folders the app may read ({where}); copy "
-                        "it there")
+        raise FormError(
+            f"local weights file: {path!r} is outside the folders the app may read ({where}); copy it there"
+        )
     if not resolved.is_file():
         raise FormError(f"local weights file: no file {path!r}")
     return shown(given, roots), str(resolved)
@@ -244,13 +307,15 @@ def parse_advanced(text: str) -> list[str]:
         key, _, value = line.partition(" ")
         key, value = key.rstrip(":"), value.strip()
         if not _KEY_RE.fullmatch(key) or not value:
-            raise FormError(f"advanced options, line {n}: expected `KEY VALUE` such as `SOLVER.MOMENTUM 0.9`, "
-                            f"got {line[:80]!r}")
+            raise FormError(
+                f"advanced options, line {n}: expected `KEY VALUE` such as `SOLVER.MOMENTUM 0.9`, got {line[:80]!r}"
+            )
         if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESERVED_KEYS):
             raise FormError(f"advanced options, line {n}: {key} is set by the form or the app, not here")
         if key in FORM_FIELD_KEYS:
-            raise FormError(f"advanced options, line {n}: {key} is the form's {FORM_FIELD_KEYS[key]!r} field; "
-                            "set it there")
+            raise FormError(
+                f"advanced options, line {n}: {key} is the form's {FORM_FIELD_KEYS[key]!r} field; set it there"
+            )
         opts += [key, value]
     return opts
 
@@ -262,8 +327,10 @@ def resolve_device(settings: TrainSettings, gpu_count: int) -> tuple[str, str, l
         device = "cuda" if gpu_count else "cpu"
     if device == "cuda":
         if not gpu_count:
-            raise FormError("device: no CUDA GPU is visible to this server; choose device 'cpu' to train on the "
-                            "CPU (slow: use the tiny model or few iterations)")
+            raise FormError(
+                "device: no CUDA GPU is visible to this server; choose device 'cpu' to train on the "
+                "CPU (slow: use the tiny model or few iterations)"
+            )
         if settings.num_gpus > gpu_count:
             raise FormError(f"number of GPUs: {settings.num_gpus} asked for, {gpu_count} visible")
         return "cuda", f"cuda*{settings.num_gpus}", []  # the job manager picks free GPUs when it starts
@@ -308,12 +375,11 @@ def estimate_seconds(s: TrainSettings, kind: str, gpu: bool, n_val: int) -> floa
     per_process = max(1, s.batch_size // s.num_gpus) if gpu else s.batch_size
     evaluations = 0 if not n_val else 1 + ((s.iterations - 1) // s.eval_period if s.eval_period else 0)
     per_eval = EVAL_OVERHEAD + n_val * infer * (s.image_size / ref) ** 2
-    return startup + s.iterations * seconds_per_iteration(kind, gpu, per_process, s.image_size) \
-        + evaluations * per_eval
+    return startup + s.iterations * seconds_per_iteration(kind, gpu, per_process, s.image_size) + evaluations * per_eval
 
 
 def duration_text(seconds: float) -> str:
-    """"40 s", "12 min", "2 h 10 min"."""
+    """ "40 s", "12 min", "2 h 10 min"."""
     if seconds < 90:
         return f"{max(5, round(seconds / 5) * 5)} s"
     minutes = round(seconds / 60)
@@ -327,8 +393,10 @@ def split_warnings(n_train: int, n_val: int) -> list[str]:
     if not n_val:
         return ["no validation images (raise the validation fraction): no evaluation, no AP, no best checkpoint"]
     if n_val <= 2:
-        return [f"only {n_val} validation image{'s' if n_val > 1 else ''}: AP on so few images is mostly noise, "
-                "and the best checkpoint is chosen by it; raise the validation fraction or label more images"]
+        return [
+            f"only {n_val} validation image{'s' if n_val > 1 else ''}: AP on so few images is mostly noise, "
+            "and the best checkpoint is chosen by it; raise the validation fraction or label more images"
+        ]
     return []
 
 
@@ -337,20 +405,25 @@ def estimate_text(s: TrainSettings, kind: str, gpu: bool, n_train: int, n_val: i
     per_process = max(1, s.batch_size // s.num_gpus) if gpu else s.batch_size
     per_iter = seconds_per_iteration(kind, gpu, per_process, s.image_size)
     where = f"{s.num_gpus} GPU{'s' if s.num_gpus > 1 else ''}" if gpu else "the CPU"
-    lines = [f"**Estimate: about {duration_text(estimate_seconds(s, kind, gpu, n_val))}** on {where} "
-             f"({MODEL_NAMES[kind]}): {s.iterations} iterations of {s.batch_size} image"
-             f"{'s' if s.batch_size > 1 else ''} at {s.image_size} px, ≈ {per_iter:.2g} s each"
-             + (f", and evaluations of {n_val} validation images" if n_val else "") + ".",
-             f"Split of {s.dataset}: {n_train} training and {n_val} validation images"
-             + (f"; {s.iterations * s.batch_size / n_train:.0f} passes over the training images." if n_train
-                else ".")]
+    lines = [
+        f"**Estimate: about {duration_text(estimate_seconds(s, kind, gpu, n_val))}** on {where} "
+        f"({MODEL_NAMES[kind]}): {s.iterations} iterations of {s.batch_size} image"
+        f"{'s' if s.batch_size > 1 else ''} at {s.image_size} px, ≈ {per_iter:.2g} s each"
+        + (f", and evaluations of {n_val} validation images" if n_val else "")
+        + ".",
+        f"Split of {s.dataset}: {n_train} training and {n_val} validation images"
+        + (f"; {s.iterations * s.batch_size / n_train:.0f} passes over the training images." if n_train else "."),
+    ]
     warnings = [*s.notes, *split_warnings(n_train, n_val)]
     if not gpu and kind != "tiny":
-        warnings.append(f"{MODEL_NAMES[kind]} on the CPU takes seconds per image; the tiny model is meant for "
-                        "a CPU try-out")
+        warnings.append(
+            f"{MODEL_NAMES[kind]} on the CPU takes seconds per image; the tiny model is meant for a CPU try-out"
+        )
     lines += [f"⚠️ {w}" for w in warnings]
-    lines.append(f"<small>A rough figure, calibrated on a 2-core CPU{' and an H200 GPU' if gpu else ''}; the "
-                 "monitor shows the real speed once training runs.</small>")
+    lines.append(
+        f"<small>A rough figure, calibrated on a 2-core CPU{' and an H200 GPU' if gpu else ''}; the "
+        "monitor shows the real speed once training runs.</small>"
+    )
     return "\n\n".join(lines)
 
 
@@ -366,13 +439,14 @@ def preset_for(settings: TrainSettings, run_dirs: dict[str, Path]) -> tuple[Path
     if settings.start.startswith(RUN_PREFIX):
         from multimask.engine.weights import run_weights
 
-        run_dir = run_dirs[settings.start[len(RUN_PREFIX):]]
+        run_dir = run_dirs[settings.start[len(RUN_PREFIX) :]]
         return run_dir / "config.yaml", str(run_weights(run_dir))
     return preset_path(STARTING_POINTS[settings.start][1]), None
 
 
-def training_options(settings: TrainSettings, base_cfg, model_device: str, mask_names: list[str],
-                     weights: str | None, has_val: bool) -> list[str]:
+def training_options(
+    settings: TrainSettings, base_cfg, model_device: str, mask_names: list[str], weights: str | None, has_val: bool
+) -> list[str]:
     """Config options (KEY VALUE pairs as strings) for `python -m multimask train`, advanced options last."""
     it = settings.iterations
     max_size = str(round(settings.image_size * 1333 / 800))  # detectron2's 800 / 1333 aspect limit
@@ -402,8 +476,9 @@ def training_options(settings: TrainSettings, base_cfg, model_device: str, mask_
     if settings.schedule == "cosine":
         opts.update({"SOLVER.LR_SCHEDULER_NAME": "WarmupCosineLR", "SOLVER.STEPS": "()"})
     else:
-        steps = sorted({s for s in (int(it * 0.75), int(it * 0.9)) if 0 < s < it}) \
-            if settings.schedule == "step" else []
+        steps = (
+            sorted({s for s in (int(it * 0.75), int(it * 0.9)) if 0 < s < it}) if settings.schedule == "step" else []
+        )
         opts.update({"SOLVER.LR_SCHEDULER_NAME": "WarmupMultiStepLR", "SOLVER.STEPS": repr(tuple(steps))})
     flat = [s for kv in opts.items() for s in kv]
     return flat + parse_advanced(settings.advanced)
@@ -417,11 +492,24 @@ def check_options(config_file: Path, opts: list[str]) -> None:
         raise FormError(f"the training options do not make a valid config: {e}") from None
 
 
-def build_command(config_file: Path, train_json: Path, val_json: Path | None, run_dir: Path, num_gpus: int,
-                  opts: list[str]) -> list[str]:
+def build_command(
+    config_file: Path, train_json: Path, val_json: Path | None, run_dir: Path, num_gpus: int, opts: list[str]
+) -> list[str]:
     """The argument list of the training job (this Python, `-m multimask train`)."""
-    argv = [sys.executable, "-m", "multimask", "train", "--config-file", str(config_file),
-            "--train-json", str(train_json), "--output-dir", str(run_dir), "--num-gpus", str(num_gpus)]
+    argv = [
+        sys.executable,
+        "-m",
+        "multimask",
+        "train",
+        "--config-file",
+        str(config_file),
+        "--train-json",
+        str(train_json),
+        "--output-dir",
+        str(run_dir),
+        "--num-gpus",
+        str(num_gpus),
+    ]
     if val_json is not None:
         argv += ["--val-json", str(val_json)]
     return argv + opts

@@ -86,9 +86,29 @@ UNEXPECTED_MESSAGE = "the process ended unexpectedly"
 logger = logging.getLogger(__name__)
 
 
-_RECORD_KEYS = ("id", "command", "run_dir", "device", "device_request", "state", "cwd", "pid", "pgid", "proc_start",
-                "created", "started", "ended", "returncode", "error", "log", "log_tail", "stop_requested",
-                "stop_deadline", "stop_timeout", "resumed_from")
+_RECORD_KEYS = (
+    "id",
+    "command",
+    "run_dir",
+    "device",
+    "device_request",
+    "state",
+    "cwd",
+    "pid",
+    "pgid",
+    "proc_start",
+    "created",
+    "started",
+    "ended",
+    "returncode",
+    "error",
+    "log",
+    "log_tail",
+    "stop_requested",
+    "stop_deadline",
+    "stop_timeout",
+    "resumed_from",
+)
 
 
 class JobError(ValueError):
@@ -101,9 +121,11 @@ def _now() -> str:
 
 def offline_weights_message(file_name: str, folder: str = "the runs folder") -> str:
     """What to do when model-zoo weights cannot be downloaded, naming the Train form's options."""
-    return (f"the model-zoo weights {file_name} cannot be downloaded (no internet access?): download {file_name} "
-            f"on another machine, copy it into {folder}, then choose 'Local weights file' under Starting point "
-            "and give its path; or start from the tiny model or from scratch")
+    return (
+        f"the model-zoo weights {file_name} cannot be downloaded (no internet access?): download {file_name} "
+        f"on another machine, copy it into {folder}, then choose 'Local weights file' under Starting point "
+        "and give its path; or start from the tiny model or from scratch"
+    )
 
 
 def stopped_message(log_text: str) -> str | None:
@@ -185,10 +207,16 @@ def _units(device: str) -> set[str]:
 
 def _is_record(job: Any, job_id: str) -> bool:
     """Whether a parsed file is a job record this manager can act on (the fields that scheduling reads)."""
-    return (isinstance(job, dict) and job.get("id") == job_id and job.get("state") in STATES
-            and isinstance(job.get("device"), str) and bool(_DEVICE_RE.match(job["device"]))
-            and isinstance(job.get("command"), list) and all(isinstance(a, str) for a in job["command"])
-            and all(isinstance(job.get(k), str) for k in ("run_dir", "log", "created")))
+    return (
+        isinstance(job, dict)
+        and job.get("id") == job_id
+        and job.get("state") in STATES
+        and isinstance(job.get("device"), str)
+        and bool(_DEVICE_RE.match(job["device"]))
+        and isinstance(job.get("command"), list)
+        and all(isinstance(a, str) for a in job["command"])
+        and all(isinstance(job.get(k), str) for k in ("run_dir", "log", "created"))
+    )
 
 
 def visible_devices(device: str, inherited: str | None = None) -> str:
@@ -220,9 +248,16 @@ class JobManager:
     "cpu", given GPUs ("cuda:0,1"), or "cuda*K": any K of the `gpus` GPUs that are free when it starts.
     """
 
-    def __init__(self, jobs_root: str | Path, runs_root: str | Path | None = None, *,
-                 allowed_programs: tuple[str, ...] | None = None, require_module: str | None = "multimask",
-                 stop_timeout: float = DEFAULT_STOP_TIMEOUT, gpus: int = 0):
+    def __init__(
+        self,
+        jobs_root: str | Path,
+        runs_root: str | Path | None = None,
+        *,
+        allowed_programs: tuple[str, ...] | None = None,
+        require_module: str | None = "multimask",
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        gpus: int = 0,
+    ):
         self.jobs_root = Path(jobs_root)
         self.gpus = gpus  # GPUs that "cuda*K" jobs may be given
         self.jobs_root.mkdir(parents=True, exist_ok=True)
@@ -281,8 +316,11 @@ class JobManager:
         """Whether a record's run folder resolves (links followed) inside `runs_root` (when given) and its log is
         the job's own file in `jobs_root`: a record edited to point elsewhere is not read or acted on."""
         log = Path(job["log"])
-        return (log.name == f"{job['id']}.log" and inside(log, [self.jobs_root]) is not None
-                and (self.runs_root is None or inside(job["run_dir"], [self.runs_root]) is not None))
+        return (
+            log.name == f"{job['id']}.log"
+            and inside(log, [self.jobs_root]) is not None
+            and (self.runs_root is None or inside(job["run_dir"], [self.runs_root]) is not None)
+        )
 
     def _shown(self, path: str | Path) -> str:
         """A path as messages name it: from the runs folder (or the jobs folder)."""
@@ -340,20 +378,44 @@ class JobManager:
             raise JobError(f"the run folder {run_dir.name!r} must be inside the runs folder `{self.runs_root.name}`")
         return run_dir
 
-    def submit(self, argv: list[str], run_dir: str | Path, device: str = "cpu", *, cwd: str | Path | None = None,
-               start: bool = True, **extra) -> dict:
+    def submit(
+        self,
+        argv: list[str],
+        run_dir: str | Path,
+        device: str = "cpu",
+        *,
+        cwd: str | Path | None = None,
+        start: bool = True,
+        **extra,
+    ) -> dict:
         """Queue a job (and start it now when its device is free and `start`); return its record."""
         argv = self.validate_argv(argv)
         if not isinstance(device, str) or not _DEVICE_RE.match(device):
             raise JobError(f"device must be 'cpu', 'cuda:N[,M...]' or 'cuda*K', not {device!r}")
         run_dir = self._validate_run_dir(run_dir)
         job_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        job = {"id": job_id, "command": argv, "run_dir": str(run_dir), "device": device, "device_request": device,
-               "state": "queued",
-               "cwd": str(Path(cwd or os.getcwd()).resolve()), "pid": None, "pgid": None, "proc_start": None,
-               "created": _now(), "started": None, "ended": None, "returncode": None, "error": None,
-               "log": str(self.jobs_root / f"{job_id}.log"), "log_tail": None, "stop_requested": None,
-               "stop_deadline": None, **extra}
+        job = {
+            "id": job_id,
+            "command": argv,
+            "run_dir": str(run_dir),
+            "device": device,
+            "device_request": device,
+            "state": "queued",
+            "cwd": str(Path(cwd or os.getcwd()).resolve()),
+            "pid": None,
+            "pgid": None,
+            "proc_start": None,
+            "created": _now(),
+            "started": None,
+            "ended": None,
+            "returncode": None,
+            "error": None,
+            "log": str(self.jobs_root / f"{job_id}.log"),
+            "log_tail": None,
+            "stop_requested": None,
+            "stop_deadline": None,
+            **extra,
+        }
         with self._locked():
             other = [j for j in self._run_jobs(run_dir) if j["state"] in ("queued", *ACTIVE)]
             if other:
@@ -407,7 +469,7 @@ class JobManager:
     def _assign_gpus(self, job: dict, busy: set[str]) -> bool:
         """Give a "cuda*K" job the first K free GPUs (False: not enough free now; a job needing more than
         there are is failed)."""
-        k = int(job["device"][len("cuda*"):])
+        k = int(job["device"][len("cuda*") :])
         if k > self.gpus:
             job.update(state="failed", ended=_now(), error=f"needs {k} GPUs, {self.gpus} visible")
             self._save(job)
@@ -428,16 +490,28 @@ class JobManager:
             with open(log_path, "ab") as log:
                 log.write(f"$ {' '.join(job['command'])}\n".encode())
                 log.flush()
-                proc = subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(status), *job["command"]],
-                                        cwd=job["cwd"], env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", _SUPERVISOR, str(status), *job["command"]],
+                    cwd=job["cwd"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except (OSError, JobError) as e:
             job.update(state="failed", ended=_now(), error=f"could not start the job: {e}")
             self._save(job)
             return
         self._procs[job["id"]] = proc
-        job.update(state="running", pid=proc.pid, pgid=proc.pid, proc_start=(_proc_stat(proc.pid) or (None, None))[1],
-                   started=_now())
+        job.update(
+            state="running",
+            pid=proc.pid,
+            pgid=proc.pid,
+            proc_start=(_proc_stat(proc.pid) or (None, None))[1],
+            started=_now(),
+        )
         self._save(job)
 
     def _exit_status(self, job: dict) -> int | None:
@@ -504,10 +578,19 @@ class JobManager:
             rc = 0
         if rc == 0:
             job.update(state="completed", error=None)
-        elif job["state"] == "stopping" and rc in (None, STOPPED_EXIT_CODE, -signal.SIGTERM, -signal.SIGKILL,
-                                                   -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGKILL):
-            job.update(state="cancelled", error=stopped_message(text)
-                       or "stopped" + (" (killed)" if rc != STOPPED_EXIT_CODE else ""))
+        elif job["state"] == "stopping" and rc in (
+            None,
+            STOPPED_EXIT_CODE,
+            -signal.SIGTERM,
+            -signal.SIGKILL,
+            -signal.SIGINT,
+            128 + signal.SIGTERM,
+            128 + signal.SIGKILL,
+        ):
+            job.update(
+                state="cancelled",
+                error=stopped_message(text) or "stopped" + (" (killed)" if rc != STOPPED_EXIT_CODE else ""),
+            )
         else:
             if rc is None:
                 msg = f"{UNEXPECTED_MESSAGE} (no exit status)"
@@ -543,8 +626,9 @@ class JobManager:
                 self._save(job)
             elif job["state"] == "running":
                 timeout = self.stop_timeout if timeout is None else timeout
-                job.update(state="stopping", stop_requested=_now(), stop_deadline=time.time() + timeout,
-                           stop_timeout=timeout)
+                job.update(
+                    state="stopping", stop_requested=_now(), stop_deadline=time.time() + timeout, stop_timeout=timeout
+                )
                 self._save(job)
                 self._kill(job, signal.SIGTERM)
             elif job["state"] == "stopping":

@@ -111,8 +111,12 @@ def progress(rows: list[dict], max_iter: int, ims_per_batch: int) -> dict:
 
 def loss_points(rows: list[dict]) -> list[tuple[int, float, str]]:
     """(iterations done, value, series) of total_loss and every loss_*."""
-    return [(r["iteration"] + 1, v, k) for r in rows for k, v in r.items()
-            if (k == "total_loss" or k.startswith("loss_")) and _finite(v)]
+    return [
+        (r["iteration"] + 1, v, k)
+        for r in rows
+        for k, v in r.items()
+        if (k == "total_loss" or k.startswith("loss_")) and _finite(v)
+    ]
 
 
 def lr_points(rows: list[dict]) -> list[tuple[int, float]]:
@@ -127,8 +131,12 @@ def evaluated_after(iteration: int, max_iter: int | None) -> int:
 
 def ap_points(rows: list[dict], max_iter: int | None = None) -> list[tuple[int, float, str]]:
     """(iterations done, AP, series) after each evaluation; series: bbox, segm/<mask name>."""
-    return [(evaluated_after(r["iteration"], max_iter), v, k[: -len("/AP")]) for r in rows for k, v in r.items()
-            if k.endswith("/AP") and _finite(v)]
+    return [
+        (evaluated_after(r["iteration"], max_iter), v, k[: -len("/AP")])
+        for r in rows
+        for k, v in r.items()
+        if k.endswith("/AP") and _finite(v)
+    ]
 
 
 def latest_evaluation(rows: list[dict], max_iter: int | None = None) -> tuple[int | None, dict]:
@@ -162,13 +170,16 @@ def evaluation(run_dir: str | Path, max_iter: int | None = None) -> tuple[str, d
         summary = summary if isinstance(summary, dict) else {}
         notes = []
         if summary.get("early_stopped"):
-            notes.append(f"stopped early after {summary.get('iterations')} iterations, the results are the best "
-                         "evaluation's")
+            notes.append(
+                f"stopped early after {summary.get('iterations')} iterations, the results are the best evaluation's"
+            )
         best = summary.get("best")
         if isinstance(best, dict) and isinstance(best.get("iteration"), int) and _finite(best.get("value")):
             done = evaluated_after(best["iteration"], summary.get("max_iter") or max_iter)
-            notes.append(f"best {best['metric']} {best['value']:.2f} after {done} iterations: model_best.pth, used "
-                         "by Predict and Propose")
+            notes.append(
+                f"best {best['metric']} {best['value']:.2f} after {done} iterations: model_best.pth, used "
+                "by Predict and Propose"
+            )
         return "final evaluation" + "".join(f"; {n}" for n in notes), final
     it, tasks = latest_evaluation(read_metrics(run_dir), max_iter)
     return (f"evaluation after {it} iterations", tasks) if tasks else ("", {})

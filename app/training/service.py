@@ -49,8 +49,13 @@ class TrainingService:
     and the further weights roots; messages, records and logs name paths from those folders (see `roots.scrub`).
     """
 
-    def __init__(self, data_root: str | Path, runs_root: str | Path, gpus: int | None = None,
-                 weights_roots: Sequence[str | Path] = ()):
+    def __init__(
+        self,
+        data_root: str | Path,
+        runs_root: str | Path,
+        gpus: int | None = None,
+        weights_roots: Sequence[str | Path] = (),
+    ):
         """`weights_roots`: server folders a local weights file may come from, besides `runs_root` and
         `data_root` (e.g. the app's import folders). ValueError when `runs_root/.jobs` links outside it."""
         self.store = LabelStore(data_root)
@@ -127,8 +132,10 @@ class TrainingService:
         if not jobs:
             raise JobError(f"no run called {run_name!r}; pick one from the list")
         if jobs[-1].get("external"):
-            raise JobError(f"run {run_name} was trained outside this app (e.g. `python -m multimask train`): it is "
-                           "shown read-only; Stop, Resume and Delete act on runs started with this form")
+            raise JobError(
+                f"run {run_name} was trained outside this app (e.g. `python -m multimask train`): it is "
+                "shown read-only; Stop, Resume and Delete act on runs started with this form"
+            )
         return jobs[-1]
 
     def default_run(self) -> str | None:
@@ -161,7 +168,7 @@ class TrainingService:
     def model_kind(self, start: Any) -> str:
         """The model a starting point trains ("tiny", "r50" or "r50-gn", see form.SPEED); "r50" if unknown."""
         if isinstance(start, str) and start.startswith(form.RUN_PREFIX):
-            path = self.weight_runs().get(start[len(form.RUN_PREFIX):])
+            path = self.weight_runs().get(start[len(form.RUN_PREFIX) :])
             return form.model_kind(start, run_config(path) if path else {})
         return form.model_kind(start if isinstance(start, str) else "coco")
 
@@ -186,15 +193,18 @@ class TrainingService:
         if s.weights_file.endswith(".pkl"):
             notes.append(f"{s.weights_file} is loaded with pickle, which can run code: only use files you trust")
         if model_device == "cpu" and s.start != "tiny":
-            notes.append("training an R50-FPN model on the CPU is slow (seconds per iteration); the tiny model is "
-                         "meant for trying the pipeline on a CPU")
+            notes.append(
+                "training an R50-FPN model on the CPU is slow (seconds per iteration); the tiny model is "
+                "meant for trying the pipeline on a CPU"
+            )
         name = s.run_name or f"{s.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_dir = self.runs_root / name
         if run_dir.exists() or name in self.run_names():
             raise form.FormError(f"a run called {name!r} exists already; choose another name")
         if s.best_metric.startswith("segm/") and s.best_metric.split("/")[1] not in ds.mask_names:
-            raise form.FormError(f"best metric: {s.best_metric} names a mask this dataset does not have "
-                                 f"({', '.join(ds.mask_names)})")
+            raise form.FormError(
+                f"best metric: {s.best_metric} names a mask this dataset does not have ({', '.join(ds.mask_names)})"
+            )
         from multimask.config import get_multimask_cfg
         from multimask.engine import WeightsUnavailableError
 
@@ -209,17 +219,29 @@ class TrainingService:
             paths = ds.export(run_dir / "data", val_fraction=s.val_fraction, seed=s.seed)
             n_train, n_val = (len(json.loads(paths[k].read_text())["images"]) for k in ("train", "val"))
             if not n_train:
-                raise form.FormError(f"dataset {s.dataset!r} has no labelled images for training yet (images "
-                                     "with instances, or marked done)")
+                raise form.FormError(
+                    f"dataset {s.dataset!r} has no labelled images for training yet (images "
+                    "with instances, or marked done)"
+                )
             has_val = n_val > 0
             notes += form.split_warnings(n_train, n_val)
             opts = form.training_options(s, base, model_device, ds.mask_names, weights, has_val)
             form.check_options(config_file, opts)
-            argv = form.build_command(config_file, paths["train"], paths["val"] if has_val else None, run_dir,
-                                      s.num_gpus, opts)
-            job = self.jobs.submit(argv, run_dir, job_device, cwd=Path.cwd(), dataset=s.dataset, run_name=name,
-                                   settings=s.to_dict(), max_iter=s.iterations, ims_per_batch=s.batch_size,
-                                   images={"train": n_train, "val": n_val})
+            argv = form.build_command(
+                config_file, paths["train"], paths["val"] if has_val else None, run_dir, s.num_gpus, opts
+            )
+            job = self.jobs.submit(
+                argv,
+                run_dir,
+                job_device,
+                cwd=Path.cwd(),
+                dataset=s.dataset,
+                run_name=name,
+                settings=s.to_dict(),
+                max_iter=s.iterations,
+                ims_per_batch=s.batch_size,
+                images={"train": n_train, "val": n_val},
+            )
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)  # created just above: nothing of the user's is in it
             raise
@@ -233,8 +255,7 @@ class TrainingService:
 
         if weights and is_remote(weights) and not downloadable(weights):
             folder = shown(self.runs_root / WEIGHTS_FOLDER, self.roots)
-            raise form.FormError("starting point: " + offline_weights_message(weights.rsplit("/", 1)[-1],
-                                                                                f"{folder}/"))
+            raise form.FormError("starting point: " + offline_weights_message(weights.rsplit("/", 1)[-1], f"{folder}/"))
 
     # -- actions -----------------------------------------------------------------------------------------------
 
@@ -244,16 +265,20 @@ class TrainingService:
             raise JobError(f"run {run_name} is not running ({job['state']})")
         if self.jobs.stop(job["id"])["state"] == "cancelled":
             return f"Run {run_name}: removed from the queue."
-        return (f"Run {run_name}: stopping after the current iteration, or evaluation if one is under way (a "
-                "checkpoint is saved; then Resume).")
+        return (
+            f"Run {run_name}: stopping after the current iteration, or evaluation if one is under way (a "
+            "checkpoint is saved; then Resume)."
+        )
 
     def resume(self, run_name: Any) -> str:
         job = self.latest(run_name)
         if job["state"] == "completed":
             raise JobError(f"run {run_name} has completed its schedule; start a new run from it to train more")
         if job["state"] in FINISHED and not has_checkpoint(job["run_dir"]):
-            raise JobError(f"run {run_name} saved no checkpoint before it ended, so there is nothing to resume; "
-                           "start it again as a new run")
+            raise JobError(
+                f"run {run_name} saved no checkpoint before it ended, so there is nothing to resume; "
+                "start it again as a new run"
+            )
         new = self.jobs.resume(job["id"])
         return f"Run {run_name}: resuming from its last checkpoint (job {new['id']}, {new['state']})."
 
@@ -287,16 +312,43 @@ class TrainingService:
         job = jobs[-1]
         run_dir = Path(job["run_dir"])
         rows = monitor.read_metrics(run_dir)
-        record = {k: job.get(k) for k in ("id", "state", "error", "dataset", "device", "pid", "created", "started",
-                                          "ended", "returncode", "run_dir", "images", "settings", "command")}
-        record.update(progress=monitor.progress(rows, int(job.get("max_iter") or 0), int(job.get("ims_per_batch")
-                                                                                           or 1)),
-                      final_ap=monitor.final_ap(run_dir), jobs=[j["id"] for j in jobs if j["id"]],
-                      seconds=sum(job_seconds(j) for j in jobs), external=bool(job.get("external")),
-                      can_resume=job["state"] in FINISHED and job["state"] != "completed"
-                      and not job.get("external") and has_checkpoint(run_dir))
-        snap = {"job": self.for_browser(job), "rows": rows, "record": self.for_browser(record),
-                "signature": _signature(run_name, job), "details": None}
+        record = {
+            k: job.get(k)
+            for k in (
+                "id",
+                "state",
+                "error",
+                "dataset",
+                "device",
+                "pid",
+                "created",
+                "started",
+                "ended",
+                "returncode",
+                "run_dir",
+                "images",
+                "settings",
+                "command",
+            )
+        }
+        record.update(
+            progress=monitor.progress(rows, int(job.get("max_iter") or 0), int(job.get("ims_per_batch") or 1)),
+            final_ap=monitor.final_ap(run_dir),
+            jobs=[j["id"] for j in jobs if j["id"]],
+            seconds=sum(job_seconds(j) for j in jobs),
+            external=bool(job.get("external")),
+            can_resume=job["state"] in FINISHED
+            and job["state"] != "completed"
+            and not job.get("external")
+            and has_checkpoint(run_dir),
+        )
+        snap = {
+            "job": self.for_browser(job),
+            "rows": rows,
+            "record": self.for_browser(record),
+            "signature": _signature(run_name, job),
+            "details": None,
+        }
         if snap["signature"] != last_signature:
             caption, results = monitor.evaluation(run_dir, record["progress"]["max_iter"])
             log = tail_lines(Path(job["log"]), LOG_LINES) if inside(job["log"], [self.runs_root]) else ""
@@ -320,23 +372,32 @@ class TrainingService:
         for name, jobs in self._runs().items():
             job = jobs[-1]
             started = jobs[0].get("started") or jobs[0]["created"] or ""
-            out.append({"run": name, "state": job["state"], "dataset": job.get("dataset"),
-                        "iterations": f"{monitor.iterations_done(job['run_dir'])}/{job.get('max_iter') or 0}",
-                        "started": started[:16].replace("T", " "),
-                        "seconds": sum(job_seconds(j) for j in jobs), "ap": monitor.final_ap(job["run_dir"])})
+            out.append(
+                {
+                    "run": name,
+                    "state": job["state"],
+                    "dataset": job.get("dataset"),
+                    "iterations": f"{monitor.iterations_done(job['run_dir'])}/{job.get('max_iter') or 0}",
+                    "started": started[:16].replace("T", " "),
+                    "seconds": sum(job_seconds(j) for j in jobs),
+                    "ap": monitor.final_ap(job["run_dir"]),
+                }
+            )
         return out
 
     def estimate(self, values: dict) -> str:
         """Markdown next to the Train button: the split, the expected duration and warnings, or the form error
         that Train would give."""
         try:
-            s = form.parse_settings({k: v for k, v in values.items() if k in form.FIELDS}, list(self.weight_runs()),
-                                    self.roots)
+            s = form.parse_settings(
+                {k: v for k, v in values.items() if k in form.FIELDS}, list(self.weight_runs()), self.roots
+            )
             model_device, _, _ = form.resolve_device(s, self.gpus)
         except form.FormError as e:
             return f"⚠️ {self.for_browser(str(e))}"
         n_train, n_val = self.split(s.dataset, s.val_fraction)
         return form.estimate_text(s, self.model_kind(s.start), model_device == "cuda", n_train, n_val)
+
 
 def on_cpu(argv: list[str]) -> list[str]:
     """The command with MODEL.DEVICE cpu, mixed precision off and one process."""
@@ -383,9 +444,13 @@ def run_config(run_dir: Path) -> dict:
             return _config_cache[str(path)][1]
         cfg = yaml.safe_load(path.read_text())
         model, solver = cfg.get("MODEL", {}), cfg.get("SOLVER", {})
-        out = {"max_iter": solver.get("MAX_ITER"), "ims_per_batch": solver.get("IMS_PER_BATCH"),
-               "device": model.get("DEVICE"), "depth": model.get("RESNETS", {}).get("DEPTH"),
-               "norm": model.get("RESNETS", {}).get("NORM")}
+        out = {
+            "max_iter": solver.get("MAX_ITER"),
+            "ims_per_batch": solver.get("IMS_PER_BATCH"),
+            "device": model.get("DEVICE"),
+            "depth": model.get("RESNETS", {}).get("DEPTH"),
+            "norm": model.get("RESNETS", {}).get("NORM"),
+        }
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return {}
     if len(_config_cache) > 256:
@@ -402,14 +467,28 @@ def external_job(name: str, run_dir: Path) -> dict:
     started = starts[0].get("time") if isinstance(starts, list) and starts and isinstance(starts[0], dict) else None
     train = info.get("data", {}).get("train", {}).get("path") if isinstance(info, dict) else None
     done = (run_dir / monitor.SUMMARY_FILE).is_file()
-    mtimes = [p.stat().st_mtime for p in (run_dir / monitor.METRICS_FILE, run_dir / monitor.SUMMARY_FILE,
-                                          run_dir / CONFIG_NAME) if p.is_file()]
+    mtimes = [
+        p.stat().st_mtime
+        for p in (run_dir / monitor.METRICS_FILE, run_dir / monitor.SUMMARY_FILE, run_dir / CONFIG_NAME)
+        if p.is_file()
+    ]
     last = datetime.fromtimestamp(max(mtimes), timezone.utc).isoformat() if mtimes else None
-    return {"id": None, "external": True, "run_name": name, "state": "completed" if done else EXTERNAL,
-            "error": None, "dataset": "/".join(Path(train).parts[-2:]) if isinstance(train, str) else "–",
-            "device": str(cfg.get("device") or "–"), "run_dir": str(run_dir), "log": str(run_dir / LOG_FILE),
-            "max_iter": cfg.get("max_iter"), "ims_per_batch": cfg.get("ims_per_batch"),
-            "created": started or last or "", "started": started, "ended": last}
+    return {
+        "id": None,
+        "external": True,
+        "run_name": name,
+        "state": "completed" if done else EXTERNAL,
+        "error": None,
+        "dataset": "/".join(Path(train).parts[-2:]) if isinstance(train, str) else "–",
+        "device": str(cfg.get("device") or "–"),
+        "run_dir": str(run_dir),
+        "log": str(run_dir / LOG_FILE),
+        "max_iter": cfg.get("max_iter"),
+        "ims_per_batch": cfg.get("ims_per_batch"),
+        "created": started or last or "",
+        "started": started,
+        "ended": last,
+    }
 
 
 def _iso_time(value: Any) -> float:
@@ -438,6 +517,7 @@ def _signature(run_name: str, job: dict) -> list:
 
 def job_seconds(job: dict) -> float:
     """How long a job has run (until now when it still runs)."""
+
     def ts(v: str | None) -> float | None:
         return datetime.fromisoformat(v).timestamp() if v else None
 

@@ -32,9 +32,11 @@ TAB_CSS = """<style>
 # The log: a <pre> that shows its end after every update, and when it first gets a size (a Textbox's autoscroll
 # does neither when the value arrives while the tab is hidden, nor once the box shows the start of a long text).
 LOG_TEMPLATE = "<pre class='mm-log'></pre>"
-LOG_CSS = ("pre.mm-log { height: 15em; overflow-y: auto; margin: 0; padding: 6px; white-space: pre-wrap; "
-           "word-break: break-all; font-size: 12px; background: var(--input-background-fill); "
-           "border: 1px solid var(--border-color-primary); border-radius: 4px; }")
+LOG_CSS = (
+    "pre.mm-log { height: 15em; overflow-y: auto; margin: 0; padding: 6px; white-space: pre-wrap; "
+    "word-break: break-all; font-size: 12px; background: var(--input-background-fill); "
+    "border: 1px solid var(--border-color-primary); border-radius: 4px; }"
+)
 LOG_JS = """
 const pre = element.querySelector('pre.mm-log');
 const toEnd = () => { pre.scrollTop = pre.scrollHeight; };
@@ -100,9 +102,11 @@ class TrainView:
         """Datasets, starting points and runs made or finished meanwhile (tab opened, ↻)."""
         datasets = self.service.store.list_datasets()
         starts = self.start_choices()
-        return (choices_keeping(datasets, dataset, datasets, datasets[0] if datasets else None),
-                choices_keeping(starts, start, [k for _, k in starts], self.default_start()),
-                self.run_choices(run))
+        return (
+            choices_keeping(datasets, dataset, datasets, datasets[0] if datasets else None),
+            choices_keeping(starts, start, [k for _, k in starts], self.default_start()),
+            self.run_choices(run),
+        )
 
     def run_choices(self, run: str | None) -> Any:
         """The run list, keeping the page's run while it exists (else the newest)."""
@@ -111,9 +115,11 @@ class TrainView:
 
     def on_load(self) -> tuple[Any, Any, Any]:
         datasets = self.service.store.list_datasets()
-        return (gr.update(choices=self.service.run_names(), value=self.service.default_run()),
-                gr.update(choices=datasets, value=datasets[0] if datasets else None),
-                gr.update(choices=self.start_choices()))
+        return (
+            gr.update(choices=self.service.run_names(), value=self.service.default_run()),
+            gr.update(choices=datasets, value=datasets[0] if datasets else None),
+            gr.update(choices=self.start_choices()),
+        )
 
     def fill_form(self, run_name: str | None) -> tuple:
         """The form fields (FILLED_FIELDS) set to a run's recorded settings; unchanged for a run without any
@@ -135,14 +141,53 @@ class TrainView:
                 out.append(gr.update(value=value))
         return tuple(out)
 
-    def start(self, dataset: str | None, run_name: str | None, start: str | None, iterations: Any, batch_size: Any,
-              lr: Any, schedule: str | None, image_size: Any, val_fraction: Any, seed: Any, device: str | None,
-              num_gpus: Any, amp: Any, eval_period: Any, patience: Any, best_metric: str | None,
-              advanced: str | None, weights_file: str | None = "") -> tuple[str, Any]:
+    def start(
+        self,
+        dataset: str | None,
+        run_name: str | None,
+        start: str | None,
+        iterations: Any,
+        batch_size: Any,
+        lr: Any,
+        schedule: str | None,
+        image_size: Any,
+        val_fraction: Any,
+        seed: Any,
+        device: str | None,
+        num_gpus: Any,
+        amp: Any,
+        eval_period: Any,
+        patience: Any,
+        best_metric: str | None,
+        advanced: str | None,
+        weights_file: str | None = "",
+    ) -> tuple[str, Any]:
         """The Train button: (message, run selector update); the outcome is also shown as a toast."""
-        values = dict(zip(form.FIELDS, (dataset, run_name, start, iterations, batch_size, lr, schedule, image_size,
-                                        val_fraction, seed, device, num_gpus, amp, eval_period, patience,
-                                        best_metric, advanced, weights_file)))
+        values = dict(
+            zip(
+                form.FIELDS,
+                (
+                    dataset,
+                    run_name,
+                    start,
+                    iterations,
+                    batch_size,
+                    lr,
+                    schedule,
+                    image_size,
+                    val_fraction,
+                    seed,
+                    device,
+                    num_gpus,
+                    amp,
+                    eval_period,
+                    patience,
+                    best_metric,
+                    advanced,
+                    weights_file,
+                ),
+            )
+        )
         try:
             job, notes = self.service.start(values)
         except (form.FormError, JobError, ValueError, OSError) as e:
@@ -154,6 +199,7 @@ class TrainView:
 
     def act(self, action: str):
         """A handler calling the service's `action(run)`; the result or error becomes the message and a toast."""
+
         def handler(run_name: str | None) -> str:
             try:
                 message = getattr(self.service, action)(run_name)
@@ -161,6 +207,7 @@ class TrainView:
                 return _warn(self.service.for_browser(str(e)))
             gr.Info(message)
             return message
+
         handler.__name__ = action
         return handler
 
@@ -191,35 +238,63 @@ class TrainView:
         snap = self.service.snapshot(run_name, last)
         job = snap["job"]
         if job is None:
-            hint = "No run selected. Start one with the form, or pick one above." if not run_name else \
-                f"No run called {html.escape(str(run_name))}."
-            return (f"<p>{hint}</p>", _frame([], LOSS_COLUMNS), _frame([], LOSS_COLUMNS), _frame([], LR_COLUMNS),
-                    _frame([], AP_COLUMNS), "", eval_table({}), "", {}, runs, gr.update(interactive=False),
-                    gr.update(interactive=False), gr.update(visible=False)), snap["signature"]
+            hint = (
+                "No run selected. Start one with the form, or pick one above."
+                if not run_name
+                else f"No run called {html.escape(str(run_name))}."
+            )
+            return (
+                f"<p>{hint}</p>",
+                _frame([], LOSS_COLUMNS),
+                _frame([], LOSS_COLUMNS),
+                _frame([], LR_COLUMNS),
+                _frame([], AP_COLUMNS),
+                "",
+                eval_table({}),
+                "",
+                {},
+                runs,
+                gr.update(interactive=False),
+                gr.update(interactive=False),
+                gr.update(visible=False),
+            ), snap["signature"]
         rows, record, details = snap["rows"], snap["record"], snap["details"]
         if details is None:  # unchanged: loss, lr and AP plots, evaluation caption and table, log
             heavy = (gr.skip(),) * 7
         else:
             caption = details["eval_caption"]
             losses = _frame(monitor.loss_points(rows), LOSS_COLUMNS)
-            heavy = (_thin(losses[losses["series"] == TOTAL_LOSS]), _thin(_per_head(losses)),
-                     _thin(_frame(monitor.lr_points(rows), LR_COLUMNS)),
-                     _frame(monitor.ap_points(rows, record["progress"]["max_iter"]), AP_COLUMNS),
-                     f"**Evaluation:** {caption}" if caption else "No evaluation yet.",
-                     eval_table(details["results"]), details["log"])
-        return (progress_html(job, record["progress"], record["seconds"], len(record["jobs"])), *heavy, record,
-                runs, gr.update(interactive=job["state"] in ("queued", *ACTIVE) and not record["external"]),
-                gr.update(interactive=record["can_resume"]),
-                gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE)), \
-            snap["signature"]
+            heavy = (
+                _thin(losses[losses["series"] == TOTAL_LOSS]),
+                _thin(_per_head(losses)),
+                _thin(_frame(monitor.lr_points(rows), LR_COLUMNS)),
+                _frame(monitor.ap_points(rows, record["progress"]["max_iter"]), AP_COLUMNS),
+                f"**Evaluation:** {caption}" if caption else "No evaluation yet.",
+                eval_table(details["results"]),
+                details["log"],
+            )
+        return (
+            progress_html(job, record["progress"], record["seconds"], len(record["jobs"])),
+            *heavy,
+            record,
+            runs,
+            gr.update(interactive=job["state"] in ("queued", *ACTIVE) and not record["external"]),
+            gr.update(interactive=record["can_resume"]),
+            gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE),
+        ), snap["signature"]
 
     def runs_table(self) -> pd.DataFrame:
         """One row per run: state, dataset, iterations, start, duration, final AP per task."""
         rows, tasks = [], []
         for r in self.service.runs_overview():
             tasks += [t for t in r["ap"] if t not in tasks]
-            rows.append({**{k: r[k] for k in ("run", "state", "dataset", "iterations", "started")},
-                         "duration": _duration(r["seconds"]), **{_ap_header(t): v for t, v in r["ap"].items()}})
+            rows.append(
+                {
+                    **{k: r[k] for k in ("run", "state", "dataset", "iterations", "started")},
+                    "duration": _duration(r["seconds"]),
+                    **{_ap_header(t): v for t, v in r["ap"].items()},
+                }
+            )
         cols = ["run", "state", "dataset", "iterations", "started", "duration", *map(_ap_header, tasks)]
         return pd.DataFrame(rows, columns=cols)
 
@@ -270,10 +345,19 @@ def _thin(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-_STATE_COLOURS = {"running": "#1769aa", "stopping": "#b26a00", "queued": "#666", "completed": "#2e7d32",
-                  "failed": "#c62828", "cancelled": "#666", "external": "#6a1b9a"}
-EXTERNAL_NOTE = ("trained outside this app (e.g. <code>python -m multimask train</code>): shown read-only; Stop "
-                 "and Resume act on runs started with this form")
+_STATE_COLOURS = {
+    "running": "#1769aa",
+    "stopping": "#b26a00",
+    "queued": "#666",
+    "completed": "#2e7d32",
+    "failed": "#c62828",
+    "cancelled": "#666",
+    "external": "#6a1b9a",
+}
+EXTERNAL_NOTE = (
+    "trained outside this app (e.g. <code>python -m multimask train</code>): shown read-only; Stop "
+    "and Resume act on runs started with this form"
+)
 
 
 def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
@@ -292,16 +376,20 @@ def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
     if state in ACTIVE and not it:
         parts.append("loading data and model…")
     jobs = "not started here" if job.get("external") else f"{n_jobs} job{'s' if n_jobs > 1 else ''}"
-    head = (f"<b style='color:{_STATE_COLOURS.get(state, '#000')}' data-state='{esc(state)}'>{esc(state)}</b> · "
-            f"{esc(str(job.get('dataset')))} · {esc(job['device'])} · {_duration(seconds)} · {jobs}")
+    head = (
+        f"<b style='color:{_STATE_COLOURS.get(state, '#000')}' data-state='{esc(state)}'>{esc(state)}</b> · "
+        f"{esc(str(job.get('dataset')))} · {esc(job['device'])} · {_duration(seconds)} · {jobs}"
+    )
     error = ""
     if job.get("error") and state in ("failed", "cancelled"):
         error = f"<p style='color:{_STATE_COLOURS[state]}' class='mm-job-error'>{esc(job['error'])}</p>"
     if job.get("external"):
         error += f"<p class='mm-external'>{EXTERNAL_NOTE}</p>"
-    return (f"<div class='mm-train-progress' data-iteration='{it}'>{head}"
-            f"<progress value='{it}' max='{max(1, max_it)}' style='width:100%'></progress>"
-            f"<div>{esc(' · '.join(parts))}</div>{error}</div>")
+    return (
+        f"<div class='mm-train-progress' data-iteration='{it}'>{head}"
+        f"<progress value='{it}' max='{max(1, max_it)}' style='width:100%'></progress>"
+        f"<div>{esc(' · '.join(parts))}</div>{error}</div>"
+    )
 
 
 def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, Any]:
@@ -319,63 +407,109 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
     with gr.Row(elem_id="mm-train-tab"):
         with gr.Column(scale=1, min_width=320):
             with gr.Row():
-                dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset", scale=4,
-                                      elem_id="mm-train-dataset")
+                dataset = gr.Dropdown(
+                    datasets,
+                    value=datasets[0] if datasets else None,
+                    label="Dataset",
+                    scale=4,
+                    elem_id="mm-train-dataset",
+                )
                 refresh = gr.Button("↻", scale=0, min_width=40)
             run_name = gr.Textbox(label="Run name", placeholder="automatic: <dataset>-<date>-<time>")
-            start = gr.Dropdown(view.start_choices(), value=d["start"], label="Starting point",
-                                elem_id="mm-train-start-point",
-                                info="Choosing one sets iterations, batch size, learning rate, image size and "
-                                     "evaluation period to values that suit it on this server's device.")
-            weights_file = gr.Textbox("", label="Local weights file (.pth or .pkl on the server)",
-                                      visible=d["start"] == "local", elem_id="mm-train-weights",
-                                      placeholder=f"{view.service.runs_root.name}/.weights/model_final_f10217.pkl",
-                                      info="A path from the runs folder's, the data folder's or an import folder's "
-                                           "name. The file is loaded with torch.load (.pth, tensors only) or "
-                                           "pickle (.pkl, which can run code): only use files you trust.")
+            start = gr.Dropdown(
+                view.start_choices(),
+                value=d["start"],
+                label="Starting point",
+                elem_id="mm-train-start-point",
+                info="Choosing one sets iterations, batch size, learning rate, image size and "
+                "evaluation period to values that suit it on this server's device.",
+            )
+            weights_file = gr.Textbox(
+                "",
+                label="Local weights file (.pth or .pkl on the server)",
+                visible=d["start"] == "local",
+                elem_id="mm-train-weights",
+                placeholder=f"{view.service.runs_root.name}/.weights/model_final_f10217.pkl",
+                info="A path from the runs folder's, the data folder's or an import folder's "
+                "name. The file is loaded with torch.load (.pth, tensors only) or "
+                "pickle (.pkl, which can run code): only use files you trust.",
+            )
             with gr.Row():
-                iterations = gr.Number(d["iterations"], label="Iterations", precision=0, minimum=1,
-                                       elem_id="mm-train-iterations")
-                batch = gr.Number(d["batch_size"], label="Batch size (all GPUs)", precision=0, minimum=1,
-                                  elem_id="mm-train-batch")
+                iterations = gr.Number(
+                    d["iterations"], label="Iterations", precision=0, minimum=1, elem_id="mm-train-iterations"
+                )
+                batch = gr.Number(
+                    d["batch_size"], label="Batch size (all GPUs)", precision=0, minimum=1, elem_id="mm-train-batch"
+                )
             with gr.Row():
                 lr = gr.Number(d["lr"], label="Learning rate", minimum=0)
-                schedule = gr.Dropdown([(v, k) for k, v in form.SCHEDULES.items()], value=d["schedule"],
-                                       label="Schedule")
+                schedule = gr.Dropdown(
+                    [(v, k) for k, v in form.SCHEDULES.items()], value=d["schedule"], label="Schedule"
+                )
             with gr.Row():
-                image_size = gr.Number(d["image_size"], label="Image size (shorter side)", precision=0, minimum=64,
-                                       elem_id="mm-train-image-size")
-                val_fraction = gr.Number(d["val_fraction"], label="Validation fraction", minimum=0, maximum=0.9,
-                                         elem_id="mm-train-val-fraction",
-                                         info="This tab's own split of the Label dataset's labelled images, by the "
-                                              "seed (the Label tab's Export fraction applies to exported files "
-                                              "only).")
+                image_size = gr.Number(
+                    d["image_size"],
+                    label="Image size (shorter side)",
+                    precision=0,
+                    minimum=64,
+                    elem_id="mm-train-image-size",
+                )
+                val_fraction = gr.Number(
+                    d["val_fraction"],
+                    label="Validation fraction",
+                    minimum=0,
+                    maximum=0.9,
+                    elem_id="mm-train-val-fraction",
+                    info="This tab's own split of the Label dataset's labelled images, by the "
+                    "seed (the Label tab's Export fraction applies to exported files "
+                    "only).",
+                )
                 seed = gr.Number(d["seed"], label="Seed (split, training)", precision=0, minimum=0)
             with gr.Row():
-                device = gr.Radio(list(form.DEVICES), value=d["device"], label="Device", scale=2,
-                                  elem_id="mm-train-device",
-                                  info="auto: a GPU when one is visible, else the CPU" +
-                                       ("" if view.service.gpus else " (none is visible: the CPU)"))
+                device = gr.Radio(
+                    list(form.DEVICES),
+                    value=d["device"],
+                    label="Device",
+                    scale=2,
+                    elem_id="mm-train-device",
+                    info="auto: a GPU when one is visible, else the CPU"
+                    + ("" if view.service.gpus else " (none is visible: the CPU)"),
+                )
                 num_gpus = gr.Number(d["num_gpus"], label="GPUs", precision=0, minimum=1, scale=1)
             amp = gr.Checkbox(d["amp"], label="Mixed precision (on a GPU; ignored on the CPU)")
             with gr.Row():
-                eval_period = gr.Number(d["eval_period"], label="Evaluate every (iterations; 0: at the end)",
-                                        precision=0, minimum=0, elem_id="mm-train-eval-period")
-                patience = gr.Number(d["patience"], label="Early stopping patience (evaluations; 0: off)",
-                                     precision=0, minimum=0)
+                eval_period = gr.Number(
+                    d["eval_period"],
+                    label="Evaluate every (iterations; 0: at the end)",
+                    precision=0,
+                    minimum=0,
+                    elem_id="mm-train-eval-period",
+                )
+                patience = gr.Number(
+                    d["patience"], label="Early stopping patience (evaluations; 0: off)", precision=0, minimum=0
+                )
             metrics = view.metric_choices(datasets[0] if datasets else None)
-            best_metric = gr.Dropdown(metrics, value=metrics[0][1], label="Keep the best checkpoint by",
-                                      elem_id="mm-train-best")
+            best_metric = gr.Dropdown(
+                metrics, value=metrics[0][1], label="Keep the best checkpoint by", elem_id="mm-train-best"
+            )
             with gr.Accordion("Advanced config options", open=False):
-                advanced = gr.Textbox(label="KEY VALUE per line (detectron2 config)", lines=4,
-                                      placeholder="SOLVER.MOMENTUM 0.9\nMODEL.RPN.POST_NMS_TOPK_TRAIN 1000")
+                advanced = gr.Textbox(
+                    label="KEY VALUE per line (detectron2 config)",
+                    lines=4,
+                    placeholder="SOLVER.MOMENTUM 0.9\nMODEL.RPN.POST_NMS_TOPK_TRAIN 1000",
+                )
             estimate = gr.Markdown(elem_id="mm-train-estimate")
             train = gr.Button("Train", variant="primary", elem_id="mm-train-start")
             message = gr.Markdown(elem_id="mm-train-message")
         with gr.Column(scale=2):
             with gr.Row():
-                run = gr.Dropdown(view.service.run_names(), value=view.service.default_run(), label="Run", scale=4,
-                                  elem_id="mm-train-run")
+                run = gr.Dropdown(
+                    view.service.run_names(),
+                    value=view.service.default_run(),
+                    label="Run",
+                    scale=4,
+                    elem_id="mm-train-run",
+                )
                 runs_refresh = gr.Button("↻", scale=0, min_width=40)
             progress = gr.HTML(elem_id="mm-train-progress", js_on_load=None)
             with gr.Row():
@@ -387,14 +521,28 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
             with gr.Row():
                 total_plot = gr.LinePlot(x="iteration", y="value", label="Total loss", elem_id="mm-total-loss-plot")
                 lr_plot = gr.LinePlot(x="iteration", y="lr", label="Learning rate")
-            loss_plot = gr.LinePlot(x="iteration", y="value", color="series", label="Losses per head",
-                                    elem_id="mm-loss-plot")
+            loss_plot = gr.LinePlot(
+                x="iteration", y="value", color="series", label="Losses per head", elem_id="mm-loss-plot"
+            )
             ap_plot = gr.LinePlot(x="iteration", y="AP", color="series", label="Validation AP")
             eval_caption = gr.Markdown()
-            ap_table = gr.Dataframe(eval_table({}), label="AP per mask name (columns) and class (rows)",
-                                    interactive=False, elem_id="mm-train-ap-table", max_height=800)
-            log = gr.HTML("", label="Log (last lines)", show_label=True, container=True, elem_id="mm-train-log",
-                          html_template=LOG_TEMPLATE, css_template=LOG_CSS, js_on_load=LOG_JS)
+            ap_table = gr.Dataframe(
+                eval_table({}),
+                label="AP per mask name (columns) and class (rows)",
+                interactive=False,
+                elem_id="mm-train-ap-table",
+                max_height=800,
+            )
+            log = gr.HTML(
+                "",
+                label="Log (last lines)",
+                show_label=True,
+                container=True,
+                elem_id="mm-train-log",
+                html_template=LOG_TEMPLATE,
+                css_template=LOG_CSS,
+                js_on_load=LOG_JS,
+            )
             with gr.Accordion("Job record", open=False):
                 record = gr.JSON()
             runs_table = gr.Dataframe(view.runs_table(), label="Runs", interactive=False, elem_id="mm-train-runs")
@@ -402,8 +550,26 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
                 confirm = gr.Checkbox(label="confirm", scale=1)
                 delete = gr.Button("Delete run", variant="stop", scale=1)
     gr.HTML(TAB_CSS, elem_id="mm-train-css", js_on_load=None)
-    form_inputs = [dataset, run_name, start, iterations, batch, lr, schedule, image_size, val_fraction, seed,
-                   device, num_gpus, amp, eval_period, patience, best_metric, advanced, weights_file]
+    form_inputs = [
+        dataset,
+        run_name,
+        start,
+        iterations,
+        batch,
+        lr,
+        schedule,
+        image_size,
+        val_fraction,
+        seed,
+        device,
+        num_gpus,
+        amp,
+        eval_period,
+        patience,
+        best_metric,
+        advanced,
+        weights_file,
+    ]
     _wire(demo, view, tab, locals())
     return {"run": run, "message": message, "open_predict": open_predict, "open_label": open_label}
 
@@ -414,23 +580,44 @@ def _wire(demo: gr.Blocks, view: TrainView, tab: gr.Tab, c: dict[str, Any]) -> N
     hidden = {"show_progress": "hidden"}
     private = {**hidden, "api_visibility": "private"}
     run = c["run"]
-    status_io = {"fn": view.status, "inputs": [run],
-                 "outputs": [c[k] for k in ("progress", "total_plot", "loss_plot", "lr_plot", "ap_plot",
-                                            "eval_caption", "ap_table", "log", "record", "runs_table", "stop",
-                                            "resume", "cpu")], **hidden}
+    status_io = {
+        "fn": view.status,
+        "inputs": [run],
+        "outputs": [
+            c[k]
+            for k in (
+                "progress",
+                "total_plot",
+                "loss_plot",
+                "lr_plot",
+                "ap_plot",
+                "eval_caption",
+                "ap_table",
+                "log",
+                "record",
+                "runs_table",
+                "stop",
+                "resume",
+                "cpu",
+            )
+        ],
+        **hidden,
+    }
     filled = [c["form_inputs"][form.FIELDS.index(f)] for f in FILLED_FIELDS]
     following = [c[{"batch_size": "batch"}.get(f, f)] for f in FOLLOWING_FIELDS]
     c["train"].click(view.start, c["form_inputs"], [c["message"], run], api_name="train_start", **hidden).then(
-        **status_io, api_visibility="private")
+        **status_io, api_visibility="private"
+    )
     run.change(**status_io, api_name="train_status").then(view.fill_form, [run], filled, **private)
     shown, names = gr.State(None), gr.State(view.service.run_names())  # what this page shows (TrainView.tick)
-    gr.Timer(POLL_SECONDS).tick(view.tick, [run, shown, names], [*status_io["outputs"], shown, run, names],
-                                **private)
+    gr.Timer(POLL_SECONDS).tick(view.tick, [run, shown, names], [*status_io["outputs"], shown, run, names], **private)
     for name, action in (("stop", "stop"), ("resume", "resume"), ("cpu", "retry_on_cpu")):
         c[name].click(view.act(action), [run], c["message"], api_name=f"train_{action}", **hidden).then(
-            **status_io, api_visibility="private")
-    c["delete"].click(view.delete, [run, c["confirm"]], [c["message"], run, c["confirm"]], api_name="train_delete",
-                      **hidden)
+            **status_io, api_visibility="private"
+        )
+    c["delete"].click(
+        view.delete, [run, c["confirm"]], [c["message"], run, c["confirm"]], api_name="train_delete", **hidden
+    )
     c["runs_refresh"].click(view.run_choices, [run], run, api_name="train_runs", **hidden)
     c["dataset"].change(view.on_dataset, [c["dataset"], c["best_metric"]], c["best_metric"], **private)
     c["start"].change(lambda s: gr.update(visible=s == "local"), [c["start"]], c["weights_file"], **private)
@@ -438,9 +625,16 @@ def _wire(demo: gr.Blocks, view: TrainView, tab: gr.Tab, c: dict[str, Any]) -> N
         trigger(view.follow_start, [c["start"], c["device"]], following, **private)
     c["iterations"].input(view.fit_eval_period, [c["iterations"], c["eval_period"]], c["eval_period"], **private)
     estimated = [x for x in c["form_inputs"] if x not in (c["run_name"], c["advanced"])]
-    gr.on([x.change for x in estimated] + [demo.load, tab.select], view.estimate, c["form_inputs"], c["estimate"],
-          trigger_mode="always_last", **private)
+    gr.on(
+        [x.change for x in estimated] + [demo.load, tab.select],
+        view.estimate,
+        c["form_inputs"],
+        c["estimate"],
+        trigger_mode="always_last",
+        **private,
+    )
     for trigger in (c["refresh"].click, tab.select):
         trigger(view.refresh_form, [c["dataset"], c["start"], run], [c["dataset"], c["start"], run], **private)
     demo.load(view.on_load, None, [run, c["dataset"], c["start"]], **private).then(
-        view.fill_form, [run], filled, **private)  # also when the run shown is the one the page was built with
+        view.fill_form, [run], filled, **private
+    )  # also when the run shown is the one the page was built with

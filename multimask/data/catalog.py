@@ -11,8 +11,13 @@ from ..io import read_json
 from .dataset_json import dataset_meta, load_multimask_json
 
 
-def register_multimask_dataset(name: str, json_file: str | Path, image_root: str | Path | None = None,
-                               mask_names: Sequence[str] | None = None, source: str | Path | None = None) -> None:
+def register_multimask_dataset(
+    name: str,
+    json_file: str | Path,
+    image_root: str | Path | None = None,
+    mask_names: Sequence[str] | None = None,
+    source: str | Path | None = None,
+) -> None:
     """Register `name`: dicts loaded lazily from `json_file`, metadata (classes, mask names) now.
 
     The loader's messages name `source` when given (see `load_multimask_json`).
@@ -29,7 +34,10 @@ def register_multimask_dataset(name: str, json_file: str | Path, image_root: str
         name, lambda: load_multimask_json(json_file, image_root, mask_names=mask_names, source=source)[0]
     )
     MetadataCatalog.get(name).set(
-        json_file=str(json_file), image_root=str(image_root), evaluator_type="multimask",
-        thing_classes=meta["thing_classes"], mask_names=meta["mask_names"],
+        json_file=str(json_file),
+        image_root=str(image_root),
+        evaluator_type="multimask",
+        thing_classes=meta["thing_classes"],
+        mask_names=meta["mask_names"],
         thing_dataset_id_to_contiguous_id=meta["thing_dataset_id_to_contiguous_id"],
     )

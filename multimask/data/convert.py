@@ -42,17 +42,21 @@ LABELME_SHAPES = ("polygon", "rectangle")
 COCO_KEYS = {"id", "image_id", "category_id", "iscrowd", "bbox", "area", "attributes", "score"}
 
 
-def import_coco(src_json: str | Path, out_json: str | Path, mask_name: str = "primary", **kwargs: Any
-                ) -> ImportReport:
+def import_coco(src_json: str | Path, out_json: str | Path, mask_name: str = "primary", **kwargs: Any) -> ImportReport:
     """Plain COCO instances JSON -> multimask JSON whose one mask `mask_name` is each `segmentation`
     (polygons or RLE; `iscrowd` kept). Keyword arguments as `import_coco_fields`."""
     return import_coco_fields(src_json, out_json, {"segmentation": mask_name}, **kwargs)
 
 
-def import_coco_fields(src_json: str | Path, out_json: str | Path,
-                       field_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str], *,
-                       image_root: str | Path | None = None, drop_classes: Iterable[str] = (),
-                       report: ImportReport | None = None) -> ImportReport:
+def import_coco_fields(
+    src_json: str | Path,
+    out_json: str | Path,
+    field_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str],
+    *,
+    image_root: str | Path | None = None,
+    drop_classes: Iterable[str] = (),
+    report: ImportReport | None = None,
+) -> ImportReport:
     """COCO JSON with each mask in its own annotation field -> multimask JSON, written atomically.
 
     `field_map` is a mapping (see `multimask.data.mapping`): e.g. UOAIS {"segmentation": "primary",
@@ -69,16 +73,20 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path,
     fmap = build_map(field_map, "field map", allow_class=False)
     names = fmap.mask_names
     data = read_json(src_json)
-    cat_ids = dataset_meta({**data, "mask_names": names} if isinstance(data, dict) else data,
-                           src_json)["thing_dataset_id_to_contiguous_id"]
+    cat_ids = dataset_meta({**data, "mask_names": names} if isinstance(data, dict) else data, src_json)[
+        "thing_dataset_id_to_contiguous_id"
+    ]
     categories, dropped = _kept_categories(src_json, data, set(drop_classes), report)
     root = Path(image_root) if image_root is not None else src_json.parent
     images, sizes, all_image_ids = [], {}, check_image_ids(data["images"], src_json)
     for i, img in enumerate(data["images"]):
         size = (img.get("height"), img.get("width")) if isinstance(img, dict) else (None, None)
         if not (isinstance(img, dict) and isinstance(img.get("file_name"), str) and _positive(*size)):
-            report.add("skipped images", f"{src_json} images[{i}]",
-                       "an image needs 'id', 'file_name' and positive integer 'height' and 'width'")
+            report.add(
+                "skipped images",
+                f"{src_json} images[{i}]",
+                "an image needs 'id', 'file_name' and positive integer 'height' and 'width'",
+            )
             continue
         path = _check_image(root / img["file_name"], img["file_name"], f"{src_json} images[{i}]", report)
         images.append({**img, "file_name": _relative(path, out_json)})
@@ -93,10 +101,17 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path,
         fields = [f for f in ann if f in fmap.targets or (f not in COCO_KEYS and _looks_like_segmentation(ann[f]))]
         for f in fields:
             report.read(f)
-        why = ("unknown image_id" if ann.get("image_id") not in all_image_ids else
-               "its image was skipped" if ann.get("image_id") not in sizes else
-               "class dropped" if ann.get("category_id") in dropped else
-               "unknown category_id" if ann.get("category_id") not in cat_ids else None)
+        why = (
+            "unknown image_id"
+            if ann.get("image_id") not in all_image_ids
+            else "its image was skipped"
+            if ann.get("image_id") not in sizes
+            else "class dropped"
+            if ann.get("category_id") in dropped
+            else "unknown category_id"
+            if ann.get("category_id") not in cat_ids
+            else None
+        )
         if why is None:
             h, w = sizes[ann["image_id"]]
             for f in fmap.targets:
@@ -118,8 +133,13 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path,
             masks = {n: _union(parts[n], h, w) for n in names}
             why = None if used else "no usable mask"
         if why is not None:
-            report.add("skipped annotations", where, f"no usable mask among {names}" if why == "no usable mask"
-                       else f"{why} {ann.get('image_id' if 'image' in why else 'category_id')!r}")
+            report.add(
+                "skipped annotations",
+                where,
+                f"no usable mask among {names}"
+                if why == "no usable mask"
+                else f"{why} {ann.get('image_id' if 'image' in why else 'category_id')!r}",
+            )
             report.instance(None, why)
             for f in fields if why != "no usable mask" else ():  # else each field was skipped for its reason
                 report.skip(f, why)
@@ -130,17 +150,24 @@ def import_coco_fields(src_json: str | Path, out_json: str | Path,
         report.instance(new["multimask"])
         for f in used:
             report.used(f, _names(fmap.get(f)))
-    info = {"description": f"imported from {src_json.name}",
-            "field_map": {k: _names(t) for k, t in fmap.targets.items()}}
+    info = {
+        "description": f"imported from {src_json.name}",
+        "field_map": {k: _names(t) for k, t in fmap.targets.items()},
+    }
     write_multimask_json(out_json, images, categories, anns, names, info=info)
     report.write_json(out_json)
     return report
 
 
-def import_labelme(folder: str | Path, out_json: str | Path,
-                   label_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str] | None = None, *,
-                   default_class: str | None = None, mask_names: Sequence[str] | None = None,
-                   report: ImportReport | None = None) -> ImportReport:
+def import_labelme(
+    folder: str | Path,
+    out_json: str | Path,
+    label_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str] | None = None,
+    *,
+    default_class: str | None = None,
+    mask_names: Sequence[str] | None = None,
+    report: ImportReport | None = None,
+) -> ImportReport:
     """Folder of labelme JSON files (one per image) -> multimask JSON, written atomically.
 
     Shapes sharing a `group_id` in one file form one instance; a shape whose `group_id` is null is an
@@ -158,8 +185,10 @@ def import_labelme(folder: str | Path, out_json: str | Path,
     report.source_kind = "label"
     smap = build_map(label_map, "label map") if label_map is not None else None
     if smap is not None and not smap.has_class and default_class is None:
-        raise ValueError("label map: no class given: pass --class NAME (the app: Class) for every instance, or map "
-                         "labels to CLASS:MASK (e.g. Head_a=worm:primary)")
+        raise ValueError(
+            "label map: no class given: pass --class NAME (the app: Class) for every instance, or map "
+            "labels to CLASS:MASK (e.g. Head_a=worm:primary)"
+        )
     own = {out_json.resolve(), out_json.with_suffix(".report.json").resolve()}
     docs = []
     for path in sorted(p for p in folder.glob("*.json") if p.resolve() not in own):
@@ -216,12 +245,21 @@ def import_labelme(folder: str | Path, out_json: str | Path,
                     masks[name] += parts
                     found.update([cls] if cls else [])
                 used.append((key, _names(targets)))
-            why = ("no usable shape" if not used else "conflicting classes" if len(found) > 1 else
-                   "no class" if not found and default_class is None else None)
+            why = (
+                "no usable shape"
+                if not used
+                else "conflicting classes"
+                if len(found) > 1
+                else "no class"
+                if not found and default_class is None
+                else None
+            )
             if why is not None:
-                detail = {"no usable shape": f"no usable mask among {names}",
-                          "conflicting classes": f"conflicting classes {sorted(found)}",
-                          "no class": "no class: its labels map to no CLASS:MASK and no default class is given"}[why]
+                detail = {
+                    "no usable shape": f"no usable mask among {names}",
+                    "conflicting classes": f"conflicting classes {sorted(found)}",
+                    "no class": "no class: its labels map to no CLASS:MASK and no default class is given",
+                }[why]
                 report.add("skipped annotations", where, detail)
                 report.instance(None, why)
                 for key, _ in used:
@@ -234,14 +272,14 @@ def import_labelme(folder: str | Path, out_json: str | Path,
             for key, into in used:
                 report.used(key, into)
     categories = [{"id": i, "name": c} for c, i in classes.items()]
-    write_multimask_json(out_json, images, categories, anns, names,
-                         info={"description": f"imported from labelme folder {folder.name}"})
+    write_multimask_json(
+        out_json, images, categories, anns, names, info={"description": f"imported from labelme folder {folder.name}"}
+    )
     report.write_json(out_json)
     return report
 
 
-def export_labelme(src_json: str | Path, out_folder: str | Path, *,
-                   image_root: str | Path | None = None) -> Report:
+def export_labelme(src_json: str | Path, out_folder: str | Path, *, image_root: str | Path | None = None) -> Report:
     """Multimask JSON -> labelme folder: one JSON per image, images not copied.
 
     Shapes are labelled "class/mask" with `group_id` = the instance number in the image (from 1);
@@ -268,14 +306,30 @@ def export_labelme(src_json: str | Path, out_folder: str | Path, *,
             for name in names:
                 where = f"{src_json} image_id={rec['image_id']} annotation id={ann['id']} mask '{name}'"
                 for poly in _to_polygons(ann["multimask"][name], h, w, where, report):
-                    shapes.append({"label": f"{classes[ann['category_id']]}/{name}",
-                                   "points": np.asarray(poly).reshape(-1, 2).tolist(), "group_id": k,
-                                   "shape_type": "polygon", "flags": {}, "description": ""})
-        atomic_write_json(out_folder / f"{stem}.json", {
-            "version": "5.4.1", "flags": {}, "shapes": shapes,
-            "imagePath": os.path.relpath(os.path.abspath(image), os.path.abspath(out_folder)),
-            "imageData": None, "imageHeight": h, "imageWidth": w, LABELME_NAMES_KEY: list(names),
-        }, indent=2)
+                    shapes.append(
+                        {
+                            "label": f"{classes[ann['category_id']]}/{name}",
+                            "points": np.asarray(poly).reshape(-1, 2).tolist(),
+                            "group_id": k,
+                            "shape_type": "polygon",
+                            "flags": {},
+                            "description": "",
+                        }
+                    )
+        atomic_write_json(
+            out_folder / f"{stem}.json",
+            {
+                "version": "5.4.1",
+                "flags": {},
+                "shapes": shapes,
+                "imagePath": os.path.relpath(os.path.abspath(image), os.path.abspath(out_folder)),
+                "imageData": None,
+                "imageHeight": h,
+                "imageWidth": w,
+                LABELME_NAMES_KEY: list(names),
+            },
+            indent=2,
+        )
     return report
 
 
@@ -350,7 +404,8 @@ def _relative(image: Path, out_json: Path) -> str:
 def _looks_like_segmentation(value: Any) -> bool:
     """A non-empty polygon list or RLE dict (so an unmapped mask field is counted, not ignored)."""
     return (isinstance(value, dict) and "counts" in value) or (
-        isinstance(value, list) and bool(value) and all(isinstance(p, list) for p in value))
+        isinstance(value, list) and bool(value) and all(isinstance(p, list) for p in value)
+    )
 
 
 def _union(segms: list, height: int, width: int) -> list | dict:
@@ -367,7 +422,8 @@ def _shape_polygon(shape: dict) -> list[float] | str:
     if kind not in LABELME_SHAPES:
         return f"shape_type {kind!r} is not supported (only {', '.join(LABELME_SHAPES)})"
     if not isinstance(pts, list) or not all(
-            isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in pts):
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in pts
+    ):
         return "points must be a list of [x, y] pairs of numbers"
     if kind == "rectangle":
         if len(pts) != 2:
@@ -389,8 +445,9 @@ def _instances(path: Path, shapes: list, report: ImportReport) -> list[tuple[str
         gid = shape.get("group_id")
         key = ("shape", j) if gid is None else ("group", gid)
         groups.setdefault(key, []).append((j, shape))
-    return [(f"{path} {'group_id' if kind == 'group' else 'shape'} {k}", members)
-            for (kind, k), members in groups.items()]
+    return [
+        (f"{path} {'group_id' if kind == 'group' else 'shape'} {k}", members) for (kind, k), members in groups.items()
+    ]
 
 
 def _image_size(path: Path, doc: dict, report: Report) -> tuple[int, int] | None:

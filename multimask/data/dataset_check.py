@@ -24,16 +24,25 @@ def check_dataset_file(json_file: str | Path, image_root: str | Path | None = No
     data = read_json(json_file)
     meta = dataset_meta(data, json_file)
     root = Path(image_root) if image_root is not None else json_file.resolve().parent
-    names = [img["file_name"] for img in data["images"]
-             if isinstance(img, dict) and isinstance(img.get("file_name"), str)]  # others: the loader's error
+    names = [
+        img["file_name"] for img in data["images"] if isinstance(img, dict) and isinstance(img.get("file_name"), str)
+    ]  # others: the loader's error
     missing = [n for n in names if not (root / n).is_file()]
     shown = ", ".join(missing[:LISTED]) + (", ..." if len(missing) > LISTED else "")
     if not names:
         raise DatasetError(f"{json_file}: lists no images")
     if len(missing) == len(names):
-        raise DatasetError(f"{json_file}: none of its {len(names)} image files is under {root} ({shown}); image "
-                           "file names are relative to the image root (--image-root, default: the JSON's folder)")
+        raise DatasetError(
+            f"{json_file}: none of its {len(names)} image files is under {root} ({shown}); image "
+            "file names are relative to the image root (--image-root, default: the JSON's folder)"
+        )
     if missing:
-        logger.warning("%s: %d of %d image files not found under %s, their images are skipped: %s", json_file,
-                       len(missing), len(names), root, shown)
+        logger.warning(
+            "%s: %d of %d image files not found under %s, their images are skipped: %s",
+            json_file,
+            len(missing),
+            len(names),
+            root,
+            shown,
+        )
     return meta

@@ -20,9 +20,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_MASK_NAMES = ("primary", "secondary")
 
 
-def load_multimask_json(json_file: str | Path, image_root: str | Path | None = None, *,
-                        mask_names: Sequence[str] | None = None, check_images: bool = True,
-                        report: Report | None = None, source: str | Path | None = None) -> tuple[list[dict], dict]:
+def load_multimask_json(
+    json_file: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    mask_names: Sequence[str] | None = None,
+    check_images: bool = True,
+    report: Report | None = None,
+    source: str | Path | None = None,
+) -> tuple[list[dict], dict]:
     """Read a multimask COCO JSON into detectron2 dataset dicts and metadata.
 
     Returns `(dicts, meta)`; `meta` has `thing_classes`, `mask_names`, `thing_dataset_id_to_contiguous_id`.
@@ -51,8 +57,7 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
         if check_images and not path.is_file():
             report.add("skipped images", where, f"image file not found: {path}")
             continue
-        images[img["id"]] = {"file_name": str(path), "height": h, "width": w, "image_id": img["id"],
-                             "annotations": []}
+        images[img["id"]] = {"file_name": str(path), "height": h, "width": w, "image_id": img["id"], "annotations": []}
 
     per_image: dict[Any, list] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
@@ -78,17 +83,25 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
         for n in names:
             if n not in mm:
                 report.add("masks missing (taken as absent)", where, f"no mask '{n}' (write [] for an absent mask)")
-        masks = {n: clean_segmentation(mm.get(n, []), img["height"], img["width"], f"{where} mask '{n}'", report)
-                 for n in names}
+        masks = {
+            n: clean_segmentation(mm.get(n, []), img["height"], img["width"], f"{where} mask '{n}'", report)
+            for n in names
+        }
         bbox = union_bbox([segm_bbox(m, img["height"], img["width"]) for m in masks.values() if m])
         if bbox is None or bbox[2] <= 0 or bbox[3] <= 0:
             report.add("skipped annotations", where, f"no usable mask among {names}")
             continue
-        per_image[ann["image_id"]].append({
-            "id": ann.get("id"), "bbox": bbox, "bbox_mode": BoxMode.XYWH_ABS,
-            "category_id": id_map[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0) or 0),
-            "multimask": masks, "segmentation": masks[names[0]],
-        })
+        per_image[ann["image_id"]].append(
+            {
+                "id": ann.get("id"),
+                "bbox": bbox,
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": id_map[ann["category_id"]],
+                "iscrowd": int(ann.get("iscrowd", 0) or 0),
+                "multimask": masks,
+                "segmentation": masks[names[0]],
+            }
+        )
     dicts = []
     for image_id, rec in images.items():
         rec["annotations"] = per_image.get(image_id, [])
@@ -100,20 +113,26 @@ def load_multimask_json(json_file: str | Path, image_root: str | Path | None = N
 
 def dataset_meta(data: Any, json_file: str | Path, mask_names: Sequence[str] | None = None) -> dict:
     """Classes and mask names of a parsed dataset file, checked; `mask_names` selects a subset."""
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
-                                             for k in ("images", "annotations", "categories")):
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
         raise DatasetError(f"{json_file}: expected a COCO object with lists 'images', 'annotations', 'categories'")
     file_names = data.get("mask_names")
     if not isinstance(file_names, list) or not file_names or not all(isinstance(n, str) for n in file_names):
-        raise DatasetError(f"{json_file}: no 'mask_names' list (e.g. [\"primary\", \"secondary\"]); "
-                           "convert other layouts with `python -m multimask import`")
+        raise DatasetError(
+            f'{json_file}: no \'mask_names\' list (e.g. ["primary", "secondary"]); '
+            "convert other layouts with `python -m multimask import`"
+        )
     names = list(mask_names) if mask_names is not None else list(file_names)
     unknown = [n for n in names if n not in file_names]
     if unknown:
         raise DatasetError(f"{json_file}: mask names {unknown} are not in this dataset, which has {file_names}")
     cats = sorted(_checked_categories(data["categories"], Path(json_file)), key=lambda c: c["id"])
-    return {"thing_classes": [c["name"] for c in cats], "mask_names": names,
-            "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)}}
+    return {
+        "thing_classes": [c["name"] for c in cats],
+        "mask_names": names,
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
+    }
 
 
 def check_image_ids(images: list, json_file: str | Path) -> set:
@@ -125,8 +144,9 @@ def check_image_ids(images: list, json_file: str | Path) -> set:
         if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
             raise DatasetError(f"{json_file} images[{i}]: an image needs an integer or string 'id'")
         if image_id in first:
-            raise DatasetError(f"{json_file} images[{i}]: image id {image_id!r} is also the id of "
-                               f"images[{first[image_id]}]")
+            raise DatasetError(
+                f"{json_file} images[{i}]: image id {image_id!r} is also the id of images[{first[image_id]}]"
+            )
         first[image_id] = i
     return set(first)
 
@@ -144,31 +164,57 @@ def _checked_categories(cats: list, json_file: Path) -> list[dict]:
     return cats
 
 
-def make_annotation(ann_id: int, image_id: Any, category_id: int, multimask: dict[str, list | dict],
-                    height: int, width: int, mask_names: Sequence[str]) -> dict:
+def make_annotation(
+    ann_id: int,
+    image_id: Any,
+    category_id: int,
+    multimask: dict[str, list | dict],
+    height: int,
+    width: int,
+    mask_names: Sequence[str],
+) -> dict:
     """One annotation in the on-disk format: bbox over all masks, `segmentation` mirrors the first."""
     masks = {n: multimask.get(n) or [] for n in mask_names}
     bbox = union_bbox([segm_bbox(m, height, width) for m in masks.values() if m])
     if bbox is None:
         raise ValueError(f"annotation {ann_id}: every mask is empty")
     first = masks[mask_names[0]] or empty_rle(height, width)  # plain COCO tools cannot read `[]`
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0, "bbox": bbox,
-            "area": segm_area(first, height, width), "segmentation": first, "multimask": masks}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "iscrowd": 0,
+        "bbox": bbox,
+        "area": segm_area(first, height, width),
+        "segmentation": first,
+        "multimask": masks,
+    }
 
 
 def empty_rle(height: int, width: int) -> dict:
     """The RLE of an all-zero mask, as JSON-ready text."""
-    return {"size": [height, width], "counts": mask_util.encode(np.zeros((height, width), np.uint8, order="F"))[
-        "counts"].decode("ascii")}
+    return {
+        "size": [height, width],
+        "counts": mask_util.encode(np.zeros((height, width), np.uint8, order="F"))["counts"].decode("ascii"),
+    }
 
 
-def write_multimask_json(path: str | Path, images: list[dict], categories: list[dict],
-                         annotations: list[dict], mask_names: Sequence[str], info: dict | None = None) -> None:
+def write_multimask_json(
+    path: str | Path,
+    images: list[dict],
+    categories: list[dict],
+    annotations: list[dict],
+    mask_names: Sequence[str],
+    info: dict | None = None,
+) -> None:
     """Write a dataset file atomically (annotations as built by `make_annotation`)."""
-    atomic_write_json(path, {
-        "info": info or {"description": "multimask dataset"},
-        "mask_names": list(mask_names),
-        "images": images,
-        "categories": categories,
-        "annotations": annotations,
-    })
+    atomic_write_json(
+        path,
+        {
+            "info": info or {"description": "multimask dataset"},
+            "mask_names": list(mask_names),
+            "images": images,
+            "categories": categories,
+            "annotations": annotations,
+        },
+    )

@@ -178,8 +178,9 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.7, min_area: float = 0
     Returns (polygons, holes): holes are filled, since polygons cannot hold them; the count says how many.
     Parts with fewer than 3 points or less than `min_area` px are dropped.
     """
-    contours, hierarchy = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_CCOMP,
-                                           cv2.CHAIN_APPROX_NONE)
+    contours, hierarchy = cv2.findContours(
+        np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE
+    )
     if hierarchy is None:
         return [], 0
     holes = int((hierarchy[0][:, 3] >= 0).sum())  # RETR_CCOMP: contours with a parent bound holes

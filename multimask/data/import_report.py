@@ -67,11 +67,16 @@ class ImportReport(Report):
         """The report as JSON-ready data."""
         return {
             "source_kind": self.source_kind,
-            "sources": {k: {"read": t.read, "used": t.used, "into": dict(t.into), "skipped": dict(t.skipped)}
-                        for k, t in self.sources.items()},
+            "sources": {
+                k: {"read": t.read, "used": t.used, "into": dict(t.into), "skipped": dict(t.skipped)}
+                for k, t in self.sources.items()
+            },
             "masks": {n: {"with": w, "without": wo} for n, (w, wo) in self.masks.items()},
-            "instances": {"read": self.instances_read, "written": self.instances_written,
-                          "skipped": dict(self.instance_skips)},
+            "instances": {
+                "read": self.instances_read,
+                "written": self.instances_written,
+                "skipped": dict(self.instance_skips),
+            },
             "images": {"read": self.images_read, "missing": list(self.images_missing)},
             "dropped_classes": dict(self.dropped_classes),
             "problems": dict(self.counts),
@@ -94,13 +99,17 @@ class ImportReport(Report):
             total.skipped.update(t.skipped)
         rows.append(("total", total.read, total.used, _join(total.into), _join(total.skipped)))
         lines = _grid([(f"source {self.source_kind}", "read", "used", "into mask names", "skipped"), *rows])
-        lines += [""] + _grid([("mask name", "instances with it", "without"),
-                               *((n, w, wo) for n, (w, wo) in self.masks.items())])
+        lines += [""] + _grid(
+            [("mask name", "instances with it", "without"), *((n, w, wo) for n, (w, wo) in self.masks.items())]
+        )
         skips = f" ({_join(self.instance_skips)})" if self.instance_skips else ""
-        lines += ["", f"instances: {self.instances_read} read, {self.instances_written} written, "
-                      f"{self.instances_read - self.instances_written} skipped{skips}",
-                  f"images: {self.images_read} read, {len(self.images_missing)} missing"
-                  + (f": {', '.join(self.images_missing)}" if self.images_missing else "")]
+        lines += [
+            "",
+            f"instances: {self.instances_read} read, {self.instances_written} written, "
+            f"{self.instances_read - self.instances_written} skipped{skips}",
+            f"images: {self.images_read} read, {len(self.images_missing)} missing"
+            + (f": {', '.join(self.images_missing)}" if self.images_missing else ""),
+        ]
         if self.dropped_classes:
             lines.append("dropped classes: " + ", ".join(f"{c} ({why})" for c, why in self.dropped_classes.items()))
         return "\n".join(lines)
@@ -115,5 +124,9 @@ def _join(counts: Counter) -> str:
 
 def _grid(rows: list[tuple]) -> list[str]:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w)
-                      for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return [
+        "  ".join(
+            str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w) for v, w in zip(r, widths, strict=True)
+        ).rstrip()
+        for r in rows
+    ]

@@ -19,15 +19,19 @@ from ..structures import MultiMasks
 from .images import read_image_bgr
 
 
-def transform_segmentation(segm: list | dict | np.ndarray, transforms: T.TransformList,
-                           image_size: tuple[int, int]) -> list | np.ndarray:
+def transform_segmentation(
+    segm: list | dict | np.ndarray, transforms: T.TransformList, image_size: tuple[int, int]
+) -> list | np.ndarray:
     """Apply `transforms` to one mask: polygons stay polygons, an RLE becomes a transformed bitmap."""
     if isinstance(segm, list):
         polygons = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in segm]
         return [p.reshape(-1) for p in transforms.apply_polygons(polygons)] if polygons else []
     if isinstance(segm, dict):
-        segm = mask_util.decode(segm if isinstance(segm["counts"], (bytes, list)) else
-                                {"size": segm["size"], "counts": segm["counts"].encode("ascii")})
+        segm = mask_util.decode(
+            segm
+            if isinstance(segm["counts"], (bytes, list))
+            else {"size": segm["size"], "counts": segm["counts"].encode("ascii")}
+        )
     mask = transforms.apply_segmentation(np.asarray(segm, dtype=np.uint8))
     if tuple(mask.shape[:2]) != tuple(image_size):
         raise ValueError(f"transformed mask has shape {mask.shape[:2]}, expected {image_size}")
@@ -78,20 +82,24 @@ class MultiMaskDatasetMapper(DatasetMapper):
         ret["use_instance_mask"] = True
         return ret
 
-    def _transform_annotations(self, dataset_dict: dict, transforms: T.TransformList,
-                               image_shape: tuple[int, int]) -> None:
+    def _transform_annotations(
+        self, dataset_dict: dict, transforms: T.TransformList, image_shape: tuple[int, int]
+    ) -> None:
         annos = [a for a in dataset_dict.pop("annotations") if a.get("iscrowd", 0) == 0]
         boxes = np.zeros((len(annos), 4), dtype=np.float64)
         segms = []
         for i, anno in enumerate(annos):
             missing = [n for n in self.mask_names if n not in anno.get("multimask", {})]
             if missing:
-                raise KeyError(f"{dataset_dict.get('file_name')}: annotation {anno.get('id')} has no mask "
-                               f"named {missing}; its masks are {sorted(anno.get('multimask', {}))}")
+                raise KeyError(
+                    f"{dataset_dict.get('file_name')}: annotation {anno.get('id')} has no mask "
+                    f"named {missing}; its masks are {sorted(anno.get('multimask', {}))}"
+                )
             box = BoxMode.convert(anno["bbox"], anno["bbox_mode"], BoxMode.XYXY_ABS)
             boxes[i] = transforms.apply_box(np.array([box]))[0]
-            segms.append({n: transform_segmentation(anno["multimask"][n], transforms, image_shape)
-                          for n in self.mask_names})
+            segms.append(
+                {n: transform_segmentation(anno["multimask"][n], transforms, image_shape) for n in self.mask_names}
+            )
         inst = Instances(image_shape)
         inst.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
         inst.gt_classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.int64)

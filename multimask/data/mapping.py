@@ -52,15 +52,19 @@ def split_pairs(items: str | Iterable[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
-def build_map(pairs: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str], what: str, *,
-              allow_class: bool = True) -> SourceMap:
+def build_map(
+    pairs: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str], what: str, *, allow_class: bool = True
+) -> SourceMap:
     """Check and merge mapping pairs (a dict, (key, target) tuples or `KEY=TARGET` strings) into a SourceMap.
 
     ValueError naming `what` and the pair when a target is not `MASK` (or `CLASS:MASK` with `allow_class`),
     or when nothing is mapped.
     """
-    items = list(pairs.items()) if isinstance(pairs, Mapping) else [
-        p if isinstance(p, tuple) else split_pairs([p], what)[0] for p in pairs]
+    items = (
+        list(pairs.items())
+        if isinstance(pairs, Mapping)
+        else [p if isinstance(p, tuple) else split_pairs([p], what)[0] for p in pairs]
+    )
     targets: dict[str, list[Target]] = {}
     for key, target in items:
         cls, sep, name = target.rpartition(":") if isinstance(target, str) else ("", "", target)

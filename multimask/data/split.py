@@ -30,7 +30,7 @@ def seeded_val_ids(image_ids: Sequence[Hashable], val_fraction: float, seed: int
     """
     check_val_fraction(val_fraction)
     order = sorted(image_ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
-    return set(order[:round(len(order) * val_fraction)])
+    return set(order[: round(len(order) * val_fraction)])
 
 
 @dataclass
@@ -42,8 +42,9 @@ class SplitResult:
     report: Report
 
 
-def split_dataset(json_file: str | Path, out_dir: str | Path, val_fraction: float, seed: int, *,
-                  image_root: str | Path | None = None) -> SplitResult:
+def split_dataset(
+    json_file: str | Path, out_dir: str | Path, val_fraction: float, seed: int, *, image_root: str | Path | None = None
+) -> SplitResult:
     """Write `out_dir/train.json` and `out_dir/val.json` from a multimask JSON, split by image (`seeded_val_ids`).
 
     An image's key is its `label_id` (written by the app's Export) or else its `id`, so splitting an app export
@@ -68,14 +69,32 @@ def split_dataset(json_file: str | Path, out_dir: str | Path, val_fraction: floa
     stats = {}
     for split in SPLITS:
         part = [d for d in dicts if (keys[d["image_id"]] in val) == (split == "val")]
-        images = [{**raw_images[d["image_id"]], "file_name": os.path.relpath(Path(d["file_name"]).resolve(), root)}
-                  for d in part]
-        anns = [{**make_annotation(k + 1, d["image_id"], category_ids[a["category_id"]], a["multimask"],
-                                   d["height"], d["width"], names), "iscrowd": a["iscrowd"]}
-                for k, (d, a) in enumerate((d, a) for d in part for a in d["annotations"])]
-        write_multimask_json(paths[split], images, categories, anns, names,
-                             info={"description": f"{split} split of {json_file.name}", "source": str(json_file),
-                                   "seed": seed, "val_fraction": val_fraction})
+        images = [
+            {**raw_images[d["image_id"]], "file_name": os.path.relpath(Path(d["file_name"]).resolve(), root)}
+            for d in part
+        ]
+        anns = [
+            {
+                **make_annotation(
+                    k + 1, d["image_id"], category_ids[a["category_id"]], a["multimask"], d["height"], d["width"], names
+                ),
+                "iscrowd": a["iscrowd"],
+            }
+            for k, (d, a) in enumerate((d, a) for d in part for a in d["annotations"])
+        ]
+        write_multimask_json(
+            paths[split],
+            images,
+            categories,
+            anns,
+            names,
+            info={
+                "description": f"{split} split of {json_file.name}",
+                "source": str(json_file),
+                "seed": seed,
+                "val_fraction": val_fraction,
+            },
+        )
         stats[split] = dataset_stats(part, classes, names)
     return SplitResult(paths, stats, report)
 
@@ -84,7 +103,8 @@ def format_split(stats: dict[str, DatasetStats]) -> str:
     """Images and instances per split, one row per class and a total."""
     header = ["class"] + [f"{s} {what}" for s in SPLITS for what in ("images", "instances")]
     classes = list(stats[SPLITS[0]].classes)
-    rows = [[c] + [v for s in SPLITS for v in (stats[s].classes[c].images, stats[s].classes[c].instances)]
-            for c in classes]
+    rows = [
+        [c] + [v for s in SPLITS for v in (stats[s].classes[c].images, stats[s].classes[c].instances)] for c in classes
+    ]
     rows.append(["all"] + [v for s in SPLITS for v in (stats[s].images, stats[s].total.instances)])
     return format_table(header, rows)

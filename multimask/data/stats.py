@@ -30,8 +30,11 @@ class DatasetStats:
     def total(self) -> ClassCounts:
         """All classes together (`images`: the images with at least one instance)."""
         counts = self.classes.values()
-        return ClassCounts(self.images - self.images_without_instances, sum(c.instances for c in counts),
-                           {n: sum(c.masks[n] for c in counts) for n in self.mask_names})
+        return ClassCounts(
+            self.images - self.images_without_instances,
+            sum(c.instances for c in counts),
+            {n: sum(c.masks[n] for c in counts) for n in self.mask_names},
+        )
 
 
 def dataset_stats(dicts: Sequence[dict], classes: Sequence[str], mask_names: Sequence[str]) -> DatasetStats:
@@ -52,8 +55,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     """Aligned text columns: the first left-aligned, the others right-aligned."""
     cells = [[str(v) for v in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
-                     for row in cells)
+    return "\n".join(
+        "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in cells
+    )
 
 
 def format_stats(stats: DatasetStats) -> str:
@@ -67,5 +71,4 @@ def format_stats(stats: DatasetStats) -> str:
         for n in stats.mask_names:
             row += [c.masks[n], c.instances - c.masks[n]]
         rows.append(row)
-    return (f"{format_table(header, rows)}\n"
-            f"{stats.images} images, {stats.images_without_instances} without instances")
+    return f"{format_table(header, rows)}\n{stats.images} images, {stats.images_without_instances} without instances"

@@ -39,10 +39,18 @@ SMALL_PART_BOX_SHARE = (0.01, 0.03)  # "small-part": mask 2's area as a share of
 LARGE_PART_SHARE = (0.6, 0.9)  # "large-part": mask 2's area as a share of its object
 
 
-def generate_synthetic_dataset(out_dir: str | Path, num_train: int = 64, num_val: int = 16, *, seed: int = 0,
-                               height: int = 256, width: int = 320,
-                               mask_names: Sequence[str] = ("primary", "secondary"), regime: str = "default",
-                               progress: bool = False) -> dict[str, Path]:
+def generate_synthetic_dataset(
+    out_dir: str | Path,
+    num_train: int = 64,
+    num_val: int = 16,
+    *,
+    seed: int = 0,
+    height: int = 256,
+    width: int = 320,
+    mask_names: Sequence[str] = ("primary", "secondary"),
+    regime: str = "default",
+    progress: bool = False,
+) -> dict[str, Path]:
     """Write `train.json`, `val.json` and PNGs under `out_dir/images`; return their paths.
 
     Returns `{"train": out_dir/"train.json", "val": out_dir/"val.json", "images": out_dir/"images"}`.
@@ -61,16 +69,17 @@ def generate_synthetic_dataset(out_dir: str | Path, num_train: int = 64, num_val
         for split_idx, (split, count) in enumerate((("train", num_train), ("val", num_val))):
             images, annotations = [], []
             for i in range(count):
-                img, objects = _scene(np.random.default_rng([seed, split_idx, i]), height, width, len(names),
-                                      regime)
+                img, objects = _scene(np.random.default_rng([seed, split_idx, i]), height, width, len(names), regime)
                 file_name = f"images/{split}_{i:04d}.png"
                 atomic_write_bytes(out_dir / file_name, cv2.imencode(".png", img)[1].tobytes())
                 images.append({"id": i + 1, "file_name": file_name, "height": height, "width": width})
                 for cls, parts in objects:
-                    masks = {n: _encode(p, height, width) if p is not None else []
-                             for n, p in zip(names, parts, strict=True)}
-                    annotations.append(make_annotation(len(annotations) + 1, i + 1, cls + 1, masks,
-                                                       height, width, names))
+                    masks = {
+                        n: _encode(p, height, width) if p is not None else [] for n, p in zip(names, parts, strict=True)
+                    }
+                    annotations.append(
+                        make_annotation(len(annotations) + 1, i + 1, cls + 1, masks, height, width, names)
+                    )
                 bar.update()
             info = {"description": f"synthetic multimask dataset ({split})", "seed": seed, "regime": regime}
             write_multimask_json(paths[split], images, categories, annotations, names, info=info)
@@ -82,19 +91,32 @@ def _check_args(num_train, num_val, seed, height, width, mask_names) -> None:
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-    for name, value, low in (("num_train", num_train, 0), ("num_val", num_val, 0), ("seed", seed, 0),
-                             ("height", height, 64), ("width", width, 64)):
+    for name, value, low in (
+        ("num_train", num_train, 0),
+        ("num_val", num_val, 0),
+        ("seed", seed, 0),
+        ("height", height, 64),
+        ("width", width, 64),
+    ):
         if not is_int(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if (isinstance(mask_names, str) or not isinstance(mask_names, Sequence)
-            or not all(isinstance(n, str) and n for n in mask_names)):
+    if (
+        isinstance(mask_names, str)
+        or not isinstance(mask_names, Sequence)
+        or not all(isinstance(n, str) and n for n in mask_names)
+    ):
         raise ValueError(f"mask_names must be a sequence of non-empty strings, got {mask_names!r}")
     if not 1 <= len(mask_names) <= len(_PART_PROB) or len(set(mask_names)) != len(mask_names):
         raise ValueError(f"mask_names must hold 1 to {len(_PART_PROB)} unique names, got {list(mask_names)}")
 
 
-def _scene(rng: np.random.Generator, h: int, w: int, num_masks: int, regime: str = "default",
-           ) -> tuple[np.ndarray, list]:
+def _scene(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    num_masks: int,
+    regime: str = "default",
+) -> tuple[np.ndarray, list]:
     """A BGR uint8 image and its objects `(class index, [visible geometry or None per mask])`, bottom first."""
     frame, size = box(0, 0, w, h), min(h, w)
     objects = []  # (class, colour, [full part geometry or None]) in drawing order
@@ -204,9 +226,14 @@ def _cut(rng: np.random.Generator, shape: Polygon) -> Polygon:
 
     def kept(offset: float) -> Polygon:  # the half-plane {p: (p - c) . d <= offset}, clipped to the shape
         ax, ay = cx + offset * dx, cy + offset * dy
-        half = Polygon([(ax - reach * dy, ay + reach * dx), (ax + reach * dy, ay - reach * dx),
-                        (ax + reach * dy - 2 * reach * dx, ay - reach * dx - 2 * reach * dy),
-                        (ax - reach * dy - 2 * reach * dx, ay + reach * dx - 2 * reach * dy)])
+        half = Polygon(
+            [
+                (ax - reach * dy, ay + reach * dx),
+                (ax + reach * dy, ay - reach * dx),
+                (ax + reach * dy - 2 * reach * dx, ay - reach * dx - 2 * reach * dy),
+                (ax - reach * dy - 2 * reach * dx, ay + reach * dx - 2 * reach * dy),
+            ]
+        )
         return shape.intersection(half)
 
     low, high = -reach, reach  # bisect the offset: the kept area grows with it
@@ -267,6 +294,7 @@ def _polygons(geom) -> list[Polygon]:
 
 def _raster(geom, h: int, w: int) -> np.ndarray:
     """Uint8 HxW mask of a geometry, rasterised by pycocotools like the polygons in the dataset file."""
+
     def fill(rings):
         flat = [np.asarray(ring.coords)[:-1].ravel().tolist() for ring in rings]
         return mask_util.decode(mask_util.merge(mask_util.frPyObjects(flat, h, w)))

@@ -182,5 +182,4 @@ class GPUMemory(HookBase):
     """
 
     def after_step(self):
-        self.trainer.storage.put_scalar("max_mem_mb", torch.cuda.max_memory_allocated() / 2**20,
-                                        smoothing_hint=False)
+        self.trainer.storage.put_scalar("max_mem_mb", torch.cuda.max_memory_allocated() / 2**20, smoothing_hint=False)

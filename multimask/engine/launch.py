@@ -18,12 +18,21 @@ from .hooks import STOPPED_EXIT_CODE
 def check_gpus(cfg, num_gpus: int) -> None:
     """Refuse several processes per machine without as many CUDA GPUs (detectron2's DDP needs one each)."""
     if cfg.MODEL.DEVICE != "cuda" or torch.cuda.device_count() < num_gpus:
-        raise ValueError(f"--num-gpus {num_gpus} needs {num_gpus} CUDA GPUs and MODEL.DEVICE cuda; this machine "
-                         f"has {torch.cuda.device_count()} and MODEL.DEVICE is {cfg.MODEL.DEVICE}")
+        raise ValueError(
+            f"--num-gpus {num_gpus} needs {num_gpus} CUDA GPUs and MODEL.DEVICE cuda; this machine "
+            f"has {torch.cuda.device_count()} and MODEL.DEVICE is {cfg.MODEL.DEVICE}"
+        )
 
 
-def launch_until_stopped(main_func: Callable, num_gpus: int, *, num_machines: int = 1, machine_rank: int = 0,
-                         dist_url: str = "auto", args: tuple = ()) -> None:
+def launch_until_stopped(
+    main_func: Callable,
+    num_gpus: int,
+    *,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args: tuple = (),
+) -> None:
     """`launch(main_func, ...)`; a SIGTERM or SIGINT to this process is passed on to the training processes
     as SIGTERM (they stop together after saving a checkpoint, see `GracefulStop`), and this process waits for
     them instead of dying first, then exits with `STOPPED_EXIT_CODE`.
@@ -42,8 +51,7 @@ def launch_until_stopped(main_func: Callable, num_gpus: int, *, num_machines: in
 
     previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        launch(main_func, num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
-               args=args)
+        launch(main_func, num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url, args=args)
     except ProcessExitedException as e:
         if e.exit_code == STOPPED_EXIT_CODE or stop_requested:
             raise SystemExit(STOPPED_EXIT_CODE) from None

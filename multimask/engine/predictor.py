@@ -34,8 +34,14 @@ class MultiMaskPredictor(DefaultPredictor):
         self.mask_names = list(head.MASK_NAMES)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, score_threshold: float | None = None, device: str | None = None,
-                 weights: str | Path | None = None) -> MultiMaskPredictor:
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        *,
+        score_threshold: float | None = None,
+        device: str | None = None,
+        weights: str | Path | None = None,
+    ) -> MultiMaskPredictor:
         """Load a training run folder: its `config.yaml` and `weights` (default: `weights.run_weights`)."""
         run_dir = Path(run_dir)
         config = run_dir / "config.yaml"
@@ -51,6 +57,8 @@ class MultiMaskPredictor(DefaultPredictor):
 
     def __call__(self, original_image: np.ndarray) -> dict:
         if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
-            raise ValueError("expected an (H, W, 3) image array in BGR order, got "
-                             f"{getattr(original_image, 'shape', type(original_image).__name__)}")
+            raise ValueError(
+                "expected an (H, W, 3) image array in BGR order, got "
+                f"{getattr(original_image, 'shape', type(original_image).__name__)}"
+            )
         return super().__call__(original_image)

@@ -20,8 +20,15 @@ from ..io import atomic_write_bytes, atomic_write_json, read_json
 
 RUN_INFO = "run_info.json"
 DATA_DIR = "data"
-_PACKAGES = {"torch": "torch", "torchvision": "torchvision", "detectron2": "detectron2", "multimask": "multimask",
-             "numpy": "numpy", "opencv": "cv2", "pycocotools": "pycocotools"}  # name in run_info -> module
+_PACKAGES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "detectron2": "detectron2",
+    "multimask": "multimask",
+    "numpy": "numpy",
+    "opencv": "cv2",
+    "pycocotools": "pycocotools",
+}  # name in run_info -> module
 
 
 def random_seed() -> int:
@@ -60,13 +67,16 @@ def check_fresh_start(output_dir: str | Path) -> None:
     out = Path(output_dir)
     found = sorted(p.name for p in (*out.glob("model_*.pth"), out / "last_checkpoint") if p.is_file())
     if found:
-        raise ValueError(f"{out}: holds an earlier run's checkpoints ({', '.join(found[:3])}"
-                         f"{', ...' if len(found) > 3 else ''}); continue it with --resume, or train into "
-                         "another --output-dir")
+        raise ValueError(
+            f"{out}: holds an earlier run's checkpoints ({', '.join(found[:3])}"
+            f"{', ...' if len(found) > 3 else ''}); continue it with --resume, or train into "
+            "another --output-dir"
+        )
 
 
-def record_start(output_dir: str | Path, jsons: dict[str, str | Path | None], *, seed: int, resume: bool,
-                 argv: list[str]) -> None:
+def record_start(
+    output_dir: str | Path, jsons: dict[str, str | Path | None], *, seed: int, resume: bool, argv: list[str]
+) -> None:
     """Write the frozen dataset copies and `run_info.json` for a training start (main process only).
 
     `jsons` maps "train"/"val" to the dataset JSON given (None: none). On `resume`, raise ValueError when a
@@ -74,8 +84,14 @@ def record_start(output_dir: str | Path, jsons: dict[str, str | Path | None], *,
     """
     out = Path(output_dir)
     data = {kind: Path(p).resolve().read_bytes() for kind, p in jsons.items() if p}
-    entries = {kind: {"path": str(Path(jsons[kind]).resolve()), "sha256": hashlib.sha256(b).hexdigest(),
-                      "copy": frozen_json(".", kind).as_posix()} for kind, b in data.items()}
+    entries = {
+        kind: {
+            "path": str(Path(jsons[kind]).resolve()),
+            "sha256": hashlib.sha256(b).hexdigest(),
+            "copy": frozen_json(".", kind).as_posix(),
+        }
+        for kind, b in data.items()
+    }
     info = read_json(out / RUN_INFO) if resume and (out / RUN_INFO).is_file() else None
     if info is None:
         info = {"argv": list(argv), "seed": seed, "versions": package_versions(), "data": {}, "starts": []}
@@ -85,8 +101,14 @@ def record_start(output_dir: str | Path, jsons: dict[str, str | Path | None], *,
         if copy.resolve() != Path(entries[kind]["path"]):
             atomic_write_bytes(copy, b)
     info["data"] = {**entries, **info["data"]}
-    info["starts"].append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resume": resume,
-                           "seed": seed, "argv": list(argv)})
+    info["starts"].append(
+        {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "resume": resume,
+            "seed": seed,
+            "argv": list(argv),
+        }
+    )
     atomic_write_json(out / RUN_INFO, info, indent=2)
 
 
@@ -94,6 +116,8 @@ def _check_unchanged(recorded: dict, entries: dict) -> None:
     for kind, entry in entries.items():
         old = recorded.get(kind)
         if old and old["sha256"] != entry["sha256"]:
-            raise ValueError(f"{entry['path']}: the {kind} JSON changed since this run started (sha256 "
-                             f"{old['sha256'][:12]}… then, {entry['sha256'][:12]}… now); start a new run or "
-                             "restore it")
+            raise ValueError(
+                f"{entry['path']}: the {kind} JSON changed since this run started (sha256 "
+                f"{old['sha256'][:12]}… then, {entry['sha256'][:12]}… now); start a new run or "
+                "restore it"
+            )

@@ -33,19 +33,23 @@ def check_datasets(cfg) -> None:
         meta = MetadataCatalog.get(ds)
         ds_names = list(meta.get("mask_names", []))
         if ds_names != names:
-            raise ValueError(f"dataset {ds!r} has masks {ds_names} but MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES is "
-                             f"{names}; register it with mask_names={names} or change the config")
+            raise ValueError(
+                f"dataset {ds!r} has masks {ds_names} but MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES is "
+                f"{names}; register it with mask_names={names} or change the config"
+            )
         n = len(meta.get("thing_classes", []))
         if n != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            raise ValueError(f"dataset {ds!r} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES is "
-                             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES}")
+            raise ValueError(
+                f"dataset {ds!r} has {n} classes but MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}"
+            )
     metric = best_metric(cfg)
     _, name = split_metric(metric, names)
     for ds in cfg.DATASETS.TEST if name.startswith("AP-") else ():
         classes = MetadataCatalog.get(ds).thing_classes
         if name[3:] not in classes:
-            raise ValueError(f"MULTIMASK.BEST_METRIC {metric!r}: dataset {ds!r} has no class {name[3:]!r}; "
-                             f"its classes are {classes}")
+            raise ValueError(
+                f"MULTIMASK.BEST_METRIC {metric!r}: dataset {ds!r} has no class {name[3:]!r}; its classes are {classes}"
+            )
 
 
 class MultiMaskTrainer(DefaultTrainer):
@@ -68,7 +72,7 @@ class MultiMaskTrainer(DefaultTrainer):
         hooks = super().build_hooks()
         i = next(k for k, h in enumerate(hooks) if isinstance(h, d2hooks.EvalHook))
         hooks[i] = d2hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)  # records every evaluation
-        hooks[i + 1:i + 1] = self._best_hooks()  # after the evaluation, before the PeriodicWriter
+        hooks[i + 1 : i + 1] = self._best_hooks()  # after the evaluation, before the PeriodicWriter
         for k, h in enumerate(hooks):
             if isinstance(h, d2hooks.PeriodicWriter):
                 hooks[k] = d2hooks.PeriodicWriter(h._writers, period=self.cfg.MULTIMASK.WRITE_PERIOD)
@@ -84,8 +88,10 @@ class MultiMaskTrainer(DefaultTrainer):
         period, patience = cfg.TEST.EVAL_PERIOD, cfg.MULTIMASK.EARLY_STOP_PATIENCE
         if not (cfg.DATASETS.TEST and period > 0):
             if patience:
-                logger.warning("MULTIMASK.EARLY_STOP_PATIENCE needs a validation set (DATASETS.TEST) and "
-                               "TEST.EVAL_PERIOD > 0; training will not stop early")
+                logger.warning(
+                    "MULTIMASK.EARLY_STOP_PATIENCE needs a validation set (DATASETS.TEST) and "
+                    "TEST.EVAL_PERIOD > 0; training will not stop early"
+                )
             return []
         metric, mode = best_metric(cfg), cfg.MULTIMASK.BEST_MODE
         out = [BestCheckpointer(period, self.checkpointer, metric, mode)] if comm.is_main_process() else []
@@ -97,8 +103,10 @@ class MultiMaskTrainer(DefaultTrainer):
         self._last_eval_results = self.test(self.cfg, self.model)
         if self._last_eval_results and comm.is_main_process():
             self._evaluations[self.storage.iter] = self._last_eval_results
-            save_results([{"iteration": it, "results": r} for it, r in sorted(self._evaluations.items())],
-                         Path(self.cfg.OUTPUT_DIR) / EVALUATIONS_FILE)
+            save_results(
+                [{"iteration": it, "results": r} for it, r in sorted(self._evaluations.items())],
+                Path(self.cfg.OUTPUT_DIR) / EVALUATIONS_FILE,
+            )
         return self._last_eval_results
 
     def _hook(self, kind: type):
@@ -114,8 +122,11 @@ class MultiMaskTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
-        return MultiMaskEvaluator(dataset_name, cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES,
-                                  output_folder or str(Path(cfg.OUTPUT_DIR) / "inference" / dataset_name))
+        return MultiMaskEvaluator(
+            dataset_name,
+            cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES,
+            output_folder or str(Path(cfg.OUTPUT_DIR) / "inference" / dataset_name),
+        )
 
     def train(self):
         """Train, then write OUTPUT_DIR/summary.json and the final evaluation (if any) to eval_results.json.
@@ -148,9 +159,15 @@ class MultiMaskTrainer(DefaultTrainer):
             "iterations": stop.iteration + 1 if stop else self.max_iter,
             "max_iter": self.max_iter,
             "early_stopped": stop is not None,
-            "best": {"metric": best_metric(self.cfg), "mode": self.cfg.MULTIMASK.BEST_MODE,
-                     "value": best.best_metric, "iteration": best.best_iter,
-                     "checkpoint": BEST_CHECKPOINT} if has_best else None,
+            "best": {
+                "metric": best_metric(self.cfg),
+                "mode": self.cfg.MULTIMASK.BEST_MODE,
+                "value": best.best_metric,
+                "iteration": best.best_iter,
+                "checkpoint": BEST_CHECKPOINT,
+            }
+            if has_best
+            else None,
         }
 
     def resume_or_load(self, resume: bool = True) -> None:

@@ -53,7 +53,7 @@ def is_remote(path: str) -> bool:
 
 def weights_url(path: str) -> str:
     """The http(s) URL of a remote weights path (detectron2:// expanded)."""
-    return _DETECTRON2_URL + path[len("detectron2://"):] if path.startswith("detectron2://") else path
+    return _DETECTRON2_URL + path[len("detectron2://") :] if path.startswith("detectron2://") else path
 
 
 def cached_download(path: str) -> Path | None:
@@ -76,8 +76,9 @@ def downloadable(path: str, timeout: float = 3.0) -> bool:
     if urllib.request.getproxies().get(url.scheme):
         return True
     try:
-        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
+        socket.create_connection(
+            (url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
     except (OSError, ValueError):
         return False
     return True
@@ -124,5 +125,6 @@ def run_weights(run_dir: str | Path) -> Path:
         ckpt = run_dir / last.read_text().strip()
         if ckpt.is_file() and ckpt.parent == run_dir:
             return ckpt
-    raise WeightsUnavailableError(f"{run_dir}: no model_best.pth, model_final.pth or last checkpoint; "
-                                  "is it a training run?")
+    raise WeightsUnavailableError(
+        f"{run_dir}: no model_best.pth, model_final.pth or last checkpoint; is it a training run?"
+    )

@@ -40,8 +40,7 @@ def _conv_upsample_trunk(in_channels: int, conv_dims: Sequence[int], norm: str) 
     """NUM_CONV 3x3 convs then a 2x deconv, named as in detectron2's head so its weights map 1:1."""
     trunk = nn.Sequential()
     for k, dim in enumerate(conv_dims[:-1]):
-        conv = Conv2d(in_channels, dim, 3, padding=1, bias=not norm, norm=get_norm(norm, dim),
-                      activation=nn.ReLU())
+        conv = Conv2d(in_channels, dim, 3, padding=1, bias=not norm, norm=get_norm(norm, dim), activation=nn.ReLU())
         weight_init.c2_msra_fill(conv)
         trunk.add_module(f"mask_fcn{k + 1}", conv)
         in_channels = dim
@@ -63,12 +62,25 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
     """
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, mask_names: Sequence[str], num_classes: int,
-                 conv_dims: Sequence[int], conv_norm: str = "", shared_trunk: bool = True,
-                 loss_weights: Sequence[float] | None = None, dice_weight: float = 0.0,
-                 part_box_masks: Sequence[str] = (), part_box_loss_weight: float = 1.0,
-                 part_box_from: str = "coarse_mask", part_box_jitter: float = 0.1, part_box_context: float = 1.25,
-                 part_box_batch_size_per_image: int = 0, vis_period: int = 0):
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        mask_names: Sequence[str],
+        num_classes: int,
+        conv_dims: Sequence[int],
+        conv_norm: str = "",
+        shared_trunk: bool = True,
+        loss_weights: Sequence[float] | None = None,
+        dice_weight: float = 0.0,
+        part_box_masks: Sequence[str] = (),
+        part_box_loss_weight: float = 1.0,
+        part_box_from: str = "coarse_mask",
+        part_box_jitter: float = 0.1,
+        part_box_context: float = 1.25,
+        part_box_batch_size_per_image: int = 0,
+        vis_period: int = 0,
+    ):
         super().__init__()
         if not conv_dims:
             raise ValueError("conv_dims must hold at least the deconv's width")
@@ -104,8 +116,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             raise ValueError(f"part_box_from must be one of {PART_BOX_SOURCES}, got {part_box_from!r}")
         self.part_box_from = part_box_from
         if self.part_box_masks and part_box_from == "regression":
-            self.part_box_regressor = PartBoxRegressor(input_shape, len(self.part_box_masks), conv_dims[0],
-                                                       conv_norm)
+            self.part_box_regressor = PartBoxRegressor(input_shape, len(self.part_box_masks), conv_dims[0], conv_norm)
         self.register_load_state_dict_pre_hook(_expand_standard_mask_head)
 
     @classmethod
@@ -138,8 +149,9 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             return torch.stack([self.predictors[n](x) for n in names], dim=1)
         return torch.stack([self.predictors[n](self.trunks[n](x)) for n in names], dim=1)
 
-    def forward(self, x: torch.Tensor, instances: list[Instances],
-                pool: Callable[[list[Boxes]], torch.Tensor] | None = None):
+    def forward(
+        self, x: torch.Tensor, instances: list[Instances], pool: Callable[[list[Boxes]], torch.Tensor] | None = None
+    ):
         """Losses in training, else `instances` with their predictions.
 
         `x` holds the features pooled in the instances' boxes; `pool` pools the same feature maps in other
@@ -153,9 +165,14 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             logits, mask_boxes, part_losses = self._with_part_boxes(x, instances, pool)
         if self.training:  # the parts' losses on their own grids come from _with_part_boxes
             own = [k for k, n in enumerate(self.mask_names) if n not in self.part_box_masks]
-            losses = multimask_rcnn_loss(logits[:, own], instances, [self.mask_names[k] for k in own],
-                                         [self.loss_weights[k] for k in own], self.vis_period,
-                                         dice_weight=self.dice_weight)
+            losses = multimask_rcnn_loss(
+                logits[:, own],
+                instances,
+                [self.mask_names[k] for k in own],
+                [self.loss_weights[k] for k in own],
+                self.vis_period,
+                dice_weight=self.dice_weight,
+            )
             return {**losses, **part_losses}
         multimask_rcnn_inference(logits, instances, mask_boxes)
         return instances
@@ -176,10 +193,16 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         zero = coarse.sum() * 0 + (deltas.sum() * 0 if regressed else 0)
         if not r:
             kind = "loss_part_box_{}" if regressed else "loss_mask_{}_coarse"
-            return coarse, mask_boxes, ({key.format(n): zero for n in self.part_box_masks
-                                         for key in (kind, "loss_mask_{}")} if self.training else {})
-        image_of_row = torch.repeat_interleave(torch.arange(len(instances)),
-                                               torch.tensor([len(i) for i in instances]))
+            return (
+                coarse,
+                mask_boxes,
+                (
+                    {key.format(n): zero for n in self.part_box_masks for key in (kind, "loss_mask_{}")}
+                    if self.training
+                    else {}
+                ),
+            )
+        image_of_row = torch.repeat_interleave(torch.arange(len(instances)), torch.tensor([len(i) for i in instances]))
         losses = {}
         if self.training:
             gt = [i.gt_multimask for i in instances if len(i)]
@@ -190,8 +213,9 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
                 losses = {f"loss_part_box_{n}": box_losses[j] for j, n in enumerate(self.part_box_masks)}
             else:  # the coarse part is trained too: it places the part's box at inference
                 weights = [self.loss_weights[j] for j in self.part_index]
-                coarse_losses = multimask_rcnn_loss(coarse[:, self.part_index], instances, self.part_box_masks,
-                                                    weights, dice_weight=self.dice_weight)
+                coarse_losses = multimask_rcnn_loss(
+                    coarse[:, self.part_index], instances, self.part_box_masks, weights, dice_weight=self.dice_weight
+                )
                 losses = {f"{key}_coarse": value for key, value in coarse_losses.items()}
             pooled = jitter_boxes(truth, self.part_box_jitter)
             present = sample_per_image(present, image_of_row, self.part_box_batch_size_per_image)
@@ -218,8 +242,15 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
             mask_boxes[rows.to(x.device), index] = chosen
         return logits, mask_boxes, {}
 
-    def _part_losses(self, fine: torch.Tensor | None, chosen: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                     instances: list[Instances], zero: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _part_losses(
+        self,
+        fine: torch.Tensor | None,
+        chosen: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        instances: list[Instances],
+        zero: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """`loss_mask_<part>` of the parts' logits on their own grids: `fine[i]` (C, M, M) for part `cols[i]` of
         ROI `rows[i]` (indexing the images' ROIs in turn), lying in the box `chosen[i]`."""
         starts = [0, *itertools.accumulate(len(i) for i in instances)]
@@ -230,14 +261,23 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
                 losses[f"loss_mask_{name}"] = zero
                 continue
             picked = rows[sel]
-            subsets = [inst[picked[(picked >= a) & (picked < b)] - a]
-                       for inst, a, b in zip(instances, starts, starts[1:])]
+            subsets = [
+                inst[picked[(picked >= a) & (picked < b)] - a] for inst, a, b in zip(instances, starts, starts[1:])
+            ]
             boxes = cat([i.proposal_boxes.tensor for i in subsets])
             mask_boxes = boxes.unsqueeze(1).repeat(1, len(self.mask_names), 1)
             mask_boxes[:, self.part_index[j]] = chosen[sel.to(chosen.device)]
-            losses.update(multimask_rcnn_loss(fine[sel.to(fine.device)].unsqueeze(1), subsets, [name],
-                                              [self.loss_weights[self.part_index[j]]], self.vis_period,
-                                              dice_weight=self.dice_weight, mask_boxes=mask_boxes))
+            losses.update(
+                multimask_rcnn_loss(
+                    fine[sel.to(fine.device)].unsqueeze(1),
+                    subsets,
+                    [name],
+                    [self.loss_weights[self.part_index[j]]],
+                    self.vis_period,
+                    dice_weight=self.dice_weight,
+                    mask_boxes=mask_boxes,
+                )
+            )
         return losses
 
     def _part_logits(self, features: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -252,8 +292,7 @@ class MultiMaskRCNNConvUpsampleHead(nn.Module):
         return out
 
 
-def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict: dict, prefix: str,
-                               *args) -> None:
+def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict: dict, prefix: str, *args) -> None:
     """Load-state-dict pre-hook: map a standard Mask R-CNN mask head onto every mask branch.
 
     Runs only when the incoming dict holds standard keys (`mask_fcn1.weight`, ..., `predictor.weight`)
@@ -261,17 +300,17 @@ def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict
     number of classes) is left out, so that layer keeps its fresh initialisation.
     """
     keys = [k for k in state_dict if k.startswith(prefix)]
-    standard = [k for k in keys if _STANDARD_KEY.match(k[len(prefix):])]
+    standard = [k for k in keys if _STANDARD_KEY.match(k[len(prefix) :])]
     if not standard or len(standard) != len(keys):
         return
     own = module.state_dict()
     loaded, skipped, unused = set(), set(), set()
     for key in standard:
         value = state_dict.pop(key)
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         for name in module.mask_names:
             if rest.startswith("predictor."):
-                target = f"predictors.{name}.{rest[len('predictor.'):]}"
+                target = f"predictors.{name}.{rest[len('predictor.') :]}"
             elif module.shared_trunk:
                 target = f"trunk.{rest}"
             else:
@@ -283,8 +322,11 @@ def _expand_standard_mask_head(module: MultiMaskRCNNConvUpsampleHead, state_dict
             else:
                 state_dict[prefix + target] = value
                 loaded.add(target)
-    logger.info("Initialised mask branches %s from a standard Mask R-CNN mask head (%d tensors).",
-                list(module.mask_names), len(loaded))
+    logger.info(
+        "Initialised mask branches %s from a standard Mask R-CNN mask head (%d tensors).",
+        list(module.mask_names),
+        len(loaded),
+    )
     if skipped:
         logger.info("Kept fresh initialisation for %s (shape differs).", sorted(skipped))
     if unused:
@@ -298,9 +340,16 @@ def _select_class(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return logits[torch.arange(len(logits), device=logits.device), :, classes]
 
 
-def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_names: Sequence[str],
-                        loss_weights: Sequence[float], vis_period: int = 0, *, dice_weight: float = 0.0,
-                        mask_boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def multimask_rcnn_loss(
+    logits: torch.Tensor,
+    instances: list[Instances],
+    mask_names: Sequence[str],
+    loss_weights: Sequence[float],
+    vis_period: int = 0,
+    *,
+    dice_weight: float = 0.0,
+    mask_boxes: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Per-mask-name binary cross-entropy on the matched class channel, `loss_mask_<name>`.
 
     Each name's loss is its `loss_weights` entry times (the mean cross-entropy over the pixels of the ROIs
@@ -316,8 +365,12 @@ def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_n
         return {f"loss_mask_{n}": logits.sum() * 0 for n in mask_names}
     if mask_boxes is None:
         mask_boxes = cat([x.proposal_boxes.tensor for x in fg])
-    targets = cat([x.gt_multimask.crop_and_resize(b, mask_size, mask_names)
-                   for x, b in zip(fg, mask_boxes.split([len(x) for x in fg]))])
+    targets = cat(
+        [
+            x.gt_multimask.crop_and_resize(b, mask_size, mask_names)
+            for x, b in zip(fg, mask_boxes.split([len(x) for x in fg]))
+        ]
+    )
     present = cat([x.gt_multimask.present for x in fg])  # on the CPU: no sync to choose ROIs
     classes = cat([x.gt_classes for x in fg]).to(torch.int64)
     logits = _select_class(logits, classes)
@@ -339,8 +392,9 @@ def multimask_rcnn_loss(logits: torch.Tensor, instances: list[Instances], mask_n
         if vis_period > 0 and storage.iter % vis_period == 0:
             vis = torch.cat([pred.sigmoid(), target], dim=2)
             for i, m in enumerate(vis[:8]):
-                storage.put_image(f"{name}: prediction (left) / ground truth (right) ({i})",
-                                  m.expand(3, -1, -1).detach())
+                storage.put_image(
+                    f"{name}: prediction (left) / ground truth (right) ({i})", m.expand(3, -1, -1).detach()
+                )
     if stats:
         values = torch.stack([v for s in stats.values() for v in s]).tolist()  # the one sync
         for i, name in enumerate(stats):
@@ -360,13 +414,16 @@ def _mask_stats(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, ...
     wrong = (pred.detach() > 0) != gt
     positives = gt.sum()
     negatives = gt.numel() - positives
-    return (1 - wrong.sum() / max(wrong.numel(), 1),
-            (wrong & ~gt).sum() / negatives.clamp(min=1),
-            (wrong & gt).sum() / positives.clamp(min=1))
+    return (
+        1 - wrong.sum() / max(wrong.numel(), 1),
+        (wrong & ~gt).sum() / negatives.clamp(min=1),
+        (wrong & gt).sum() / positives.clamp(min=1),
+    )
 
 
-def multimask_rcnn_inference(logits: torch.Tensor, pred_instances: list[Instances],
-                             mask_boxes: torch.Tensor | None = None) -> None:
+def multimask_rcnn_inference(
+    logits: torch.Tensor, pred_instances: list[Instances], mask_boxes: torch.Tensor | None = None
+) -> None:
     """Set `pred_multimask` (R, K, M, M) probabilities and `pred_masks` (R, 1, M, M), the first mask.
 
     With `mask_boxes` (R, K, 4), the box each mask was predicted in, also set `pred_multimask_boxes`

@@ -29,8 +29,7 @@ class MultiMaskRCNN(GeneralizedRCNN):
         return out
 
 
-def multimask_postprocess(instances: Instances, height: int, width: int,
-                          mask_threshold: float = 0.5) -> Instances:
+def multimask_postprocess(instances: Instances, height: int, width: int, mask_threshold: float = 0.5) -> Instances:
     """detector_postprocess, then paste every mask of `pred_multimask` into a (height, width) image."""
     if not instances.has("pred_multimask"):
         return detector_postprocess(instances, height, width, mask_threshold=mask_threshold)

@@ -29,12 +29,19 @@ MIN_PART_BOX_SIZE = 1.0  # pixels: the smallest box a part is given
 class PartBoxRegressor(nn.Module):
     """Box deltas (R, P, 4) of P parts relative to each of R instance boxes, from the instance's features."""
 
-    def __init__(self, input_shape: ShapeSpec, num_parts: int, conv_dim: int, norm: str = "",
-                 fc_dim: int = 256):
+    def __init__(self, input_shape: ShapeSpec, num_parts: int, conv_dim: int, norm: str = "", fc_dim: int = 256):
         super().__init__()
         self.num_parts = num_parts
-        self.conv = Conv2d(input_shape.channels, conv_dim, 3, stride=2, padding=1, bias=not norm,
-                           norm=get_norm(norm, conv_dim), activation=nn.ReLU())
+        self.conv = Conv2d(
+            input_shape.channels,
+            conv_dim,
+            3,
+            stride=2,
+            padding=1,
+            bias=not norm,
+            norm=get_norm(norm, conv_dim),
+            activation=nn.ReLU(),
+        )
         weight_init.c2_msra_fill(self.conv)
         cells = ((input_shape.height + 1) // 2) * ((input_shape.width + 1) // 2)  # after the stride-2 conv
         self.fc = nn.Linear(conv_dim * cells, fc_dim)
@@ -61,8 +68,9 @@ def apply_part_deltas(deltas: torch.Tensor, instance_boxes: torch.Tensor) -> tor
     return PART_BOX_TRANSFORM.apply_deltas(deltas.reshape(r, 4 * p), instance_boxes).view(r, p, 4)
 
 
-def part_box_loss(deltas: torch.Tensor, instance_boxes: torch.Tensor, true_boxes: torch.Tensor,
-                  present: torch.Tensor) -> torch.Tensor:
+def part_box_loss(
+    deltas: torch.Tensor, instance_boxes: torch.Tensor, true_boxes: torch.Tensor, present: torch.Tensor
+) -> torch.Tensor:
     """(P,) box losses: per part, L1 on the deltas (R, P, 4) to its true box, relative to the instance box
     (R, 4), plus 1 - GIoU of the regressed and true boxes, averaged over the instances that have the part.
 
@@ -122,8 +130,9 @@ def enlarge_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=-1)
 
 
-def sample_per_image(flags: torch.Tensor, image_of_row: torch.Tensor, limit: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_per_image(
+    flags: torch.Tensor, image_of_row: torch.Tensor, limit: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A copy of the (R, P) bool `flags` (R ROIs, P parts) with at most `limit` True entries per image, kept
     uniformly at random; `image_of_row` (R,) holds each ROI's image. `limit` 0 keeps them all."""
     if limit <= 0:
