@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from multimask import run_folder
+
 from .roots import inside
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.yaml"
 
 
 class RunNotFoundError(LookupError):
@@ -25,7 +25,7 @@ class RunInfo:
 
     name: str  # path relative to the runs folder, "/"-separated
     path: Path  # resolved folder
-    weights: Path  # model_final.pth or the last checkpoint
+    weights: Path  # the weights predictions use: `run_folder.run_weights`
     mask_names: tuple[str, ...]
     class_names: tuple[str, ...]
     mtime: float  # modification time of the weights file
@@ -54,7 +54,7 @@ def run_folders(runs_root: str | Path, is_run: Callable[[Path], bool] | None = N
     root = Path(runs_root).resolve()
     if not root.is_dir():
         return []
-    is_run = is_run or (lambda folder: (folder / CONFIG_NAME).is_file())
+    is_run = is_run or run_folder.is_run
     return [
         folder
         for child in _subdirs(root, root)
@@ -102,14 +102,12 @@ def _subdirs(folder: Path, root: Path) -> list[Path]:
 
 
 def _read_run(root: Path, folder: Path) -> RunInfo | None:
-    from multimask.engine.weights import run_weights
-
     try:
-        weights = run_weights(folder)
-        for path in (folder / CONFIG_NAME, weights):
+        weights = run_folder.run_weights(folder)
+        for path in (folder / run_folder.CONFIG_FILE, weights):
             if inside(path, [root]) is None:
                 raise ValueError(f"{path.name} links outside {root}")
-        mask_names, class_names = _config_names(folder / CONFIG_NAME)
+        mask_names, class_names = _config_names(folder / run_folder.CONFIG_FILE)
         return RunInfo(
             name=folder.relative_to(root).as_posix(),
             path=folder.resolve(),

@@ -19,6 +19,7 @@ from app.training import monitor
 from app.training.form import FormError
 from app.training.jobs import FINISHED, JobError
 from app.training.service import TrainingService
+from multimask import run_folder
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 
 
@@ -70,7 +71,7 @@ def main() -> None:
         job = service.jobs.wait(job["id"], timeout=60)
     wall = time.time() - t0
     run_dir = Path(job["run_dir"])
-    rows = monitor.read_metrics(run_dir)
+    rows = run_folder.read_metrics(run_dir)
     times = [r["time"] for r in rows if "time" in r and "total_loss" in r]
     sec = sorted(times)[len(times) // 2] if times else None
     mem = [r["max_mem_mb"] for r in rows if "max_mem_mb" in r]

@@ -80,11 +80,12 @@ def training_config(args: argparse.Namespace):
     """Register the datasets named on the command line and build the frozen training config.
 
     A training start (not --eval-only) picks a concrete seed when SEED < 0, writes OUTPUT_DIR/run_info.json and
-    trains on frozen copies of the dataset JSONs (see `engine.run_record`).
+    trains on frozen copies of the dataset JSONs (see `run_folder`).
     """
     from detectron2.utils import comm
 
-    from .engine import run_record
+    from . import run_folder
+    from .engine.launch import random_seed
 
     cfg = _checked_config(args)
     cfg.OUTPUT_DIR = str(args.output_dir)
@@ -92,9 +93,9 @@ def training_config(args: argparse.Namespace):
     classes = _register_datasets(args, names)  # the given files first: their errors name them
     if not args.eval_only:
         if cfg.SEED < 0:
-            cfg.SEED = run_record.random_seed()  # config.yaml (written by default_setup) records it
+            cfg.SEED = random_seed()  # config.yaml (written by default_setup) records it
         if comm.is_main_process():
-            run_record.record_start(
+            run_folder.record_start(
                 cfg.OUTPUT_DIR,
                 {"train": args.train_json, "val": args.val_json},
                 seed=cfg.SEED,
@@ -142,7 +143,7 @@ def _register_datasets(args: argparse.Namespace, names: list[str], run_dir: str 
     from detectron2.data import MetadataCatalog
 
     from .data import register_multimask_dataset
-    from .engine.run_record import frozen_json
+    from .run_folder import frozen_json
 
     for kind, name, path in (("train", TRAIN_NAME, args.train_json), ("val", VAL_NAME, args.val_json)):
         if path:
@@ -196,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from detectron2.engine import launch
 
     from .engine.launch import check_gpus, launch_until_stopped
-    from .engine.run_record import check_fresh_start
+    from .run_folder import check_fresh_start
 
     if not (args.resume or args.eval_only):
         check_fresh_start(args.output_dir)
@@ -221,8 +222,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import register_multimask_dataset
     from .data.dataset_check import check_dataset_file
     from .engine import MultiMaskPredictor, MultiMaskTrainer
-    from .engine.trainer import EVAL_RESULTS_FILE
     from .evaluation import format_class_ap, format_results, save_results
+    from .run_folder import EVAL_RESULTS_FILE
 
     setup_logger(name="multimask")
     masks = check_dataset_file(args.json, _image_root(args, args.json))["mask_names"]

@@ -13,6 +13,10 @@ class DatasetError(ValueError):
     """A dataset file that cannot be used; the message names the file and the entry."""
 
 
+class WeightsUnavailableError(RuntimeError):
+    """Weights that cannot be fetched or found; the message says what to do."""
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)

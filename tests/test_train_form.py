@@ -8,6 +8,7 @@ import pytest
 
 from app.training import form, monitor
 from app.training.form import FormError, parse_settings, resolve_device
+from multimask import run_folder
 
 VALID = {
     "dataset": "shapes",
@@ -171,10 +172,10 @@ def test_a_run_resumed_after_a_crash_shows_its_own_progress(tmp_path):
     rows = [{"iteration": i, "total_loss": 1.0, "time": 1.0} for i in range(10)]
     rows += [{"iteration": 5, "total_loss": 0.5, "time": 2.0}, {"iteration": 6, "total_loss": 0.4, "time": 2.0}]
     _write_lines(tmp_path / "metrics.json", rows)
-    merged = monitor.read_metrics(tmp_path)
+    merged = run_folder.read_metrics(tmp_path)
     assert [r["iteration"] for r in merged] == list(range(7))
     assert monitor.progress(merged, max_iter=10, ims_per_batch=1)["iteration"] == 7
-    assert monitor.iterations_done(tmp_path) == 7
+    assert run_folder.iterations_done(tmp_path) == 7
 
 
 def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp_path):
@@ -186,12 +187,12 @@ def test_metrics_are_merged_per_iteration_and_a_half_written_line_is_ignored(tmp
     rows.append({"iteration": 4, "bbox/AP": 99.0})  # then the run is resumed from a checkpoint at 2
     rows += [{"iteration": 3, "total_loss": 1.5, "time": 0.25}, {"iteration": 4, "total_loss": 1.4, "time": 0.25}]
     _write_lines(tmp_path / "metrics.json", rows, tail='{"iteration": 5, "total_lo')
-    merged = monitor.read_metrics(tmp_path)
+    merged = run_folder.read_metrics(tmp_path)
     assert [r["iteration"] for r in merged] == [0, 1, 2, 3, 4]
     assert merged[4]["total_loss"] == 1.4, "a resumed run's lines win"
     assert "bbox/AP" not in merged[4], "the evaluation at 4 was of the weights before the resume"
     assert merged[2]["total_loss"] == 1.8 and merged[2]["bbox/AP"] == 12.5
-    assert monitor.iterations_done(tmp_path) == 5 and monitor.iterations_done(tmp_path / "none") == 0
+    assert run_folder.iterations_done(tmp_path) == 5 and run_folder.iterations_done(tmp_path / "none") == 0
     prog = monitor.progress(merged, max_iter=10, ims_per_batch=4)
     assert (prog["iteration"], prog["fraction"], prog["total_loss"]) == (5, 0.5, 1.4)
     assert prog["sec_per_iter"] == 0.5 and prog["images_per_sec"] == 8.0 and prog["eta_seconds"] == 2.5
@@ -364,4 +365,4 @@ def test_the_training_service_imports_without_gradio_or_pandas():
 def test_iterations_done_reads_the_whole_file_when_its_tail_has_no_training_line(tmp_path):
     evals = [{"iteration": 7, **{f"segm/primary/AP-class{i}": 1.0 for i in range(3000)}}] * 2  # > 64 KiB
     _write_lines(tmp_path / "metrics.json", [{"iteration": 6, "total_loss": 1.0}, *evals])
-    assert monitor.iterations_done(tmp_path) == 7
+    assert run_folder.iterations_done(tmp_path) == 7

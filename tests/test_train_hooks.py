@@ -13,7 +13,7 @@ from detectron2.engine import hooks as d2hooks
 from detectron2.utils.events import EventStorage
 
 from multimask.data import register_multimask_dataset
-from multimask.engine import MultiMaskTrainer, run_weights
+from multimask.engine import MultiMaskTrainer
 from multimask.engine.hooks import (
     BestCheckpointer,
     EarlyStopped,
@@ -24,7 +24,7 @@ from multimask.engine.hooks import (
     TrainingStopped,
     track,
 )
-from multimask.engine.run_record import RUN_INFO, record_start
+from multimask.run_folder import RUN_INFO_FILE, record_start, run_weights
 from tests.conftest import tiny_cfg
 
 SMALL = {
@@ -352,13 +352,13 @@ def test_resume_is_refused_when_the_training_json_changed(tmp_path):
     data.write_text('{"a": 1}')
     run = tmp_path / "run"
     record_start(run, {"train": data, "val": None}, seed=7, resume=False, argv=["x"])
-    info = _json(run / RUN_INFO)
+    info = _json(run / RUN_INFO_FILE)
     assert info["data"] == {
         "train": {"path": str(data), "sha256": hashlib.sha256(b'{"a": 1}').hexdigest(), "copy": "data/train.json"}
     }
     assert (run / "data/train.json").read_bytes() == data.read_bytes()
     record_start(run, {"train": data, "val": None}, seed=8, resume=True, argv=["y"])
-    assert [(s["resume"], s["seed"], s["argv"]) for s in _json(run / RUN_INFO)["starts"]] == [
+    assert [(s["resume"], s["seed"], s["argv"]) for s in _json(run / RUN_INFO_FILE)["starts"]] == [
         (False, 7, ["x"]),
         (True, 8, ["y"]),
     ]
@@ -370,9 +370,9 @@ def test_resume_is_refused_when_the_training_json_changed(tmp_path):
     ):
         record_start(run, {"train": data, "val": None}, seed=9, resume=True, argv=["z"])
     assert (run / "data/train.json").read_text() == '{"a": 1}', "the frozen copy is kept"
-    assert len(_json(run / RUN_INFO)["starts"]) == 2
+    assert len(_json(run / RUN_INFO_FILE)["starts"]) == 2
     record_start(run, {"train": data, "val": None}, seed=9, resume=False, argv=["z"])  # a new run: no check
-    assert _json(run / RUN_INFO)["seed"] == 9
+    assert _json(run / RUN_INFO_FILE)["seed"] == 9
 
 
 def test_a_training_start_trains_on_frozen_copies_and_resume_checks_them(synth_data, tmp_path):
@@ -397,7 +397,7 @@ def test_a_training_start_trains_on_frozen_copies_and_resume_checks_them(synth_d
         str(run),
     ]
     cfg = training_config(build_parser().parse_args([*argv, "MODEL.DEVICE", "cpu"]))
-    info = _json(run / RUN_INFO)
+    info = _json(run / RUN_INFO_FILE)
     assert cfg.SEED >= 0 and info["seed"] == cfg.SEED, "a concrete seed, recorded"
     for name, kind, src in ((TRAIN_NAME, "train", train), (VAL_NAME, "val", synth_data["val"])):
         meta = MetadataCatalog.get(name)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from multimask.config import get_multimask_cfg, preset_path
+from multimask.run_folder import CONFIG_FILE, run_weights
 
 from ..roots import inside, locate, shown
 
@@ -437,10 +438,8 @@ def preset_for(settings: TrainSettings, run_dirs: dict[str, Path]) -> tuple[Path
     if settings.start == "local":
         return preset_path(STARTING_POINTS["local"][1]), settings.weights_path
     if settings.start.startswith(RUN_PREFIX):
-        from multimask.engine.weights import run_weights
-
         run_dir = run_dirs[settings.start[len(RUN_PREFIX) :]]
-        return run_dir / "config.yaml", str(run_weights(run_dir))
+        return run_dir / CONFIG_FILE, str(run_weights(run_dir))
     return preset_path(STARTING_POINTS[settings.start][1]), None
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from multimask.engine.hooks import STOPPED_EXIT_CODE  # `train`'s exit status after a graceful stop
 from multimask.io import atomic_write_json
+from multimask.run_folder import FINAL_CHECKPOINT
 
 from ..roots import inside, shown
 
@@ -604,7 +605,7 @@ class JobManager:
     @staticmethod
     def _finished_training(job: dict, log_text: str) -> bool:
         """Without an exit status: did the run write its final model and finish the loop?"""
-        return (Path(job["run_dir"]) / "model_final.pth").is_file() and "Total training time" in log_text
+        return (Path(job["run_dir"]) / FINAL_CHECKPOINT).is_file() and "Total training time" in log_text
 
     def _kill(self, job: dict, sig: int) -> None:
         """SIGTERM to the supervisor (it passes it on to the command alone); any other signal to the whole group."""

@@ -1,88 +1,15 @@
-"""Reading a run folder while it trains: `metrics.json` (progress, curves), evaluation results, summary.
-
-detectron2's JSONWriter appends one JSON object per line; a resumed run appends again from its checkpoint's
-iteration, and evaluation results arrive as their own lines. `read_metrics` merges all of it into one record
-per iteration (later lines win; a resumed run's first line drops what the run before it wrote past its
-checkpoint, which a crash may leave) and ignores a half-written last line.
-"""
+"""What the Train tab shows of a run: progress, loss / learning-rate / AP curves and evaluation tables, from the
+records `multimask.run_folder` reads (`read_metrics`: one merged record per iteration of metrics.json)."""
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-from multimask.engine.trainer import EVAL_RESULTS_FILE, SUMMARY_FILE
 from multimask.evaluation import METRICS
-from multimask.io import DatasetError
-from multimask.io import read_json as read_json_strict
-
-METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
-
-_cache: dict[str, tuple[tuple[int, int], list[dict]]] = {}
-_cache_lock = threading.Lock()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """One dict per iteration (sorted), merged from every line of the run's metrics.json; [] when absent."""
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        st = path.stat()
-    except OSError:
-        return []
-    key = (st.st_size, st.st_mtime_ns)
-    with _cache_lock:
-        hit = _cache.get(str(path))
-        if hit is not None and hit[0] == key:
-            return hit[1]
-    by_iter: dict[int, dict] = {}
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    last_train = -1
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # the line being written, or garbage
-        if not (isinstance(row, dict) and isinstance(row.get("iteration"), int)):
-            continue
-        it = row["iteration"]
-        if "total_loss" in row:
-            if it <= last_train:  # a resumed run: what was written from here on belongs to the run before
-                by_iter = {k: v for k, v in by_iter.items() if k < it}
-            last_train = it
-        by_iter.setdefault(it, {}).update(row)
-    rows = [by_iter[i] for i in sorted(by_iter)]
-    with _cache_lock:
-        if len(_cache) > 256:
-            _cache.clear()
-        _cache[str(path)] = (key, rows)
-    return rows
-
-
-def iterations_done(run_dir: str | Path) -> int:
-    """Training iterations written to metrics.json so far, from the file's tail (cheap for a runs table)."""
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return 0
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "total_loss" in row and isinstance(row.get("iteration"), int):
-            return row["iteration"] + 1
-    return progress(read_metrics(run_dir), 0, 1)["iteration"]  # no training line in the tail
+from multimask.run_folder import BEST_CHECKPOINT, EVAL_RESULTS_FILE, SUMMARY_FILE, read_json_or_none, read_metrics
 
 
 def _finite(v: Any) -> bool:
@@ -152,21 +79,13 @@ def latest_evaluation(rows: list[dict], max_iter: int | None = None) -> tuple[in
     return None, {}
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content, or None when it is missing or unreadable (a run may not have written it yet)."""
-    try:
-        return read_json_strict(path)
-    except DatasetError:
-        return None
-
-
 def evaluation(run_dir: str | Path, max_iter: int | None = None) -> tuple[str, dict]:
     """(caption, results) of the run's final evaluation, else its latest periodic one, else ("", {}); iterations
     are counted as done (see `evaluated_after`; `max_iter` of the run)."""
     run_dir = Path(run_dir)
-    final = read_json(run_dir / EVAL_RESULTS_FILE)
+    final = read_json_or_none(run_dir / EVAL_RESULTS_FILE)
     if isinstance(final, dict) and final:
-        summary = read_json(run_dir / SUMMARY_FILE)
+        summary = read_json_or_none(run_dir / SUMMARY_FILE)
         summary = summary if isinstance(summary, dict) else {}
         notes = []
         if summary.get("early_stopped"):
@@ -177,7 +96,7 @@ def evaluation(run_dir: str | Path, max_iter: int | None = None) -> tuple[str, d
         if isinstance(best, dict) and isinstance(best.get("iteration"), int) and _finite(best.get("value")):
             done = evaluated_after(best["iteration"], summary.get("max_iter") or max_iter)
             notes.append(
-                f"best {best['metric']} {best['value']:.2f} after {done} iterations: model_best.pth, used "
+                f"best {best['metric']} {best['value']:.2f} after {done} iterations: {BEST_CHECKPOINT}, used "
                 "by Predict and Propose"
             )
         return "final evaluation" + "".join(f"; {n}" for n in notes), final
@@ -198,7 +117,7 @@ def eval_rows(results: dict) -> tuple[list[str], list[list]]:
 
 def final_ap(run_dir: str | Path) -> dict[str, float | None]:
     """{task: AP} from the run's eval_results.json ({} before the run has one)."""
-    final = read_json(Path(run_dir) / EVAL_RESULTS_FILE)
+    final = read_json_or_none(Path(run_dir) / EVAL_RESULTS_FILE)
     if not isinstance(final, dict):
         return {}
     return {task: _round(res.get("AP")) for task, res in final.items() if isinstance(res, dict)}

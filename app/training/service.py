@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from multimask import run_folder
+
 from ..labeling.store import LabelStore
 from ..roots import inside, scrub, shown
-from ..runs import CONFIG_NAME, find_runs, run_folders
+from ..runs import find_runs, run_folders
 from . import form, monitor
 from .jobs import ACTIVE, FINISHED, NO_GPU_MESSAGE, JobError, JobManager, offline_weights_message, tail_lines
 
@@ -32,7 +34,6 @@ LOG_LINES = 40
 JOBS_FOLDER = ".jobs"
 WEIGHTS_FOLDER = ".weights"  # where to put local weights files (the runs root is always allowed)
 EXTERNAL = "external"  # the state of a run trained outside the app that has not written summary.json
-LOG_FILE = "log.txt"  # detectron2's log in the run folder
 
 
 def gpu_count() -> int:
@@ -216,7 +217,7 @@ class TrainingService:
         self._check_download(weights or base.MODEL.WEIGHTS)
         run_dir.mkdir(parents=True)
         try:
-            paths = ds.export(run_dir / "data", val_fraction=s.val_fraction, seed=s.seed)
+            paths = ds.export(run_dir / run_folder.DATA_DIR, val_fraction=s.val_fraction, seed=s.seed)
             n_train, n_val = (len(json.loads(paths[k].read_text())["images"]) for k in ("train", "val"))
             if not n_train:
                 raise form.FormError(
@@ -274,7 +275,7 @@ class TrainingService:
         job = self.latest(run_name)
         if job["state"] == "completed":
             raise JobError(f"run {run_name} has completed its schedule; start a new run from it to train more")
-        if job["state"] in FINISHED and not has_checkpoint(job["run_dir"]):
+        if job["state"] in FINISHED and not run_folder.has_checkpoint(job["run_dir"]):
             raise JobError(
                 f"run {run_name} saved no checkpoint before it ended, so there is nothing to resume; "
                 "start it again as a new run"
@@ -311,7 +312,7 @@ class TrainingService:
             return {"job": None, "signature": [run_name]}
         job = jobs[-1]
         run_dir = Path(job["run_dir"])
-        rows = monitor.read_metrics(run_dir)
+        rows = run_folder.read_metrics(run_dir)
         record = {
             k: job.get(k)
             for k in (
@@ -340,7 +341,7 @@ class TrainingService:
             can_resume=job["state"] in FINISHED
             and job["state"] != "completed"
             and not job.get("external")
-            and has_checkpoint(run_dir),
+            and run_folder.has_checkpoint(run_dir),
         )
         snap = {
             "job": self.for_browser(job),
@@ -377,7 +378,7 @@ class TrainingService:
                     "run": name,
                     "state": job["state"],
                     "dataset": job.get("dataset"),
-                    "iterations": f"{monitor.iterations_done(job['run_dir'])}/{job.get('max_iter') or 0}",
+                    "iterations": f"{run_folder.iterations_done(job['run_dir'])}/{job.get('max_iter') or 0}",
                     "started": started[:16].replace("T", " "),
                     "seconds": sum(job_seconds(j) for j in jobs),
                     "ap": monitor.final_ap(job["run_dir"]),
@@ -412,11 +413,6 @@ def on_cpu(argv: list[str]) -> list[str]:
     return out
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    """Whether a run folder has a checkpoint to resume from (detectron2's `last_checkpoint` file)."""
-    return (Path(run_dir) / "last_checkpoint").is_file()
-
-
 def external_folders(runs_root: Path) -> dict[str, Path]:
     """Run folders under `runs_root` (as `find_runs` looks) that hold a config.yaml or metrics.json, by
     "/"-separated name."""
@@ -425,7 +421,7 @@ def external_folders(runs_root: Path) -> dict[str, Path]:
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / CONFIG_NAME).is_file() or (folder / monitor.METRICS_FILE).is_file()
+    return run_folder.is_run(folder) or (folder / run_folder.METRICS_FILE).is_file()
 
 
 _config_cache: dict[str, tuple[tuple[int, int], dict]] = {}
@@ -436,7 +432,7 @@ def run_config(run_dir: Path) -> dict:
     norm; {} without a readable one. Cached per file version."""
     import yaml
 
-    path = Path(run_dir) / CONFIG_NAME
+    path = Path(run_dir) / run_folder.CONFIG_FILE
     try:
         st = path.stat()
         key = (st.st_size, st.st_mtime_ns)
@@ -462,15 +458,15 @@ def run_config(run_dir: Path) -> dict:
 def external_job(name: str, run_dir: Path) -> dict:
     """A read-only stand-in job record for a run folder trained outside the app (from its files)."""
     cfg = run_config(run_dir)
-    info = monitor.read_json(run_dir / "run_info.json")
+    info = run_folder.read_json_or_none(run_dir / run_folder.RUN_INFO_FILE)
     starts = info.get("starts") if isinstance(info, dict) else None
     started = starts[0].get("time") if isinstance(starts, list) and starts and isinstance(starts[0], dict) else None
     train = info.get("data", {}).get("train", {}).get("path") if isinstance(info, dict) else None
-    done = (run_dir / monitor.SUMMARY_FILE).is_file()
+    done = (run_dir / run_folder.SUMMARY_FILE).is_file()
     mtimes = [
         p.stat().st_mtime
-        for p in (run_dir / monitor.METRICS_FILE, run_dir / monitor.SUMMARY_FILE, run_dir / CONFIG_NAME)
-        if p.is_file()
+        for name in (run_folder.METRICS_FILE, run_folder.SUMMARY_FILE, run_folder.CONFIG_FILE)
+        if (p := run_dir / name).is_file()
     ]
     last = datetime.fromtimestamp(max(mtimes), timezone.utc).isoformat() if mtimes else None
     return {
@@ -482,7 +478,7 @@ def external_job(name: str, run_dir: Path) -> dict:
         "dataset": "/".join(Path(train).parts[-2:]) if isinstance(train, str) else "–",
         "device": str(cfg.get("device") or "–"),
         "run_dir": str(run_dir),
-        "log": str(run_dir / LOG_FILE),
+        "log": str(run_dir / run_folder.LOG_FILE),
         "max_iter": cfg.get("max_iter"),
         "ims_per_batch": cfg.get("ims_per_batch"),
         "created": started or last or "",
@@ -505,7 +501,7 @@ def _signature(run_name: str, job: dict) -> list:
     time of its metrics, evaluation, summary and log files."""
     run_dir = Path(job["run_dir"])
     stats = []
-    files = (monitor.METRICS_FILE, monitor.EVAL_RESULTS_FILE, monitor.SUMMARY_FILE)
+    files = (run_folder.METRICS_FILE, run_folder.EVAL_RESULTS_FILE, run_folder.SUMMARY_FILE)
     for path in (*(run_dir / f for f in files), Path(job["log"])):
         try:
             st = path.stat()

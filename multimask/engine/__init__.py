@@ -1,8 +1,9 @@
 """Training, weights handling and prediction."""
 
+from ..io import WeightsUnavailableError
 from .predictor import MultiMaskPredictor
 from .trainer import MultiMaskTrainer, check_datasets
-from .weights import MultiMaskCheckpointer, WeightsUnavailableError, resolve_weights, run_weights
+from .weights import MultiMaskCheckpointer, resolve_weights
 
 __all__ = [
     "MultiMaskCheckpointer",
@@ -11,5 +12,4 @@ __all__ = [
     "WeightsUnavailableError",
     "check_datasets",
     "resolve_weights",
-    "run_weights",
 ]

@@ -8,12 +8,15 @@ import operator
 import signal
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from detectron2.engine import HookBase
 from detectron2.engine import hooks as d2hooks
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
+
+from ..run_folder import BEST_CHECKPOINT, FINAL_CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +132,7 @@ class BestCheckpointer(d2hooks.BestCheckpointer):
     """
 
     def __init__(self, eval_period: int, checkpointer, val_metric: str, mode: str = "max"):
-        super().__init__(eval_period, checkpointer, val_metric, mode)
+        super().__init__(eval_period, checkpointer, val_metric, mode, file_prefix=Path(BEST_CHECKPOINT).stem)
         self._compare = operator.ge if mode == "max" else operator.le
 
 
@@ -159,7 +162,7 @@ class EarlyStopping(HookBase):
             return  # the EvalHook did not evaluate (the last evaluation runs after training)
         reason = comm.all_gather(self.check(it) if comm.is_main_process() else None)[0]
         if reason:
-            self.trainer.checkpointer.save("model_final", iteration=it)
+            self.trainer.checkpointer.save(Path(FINAL_CHECKPOINT).stem, iteration=it)
             raise EarlyStopped(it, reason)
 
     def check(self, iteration: int) -> str | None:

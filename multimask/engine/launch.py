@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import secrets
 import signal
 from collections.abc import Callable
 from contextlib import suppress
 
 import torch
 from detectron2.engine import launch
+from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from .hooks import STOPPED_EXIT_CODE
+
+
+def random_seed() -> int:
+    """A random seed in [0, 2**31), the same on every process (all must call it)."""
+    return comm.all_gather(secrets.randbelow(2**31))[0]
 
 
 def check_gpus(cfg, num_gpus: int) -> None:

@@ -9,7 +9,8 @@ from detectron2.data import Metadata
 from detectron2.engine import DefaultPredictor
 
 from ..config import get_multimask_cfg
-from .weights import MultiMaskCheckpointer, resolve_weights, run_weights
+from ..run_folder import CONFIG_FILE, run_weights
+from .weights import MultiMaskCheckpointer, resolve_weights
 
 
 class MultiMaskPredictor(DefaultPredictor):
@@ -42,11 +43,11 @@ class MultiMaskPredictor(DefaultPredictor):
         device: str | None = None,
         weights: str | Path | None = None,
     ) -> MultiMaskPredictor:
-        """Load a training run folder: its `config.yaml` and `weights` (default: `weights.run_weights`)."""
+        """Load a training run folder: its `config.yaml` and `weights` (default: `run_folder.run_weights`)."""
         run_dir = Path(run_dir)
-        config = run_dir / "config.yaml"
+        config = run_dir / CONFIG_FILE
         if not config.is_file():
-            raise FileNotFoundError(f"{run_dir}: no config.yaml; is it a multimask training run?")
+            raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE}; is it a multimask training run?")
         # inference runs without mixed precision, so a run trained with AMP on a GPU also loads on the CPU
         opts = ["MODEL.WEIGHTS", str(weights or run_weights(run_dir)), "SOLVER.AMP.ENABLED", False]
         if score_threshold is not None:

@@ -15,14 +15,11 @@ from ..config import best_metric, split_metric, validate_multimask_config
 from ..data.mapper import MultiMaskDatasetMapper
 from ..evaluation import MultiMaskEvaluator, save_results
 from ..io import atomic_write_json, read_json
+from ..run_folder import BEST_CHECKPOINT, EVAL_RESULTS_FILE, EVALUATIONS_FILE, SUMMARY_FILE
 from .hooks import BestCheckpointer, EarlyStopped, EarlyStopping, GPUMemory, GracefulStop, track
-from .weights import BEST_CHECKPOINT, MultiMaskCheckpointer, resolve_weights
+from .weights import MultiMaskCheckpointer, resolve_weights
 
 logger = logging.getLogger(__name__)
-
-EVALUATIONS_FILE = "evaluations.json"  # [{"iteration", "results"}] of every evaluation during training
-SUMMARY_FILE = "summary.json"
-EVAL_RESULTS_FILE = "eval_results.json"  # the final evaluation (the best one after an early stop)
 
 
 def check_datasets(cfg) -> None:

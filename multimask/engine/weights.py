@@ -1,4 +1,4 @@
-"""Finding and loading weights: model-zoo URLs with a clear offline error, run folders, safe checkpoints."""
+"""Finding and loading weights: model-zoo URLs with a clear offline error, safe checkpoints."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
+from ..io import WeightsUnavailableError
+from ..run_folder import BEST_CHECKPOINT
+
 logger = logging.getLogger(__name__)
 
 _REMOTE = ("detectron2://", "http://", "https://")
 _DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"  # what detectron2:// stands for
-BEST_CHECKPOINT = "model_best.pth"  # written by detectron2's BestCheckpointer (file prefix "model_best")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Weights that cannot be fetched or found; the message says what to do."""
 
 
 def resolve_weights(path: str) -> str:
@@ -109,22 +107,3 @@ class MultiMaskCheckpointer(DetectionCheckpointer):
                 f"{f} holds Python objects besides tensors, and loading them could run code; refusing. "
                 f"Re-save its state dict with torch.save or use a checkpoint written by multimask. ({e})"
             ) from e
-
-
-def run_weights(run_dir: str | Path) -> Path:
-    """The weights of a run folder: `model_best.pth`, else `model_final.pth`, else the `last_checkpoint` one.
-
-    `model_best.pth` holds the weights of the best evaluation (MULTIMASK.BEST_METRIC) of a run with validation.
-    """
-    run_dir = Path(run_dir)
-    for name in (BEST_CHECKPOINT, "model_final.pth"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    last = run_dir / "last_checkpoint"
-    if last.is_file():
-        ckpt = run_dir / last.read_text().strip()
-        if ckpt.is_file() and ckpt.parent == run_dir:
-            return ckpt
-    raise WeightsUnavailableError(
-        f"{run_dir}: no model_best.pth, model_final.pth or last checkpoint; is it a training run?"
-    )
