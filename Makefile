@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test lint bench clean
+.PHONY: setup browser run test test-fast lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt tools/install_detectron2.sh pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: setup
 test: setup browser
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests not marked slow (no training, server or browser run): a quick check while working.
+test-fast: setup browser
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/python -m ruff check .

@@ -187,6 +187,7 @@ def test_predict_loads_the_model_once(view, image, raw):
     assert view.cache.loads == loads
 
 
+@pytest.mark.slow
 def test_a_large_upload_is_shrunk_for_the_model_and_the_table_stays_in_its_pixels(view, image):
     """The model's masks at a photo's full size could take gigabytes; it resizes its input anyway."""
     import cv2
@@ -334,6 +335,7 @@ def test_launch_parser_defaults_to_localhost():
         launch.build_parser().parse_args(["--share", "true"])  # no public links: see the README's team section
 
 
+@pytest.mark.slow
 def test_app_end_to_end(runs_root, tmp_path, image):
     from gradio_client import Client, handle_file
 

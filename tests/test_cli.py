@@ -49,6 +49,7 @@ def run_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_writes_a_self_contained_run(run_dir):
     run = run_dir / "run"
     for name in ("config.yaml", "model_final.pth", "metrics.json", "log.txt", "eval_results.json"):
@@ -115,6 +116,7 @@ def test_visualizer_styles_each_mask_and_draws_a_legend(run_dir):
     assert (only_secondary[50, 50] == img[50, 50]).all()  # primary hidden: untouched pixel inside it
 
 
+@pytest.mark.slow
 def test_predict_cli_writes_overlays_and_json(run_dir, tmp_path):
     images = tmp_path / "imgs"
     images.mkdir()
@@ -148,6 +150,7 @@ def test_predict_cli_writes_overlays_and_json(run_dir, tmp_path):
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before, "the inputs are untouched"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_ap_per_mask(run_dir, tmp_path):
     proc = _cli(
         "evaluate",
@@ -165,6 +168,7 @@ def test_evaluate_cli_prints_ap_per_mask(run_dir, tmp_path):
     assert (tmp_path / "inference/multimask_val/multimask_predictions.json").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_leaves_the_run_s_own_results_alone_and_checks_the_classes(run_dir, tmp_path):
     own = (run_dir / "run/eval_results.json").read_bytes()
     _cli("evaluate", "--run", run_dir / "run", "--json", run_dir / "data/val.json", "--device", "cpu")
@@ -186,6 +190,7 @@ def test_evaluate_leaves_the_run_s_own_results_alone_and_checks_the_classes(run_
     assert proc.returncode == 2 and "swapped.json: classes" in proc.stderr and "differ from the run's" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_new_training_does_not_overwrite_an_earlier_run(run_dir):
     before = sorted(p.name for p in (run_dir / "run").iterdir())
     proc = _cli(
@@ -206,6 +211,7 @@ def test_a_new_training_does_not_overwrite_an_earlier_run(run_dir):
     assert sorted(p.name for p in (run_dir / "run").iterdir()) == before
 
 
+@pytest.mark.slow
 def test_resume_through_the_cli(run_dir):
     proc = _cli(
         "train",
@@ -228,6 +234,7 @@ def test_resume_through_the_cli(run_dir):
     assert [s["resume"] for s in starts] == [False, True]
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_clear_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
@@ -245,6 +252,7 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert proc.returncode == 2 and "bad.json: not valid JSON" in proc.stderr
 
 
+@pytest.mark.slow
 def test_import_and_export_round_trip_through_the_cli(run_dir, tmp_path):
     _cli("export", run_dir / "data/val.json", tmp_path / "labelme")
     assert len(list((tmp_path / "labelme").glob("*.json"))) == 4

@@ -57,6 +57,7 @@ def data(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("names", [("primary",), THREE], ids=["one-mask", "three-mask"])
 def test_a_preset_trains_the_dataset_s_masks_without_options(data, names, tmp_path):
     paths = data[names]
@@ -82,6 +83,7 @@ def test_a_preset_trains_the_dataset_s_masks_without_options(data, names, tmp_pa
     assert MultiMaskPredictor.from_run(run, device="cpu").mask_names == list(names)  # predict follows the run
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_heads_and_evaluate_refuses_other_masks(data, tmp_path, capsys):
     paths, run = data[THREE], tmp_path / "run"
     args = ["train", "--config-file", "tiny_cpu", "--train-json", paths["train"], "--output-dir", run]
@@ -236,6 +238,7 @@ def test_all_images_missing_is_one_line_naming_the_user_s_file(data, tmp_path, c
     assert err.startswith(f"error: {train}: none of its 4 image files")
 
 
+@pytest.mark.slow
 def test_some_images_missing_warn_naming_the_user_s_file_and_train(data, tmp_path):
     train, missing = _without_images(data[("primary",)], tmp_path, keep=2)
     proc = _cli("train", "--config-file", "tiny_cpu", "--train-json", train, "--output-dir", tmp_path / "r", *SMALL)

@@ -224,11 +224,11 @@ def wait_saved(pg):
     pg.wait_for_function("() => { const s = window.mmEditor.state(); return !s.saving && s.save === 'saved'; }")
 
 
-def wait_store(store, predicate, image_id="img0", timeout=10.0) -> dict:
+def wait_store(store, predicate, image_id="img0", timeout=60.0) -> dict:
     """The stored record of `image_id` once `predicate(record)` holds (saves run in the background)."""
     deadline = time.monotonic() + timeout
     while not predicate(rec := stored(store, image_id)):
-        assert time.monotonic() < deadline, rec
+        assert time.monotonic() < deadline, f"waited {timeout} s for the saved record of {image_id}; last: {rec}"
         time.sleep(0.02)
     return rec
 
@@ -324,6 +324,7 @@ def test_python_helpers():
         make_editor([save_annotations, 3])
 
 
+@pytest.mark.slow
 def test_draw_edit_undo_reload_conflict(app, page, tmp_path):
     store, url = app
     pg = page
@@ -620,6 +621,7 @@ def test_the_next_object_is_a_new_instance_without_pressing_n(app, page):
     assert "press 1 to draw its primary first" in pg.inner_text("#mm-editor .mm-mode")
 
 
+@pytest.mark.slow
 def test_slow_saves_coalesce_and_errors_show(app, page):
     store, _ = app
     pg = page

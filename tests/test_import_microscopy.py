@@ -293,6 +293,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_import(tmp_path):
     truth = _labelme(tmp_path / "lm")
     maps = [v for m in USER_MAP for v in ("--map", m)]
@@ -312,6 +313,7 @@ def test_cli_import(tmp_path):
     assert proc.returncode == 2 and "none of the 3 images was found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_plain_coco_and_wrong_flags(tmp_path):
     truth = _labelme(tmp_path / "lm")
     src = _coco_fields(tmp_path, truth)

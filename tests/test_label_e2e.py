@@ -64,6 +64,7 @@ def _wait_saved(pg, revision):
     )
 
 
+@pytest.mark.slow
 def test_label_an_image_end_to_end(served, browser, tmp_path):
     demo, url, image, data_root = served
     pg = browser.new_page(viewport={"width": 1400, "height": 900})

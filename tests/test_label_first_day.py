@@ -71,6 +71,7 @@ def _in_viewport(box: dict) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_after_a_restart_the_gallery_and_the_last_image_are_back(roots, browser):
     port = free_port()
     server = _serve(roots, port)
@@ -100,6 +101,7 @@ def test_after_a_restart_the_gallery_and_the_last_image_are_back(roots, browser)
         server.close()
 
 
+@pytest.mark.slow
 def test_remove_takes_the_image_shown_after_navigation(roots, page):
     pg = page
     pg.locator("#mm-gallery .mm-card").nth(0).click()
@@ -114,6 +116,7 @@ def test_remove_takes_the_image_shown_after_navigation(roots, page):
     pg.wait_for_function("() => document.querySelector('#mm-editor .mm-file').textContent === 'photo2.png'")
 
 
+@pytest.mark.slow
 def test_the_editor_uses_the_window_and_stays_in_view(roots, page):
     pg = page
     stage = pg.locator("#mm-editor .mm-stage").bounding_box()
@@ -129,6 +132,7 @@ def test_the_editor_uses_the_window_and_stays_in_view(roots, page):
     assert _in_viewport(pg.locator("#mm-editor .mm-stage").bounding_box())
 
 
+@pytest.mark.slow
 def test_messages_appear_in_the_viewport(roots, page, tmp_path):
     pg = page
     not_an_image = tmp_path / "notes.png"

@@ -330,6 +330,7 @@ def test_a_run_folder_from_before_part_boxes_loads_and_predicts_as_before(tmp_pa
     assert not model.roi_heads.mask_head.part_box_masks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regime", ["small-part", "large-part"])
 def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, regime):
     """90 iterations with the part boxes: the part's losses, on its own grid and on its object's, fall (by a
@@ -366,6 +367,7 @@ def test_short_training_on_each_part_regime_lowers_the_part_losses(tmp_path, reg
         assert last[key] < 0.9 * first[key], (key, first[key], last[key])
 
 
+@pytest.mark.slow
 def test_a_part_box_run_trains_resumes_evaluates_and_predicts_through_the_cli(tmp_path):
     import json
 

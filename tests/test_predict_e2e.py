@@ -77,6 +77,7 @@ def _upload(pg, path):
     pg.locator("#mm-predict-image input[type=file]").set_input_files(str(path))
 
 
+@pytest.mark.slow
 def test_predict_tab_in_a_browser(served, browser):
     url, root = served
     pg = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)

@@ -83,6 +83,7 @@ def test_the_json_download_is_what_multimask_predict_writes(view, runs_root, upl
     remove_folder(folder)
 
 
+@pytest.mark.slow
 def test_the_json_of_a_shrunk_upload_is_in_the_uploads_pixels(view, upload, tmp_path):
     big = cv2.resize(
         cv2.imread(str(upload)), (PREDICT_MAX_SIDE * 2, PREDICT_MAX_SIDE * 3 // 2), interpolation=cv2.INTER_NEAREST

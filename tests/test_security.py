@@ -341,6 +341,7 @@ def _launch(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.Com
     )
 
 
+@pytest.mark.slow
 def test_launch_adds_users_and_refuses_the_network_without_them(tmp_path):
     runs = tmp_path / "runs"
     done = _launch("--runs-root", str(runs), "--add-user", "ann", stdin="a long password\n")
@@ -351,6 +352,7 @@ def test_launch_adds_users_and_refuses_the_network_without_them(tmp_path):
     assert not (tmp_path / "d").exists(), "nothing was started or created"
 
 
+@pytest.mark.slow
 def test_launch_on_the_network_prints_a_reachable_url_and_warns_a_second_app(tmp_path):
     runs, data = tmp_path / "runs", tmp_path / "data"
     UserFile(runs / ".users.json").add("ann", "a long password")

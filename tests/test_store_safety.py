@@ -130,6 +130,7 @@ print(json.dumps([e["id"] for e in added] + errors))
 # ---------------------------------------------------------------- two processes on one data root
 
 
+@pytest.mark.slow
 def test_two_processes_saving_from_the_same_revisions_never_both_succeed(ds, tmp_path):
     ids = [ds.add_image_bytes(f"im{k}.png", _png(k))["id"] for k in range(3)]
     rounds, go = 6, tmp_path / "go"
@@ -148,6 +149,7 @@ def test_two_processes_saving_from_the_same_revisions_never_both_succeed(ds, tmp
         assert index[image_id] == stored["status"] == ("done" if (len(wins) - 1) % 2 else "in_progress")
 
 
+@pytest.mark.slow
 def test_two_processes_adding_images_keep_each_others_entries(ds, tmp_path):
     for k in range(2):
         folder = tmp_path / f"in{k}"
@@ -212,6 +214,7 @@ def test_opening_waits_for_a_live_writer_before_removing_temp_files(ds, fresh_st
     assert not [t for t in temps if t.exists()]
 
 
+@pytest.mark.slow
 def test_a_status_written_by_another_process_is_followed(ds):
     image_id = ds.add_image_bytes("a.png", _png(1))["id"]
     other = ds.add_image_bytes("b.png", _png(2))["id"]

@@ -66,6 +66,7 @@ def _mask_losses_on_true_boxes(trainer, dataset_json) -> dict[str, float]:
     return {k: v.item() for k, v in losses.items()}
 
 
+@pytest.mark.slow
 def test_short_training_teaches_the_rpn_and_both_masks(synth_data, tmp_path):
     cfg = _cfg(synth_data, tmp_path, 90, **{"SOLVER.CHECKPOINT_PERIOD": 1000})
     cfg.defrost()
@@ -90,6 +91,7 @@ def test_short_training_teaches_the_rpn_and_both_masks(synth_data, tmp_path):
     assert list(tmp_path.glob("events.out.tfevents.*")), "TensorBoard events"
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(synth_data, tmp_path):
     first = _train(_cfg(synth_data, tmp_path, 12, **{"SOLVER.CHECKPOINT_PERIOD": 6}))
     saved = {k: v.clone() for k, v in first.model.state_dict().items()}

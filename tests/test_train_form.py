@@ -292,6 +292,7 @@ def test_step_milestones_stay_inside_short_runs(iterations, steps):
     form.check_options(config_file, opts)
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_a_previous_runs_weights(tmp_path):
     """A real two-iteration CPU job through the service, starting from a run folder the test builds."""
     import torch
@@ -350,6 +351,7 @@ def test_the_timer_resends_curves_and_log_only_when_the_run_changed(tmp_path):
     assert view.tick("other", changed[-3], changed[-1])[0].startswith("<p>No run called other")
 
 
+@pytest.mark.slow
 def test_the_training_service_imports_without_gradio_or_pandas():
     """The GPU machine has neither: bench/train_job.py runs the real worker there through these modules."""
     import subprocess

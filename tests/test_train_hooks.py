@@ -465,6 +465,7 @@ def _stop_together_worker(out_dir: str) -> None:
     os._exit(0)  # as the CLI's workers do after a stop: a normal exit with gloo's threads alive may abort
 
 
+@pytest.mark.slow
 def test_every_process_stops_at_the_same_iteration(tmp_path):
     import json
 

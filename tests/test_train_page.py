@@ -16,6 +16,8 @@ from multimask.config import get_multimask_cfg
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 from tests.conftest import serve_app
 
+pytestmark = pytest.mark.slow  # every test here drives the served app in a browser
+
 WAIT_MS = 60_000  # for the page to show something: a 10x slower machine still makes it
 MASKS = ("primary", "secondary", "core")
 MANY_CLASSES = [f"class{i:02d}" for i in range(12)]

@@ -16,6 +16,8 @@ from app.labeling.store import LabelStore
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # every test here starts the app and trains
+
 ROOT = Path(__file__).resolve().parent.parent
 STATE, RECORD, RUNS, EVAL = 0, 8, 9, 6  # positions in /train_status's outputs (see build_train_tab)
 TINY = {
