@@ -1,7 +1,8 @@
 """End-to-end tests of the browser polygon editor (app/labeling/editor.py + static/editor.js).
 
-A small Gradio app serves the editor over an in-memory fake store; headless Chromium (Debian's, driven by
-Python playwright) clicks, drags and types on it, and the tests check what the editor saved.
+A small Gradio app serves the editor over the Label view's server functions and a real dataset on disk;
+headless Chromium (Debian's, driven by Python playwright) clicks, drags and types on it, and the tests check what
+the store saved.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from app.labeling.editor import (
     PALETTE_SIZE,
     _spread_arguments,
     editor_document,
-    editor_document_dict,
     make_editor,
     palette,
 )
+from app.labeling.view import LabelView
 from multimask.visualizer import instance_color
 from tests.conftest import serve_app
 
@@ -37,51 +38,40 @@ W, H = 640, 480
 DATASET = "toy"
 CLASSES = ["cat", "dog"]
 MASK_NAMES = ["primary", "secondary"]
-IMAGES = ["img0", "img1", "img2"]
 STAGE_HEIGHT = 300  # px: the 480 px high image is shown at about 0.62x before zooming
 SCREENSHOT_COPY = Path("/tmp/editor_screenshot.png")
 
 
-# ---- the fake store behind the server functions --------------------------------------------------------------
-class FakeStore:
-    """Annotations in memory, with the revision check of the real store: a save on an old revision conflicts."""
+# ---- the real Label view and store behind the server functions ------------------------------------------------
+class Harness:
+    """The Label view's server functions over a real dataset on disk, with hooks a test may set: a delay before
+    each save, an error every save reports, and what Propose returns (a trained model's proposals are tested in
+    test_label_view.py and test_label_e2e.py); saves are logged. `reset` starts a fresh dataset of three images."""
 
-    def __init__(self, image_dir: Path):
-        self.image_dir = image_dir
+    def __init__(self, data_root: Path, images: list[bytes]):
+        self.view = LabelView(data_root, data_root / "runs")
+        self.images = images
         self.lock = threading.Lock()
+        self.count = 0
         self.reset()
 
     def reset(self):
         with self.lock:
-            self.records = {i: {"revision": 0, "status": "unlabelled", "instances": []} for i in IMAGES}
+            self.count += 1
+            self.dataset = f"{DATASET}-{self.count}"
+            ds = self.view.store.create(self.dataset, CLASSES, MASK_NAMES)
+            self.ids = [ds.add_image_bytes(f"img{k}.png", data)["id"] for k, data in enumerate(self.images)]
             self.saves: list[tuple] = []
-            self.current = IMAGES[0]
             self.proposals: list[dict] | str = []
             self.delay = 0.0  # seconds each save takes
             self.fail: str | None = None  # an error every save reports
             self.propose_sessions: list[str | None] = []
 
-    def document(self, image_id: str) -> dict:
-        rec = self.records[image_id]
-        return editor_document_dict(
-            dataset=DATASET,
-            image_id=image_id,
-            image_url=f"/gradio_api/file={self.image_dir / (image_id + '.png')}",
-            width=W,
-            height=H,
-            classes=CLASSES,
-            mask_names=MASK_NAMES,
-            instances=copy.deepcopy(rec["instances"]),
-            revision=rec["revision"],
-            status=rec["status"],
-            rules={"secondary_inside_primary": True},
-            position=IMAGES.index(image_id),
-            count=len(IMAGES),
-        )
+    def ds(self):
+        return self.view.store.open(self.dataset)
 
-    def initial_value(self) -> str:
-        with self.lock:
-            return json.dumps(self.document(self.current))
+    def document_json(self, k: int) -> str:
+        return json.dumps(self.view.document(self.ds(), self.ids[k]))
 
     # The four server functions (their names are the contract).
     def save_annotations(self, dataset, image_id, base_revision, instances, status):
@@ -90,36 +80,13 @@ class FakeStore:
             self.saves.append((image_id, base_revision, copy.deepcopy(instances), status))
             if self.fail:
                 return {"ok": False, "conflict": False, "error": self.fail}
-            if dataset != DATASET or image_id not in self.records:
-                return {"ok": False, "conflict": False, "error": f"unknown image {image_id!r}"}
-            rec = self.records[image_id]
-            if base_revision != rec["revision"]:
-                return {"ok": False, "conflict": True, "error": "changed in another tab"}
-            _check_instances(instances)
-            rec.update(revision=rec["revision"] + 1, status=status, instances=copy.deepcopy(instances))
-            return {"ok": True, "revision": rec["revision"], "status": status, "warnings": _warnings(instances)}
+        return self.view.save_annotations(dataset, image_id, base_revision, instances, status)
 
     def load_image(self, dataset, image_id, direction):
-        with self.lock:
-            i = IMAGES.index(image_id)
-            if direction == "prev":
-                i -= 1
-            elif direction == "next":
-                i += 1
-            elif direction == "next_unlabelled":
-                later = [j for j in range(i + 1, len(IMAGES)) if self.records[IMAGES[j]]["status"] == "unlabelled"]
-                i = later[0] if later else len(IMAGES)
-            if not 0 <= i < len(IMAGES):
-                return {"ok": False, "error": "no such image"}
-            self.current = IMAGES[i]
-            return self.document(IMAGES[i])
+        return self.view.load_image(dataset, image_id, direction)
 
     def copy_previous(self, dataset, image_id):
-        with self.lock:
-            i = IMAGES.index(image_id)
-            if i == 0:
-                return {"ok": False, "error": "no previous image"}
-            return {"ok": True, "instances": copy.deepcopy(self.records[IMAGES[i - 1]]["instances"])}
+        return self.view.copy_previous(dataset, image_id)
 
     def propose(self, dataset, image_id, request: gr.Request | None = None):
         with self.lock:
@@ -127,29 +94,6 @@ class FakeStore:
             if isinstance(self.proposals, str):
                 raise RuntimeError(self.proposals)
             return {"ok": True, "instances": copy.deepcopy(self.proposals)}
-
-
-def _check_instances(instances):
-    ids = [inst["id"] for inst in instances]
-    assert len(set(ids)) == len(ids), ids
-    for inst in instances:
-        assert set(inst) == {"id", "class", "masks"} and inst["class"] in CLASSES
-        assert set(inst["masks"]) == set(MASK_NAMES)
-        for parts in inst["masks"].values():
-            for part in parts:
-                assert len(part) >= 6 and len(part) % 2 == 0
-                assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in part)
-                assert all(0 <= x <= W for x in part[0::2]) and all(0 <= y <= H for y in part[1::2])
-
-
-def _warnings(instances):
-    out = []
-    for inst in instances:
-        prim = [v for part in inst["masks"]["primary"] for v in part]
-        for part in inst["masks"]["secondary"]:
-            if not prim or min(part[0::2]) < min(prim[0::2]) or max(part[0::2]) > max(prim[0::2]):
-                out.append(f"{inst['id']}: secondary not inside primary")
-    return out
 
 
 @contextlib.contextmanager
@@ -164,27 +108,24 @@ def quiet_editor_log():
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------------
-def _write_image(path: Path, seed: int):
+def _image_png(seed: int) -> bytes:
     yy, xx = np.mgrid[0:H, 0:W]
     img = np.stack([(xx * 255 // W), (yy * 255 // H), np.full_like(xx, 60 + 60 * seed)], axis=2).astype(np.uint8)
     cv2.circle(img, (300, 240), 120, (40, 160, 220), -1)
     cv2.rectangle(img, (260, 200), (340, 290), (200, 80, 60), -1)
-    cv2.imwrite(str(path), img)
+    return cv2.imencode(".png", img)[1].tobytes()
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    image_dir = tmp_path_factory.mktemp("editor_images")
-    for k, image_id in enumerate(IMAGES):
-        _write_image(image_dir / f"{image_id}.png", k)
-    store = FakeStore(image_dir)
+    store = Harness(tmp_path_factory.mktemp("datasets"), [_image_png(k) for k in range(3)])
     with gr.Blocks() as demo:
         gr.Textbox(label="notes", elem_id="notes")
         editor = make_editor([store.save_annotations, store.load_image, store.copy_previous, store.propose])
         show_img2 = gr.Button("show img2", elem_id="show-img2")  # Python setting the value (e.g. a gallery)
-        demo.load(store.initial_value, outputs=editor)
-        show_img2.click(lambda: json.dumps(store.document("img2")), outputs=editor)
-    server = serve_app(demo, data_root=tmp_path_factory.mktemp("no_datasets"), allowed_paths=[str(image_dir)])
+        demo.load(lambda: store.document_json(0), outputs=editor)
+        show_img2.click(lambda: store.document_json(2), outputs=editor)
+    server = serve_app(demo, data_root=store.view.store.root, allowed_paths=[str(store.view.store.root)])
     yield store, f"{server.local_url}/"
     server.close()
 
@@ -224,11 +165,11 @@ def wait_saved(pg):
     pg.wait_for_function("() => { const s = window.mmEditor.state(); return !s.saving && s.save === 'saved'; }")
 
 
-def wait_store(store, predicate, image_id="img0", timeout=60.0) -> dict:
-    """The stored record of `image_id` once `predicate(record)` holds (saves run in the background)."""
+def wait_store(store, predicate, k=0, timeout=60.0) -> dict:
+    """The stored record of the k-th image once `predicate(record)` holds (saves run in the background)."""
     deadline = time.monotonic() + timeout
-    while not predicate(rec := stored(store, image_id)):
-        assert time.monotonic() < deadline, f"waited {timeout} s for the saved record of {image_id}; last: {rec}"
+    while not predicate(rec := stored(store, k)):
+        assert time.monotonic() < deadline, f"waited {timeout} s for the saved record of image {k}; last: {rec}"
         time.sleep(0.02)
     return rec
 
@@ -276,9 +217,14 @@ def assert_points(flat, expected, tol=1.0):
         assert abs(gx - ex) <= tol and abs(gy - ey) <= tol, (got, expected)
 
 
-def stored(store, image_id="img0"):
-    with store.lock:
-        return copy.deepcopy(store.records[image_id])
+def stored(store, k=0) -> dict:
+    """The stored record of the k-th image: {"image_id", "revision", "status", "instances"}."""
+    return store.ds().load(store.ids[k])
+
+
+def wait_image(pg, store, k: int) -> None:
+    """Wait until the editor shows the k-th image."""
+    pg.wait_for_function("id => window.mmEditor && window.mmEditor.state().image_id === id", arg=store.ids[k])
 
 
 def polygon_count(pg) -> int:
@@ -471,16 +417,16 @@ def test_draw_edit_undo_reload_conflict(app, page, tmp_path):
     # Reload: the editor shows the stored state.
     expected = stored(store)
     pg.reload()
-    pg.wait_for_function("() => window.mmEditor && window.mmEditor.state().image_id === 'img0'")
+    wait_image(pg, store, 0)
     s = state(pg)
     assert s["instances"] == expected["instances"] and s["revision"] == expected["revision"]
     assert s["status"] == "in_progress" and polygon_count(pg) == 3
     assert pg.locator("#mm-editor .mm-item:not(.mm-new)").count() == 2
 
     # A save on a revision that changed behind the editor's back: conflict shown, nothing overwritten.
-    with store.lock:
-        store.records["img0"]["revision"] += 1
-        behind = copy.deepcopy(store.records["img0"])
+    ahead = stored(store)  # another tab saves the image
+    store.ds().save(store.ids[0], ahead["revision"], ahead["instances"], ahead["status"])
+    behind = stored(store)
     pg.locator("#mm-editor .mm-item").nth(1).locator("select").select_option("cat")
     pg.wait_for_function("() => window.mmEditor.state().save === 'conflict'")
     assert "conflict" in pg.inner_text("#mm-editor .mm-save")
@@ -500,7 +446,7 @@ def test_navigation_copy_propose_done_and_keys_scope(app, page):
     # Typing in a text box elsewhere on the page does not reach the editor.
     pg.click("#notes textarea")
     pg.keyboard.type("nd2")
-    assert state(pg)["image_id"] == "img0" and state(pg)["slot"] == 0
+    assert state(pg)["image_id"] == store.ids[0] and state(pg)["slot"] == 0
     # Draw one instance on img0 (the editor needs focus or hover for keys: clicking it gives both).
     pts = [click_at(pg, rect, x, y) for x, y in [(100, 100), (200, 100), (150, 200)]]
     pg.keyboard.press("Enter")
@@ -535,20 +481,20 @@ def test_navigation_copy_propose_done_and_keys_scope(app, page):
     # D: next image (saved first), A: back. The next image starts with a new instance in the first slot.
     pg.keyboard.press("Tab")
     pg.keyboard.press("d")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    wait_image(pg, store, 1)
     assert state(pg)["instances"] == [] and pg.input_value("#notes textarea") == "nd2"
     assert state(pg)["mask_name"] == "primary" and state(pg)["target"] == -1
     pg.keyboard.press("a")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img0'")
+    wait_image(pg, store, 0)
     assert_points(state(pg)["instances"][0]["masks"]["primary"][0], pts)
     # Next unlabelled skips nothing here (img1 is unlabelled); copy the previous image's instances there.
     pg.click("#mm-editor button[data-act=next_unlabelled]")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    wait_image(pg, store, 1)
     pg.click("#mm-editor button[data-act=copy]")
-    copied = wait_store(store, lambda r: r["instances"], "img1")["instances"]
-    assert len(copied) == 1 and copied[0]["masks"] == stored(store, "img0")["instances"][0]["masks"]
+    copied = wait_store(store, lambda r: r["instances"], 1)["instances"]
+    assert len(copied) == 1 and copied[0]["masks"] == stored(store, 0)["instances"][0]["masks"]
     pg.keyboard.press("Control+z")
-    wait_store(store, lambda r: not r["instances"], "img1")
+    wait_store(store, lambda r: not r["instances"], 1)
     # Propose: the proposals come in as one edit, with an unknown class mapped and a colliding id renamed.
     with store.lock:
         store.proposals = [
@@ -564,26 +510,26 @@ def test_navigation_copy_propose_done_and_keys_scope(app, page):
             {"id": "p3", "class": "cat", "masks": {"primary": [[1, 2, float("nan"), 4]], "secondary": []}},
         ]
     pg.click("#mm-editor button[data-act=propose]")
-    got = wait_store(store, lambda r: r["instances"], "img1")["instances"]
+    got = wait_store(store, lambda r: r["instances"], 1)["instances"]
     assert len(got) == 2 and got[0]["id"] == "p1" and got[1]["id"] != "p1"
     assert got[1]["class"] in CLASSES and got[1]["masks"]["secondary"] == [[310, 310, 340, 310, 340, 340]]
     assert state(pg)["undo"] == 1
     assert store.propose_sessions and all(store.propose_sessions)  # a gr.Request parameter gets the request
     # The list's delete button removes an instance (one edit).
     pg.locator("#mm-editor .mm-item").nth(1).locator(".mm-del").click()
-    wait_store(store, lambda r: len(r["instances"]) == 1, "img1")
+    wait_store(store, lambda r: len(r["instances"]) == 1, 1)
     pg.keyboard.press("Control+z")
-    wait_store(store, lambda r: len(r["instances"]) == 2, "img1")
+    wait_store(store, lambda r: len(r["instances"]) == 2, 1)
     # Done toggle.
     pg.click("#mm-editor button[data-act=done]")
-    wait_store(store, lambda r: r["status"] == "done", "img1")
+    wait_store(store, lambda r: r["status"] == "done", 1)
     assert "mm-on" in pg.get_attribute("#mm-editor button[data-act=done]", "class")
     # Next unlabelled from img1 goes to img2; A at img0 reports there is no previous image.
     pg.click("#mm-editor button[data-act=next_unlabelled]")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img2'")
+    wait_image(pg, store, 2)
     pg.hover("#mm-editor .mm-stage")
     pg.keyboard.press("a")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    wait_image(pg, store, 1)
     assert state(pg)["status"] == "done" and len(state(pg)["instances"]) == 2
 
 
@@ -648,7 +594,7 @@ def test_slow_saves_coalesce_and_errors_show(app, page):
         click_at(pg, rect, x, y)
     pg.keyboard.press("Enter")
     pg.wait_for_function("() => window.mmEditor.state().warnings.length === 1")
-    assert "not inside primary" in pg.inner_text("#mm-editor .mm-warnings")
+    assert "lies outside its 'primary' mask" in pg.inner_text("#mm-editor .mm-warnings")
     # A failed save says why; clicking the indicator retries.
     with store.lock:
         store.fail = "disk full"
@@ -670,7 +616,7 @@ def test_slow_saves_coalesce_and_errors_show(app, page):
     pg.wait_for_function("() => window.mmEditor.state().save === 'saving'")
     pg.click("#mm-editor button[data-act=done]")
     pg.click("#show-img2")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img2'")
+    wait_image(pg, store, 2)
     rec = stored(store)
     assert rec["revision"] == 6 and rec["status"] == "in_progress" and rec["instances"][0]["class"] == "cat"
     assert state(pg)["save"] == "saved" and state(pg)["instances"] == []
@@ -678,9 +624,9 @@ def test_slow_saves_coalesce_and_errors_show(app, page):
         store.delay = 0.0
     pg.hover("#mm-editor .mm-stage")  # keys go to the editor only with focus or the pointer on it
     pg.keyboard.press("a")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img1'")
+    wait_image(pg, store, 1)
     pg.keyboard.press("a")
-    pg.wait_for_function("() => window.mmEditor.state().image_id === 'img0'")
+    wait_image(pg, store, 0)
     # A server function that raises: the editor shows the error and carries on.
     with store.lock:
         store.proposals = "model not found"
