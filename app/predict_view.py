@@ -26,10 +26,10 @@ from gradio.data_classes import ImageData
 
 from multimask.data.images import MAX_IMAGE_PIXELS, ImageTooLargeError, read_image_bgr, to_uint8
 
+from .core.models.runs import RunInfo, RunNotFoundError, RunProgress, find_runs, get_run, run_progress
+from .core.roots import scrub, shown
 from .predict_draw import empty_table, render, select
 from .predict_export import remove_folder, session_folder, write_downloads
-from .roots import scrub, shown
-from .runs import RunInfo, RunNotFoundError, RunProgress, find_runs, get_run, run_progress
 from .updates import choices_keeping
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from app import build_app
+from app.core.models.runs import RunNotFoundError, find_runs, get_run
 from app.predict_draw import display_scale
 from app.predict_view import NO_IMAGE_MESSAGE, PredictView, RawPrediction, render, to_rgb
-from app.runs import RunNotFoundError, find_runs, get_run
 from multimask.config import get_multimask_cfg
 from multimask.data.images import MAX_IMAGE_PIXELS, to_uint8
 from tests.conftest import serve_app
@@ -110,7 +110,7 @@ class _Records(logging.Handler):
 
 
 def test_find_runs_lists_valid_runs_newest_first_and_skips_broken_ones(runs_root):
-    handler, logger = _Records(), logging.getLogger("app.runs")
+    handler, logger = _Records(), logging.getLogger("app.core.models.runs")
     level, logger.level = logger.level, logging.DEBUG  # repeated warnings are logged at debug level
     logger.addHandler(handler)
     try:

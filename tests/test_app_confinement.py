@@ -12,13 +12,13 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from app.core.jobs import form
+from app.core.jobs.manager import JobError, JobManager
+from app.core.jobs.service import TrainingService
+from app.core.models.runs import find_runs, get_run, run_progress
 from app.labeling.store import LabelStore
 from app.predict_export import FOLDER_PREFIX, remove_folder, session_folder
 from app.predict_view import PredictView, build_predict_tab
-from app.runs import find_runs, get_run, run_progress
-from app.training import form
-from app.training.jobs import JobError, JobManager
-from app.training.service import TrainingService
 from app.training.view import TrainView
 from tests.conftest import free_port
 from tests.test_app import _copy_run, _make_run

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from app.training.jobs import NAN_MESSAGE, NO_GPU_MESSAGE, OOM_MESSAGE, JobError, JobManager, _alive, classify_failure
+from app.core.jobs.manager import (
+    NAN_MESSAGE,
+    NO_GPU_MESSAGE,
+    OOM_MESSAGE,
+    JobError,
+    JobManager,
+    _alive,
+    classify_failure,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -132,7 +140,7 @@ def test_deleting_a_run_waits_for_its_jobs_and_stays_inside_the_runs_folder(tmp_
     ],
 )
 def test_a_job_sees_the_gpus_it_was_given_among_those_the_app_may_use(device, inherited, expected, monkeypatch):
-    from app.training.jobs import visible_devices
+    from app.core.jobs.manager import visible_devices
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert visible_devices(device, inherited) == expected
@@ -199,7 +207,7 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path):
 @pytest.mark.slow
 def test_a_stopping_job_that_still_writes_its_log_gets_longer_before_it_is_killed(tmp_path):
     """As a run that finishes an evaluation before its checkpoint: killed only at MAX_STOP_TIMEOUTS timeouts."""
-    from app.training.jobs import MAX_STOP_TIMEOUTS
+    from app.core.jobs.manager import MAX_STOP_TIMEOUTS
 
     m = _mgr(tmp_path)
     job = _job_ignoring_sigterm(

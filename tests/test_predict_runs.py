@@ -8,8 +8,8 @@ import gradio as gr
 import pytest
 import torch
 
+from app.core.models.runs import RunProgress, find_runs, run_progress, weights_iteration
 from app.predict_view import PredictView
-from app.runs import RunProgress, find_runs, run_progress, weights_iteration
 from tests.test_app import _make_run
 
 

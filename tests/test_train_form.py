@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.training import form, monitor
-from app.training.form import FormError, parse_settings, resolve_device
+from app.core.jobs import form, monitor
+from app.core.jobs.form import FormError, parse_settings, resolve_device
 from multimask import run_folder
 
 VALID = {
@@ -235,8 +235,8 @@ def test_evaluation_prefers_the_final_results(tmp_path):
 
 def _view_with_job(tmp_path, script, **extra):
     """A TrainView whose job manager also runs plain Python scripts, with one finished job of `script`."""
-    from app.training.jobs import JobManager
-    from app.training.service import TrainingService
+    from app.core.jobs.manager import JobManager
+    from app.core.jobs.service import TrainingService
     from app.training.view import TrainView
 
     service = TrainingService(tmp_path / "datasets", tmp_path / "runs", gpus=0)
@@ -299,8 +299,8 @@ def test_a_run_starts_from_a_previous_runs_weights(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
+    from app.core.jobs.service import TrainingService
     from app.labeling.store import LabelStore
-    from app.training.service import TrainingService
     from multimask.config import get_multimask_cfg
     from multimask.data.synth import CLASSES, generate_synthetic_dataset
 
@@ -358,7 +358,7 @@ def test_the_training_service_imports_without_gradio_or_pandas():
 
     code = (
         "import sys\nfor n in ('gradio', 'pandas'): sys.modules[n] = None\n"
-        "import app.training.service, app.training.monitor, app.labeling.store\nprint('ok')"
+        "import app.core.jobs.service, app.core.jobs.monitor, app.labeling.store\nprint('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -21,11 +21,11 @@ from typing import Any
 
 from multimask import run_folder
 
-from ..labeling.store import LabelStore
+from ...labeling.store import LabelStore
+from ..models.runs import find_runs, run_folders
 from ..roots import inside, scrub, shown
-from ..runs import find_runs, run_folders
 from . import form, monitor
-from .jobs import ACTIVE, FINISHED, NO_GPU_MESSAGE, JobError, JobManager, offline_weights_message, tail_lines
+from .manager import ACTIVE, FINISHED, NO_GPU_MESSAGE, JobError, JobManager, offline_weights_message, tail_lines
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from multimask import run_folder
 
-from .roots import inside
+from ..roots import inside
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +194,8 @@ _job_managers: dict[Path, object] = {}
 
 def _latest_jobs(runs_root: Path) -> dict[str, dict]:
     """{resolved run folder: its newest job record} from the Train tab's job records (none when no folder)."""
-    from .training.jobs import JobManager
-    from .training.service import JOBS_FOLDER
+    from ..jobs.manager import JobManager
+    from ..jobs.service import JOBS_FOLDER
 
     folder = runs_root.resolve() / JOBS_FOLDER
     if not folder.is_dir() or inside(folder, [runs_root]) is None:

@@ -37,6 +37,7 @@ from multimask.io import atomic_write_json
 from multimask.run_folder import FINAL_CHECKPOINT
 
 from ..roots import inside, shown
+from . import supervisor
 
 ACTIVE = ("running", "stopping")  # a job is queued, then active, then finished
 FINISHED = ("completed", "failed", "cancelled")
@@ -48,35 +49,9 @@ MAX_STOP_TIMEOUTS = 10
 _DEVICE_RE = re.compile(r"^(cpu|cuda:\d+(,\d+)*|cuda\*[1-9]\d*)$")
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
 
-# The supervisor: runs the command, passes SIGTERM or SIGINT on to it alone as SIGTERM (not to the command's own
-# children), ignores SIGHUP, and records the exit status. Handlers (not SIG_IGN) so that the command starts with
-# the default dispositions.
-_SUPERVISOR = """\
-import json, os, signal, subprocess, sys, time
-child, pending = None, []
-def forward(signum, frame):
-    if child is None:
-        pending.append(signum)
-    else:
-        child.send_signal(signal.SIGTERM)  # a no-op once it has ended
-for s in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(s, forward)
-signal.signal(signal.SIGHUP, lambda *a: None)
-status, argv = sys.argv[1], sys.argv[2:]
-try:
-    child = subprocess.Popen(argv)
-    if pending:
-        child.send_signal(signal.SIGTERM)
-    rc = child.wait()
-except OSError as e:
-    print(f"error: cannot start {argv[0]}: {e}", flush=True)
-    rc = 127
-tmp = status + ".tmp"
-with open(tmp, "w") as f:
-    json.dump({"returncode": rc, "ended": time.time()}, f)
-os.replace(tmp, status)
-sys.exit(rc if rc >= 0 else 128 - rc)
-"""
+# The job's session leader (see its docstring), run by its path: `-m` would look for `app` in the job's working
+# directory first, where a user's own `app` folder could stand in for it.
+SUPERVISOR = Path(supervisor.__file__)
 
 OOM_MESSAGE = "CUDA ran out of memory: lower SOLVER.IMS_PER_BATCH or the image size (INPUT.MIN_SIZE_TRAIN)"
 NAN_MESSAGE = "the loss became NaN: lower SOLVER.BASE_LR (e.g. halve it) or raise SOLVER.WARMUP_ITERS"
@@ -492,7 +467,7 @@ class JobManager:
                 log.write(f"$ {' '.join(job['command'])}\n".encode())
                 log.flush()
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", _SUPERVISOR, str(status), *job["command"]],
+                    [sys.executable, str(SUPERVISOR), str(status), *job["command"]],
                     cwd=job["cwd"],
                     env=env,
                     stdin=subprocess.DEVNULL,

@@ -1,0 +1,1 @@
+"""Trained runs under the runs folder, and the predictors loaded from them."""
