@@ -7,9 +7,10 @@ from pathlib import Path
 import gradio as gr
 
 from .core.jobs.service import POLL_SECONDS, TrainingService
+from .core.models.predictors import PredictorCache
 from .core.models.runs import RunNotFoundError, get_run
 from .labeling.view import LabelView, build_label_tab
-from .predict_view import PredictorCache, PredictView, build_predict_tab
+from .predict_view import PredictView, build_predict_tab
 from .training.view import TrainView, build_train_tab
 
 TITLE = "multimask"

@@ -13,9 +13,10 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from app import build_app
+from app.core.models.predictors import RawPrediction
 from app.core.models.runs import RunNotFoundError, find_runs, get_run
 from app.predict_draw import display_scale
-from app.predict_view import NO_IMAGE_MESSAGE, PredictView, RawPrediction, render, to_rgb
+from app.predict_view import NO_IMAGE_MESSAGE, PredictView, render, to_rgb
 from multimask.config import get_multimask_cfg
 from multimask.data.images import MAX_IMAGE_PIXELS, to_uint8
 from tests.conftest import serve_app
@@ -192,7 +193,7 @@ def test_a_large_upload_is_shrunk_for_the_model_and_the_table_stays_in_its_pixel
     """The model's masks at a photo's full size could take gigabytes; it resizes its input anyway."""
     import cv2
 
-    from app.predict_view import PREDICT_MAX_SIDE
+    from app.core.models.predictors import PREDICT_MAX_SIDE
 
     big = cv2.resize(image, (PREDICT_MAX_SIDE * 2, PREDICT_MAX_SIDE * 3 // 2), interpolation=cv2.INTER_NEAREST)
     overlay, table, _, state = view.predict("exp1", big, 0.0, None, None)

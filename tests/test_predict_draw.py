@@ -92,7 +92,7 @@ def _raw(h=120, w=160, boxes=((10, 10, 60, 50), (70, 20, 150, 100), (20, 60, 60,
     import torch
     from detectron2.structures import Boxes, Instances
 
-    from app.predict_view import RawPrediction
+    from app.core.models.predictors import RawPrediction
 
     masks = _masks(h, w, boxes)
     inst = Instances(

@@ -11,8 +11,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
+from app.core.models.predictors import PREDICT_MAX_SIDE
 from app.predict_export import FOLDER_PREFIX, file_stem, remove_folder, session_folder
-from app.predict_view import PREDICT_MAX_SIDE, PredictView
+from app.predict_view import PredictView
 from tests.test_app import _make_run
 
 
