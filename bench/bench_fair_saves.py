@@ -68,7 +68,7 @@ def annotator_instances(rng: random.Random) -> list[dict]:
 
 def maximal_instances(rng: random.Random) -> list[dict]:
     """A maximal legal payload: MAX_INSTANCES instances sharing MAX_TOTAL_POINTS vertices."""
-    from app.labeling.payload import MAX_INSTANCES, MAX_TOTAL_POINTS
+    from app.core.datasets.payload import MAX_INSTANCES, MAX_TOTAL_POINTS
 
     per = MAX_TOTAL_POINTS // MAX_INSTANCES
     return [
@@ -190,7 +190,7 @@ def main() -> None:
     import cv2
     import numpy as np
 
-    from app.labeling.store import LabelStore
+    from app.core.datasets.storage import LabelStore
     from bench.common import machine
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -57,8 +57,8 @@ def main() -> None:
     import cv2
     import numpy as np
 
-    from app.labeling import store as store_module
-    from app.labeling.store import LabelStore
+    from app.core.datasets import storage as store_module
+    from app.core.datasets.storage import LabelStore
     from app.labeling.view import GALLERY_PAGE, LabelView
     from bench.common import machine, write_json
 

@@ -55,7 +55,7 @@ def _instances(rng: random.Random, marker: str) -> list[dict]:
 def worker(root: str, saves: int, seed: int) -> None:
     """Save `saves` times, printing `ack <image id> <revision> <marker>` after each save returns; first
     `found <temp files> <drifted statuses>`: what the last kill left, before opening repairs it."""
-    from app.labeling.store import LabelStore
+    from app.core.datasets.storage import LabelStore
 
     temps, _, drifted = _disk_state(Path(root) / NAME)
     print(f"found {temps} {drifted}", flush=True)
@@ -75,7 +75,7 @@ def _build(root: Path, images: int) -> None:
     import cv2
     import numpy as np
 
-    from app.labeling.store import LabelStore
+    from app.core.datasets.storage import LabelStore
 
     ds = LabelStore(root).create(NAME, ["leaf"])
     rng = np.random.default_rng(0)
@@ -156,8 +156,8 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, args.saves, args.seed)
-    from app.labeling import store as store_module
-    from app.labeling.store import LabelStore
+    from app.core.datasets import storage as store_module
+    from app.core.datasets.storage import LabelStore
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="soak-saves-") as tmp:

@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.core.datasets.storage import LabelStore
 from app.core.jobs import monitor
 from app.core.jobs.form import FormError
 from app.core.jobs.manager import FINISHED, JobError
 from app.core.jobs.service import TrainingService
-from app.labeling.store import LabelStore
 from multimask import run_folder
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 

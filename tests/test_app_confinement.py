@@ -12,11 +12,11 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from app.core.datasets.storage import LabelStore
 from app.core.jobs import form
 from app.core.jobs.manager import JobError, JobManager
 from app.core.jobs.service import TrainingService
 from app.core.models.runs import find_runs, get_run, run_progress
-from app.labeling.store import LabelStore
 from app.predict_export import FOLDER_PREFIX, remove_folder, session_folder
 from app.predict_view import PredictView, build_predict_tab
 from app.training.view import TrainView

@@ -54,7 +54,7 @@ def test_eight_bit_images_are_untouched_and_odd_types_are_refused():
 
 
 def test_the_label_store_keeps_what_the_editor_can_show_as_training_sees_it(tmp_path):
-    from app.labeling.store import LabelStore
+    from app.core.datasets.storage import LabelStore
 
     raw = _twelve_bit()
     path = tmp_path / "cells.png"

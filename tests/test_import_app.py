@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.labeling.store import LabelStore
+from app.core.datasets.storage import LabelStore
 from app.labeling.view import LabelView
 from tests.test_app import _make_run
 from tests.test_import_microscopy import _coco_fields, _labelme

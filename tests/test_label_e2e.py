@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app import build_app
-from app.labeling.store import LabelStore
+from app.core.datasets.storage import LabelStore
 from tests.conftest import serve_app
 
 W, H = 800, 600  # the image's size; the editor shows it smaller (about 0.5x)

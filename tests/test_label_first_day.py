@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app import build_app
-from app.labeling.store import LabelStore
+from app.core.datasets.storage import LabelStore
 from tests.conftest import free_port, serve_app
 
 VIEWPORT = {"width": 1440, "height": 900}

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from app.labeling import ConflictError, LabelDataset, LabelStore, PayloadError, validate_instances
-from app.labeling import store as store_module
+from app.core.datasets import ConflictError, LabelDataset, LabelStore, PayloadError, intake, validate_instances
+from app.core.datasets import storage as store_module
 from multimask.data.dataset_json import load_multimask_json, make_annotation, write_multimask_json
 from multimask.data.geometry import Report
 from multimask.data.images import MAX_IMAGE_PIXELS
@@ -182,11 +182,11 @@ def test_bad_images_are_refused(ds, monkeypatch):
         ds.add_image_bytes("anim.gif", gif.getvalue())
     with pytest.raises(ValueError, match="truncated.png: not a readable image"):
         ds.add_image_bytes("truncated.png", _png()[:40])
-    monkeypatch.setattr(store_module, "MAX_IMAGE_BYTES", 100)
+    monkeypatch.setattr(intake, "MAX_IMAGE_BYTES", 100)
     with pytest.raises(ValueError, match="big.png: larger than"):
         ds.add_image_bytes("big.png", _png())
-    monkeypatch.setattr(store_module, "MAX_IMAGE_PIXELS", W * H - 1)  # decoded size checked too
-    monkeypatch.setattr(store_module, "MAX_IMAGE_BYTES", 10**6)
+    monkeypatch.setattr(intake, "MAX_IMAGE_PIXELS", W * H - 1)  # decoded size checked too
+    monkeypatch.setattr(intake, "MAX_IMAGE_BYTES", 10**6)
     with pytest.raises(ValueError, match="larger than"):
         ds.add_image_bytes("a.png", _png())
     assert ds.images() == [] and list(ds.images_dir.iterdir()) == []
@@ -716,7 +716,7 @@ def test_tiff_is_stored_as_png_for_the_browser(tmp_path):
     import cv2
     import numpy as np
 
-    from app.labeling.store import LabelStore
+    from app.core.datasets.storage import LabelStore
 
     ds = LabelStore(tmp_path).create("tif", ["a"])
     img = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from detectron2.structures import Instances
 
-from app.labeling.propose import class_mapping, new_objects, propose
+from app.core.datasets.propose import class_mapping, new_objects, propose
 
 SQUARE = [10.0, 10.0, 40.0, 10.0, 40.0, 40.0, 10.0, 40.0]
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from app import build_app
-from app.labeling.store import LabelStore
+from app.core.datasets.storage import LabelStore
 from app.serving.guard import LOGIN_FAILURES, host_allowed, same_origin, served_data_file
 from app.serving.server import claim_data_root
 from app.serving.users import UserFile, UsersError, verify_password

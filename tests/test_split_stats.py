@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.labeling import LabelStore
+from app.core.datasets import LabelStore
 from multimask.cli import main
 from multimask.data import load_multimask_json
 from multimask.data.split import seeded_val_ids, split_dataset

@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from app.labeling import store as store_module
-from app.labeling.payload import MAX_SAVE_BYTES, MAX_TOTAL_POINTS, PayloadError, _checked_values, _part
-from app.labeling.store import LOCK_FILE, LabelStore
+from app.core.datasets import storage as store_module
+from app.core.datasets.payload import MAX_SAVE_BYTES, MAX_TOTAL_POINTS, PayloadError, _checked_values, _part
+from app.core.datasets.storage import LOCK_FILE, LabelStore
 from app.labeling.view import LabelView
 from multimask.data.dataset_json import make_annotation, write_multimask_json
+from multimask.data.geometry import MAX_WARNINGS
 from tests.test_app import _make_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def _wait_for(cond, seconds: float, what: str) -> None:
 WORKER_PRELUDE = """
 import json, sys, threading, time
 from pathlib import Path
-from app.labeling.store import ConflictError, LabelStore
+from app.core.datasets.storage import ConflictError, LabelStore
 root, name, go, index = sys.argv[1:5]
 ds = LabelStore(root).open(name)
 Path(go).with_suffix(".ready" + index).touch()
@@ -219,7 +220,7 @@ def test_a_status_written_by_another_process_is_followed(ds):
     image_id = ds.add_image_bytes("a.png", _png(1))["id"]
     other = ds.add_image_bytes("b.png", _png(2))["id"]
     script = (
-        "import sys; from app.labeling.store import LabelStore; "
+        "import sys; from app.core.datasets.storage import LabelStore; "
         "LabelStore(sys.argv[1]).open('leaves').save(sys.argv[2], 0, [], status='done')"
     )
     subprocess.run([sys.executable, "-c", script, str(ds.folder.parent), other], cwd=REPO, check=True)
@@ -279,9 +280,9 @@ def test_warnings_of_large_crossing_parts_are_bounded(ds):
         for k in range(30)
     ]
     warnings = ds.save(image_id, 0, instances)["warnings"]
-    assert len(warnings) == store_module.MAX_WARNINGS + 1
+    assert len(warnings) == MAX_WARNINGS + 1
     assert all("part 1 crosses itself: exports repair it" in w for w in warnings[:-1])
-    assert warnings[-1] == f"only the first {store_module.MAX_WARNINGS} problems are listed: there may be more"
+    assert warnings[-1] == f"only the first {MAX_WARNINGS} problems are listed: there may be more"
 
 
 def test_fast_coordinate_checks_round_and_refuse_as_the_exact_ones():

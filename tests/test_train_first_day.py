@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from app.core.datasets.storage import LabelStore
 from app.core.jobs import form, monitor
 from app.core.jobs import manager as jobs
 from app.core.jobs.form import FormError, parse_settings
 from app.core.jobs.manager import JobError, JobManager
 from app.core.jobs.service import TrainingService
-from app.labeling.store import LabelStore
 from app.training.view import TrainView
 from multimask.config import get_multimask_cfg
 from multimask.data.synth import CLASSES, generate_synthetic_dataset

@@ -299,8 +299,8 @@ def test_a_run_starts_from_a_previous_runs_weights(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
+    from app.core.datasets.storage import LabelStore
     from app.core.jobs.service import TrainingService
-    from app.labeling.store import LabelStore
     from multimask.config import get_multimask_cfg
     from multimask.data.synth import CLASSES, generate_synthetic_dataset
 
@@ -358,7 +358,7 @@ def test_the_training_service_imports_without_gradio_or_pandas():
 
     code = (
         "import sys\nfor n in ('gradio', 'pandas'): sys.modules[n] = None\n"
-        "import app.core.jobs.service, app.core.jobs.monitor, app.labeling.store\nprint('ok')"
+        "import app.core.jobs.service, app.core.jobs.monitor, app.core.datasets.storage\nprint('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

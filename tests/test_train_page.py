@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from app import build_app
+from app.core.datasets.storage import LabelStore
 from app.core.jobs.form import parse_settings
 from app.core.jobs.manager import JobManager
-from app.labeling.store import LabelStore
 from multimask.config import get_multimask_cfg
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 from tests.conftest import serve_app

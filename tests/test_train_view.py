@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from gradio_client.exceptions import AppError
 
-from app.labeling.store import LabelStore
+from app.core.datasets.storage import LabelStore
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 from tests.conftest import free_port
 

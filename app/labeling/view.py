@@ -26,14 +26,14 @@ from multimask.data.mapping import split_pairs
 from multimask.data.synth import generate_synthetic_dataset
 from multimask.io import atomic_write_bytes
 
+from ..core.datasets import DUPLICATE_NOTE, ConflictError, LabelDataset, LabelStore
+from ..core.datasets.propose import propose
 from ..core.models.predictors import PredictorCache
 from ..core.models.runs import RunNotFoundError, find_runs, get_run
 from ..core.roots import inside, locate, scrub, shown
 from ..updates import choices_keeping
 from .editor import editor_document_dict, make_editor
 from .gallery import gallery_value, make_gallery
-from .propose import propose
-from .store import DUPLICATE_NOTE, ConflictError, LabelDataset, LabelStore
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
-from ..labeling.payload import MAX_SAVE_BYTES
+from ..core.datasets.payload import MAX_SAVE_BYTES
 from .guard import GuardPolicy, RequestGuard, is_loopback
 from .users import UserFile
 

@@ -30,14 +30,13 @@ from .dataset_json import (
     make_annotation,
     write_multimask_json,
 )
-from .geometry import Report, clean_polygons, clean_segmentation, mask_to_polygons, to_rle
+from .geometry import Report, clean_polygons, clean_segmentation, to_rle, traced_polygons
 from .import_report import ImportReport
 from .mapping import NAME_RULE, SourceMap, Target, build_map
 
 # The rule of MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES (see multimask/config.py).
 # Key that export_labelme adds to each labelme file (labelme keeps unknown keys when it saves).
 LABELME_NAMES_KEY = "multimask_mask_names"
-CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask becomes polygons
 LABELME_SHAPES = ("polygon", "rectangle")
 COCO_KEYS = {"id", "image_id", "category_id", "iscrowd", "bbox", "area", "attributes", "score"}
 
@@ -305,7 +304,7 @@ def export_labelme(src_json: str | Path, out_folder: str | Path, *, image_root: 
         for k, ann in enumerate(rec["annotations"], start=1):
             for name in names:
                 where = f"{src_json} image_id={rec['image_id']} annotation id={ann['id']} mask '{name}'"
-                for poly in _to_polygons(ann["multimask"][name], h, w, where, report):
+                for poly in traced_polygons(ann["multimask"][name], h, w, where, report, "labelme", "skipped polygons"):
                     shapes.append(
                         {
                             "label": f"{classes[ann['category_id']]}/{name}",
@@ -464,18 +463,6 @@ def _image_size(path: Path, doc: dict, report: Report) -> tuple[int, int] | None
         report.add("skipped files", str(path), f"no imageHeight/imageWidth, and image {image} cannot be read")
         return None
     return int(pixels.shape[0]), int(pixels.shape[1])
-
-
-def _to_polygons(segm: list | dict, height: int, width: int, where: str, report: Report) -> list[list[float]]:
-    """Polygons of a mask; an RLE is traced with OpenCV (outer contours; holes filled and reported)."""
-    if isinstance(segm, list):
-        return segm
-    polygons, holes = mask_to_polygons(mask_util.decode(to_rle(segm, height, width)), CONTOUR_EPSILON)
-    if holes:
-        report.add("masks with holes lost", where, f"{holes} hole(s) filled: labelme polygons have no holes")
-    if not polygons:
-        report.add("skipped polygons", where, "a speck has no polygon")
-    return polygons
 
 
 def _positive(*values: Any) -> bool:

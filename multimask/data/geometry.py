@@ -1,8 +1,11 @@
-"""Checks, repairs and measures of one segmentation (COCO polygons or RLE), with shapely and pycocotools."""
+"""Checks, repairs and measures of segmentations (COCO polygons or RLE) and of labelled instances, with shapely,
+pycocotools and OpenCV."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +17,12 @@ from shapely.geometry import MultiPolygon, Polygon, box
 
 RASTER_REPAIR_POINTS = 64  # invalid parts with more points are repaired on the pixel grid (see made_valid)
 RASTER_REPAIR_PIXELS = 2**26  # the largest box (64 MP) filled for that
+CONTOUR_EPSILON = 0.7  # px, cv2.approxPolyDP tolerance when an RLE mask is traced to polygons
+INSIDE_TOLERANCE = 0.01  # share of a secondary's area that may lie outside its primary
+MAX_WARNINGS = 20  # instance warnings listed at once: each may cost a polygon repair, so the rest go unchecked
+# Crossing parts of up to this many points are repaired to tell "no area" from "crosses itself" (20 ms at most);
+# a repair takes seconds for a few hundred random points, so larger ones are told apart by their signed area.
+EXACT_REPAIR_POINTS = 32
 
 
 @dataclass
@@ -247,3 +256,92 @@ def union_bbox(boxes: list[list[float] | None]) -> list[float] | None:
     x1 = max(b[0] + b[2] for b in boxes)
     y1 = max(b[1] + b[3] for b in boxes)
     return [x0, y0, x1 - x0, y1 - y0]
+
+
+def traced_polygons(
+    segm: list | dict, height: int, width: int, where: str, report: Report, holder: str, speck: str
+) -> list[list[float]]:
+    """Polygons of a mask: polygons as they are; an RLE traced with OpenCV (outer contours, CONTOUR_EPSILON).
+
+    Its holes are filled and reported ("masks with holes lost": `holder`'s polygons have none); a speck left
+    without a polygon is reported under the kind `speck`.
+    """
+    if isinstance(segm, list):
+        return segm
+    polygons, holes = mask_to_polygons(mask_util.decode(to_rle(segm, height, width)), CONTOUR_EPSILON)
+    if holes:
+        report.add("masks with holes lost", where, f"{holes} hole(s) filled: {holder} polygons have no holes")
+    if not polygons:
+        report.add(speck, where, "a speck has no polygon")
+    return polygons
+
+
+def instance_warnings(
+    instances: list[dict], names: list[str], rules: dict, positions: dict[str, int] | None = None
+) -> list[str]:
+    """Warnings on labelled instances ({"id", "class", "masks": {name: polygon parts}}): parts that cross
+    themselves or have no area, a later mask without the first one, and (per the dataset's `rules`)
+    secondaries outside their primary. Instances are numbered from 1, as the editor lists them.
+
+    `positions` maps instance ids to their index in the list the caller was given (default: this list's).
+    At most MAX_WARNINGS are listed, then a note; the checks stop there (a payload of crossing polygons costs
+    a bounded time).
+    """
+    out = list(itertools.islice(_instance_problems(instances, names, rules, positions or {}), MAX_WARNINGS + 1))
+    if len(out) > MAX_WARNINGS:
+        out[MAX_WARNINGS:] = [f"only the first {MAX_WARNINGS} problems are listed: there may be more"]
+    return out
+
+
+def _instance_problems(
+    instances: list[dict], names: list[str], rules: dict, positions: dict[str, int]
+) -> Iterator[str]:
+    """The warnings of `instance_warnings`, found lazily."""
+    for i, inst in enumerate(instances):
+        where = f"instance #{positions.get(inst['id'], i) + 1} (id {inst['id']!r}, {inst['class']})"
+        repairable = True
+        for name in names:
+            for j, part in enumerate(inst["masks"][name]):
+                problem = _part_problem(part)
+                if problem:
+                    yield f"{where}, mask {name!r}, part {j + 1} {problem}"
+                    repairable = repairable and len(part) // 2 <= EXACT_REPAIR_POINTS
+        primary = inst["masks"][names[0]]
+        if not primary:
+            later = [n for n in names[1:] if inst["masks"][n]]
+            if later:
+                yield (
+                    f"{where} has a {later[0]!r} mask but no {names[0]!r} mask: select the instance and "
+                    f"draw its {names[0]!r}"
+                )
+            continue
+        if (
+            len(names) < 2 or not rules.get("secondary_inside_primary") or not inst["masks"][names[1]] or not repairable
+        ):  # (a large crossing part, reported above, costs too much to repair)
+            continue
+        sec = parts_union(inst["masks"][names[1]])
+        if sec.area <= 0:
+            continue
+        outside = sec.difference(parts_union(primary)).area
+        if outside > INSIDE_TOLERANCE * sec.area:
+            yield (f"{where}: {outside / sec.area:.0%} of its {names[1]!r} mask lies outside its {names[0]!r} mask")
+
+
+def _part_problem(part: list[float]) -> str | None:
+    """None for a valid polygon part, else whether it has no area or crosses itself (see EXACT_REPAIR_POINTS)."""
+    poly = Polygon(np.asarray(part, dtype=np.float64).reshape(-1, 2))
+    if poly.is_valid:
+        return None
+    area = shapely.make_valid(poly).area if len(part) // 2 <= EXACT_REPAIR_POINTS else abs(poly.area)
+    return "has no area: exports leave it out" if area <= 0 else "crosses itself: exports repair it"
+
+
+def clip_parts(parts: list[list[float]], width: int, height: int) -> list[list[float]]:
+    """Polygon parts cut to the image [0, width] x [0, height]; parts left without area are dropped."""
+    frame, out = box(0, 0, width, height), []
+    for part in parts:
+        for p in polygon_parts(flat_polygon(part).intersection(frame)):
+            coords = np.asarray(p.exterior.coords)[:-1]
+            if len(coords) >= 3:
+                out.append([round(float(v), 2) for v in coords.reshape(-1)])
+    return out

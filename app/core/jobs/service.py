@@ -21,7 +21,7 @@ from typing import Any
 
 from multimask import run_folder
 
-from ...labeling.store import LabelStore
+from ..datasets import LabelStore
 from ..models.runs import find_runs, run_folders
 from ..roots import inside, scrub, shown
 from . import form, monitor
