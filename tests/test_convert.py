@@ -11,9 +11,16 @@ import pycocotools.mask as mask_util
 import pytest
 from pycocotools.coco import COCO
 
-from multimask.data.convert import export_labelme, import_coco_fields, import_labelme
-from multimask.data.dataset_json import load_multimask_json, make_annotation, write_multimask_json
+from multimask.data.convert import (
+    coco_fields_document,
+    export_labelme,
+    import_coco_fields,
+    import_labelme,
+    labelme_document,
+)
+from multimask.data.dataset_json import load_multimask_json, make_annotation, multimask_dicts, write_multimask_json
 from multimask.data.geometry import Report, to_rle
+from multimask.data.import_report import ImportReport
 from multimask.io import DatasetError
 
 H, W = 60, 80
@@ -119,6 +126,28 @@ def test_import_coco_fields_uoais(tmp_path):
     assert b["multimask"]["secondary"] == [[60, 5, 75, 5, 75, 20]]
     assert c["multimask"] == {"primary": [[20, 50, 30, 50, 30, 58]], "secondary": []}
     _check_pycocotools(out)
+
+
+def test_the_document_forms_return_the_dataset_and_write_nothing(tmp_path):
+    src, _ = _uoais(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    doc = coco_fields_document(src, UOAIS, report=(report := ImportReport()))
+    assert sorted(tmp_path.rglob("*")) == before, "nothing written"
+    assert report.counts == {"skipped annotations": 2, "skipped polygons": 2}
+    assert doc["images"][0]["file_name"] == str(tmp_path / "images" / "a.png"), "image paths absolute"
+    out = tmp_path / "out" / "ds.json"
+    import_coco_fields(src, out, UOAIS)
+    written = json.loads(out.read_text())
+    assert written["images"][0]["file_name"] == "../images/a.png" and written["annotations"] == doc["annotations"]
+    dicts, _ = multimask_dicts(doc, "/", source=src)
+    assert [len(d["annotations"]) for d in dicts] == [3] and dicts[0]["file_name"] == str(tmp_path / "images/a.png")
+
+    folder = tmp_path / "lm"
+    _labelme_folder(folder)
+    before = sorted(tmp_path.rglob("*"))
+    doc = labelme_document(folder, LABEL_MAP)
+    assert sorted(tmp_path.rglob("*")) == before and doc["images"]
+    assert all(Path(img["file_name"]).is_absolute() for img in doc["images"])
 
 
 def test_import_coco_fields_bad_input(tmp_path):

@@ -4,9 +4,11 @@
 - `import_coco_fields`: COCO files that keep each mask in its own annotation field (UOAIS, KINS, ...).
 - `import_labelme` / `export_labelme`: a folder of labelme JSON files, one per image.
 
-Importers share one mapping model (`mapping.py`) and return an `ImportReport` (`import_report.py`): every
-shape or field is counted as used or skipped with its reason, repairs and skips are listed with the file and
-annotation (or shape) they came from, and the report is also written to `<out>.report.json`.
+Each importer comes in two forms: `*_document` returns the multimask dataset as data (a dict, image paths
+absolute) and leaves writing to the caller (the app's Label store adds it to a dataset); `import_*` writes it
+to a file, image paths relative to it. They share one mapping model (`mapping.py`) and fill an `ImportReport`
+(`import_report.py`): every shape or field is counted as used or skipped with its reason, repairs and skips are
+listed with the file and annotation (or shape) they came from; `import_*` also write it to `<out>.report.json`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .dataset_json import (
     dataset_meta,
     load_multimask_json,
     make_annotation,
-    write_multimask_json,
+    multimask_document,
 )
 from .geometry import Report, clean_polygons, clean_segmentation, to_rle, traced_polygons
 from .import_report import ImportReport
@@ -47,26 +49,45 @@ def import_coco(src_json: str | Path, out_json: str | Path, mask_name: str = "pr
     return import_coco_fields(src_json, out_json, {"segmentation": mask_name}, **kwargs)
 
 
+def coco_document(src_json: str | Path, mask_name: str = "primary", **kwargs: Any) -> dict:
+    """`import_coco`'s dataset as data (see `coco_fields_document`)."""
+    return coco_fields_document(src_json, {"segmentation": mask_name}, **kwargs)
+
+
 def import_coco_fields(
     src_json: str | Path,
     out_json: str | Path,
     field_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str],
     *,
+    report: ImportReport | None = None,
+    **kwargs: Any,
+) -> ImportReport:
+    """COCO JSON with each mask in its own annotation field -> multimask JSON, written atomically, with its
+    report (`<out>.report.json`); `file_name`s relative to the folder of `out_json`. As `coco_fields_document`."""
+    report = report if report is not None else ImportReport()
+    _write_document(out_json, coco_fields_document(src_json, field_map, report=report, **kwargs), report)
+    return report
+
+
+def coco_fields_document(
+    src_json: str | Path,
+    field_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str],
+    *,
     image_root: str | Path | None = None,
     drop_classes: Iterable[str] = (),
     report: ImportReport | None = None,
-) -> ImportReport:
-    """COCO JSON with each mask in its own annotation field -> multimask JSON, written atomically.
+) -> dict:
+    """A COCO JSON with each mask in its own annotation field, as a multimask dataset (a dict; image paths
+    absolute). What was used, repaired or skipped goes to `report`.
 
     `field_map` is a mapping (see `multimask.data.mapping`): e.g. UOAIS {"segmentation": "primary",
     "visible_mask": "secondary"}, or ["segmentation_a+segmentation_b=primary", "segmentation_b=secondary"]
     (fields mapped to one mask name are united); mask names are in order of first appearance. The class is
     the COCO category; categories without annotations, and those named in `drop_classes` (with their
     annotations), are dropped and reported. Images are looked up under `image_root` (default: the source's
-    folder), missing ones reported by name; `file_name`s are written relative to the folder of `out_json`.
-    The report also goes to `<out>.report.json`.
+    folder), missing ones reported by name.
     """
-    src_json, out_json = Path(src_json), Path(out_json)
+    src_json = Path(src_json)
     report = report if report is not None else ImportReport()
     report.source_kind = "field"
     fmap = build_map(field_map, "field map", allow_class=False)
@@ -88,7 +109,7 @@ def import_coco_fields(
             )
             continue
         path = _check_image(root / img["file_name"], img["file_name"], f"{src_json} images[{i}]", report)
-        images.append({**img, "file_name": _relative(path, out_json)})
+        images.append({**img, "file_name": os.path.abspath(path)})
         sizes[img["id"]] = size
     anns: list[dict] = []
     for i, ann in enumerate(data["annotations"]):
@@ -153,9 +174,7 @@ def import_coco_fields(
         "description": f"imported from {src_json.name}",
         "field_map": {k: _names(t) for k, t in fmap.targets.items()},
     }
-    write_multimask_json(out_json, images, categories, anns, names, info=info)
-    report.write_json(out_json)
-    return report
+    return multimask_document(images, categories, anns, names, info=info)
 
 
 def import_labelme(
@@ -163,11 +182,28 @@ def import_labelme(
     out_json: str | Path,
     label_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str] | None = None,
     *,
+    report: ImportReport | None = None,
+    **kwargs: Any,
+) -> ImportReport:
+    """Folder of labelme JSON files (one per image) -> multimask JSON, written atomically, with its report
+    (`<out>.report.json`); `file_name`s relative to the folder of `out_json`. As `labelme_document`."""
+    out_json = Path(out_json)
+    report = report if report is not None else ImportReport()
+    ignore = (out_json, out_json.with_suffix(".report.json"))  # written into the folder by an earlier import
+    _write_document(out_json, labelme_document(folder, label_map, report=report, ignore=ignore, **kwargs), report)
+    return report
+
+
+def labelme_document(
+    folder: str | Path,
+    label_map: Mapping[str, str] | Iterable[tuple[str, str]] | Iterable[str] | None = None,
+    *,
     default_class: str | None = None,
     mask_names: Sequence[str] | None = None,
     report: ImportReport | None = None,
-) -> ImportReport:
-    """Folder of labelme JSON files (one per image) -> multimask JSON, written atomically.
+    ignore: Iterable[Path] = (),
+) -> dict:
+    """A folder of labelme JSON files (one per image) as a multimask dataset (a dict; image paths absolute).
 
     Shapes sharing a `group_id` in one file form one instance; a shape whose `group_id` is null is an
     instance on its own. `label_map` is a mapping (see `multimask.data.mapping`) of labels to "MASK" or
@@ -176,10 +212,10 @@ def import_labelme(
     `default_class` is refused (ValueError). With `label_map` None, labels "class/mask" (as written by
     `export_labelme`) are parsed. `mask_names` defaults to the order of the targets in `label_map`, else to
     the names recorded by `export_labelme`, else ("primary", "secondary"). Polygon and rectangle shapes are
-    read; others are skipped and reported. Images are checked (missing ones reported by name); `file_name`s
-    are written relative to the folder of `out_json`. The report also goes to `<out>.report.json`.
+    read; others are skipped and reported. Images are checked (missing ones reported by name). JSON files in
+    `ignore` are not read. What was used, repaired or skipped goes to `report`.
     """
-    folder, out_json = Path(folder), Path(out_json)
+    folder = Path(folder)
     report = report if report is not None else ImportReport()
     report.source_kind = "label"
     smap = build_map(label_map, "label map") if label_map is not None else None
@@ -188,7 +224,7 @@ def import_labelme(
             "label map: no class given: pass --class NAME (the app: Class) for every instance, or map "
             "labels to CLASS:MASK (e.g. Head_a=worm:primary)"
         )
-    own = {out_json.resolve(), out_json.with_suffix(".report.json").resolve()}
+    own = {Path(p).resolve() for p in ignore}
     docs = []
     for path in sorted(p for p in folder.glob("*.json") if p.resolve() not in own):
         try:
@@ -222,7 +258,7 @@ def import_labelme(
         h, w = size
         image_id = len(images) + 1
         image = _check_image(path.parent / doc["imagePath"].replace("\\", "/"), doc["imagePath"], str(path), report)
-        images.append({"id": image_id, "height": h, "width": w, "file_name": _relative(image, out_json)})
+        images.append({"id": image_id, "height": h, "width": w, "file_name": os.path.abspath(image)})
         for where, members in _instances(path, doc["shapes"], report):
             masks: dict[str, list] = {n: [] for n in names}
             found, used = set(), []  # classes named by the targets; (label, mask names) of usable shapes
@@ -271,11 +307,16 @@ def import_labelme(
             for key, into in used:
                 report.used(key, into)
     categories = [{"id": i, "name": c} for c, i in classes.items()]
-    write_multimask_json(
-        out_json, images, categories, anns, names, info={"description": f"imported from labelme folder {folder.name}"}
-    )
+    info = {"description": f"imported from labelme folder {folder.name}"}
+    return multimask_document(images, categories, anns, names, info=info)
+
+
+def _write_document(out_json: str | Path, doc: dict, report: ImportReport) -> None:
+    """Write an importer's dataset with its image paths relative to `out_json`'s folder, and its report."""
+    out_json = Path(out_json)
+    images = [{**img, "file_name": _relative(Path(img["file_name"]), out_json)} for img in doc["images"]]
+    atomic_write_json(out_json, {**doc, "images": images})
     report.write_json(out_json)
-    return report
 
 
 def export_labelme(src_json: str | Path, out_folder: str | Path, *, image_root: str | Path | None = None) -> Report:

@@ -38,10 +38,30 @@ def load_multimask_json(
     `source` when given (the user's file, for a run's frozen copy of it), else `json_file`.
     """
     json_file = Path(json_file)
-    image_root = Path(image_root) if image_root is not None else json_file.parent
+    return multimask_dicts(
+        read_json(json_file),
+        image_root if image_root is not None else json_file.parent,
+        source=source if source is not None else json_file,
+        mask_names=mask_names,
+        check_images=check_images,
+        report=report,
+    )
+
+
+def multimask_dicts(
+    data: Any,
+    image_root: str | Path,
+    *,
+    source: str | Path,
+    mask_names: Sequence[str] | None = None,
+    check_images: bool = True,
+    report: Report | None = None,
+) -> tuple[list[dict], dict]:
+    """`load_multimask_json` of a dataset already in memory (e.g. an importer's `*_document`); messages name
+    `source`, image `file_name`s are taken relative to `image_root` (absolute ones stay as they are)."""
+    image_root = Path(image_root)
     report = report if report is not None else Report()
-    data = read_json(json_file)
-    shown = Path(source) if source is not None else json_file
+    shown = Path(source)
     meta = dataset_meta(data, shown, mask_names)
     file_names, names = data["mask_names"], meta["mask_names"]
     id_map = meta["thing_dataset_id_to_contiguous_id"]
@@ -199,6 +219,23 @@ def empty_rle(height: int, width: int) -> dict:
     }
 
 
+def multimask_document(
+    images: list[dict],
+    categories: list[dict],
+    annotations: list[dict],
+    mask_names: Sequence[str],
+    info: dict | None = None,
+) -> dict:
+    """A dataset file's content (annotations as built by `make_annotation`)."""
+    return {
+        "info": info or {"description": "multimask dataset"},
+        "mask_names": list(mask_names),
+        "images": images,
+        "categories": categories,
+        "annotations": annotations,
+    }
+
+
 def write_multimask_json(
     path: str | Path,
     images: list[dict],
@@ -208,13 +245,4 @@ def write_multimask_json(
     info: dict | None = None,
 ) -> None:
     """Write a dataset file atomically (annotations as built by `make_annotation`)."""
-    atomic_write_json(
-        path,
-        {
-            "info": info or {"description": "multimask dataset"},
-            "mask_names": list(mask_names),
-            "images": images,
-            "categories": categories,
-            "annotations": annotations,
-        },
-    )
+    atomic_write_json(path, multimask_document(images, categories, annotations, mask_names, info))

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 from shapely.geometry import Polygon
 
 from multimask.data import convert
-from multimask.data.dataset_json import load_multimask_json, make_annotation, write_multimask_json
+from multimask.data.dataset_json import load_multimask_json, make_annotation, multimask_dicts, write_multimask_json
 from multimask.data.geometry import (
     Report,
     clean_polygons,
@@ -160,15 +158,15 @@ class Interchange:
         allowed_roots: Sequence[str | Path] | None = None,
     ) -> ImportReport:
         """Add a COCO JSON keeping each mask in its own field (`field_map`: fields -> mask names, see
-        `multimask.data.convert.import_coco_fields`). Mask names must be this dataset's (ValueError naming
+        `multimask.data.convert.coco_fields_document`). Mask names must be this dataset's (ValueError naming
         both lists otherwise); a dataset mask name no field maps to stays empty. Images are looked up under
         `image_root`, by default the JSON's folder. As `import_multimask` otherwise; returns the import report.
         """
         self._check_targets(build_map(field_map, "field map", allow_class=False).mask_names, "field map")
         return self._import_converted(
             json_file,
-            lambda out, report: convert.import_coco_fields(
-                json_file, out, field_map, image_root=image_root, drop_classes=drop_classes, report=report
+            lambda report: convert.coco_fields_document(
+                json_file, field_map, image_root=image_root, drop_classes=drop_classes, report=report
             ),
             allowed_roots,
         )
@@ -187,8 +185,8 @@ class Interchange:
         self._check_targets([name], "mask name")
         return self._import_converted(
             json_file,
-            lambda out, report: convert.import_coco(
-                json_file, out, name, image_root=image_root, drop_classes=drop_classes, report=report
+            lambda report: convert.coco_document(
+                json_file, name, image_root=image_root, drop_classes=drop_classes, report=report
             ),
             allowed_roots,
         )
@@ -200,7 +198,7 @@ class Interchange:
         default_class: str | None = None,
         allowed_roots: Sequence[str | Path] | None = None,
     ) -> ImportReport:
-        """Add a folder of labelme JSON files (see `multimask.data.convert.import_labelme`).
+        """Add a folder of labelme JSON files (see `multimask.data.convert.labelme_document`).
 
         The mask names that `label_map` maps to must be this dataset's (ValueError naming both lists
         otherwise); the class comes from `CLASS:MASK` targets or `default_class`. Without a map, labels
@@ -211,8 +209,8 @@ class Interchange:
             self._check_targets(build_map(label_map, "label map").mask_names, "label map")
         return self._import_converted(
             folder,
-            lambda out, report: convert.import_labelme(
-                folder, out, label_map, default_class=default_class, mask_names=self.mask_names, report=report
+            lambda report: convert.labelme_document(
+                folder, label_map, default_class=default_class, mask_names=self.mask_names, report=report
             ),
             allowed_roots,
         )
@@ -220,16 +218,13 @@ class Interchange:
     def _import_converted(
         self,
         source: str | Path,
-        convert_to: Callable[[Path, ImportReport], Any],
+        convert_to: Callable[[ImportReport], dict],
         allowed_roots: Sequence[str | Path] | None,
     ) -> ImportReport:
-        """Convert `source` into a temporary multimask JSON (its images resolve from there), then add it."""
+        """Add the dataset a converter makes of `source` (image paths absolute); messages name `source`."""
         report = ImportReport()
-        with tempfile.TemporaryDirectory(prefix="multimask-import-") as tmp:
-            out = Path(tmp) / "multimask.json"
-            convert_to(out, report)
-            dicts, meta = _load_converted(out, None, source, report)
-            self._import_dicts(dicts, meta["thing_classes"], str(source), report, allowed_roots)
+        dicts, meta = multimask_dicts(convert_to(report), "/", source=source, report=report)
+        self._import_dicts(dicts, meta["thing_classes"], str(source), report, allowed_roots)
         return report
 
     def _check_targets(self, targets: list, what: str) -> None:
@@ -295,18 +290,6 @@ class Interchange:
         for _, result in self._add_many(items(), after=write):
             if isinstance(result, str):
                 report.add("skipped images", source, result)
-
-
-def _load_converted(
-    tmp_json: Path, image_root: str | Path | None, source: str | Path, report: Report
-) -> tuple[list[dict], dict]:
-    """Load a converter's temporary output; its problems go to `report` under the source's name."""
-    mine = Report()
-    dicts, meta = load_multimask_json(tmp_json, image_root, report=mine)
-    for kind, n in mine.counts.items():
-        report.counts[kind] = report.counts.get(kind, 0) + n
-    report.messages += [m.replace(str(tmp_json), str(source)) for m in mine.messages]
-    return dicts, meta
 
 
 def _fit_limits(parts: list[list[float]], where: str, report: Report) -> list[list[float]]:
