@@ -7,11 +7,13 @@ the store saved.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
 import logging
 import math
+import re
 import shutil
 import statistics
 import threading
@@ -23,6 +25,8 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from app.core.datasets.payload import ID_RE
+from app.core.datasets.records import STATUSES
 from app.labeling.editor import (
     PALETTE_SIZE,
     _spread_arguments,
@@ -242,6 +246,18 @@ def test_python_helpers():
     assert doc["mask_names"] == ["primary", "secondary"] and doc["status"] == "unlabelled" and doc["revision"] == 0
     assert doc["rules"] == {"secondary_inside_primary": False} and doc["instances"] == []
     assert len(doc["palette"]) == PALETTE_SIZE and doc["position"] == 0 and doc["count"] == 1
+    # what the JS checks and draws by comes in the document, from the Python side's own constants
+    assert (
+        doc["statuses"] == list(STATUSES)
+        and re.fullmatch(doc["id_pattern"], "i1")
+        and doc["id_pattern"] == ID_RE.pattern
+    )
+    assert [(m["fill"], m["hatch"], m["dash"]) for m in doc["mask_styles"]] == [
+        (0.45, False, None),
+        (0.0, True, None),
+        (0.0, False, "8 5"),
+        (0.0, False, "2 4"),
+    ]
     with pytest.raises(ValueError):
         editor_document(dataset="d", image_id="a", image_url="", width=4, height=3, classes=[], status="bad")
 
@@ -252,18 +268,20 @@ def test_python_helpers():
 
     fn = _spread_arguments(save_annotations)
     assert fn.__name__ == "save_annotations"
-    assert fn(["d", "a", 1, [], "done"])["revision"] == 2  # Gradio passes the JS arguments as one list
+    assert asyncio.run(fn(["d", "a", 1, [], "done"]))["revision"] == 2  # Gradio passes the JS arguments as one list
     with quiet_editor_log():
-        assert fn(["d", "a", -1, [], "done"]) == {"ok": False, "error": "RuntimeError: boom", "conflict": False}
+        reply = asyncio.run(fn(["d", "a", -1, [], "done"]))
+        assert reply == {"ok": False, "error": "RuntimeError: boom", "conflict": False}
 
     def propose(dataset, image_id, request: gr.Request | None = None):
         return {"ok": True, "instances": [], "request": request}
 
     class RawRequest:  # what Gradio hands a server function: Starlette's request, its JSON body read
-        _json = {"session_hash": "abc", "data": ["d", "a"]}
+        async def json(self):
+            return {"session_hash": "abc", "data": ["d", "a"]}
 
-    assert _spread_arguments(propose)(["d", "a"], RawRequest())["request"].session_hash == "abc"
-    assert _spread_arguments(propose)(["d", "a"])["request"] is None
+    assert asyncio.run(_spread_arguments(propose)(["d", "a"], RawRequest()))["request"].session_hash == "abc"
+    assert asyncio.run(_spread_arguments(propose)(["d", "a"]))["request"] is None
     html = make_editor([save_annotations], elem_id="ed")
     assert html.elem_id == "ed" and html.value == "" and hasattr(html, "save_annotations")
     with pytest.raises(TypeError), quiet_editor_log():

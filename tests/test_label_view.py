@@ -1,5 +1,6 @@
 """The Label tab's handlers: datasets, uploads, the editor's server functions, propose, import/export."""
 
+import asyncio
 import json
 from types import SimpleNamespace
 
@@ -311,5 +312,5 @@ def test_an_unknown_image_id_is_named_not_a_stop_iteration(view, tmp_path, image
     from app.labeling.editor import _spread_arguments
 
     view.upload("leaves", [_png(tmp_path)])
-    reply = _spread_arguments(view.load_image)(["leaves", image_id, None])
+    reply = asyncio.run(_spread_arguments(view.load_image)(["leaves", image_id, None]))
     assert reply["ok"] is False and "StopIteration" not in reply["error"] and "image" in reply["error"], reply

@@ -18,6 +18,7 @@ the value names the image on screen, but it does not follow the edits: the store
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import typing
@@ -25,10 +26,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import gradio as gr
 from gradio import utils as gr_utils
 
-from multimask.visualizer import PALETTE, instance_color
+from multimask.data.dataset_json import DEFAULT_MASK_NAMES
+from multimask.visualizer import MASK_STYLES, PALETTE, instance_color
+
+from ..core.datasets.payload import ID_RE
+from ..core.datasets.records import STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +43,8 @@ EDITOR_JS = (STATIC_DIR / "editor.js").read_text(encoding="utf-8")
 EDITOR_CSS = (STATIC_DIR / "editor.css").read_text(encoding="utf-8")
 
 SERVER_FUNCTION_NAMES = ("save_annotations", "load_image", "copy_previous", "propose")
-STATUSES = ("unlabelled", "in_progress", "done")
-DEFAULT_MASK_NAMES = ("primary", "secondary")
 PALETTE_SIZE = len(PALETTE)  # instance_color(i) cycles through all of them
+SVG_DASHES = {"-": None, "--": "8 5", ":": "2 4"}  # matplotlib line styles as SVG stroke-dasharray
 
 # Static on purpose: the JS adds the drawing into it, and a template that changes with the value would be
 # re-rendered by Gradio, wiping what the JS added. Rendered as a Handlebars + JS template string: no backticks,
@@ -115,6 +120,12 @@ def palette(n: int) -> list[list[int]]:
     return [[int(round(float(c) * 255)) for c in instance_color(i)] for i in range(max(int(n), 0))]
 
 
+def mask_styles() -> list[dict[str, Any]]:
+    """How the editor draws each mask slot, as the prediction overlay does (`multimask.visualizer.MASK_STYLES`):
+    [{"fill": alpha of the filled area, "hatch": bool, "dash": SVG dash array or None}] (the last one repeats)."""
+    return [{"fill": alpha, "hatch": bool(hatch), "dash": SVG_DASHES[line]} for alpha, hatch, line in MASK_STYLES]
+
+
 def editor_document_dict(
     *,
     dataset: str,
@@ -157,6 +168,10 @@ def editor_document_dict(
         "status": status,
         "instances": [dict(inst) for inst in instances],
         "palette": palette(PALETTE_SIZE),
+        # what the editor checks and draws by, sent so that the JS holds no copy of them
+        "statuses": list(STATUSES),
+        "id_pattern": ID_RE.pattern,
+        "mask_styles": mask_styles(),
         "position": int(position),
         "count": int(count),
         "file_name": str(file_name or image_id),
@@ -188,15 +203,19 @@ def _request_parameter(fn: Callable[..., Any]) -> str | None:
     return None
 
 
-def _as_gradio_request(raw: Any) -> gr.Request | None:
+async def _as_gradio_request(raw: Any) -> gr.Request | None:
     """A `gr.Request` with the session hash for a server function call.
 
     Gradio hands server functions the raw Starlette request; the session hash is only in its JSON body, which
-    Gradio has already read (Starlette caches it in `_json`). Without it, `session_hash` is None.
+    Gradio has read already (`Request.json()` returns it again without reading the stream). Without it,
+    `session_hash` is None.
     """
     if raw is None or isinstance(raw, gr.Request):
         return raw
-    body = getattr(raw, "_json", None)
+    try:
+        body = await raw.json()
+    except (ValueError, RuntimeError):  # not JSON, or a body that cannot be read again
+        body = None
     session_hash = body.get("session_hash") if isinstance(body, dict) else None
     return gr.Request(request=raw, session_hash=session_hash if isinstance(session_hash, str) else None)
 
@@ -207,15 +226,15 @@ def _spread_arguments(fn: Callable[..., Any]) -> Callable[..., Any]:
     Gradio passes a JS call's arguments to Python as ONE list (a single argument: as itself); this spreads them
     into `fn`'s positional parameters. A parameter of `fn` typed `gr.Request` gets the request, as in event
     handlers. An exception becomes `{"ok": False, "error": ...}` (plus `"conflict": False` for saves) so that
-    the browser can show it, rather than an HTTP 500 without a message.
+    the browser can show it, rather than an HTTP 500 without a message. `fn` runs in a worker thread.
     """
     name, request_param = fn.__name__, _request_parameter(fn)
 
-    def call(args: Any, request: gr.Request = None) -> Any:
+    async def call(args: Any, request: gr.Request = None) -> Any:
         args = args if isinstance(args, list) else [args]
-        kwargs = {request_param: _as_gradio_request(request)} if request_param else {}
+        kwargs = {request_param: await _as_gradio_request(request)} if request_param else {}
         try:
-            return fn(*args, **kwargs)
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
         except Exception as e:  # noqa: BLE001 (reported to the browser)
             logger.exception("editor server function %s failed", name)
             reply: dict[str, Any] = {"ok": False, "error": f"{type(e).__name__}: {e}"}

@@ -16,10 +16,7 @@
   const MIN_MID_EDGE_PX = 24;   // edges shorter than this on screen get no midpoint handle
   const MIN_SCALE = 0.01, MAX_SCALE = 64, UNDO_LIMIT = 300, LATENCY_LIMIT = 2000;
   const TIMEOUT_MS = { save_annotations: 60000, load_image: 30000, copy_previous: 30000, propose: 300000 };
-  const DASHES = [null, null, '8 5', '2 4'];  // per mask slot; slot 0 is filled, slot 1 hatched (MASK_STYLES)
-  const FALLBACK_PALETTE = [[0, 114, 189], [217, 83, 25], [237, 177, 32], [126, 47, 142], [119, 172, 48]];
-  const STATUSES = ['unlabelled', 'in_progress', 'done'];
-  const ID_RE = /^[A-Za-z0-9_-]{1,40}$/;
+  // Statuses, the instance id pattern, the palette and the mask slots' styles come in the editor document.
 
   const q = (sel) => element.querySelector(sel);
   const ui = {
@@ -113,14 +110,20 @@
     const strings = (v) => (Array.isArray(v) ? v.filter((x) => typeof x === 'string') : []);
     const palette = (Array.isArray(d.palette) ? d.palette : [])
       .filter((c) => Array.isArray(c) && c.length >= 3 && c.slice(0, 3).every(finite));
-    const maskNames = strings(d.mask_names);
+    const maskNames = strings(d.mask_names), statuses = strings(d.statuses);
+    const styles = (Array.isArray(d.mask_styles) ? d.mask_styles : []).filter((m) => m && finite(m.fill));
+    if (!palette.length || !maskNames.length || !statuses.length || !styles.length || typeof d.id_pattern !== 'string') {
+      console.error('mm-editor: a document needs palette, mask_names, statuses, mask_styles and id_pattern');
+      return null;
+    }
     const int = (v) => (Number.isInteger(v) ? v : 0);
     return {
       dataset: String(d.dataset ?? ''), image_id: String(d.image_id), image_url: String(d.image_url || ''),
       file_name: typeof d.file_name === 'string' && d.file_name ? d.file_name : String(d.image_id),
-      width: w, height: h, classes: strings(d.classes), mask_names: maskNames.length ? maskNames : ['primary', 'secondary'],
+      width: w, height: h, classes: strings(d.classes), mask_names: maskNames,
       rules: d.rules && typeof d.rules === 'object' ? d.rules : {}, revision: int(d.revision),
-      status: STATUSES.includes(d.status) ? d.status : 'unlabelled', palette: palette.length ? palette : FALLBACK_PALETTE,
+      status: statuses.includes(d.status) ? d.status : statuses[0], statuses, palette, mask_styles: styles,
+      id_re: new RegExp('^(?:' + d.id_pattern + ')$'),
       position: int(d.position), count: int(d.count),
     };
   }
@@ -155,7 +158,7 @@
     const used = new Set(usedIds), out = [];
     for (const raw of Array.isArray(list) ? list : []) {
       if (!raw || typeof raw !== 'object') continue;
-      const id = typeof raw.id === 'string' && ID_RE.test(raw.id) && !used.has(raw.id) ? raw.id : newId(used);
+      const id = typeof raw.id === 'string' && st.doc.id_re.test(raw.id) && !used.has(raw.id) ? raw.id : newId(used);
       used.add(id);
       let cls = typeof raw.class === 'string' ? raw.class : '';
       if (!cls || (fixClasses && st.doc.classes.length && !st.doc.classes.includes(cls))) cls = defaultClass();
@@ -253,7 +256,7 @@
       if (Number.isInteger(reply.revision)) saver.revision = reply.revision;
       saver.savedKey = key;
       saver.error = '';
-      if (STATUSES.includes(reply.status) && reply.status !== status && st.status === status) {
+      if (st.doc.statuses.includes(reply.status) && reply.status !== status && st.status === status) {
         st.status = reply.status;  // the store has the last word on the status
         saver.savedKey = JSON.stringify([instances, reply.status]);
       }
@@ -450,12 +453,13 @@
     return id;
   }
 
-  // Fill and stroke of mask slot k, as multimask.visualizer.MASK_STYLES: filled, hatched, dashed, dotted.
+  // Fill and stroke of mask slot k, by the document's mask_styles (the prediction overlay's): filled, hatched,
+  // dashed, dotted.
   function styleSlot(el, k, i) {
-    const c = colorOf(i), dash = DASHES[Math.min(k, DASHES.length - 1)];
+    const styles = st.doc.mask_styles, m = styles[Math.min(k, styles.length - 1)], c = colorOf(i);
     el.setAttribute('stroke', rgb(c));
-    el.setAttribute('fill', k === 0 ? rgb(c, 0.45) : k === 1 ? `url(#${hatchId(i)})` : 'none');
-    if (dash) el.setAttribute('stroke-dasharray', dash);
+    el.setAttribute('fill', m.hatch ? `url(#${hatchId(i)})` : m.fill > 0 ? rgb(c, m.fill) : 'none');
+    if (m.dash) el.setAttribute('stroke-dasharray', m.dash);
   }
 
   const pointsAttr = (part) => part.map((p) => `${p[0]},${p[1]}`).join(' ');
