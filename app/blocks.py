@@ -9,9 +9,9 @@ import gradio as gr
 from .core.jobs.service import POLL_SECONDS, TrainingService
 from .core.models.predictors import PredictorCache
 from .core.models.runs import RunNotFoundError, get_run
-from .labeling.view import LabelView, build_label_tab
-from .predict_view import PredictView, build_predict_tab
-from .training.view import TrainView, build_train_tab
+from .views.label import LabelView, build_label_tab
+from .views.predict import PredictView, build_predict_tab
+from .views.train import TrainView, build_train_tab
 
 TITLE = "multimask"
 APP_CSS = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")

@@ -59,7 +59,7 @@ def main() -> None:
 
     from app.core.datasets import storage as store_module
     from app.core.datasets.storage import LabelStore
-    from app.labeling.view import GALLERY_PAGE, LabelView
+    from app.views.label import GALLERY_PAGE, LabelView
     from bench.common import machine, write_json
 
     p = argparse.ArgumentParser(description=__doc__)

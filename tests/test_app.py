@@ -15,8 +15,8 @@ from PIL import Image
 from app import build_app
 from app.core.models.predictors import RawPrediction
 from app.core.models.runs import RunNotFoundError, find_runs, get_run
-from app.predict_draw import display_scale
-from app.predict_view import NO_IMAGE_MESSAGE, PredictView, render, to_rgb
+from app.views.predict import NO_IMAGE_MESSAGE, PredictView, render, to_rgb
+from app.views.predict_draw import display_scale
 from multimask.config import get_multimask_cfg
 from multimask.data.images import MAX_IMAGE_PIXELS, to_uint8
 from tests.conftest import serve_app

@@ -17,9 +17,9 @@ from app.core.jobs import form
 from app.core.jobs.manager import JobError, JobManager
 from app.core.jobs.service import TrainingService
 from app.core.models.runs import find_runs, get_run, run_progress
-from app.predict_export import FOLDER_PREFIX, remove_folder, session_folder
-from app.predict_view import PredictView, build_predict_tab
-from app.training.view import TrainView
+from app.views.predict import PredictView, build_predict_tab
+from app.views.predict_export import FOLDER_PREFIX, remove_folder, session_folder
+from app.views.train import TrainView
 from tests.conftest import free_port
 from tests.test_app import _copy_run, _make_run
 from tests.test_train_first_day import _cli_run

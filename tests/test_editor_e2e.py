@@ -1,4 +1,4 @@
-"""End-to-end tests of the browser polygon editor (app/labeling/editor.py + static/editor.js).
+"""End-to-end tests of the browser polygon editor (app/views/editor.py + app/views/static/editor.js).
 
 A small Gradio app serves the editor over the Label view's server functions and a real dataset on disk;
 headless Chromium (Debian's, driven by Python playwright) clicks, drags and types on it, and the tests check what
@@ -27,14 +27,14 @@ import pytest
 
 from app.core.datasets.payload import ID_RE
 from app.core.datasets.records import STATUSES
-from app.labeling.editor import (
+from app.views.editor import (
     PALETTE_SIZE,
     _spread_arguments,
     editor_document,
     make_editor,
     palette,
 )
-from app.labeling.view import LabelView
+from app.views.label import LabelView
 from multimask.visualizer import instance_color
 from tests.conftest import serve_app
 
@@ -103,7 +103,7 @@ class Harness:
 @contextlib.contextmanager
 def quiet_editor_log():
     """Silences the editor's log while a test makes a server function fail on purpose."""
-    log = logging.getLogger("app.labeling.editor")
+    log = logging.getLogger("app.views.editor")
     log.disabled = True
     try:
         yield

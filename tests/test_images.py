@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.predict_view import to_rgb
+from app.views.predict import to_rgb
 from multimask.data.images import RANGE_PERCENTILES, ImageTooLargeError, read_image_bgr, to_uint8
 
 
@@ -74,7 +74,7 @@ def test_the_label_store_keeps_what_the_editor_can_show_as_training_sees_it(tmp_
 
 
 def test_a_huge_image_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
-    from app.predict_view import InputError
+    from app.views.predict import InputError
     from tests.test_label_store import _huge_png_header
 
     path = tmp_path / "huge.png"

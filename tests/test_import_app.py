@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.core.datasets.storage import LabelStore
-from app.labeling.view import LabelView
+from app.views.label import LabelView
 from tests.test_app import _make_run
 from tests.test_import_microscopy import _coco_fields, _labelme
 

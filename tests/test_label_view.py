@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app.labeling.view import LabelView
+from app.views.label import LabelView
 from multimask.data import Report, load_multimask_json
 from tests.test_app import CLASSES, _make_run
 
@@ -254,7 +254,7 @@ def test_the_demo_dataset_is_labelled_and_ready_to_train(view):
 
 
 def test_the_browser_state_key_is_kept_outside_the_served_data_root(tmp_path):
-    from app.labeling.view import browser_secret
+    from app.views.label import browser_secret
 
     first = browser_secret(tmp_path / "runs")
     assert len(first) == 64 and browser_secret(tmp_path / "runs") == first, "the same key after a restart"
@@ -309,7 +309,7 @@ def test_an_image_added_twice_is_skipped_with_a_count(view, tmp_path):
 
 @pytest.mark.parametrize("image_id", ["abc123", "../x", 7, None])
 def test_an_unknown_image_id_is_named_not_a_stop_iteration(view, tmp_path, image_id):
-    from app.labeling.editor import _spread_arguments
+    from app.views.editor import _spread_arguments
 
     view.upload("leaves", [_png(tmp_path)])
     reply = asyncio.run(_spread_arguments(view.load_image)(["leaves", image_id, None]))

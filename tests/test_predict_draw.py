@@ -85,7 +85,7 @@ def test_a_highlighted_instance_has_its_box_and_label_and_the_others_fade():
         _draw(120, 200, boxes, highlight=2)
 
 
-# The Predict tab's overlay and table (app.predict_draw), from detections made by hand.
+# The Predict tab's overlay and table (app.views.predict_draw), from detections made by hand.
 
 
 def _raw(h=120, w=160, boxes=((10, 10, 60, 50), (70, 20, 150, 100), (20, 60, 60, 110)), scores=(0.9, 0.8, 0.4)):
@@ -108,7 +108,7 @@ def _raw(h=120, w=160, boxes=((10, 10, 60, 50), (70, 20, 150, 100), (20, 60, 60,
 
 
 def test_a_small_image_is_drawn_larger_with_sharp_pixels():
-    from app.predict_draw import DISPLAY_SIDE, render
+    from app.views.predict_draw import DISPLAY_SIDE, render
 
     raw = _raw(30, 40, boxes=np.zeros((0, 4)), scores=())
     overlay, table = render(raw, 0.5, [])
@@ -120,7 +120,7 @@ def test_a_small_image_is_drawn_larger_with_sharp_pixels():
 
 
 def test_instances_are_numbered_from_one_in_the_table_and_on_the_overlay(monkeypatch):
-    from app.predict_draw import render
+    from app.views.predict_draw import render
 
     drawn = []
     original = MultiMaskVisualizer.draw_label
@@ -135,7 +135,7 @@ def test_instances_are_numbered_from_one_in_the_table_and_on_the_overlay(monkeyp
 
 
 def test_clicking_a_row_highlights_its_instance_and_a_second_click_shows_all_again(tmp_path):
-    from app.predict_view import PredictView
+    from app.views.predict import PredictView
 
     view, raw = PredictView(tmp_path), _raw()
     plain, _, _ = view.redraw(raw, 0.3, None)
@@ -152,7 +152,7 @@ def test_clicking_a_row_highlights_its_instance_and_a_second_click_shows_all_aga
 
 @pytest.mark.parametrize("number", [0, 4, 3, -1, "2; drop", None, 1.5, "x", float("inf"), float("nan")])
 def test_a_row_number_that_is_not_shown_gives_a_message(tmp_path, number):
-    from app.predict_view import PredictView
+    from app.views.predict import PredictView
 
     raw = _raw()
     overlay, status = PredictView(tmp_path).highlight(raw, 0.5, None, number)  # rows #1 and #2 are shown
@@ -160,7 +160,7 @@ def test_a_row_number_that_is_not_shown_gives_a_message(tmp_path, number):
 
 
 def test_highlighting_before_any_prediction_says_what_to_do(tmp_path):
-    from app.predict_view import PredictView
+    from app.views.predict import PredictView
 
     overlay, status = PredictView(tmp_path).highlight(None, 0.5, None, 1)
     assert overlay == gr.skip() and "Detect first" in status

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app import build_app
-from app.predict_view import RUNS_POLL_SECONDS
+from app.views.predict import RUNS_POLL_SECONDS
 from tests.conftest import free_port
 from tests.test_app import _make_run
 

@@ -12,8 +12,8 @@ import pycocotools.mask as mask_util
 import pytest
 
 from app.core.models.predictors import PREDICT_MAX_SIDE
-from app.predict_export import FOLDER_PREFIX, file_stem, remove_folder, session_folder
-from app.predict_view import PredictView
+from app.views.predict import PredictView
+from app.views.predict_export import FOLDER_PREFIX, file_stem, remove_folder, session_folder
 from tests.test_app import _make_run
 
 

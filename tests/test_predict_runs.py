@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.core.models.runs import RunProgress, find_runs, run_progress, weights_iteration
-from app.predict_view import PredictView
+from app.views.predict import PredictView
 from tests.test_app import _make_run
 
 

@@ -19,7 +19,7 @@ import pytest
 from app.core.datasets import storage as store_module
 from app.core.datasets.payload import MAX_SAVE_BYTES, MAX_TOTAL_POINTS, PayloadError, _checked_values, _part
 from app.core.datasets.storage import LOCK_FILE, LabelStore
-from app.labeling.view import LabelView
+from app.views.label import LabelView
 from multimask.data.dataset_json import make_annotation, write_multimask_json
 from multimask.data.geometry import MAX_WARNINGS
 from tests.test_app import _make_run

@@ -14,7 +14,7 @@ from app.core.jobs import manager as jobs
 from app.core.jobs.form import FormError, parse_settings
 from app.core.jobs.manager import JobError, JobManager
 from app.core.jobs.service import TrainingService
-from app.training.view import TrainView
+from app.views.train import TrainView
 from multimask.config import get_multimask_cfg
 from multimask.data.synth import CLASSES, generate_synthetic_dataset
 

@@ -223,7 +223,7 @@ def test_evaluation_prefers_the_final_results(tmp_path):
         "final evaluation; stopped early after 60 iterations, the results are the best evaluation's; "
         "best segm/primary/AP 41.23 after 40 iterations: model_best.pth, used by Predict and Propose"
     )
-    from app.training.view import eval_table
+    from app.views.train import eval_table
 
     table = eval_table(results).set_index("metric")
     assert list(table.columns) == ["bbox", "segm/primary"], "a column per task, however many classes"
@@ -237,7 +237,7 @@ def _view_with_job(tmp_path, script, **extra):
     """A TrainView whose job manager also runs plain Python scripts, with one finished job of `script`."""
     from app.core.jobs.manager import JobManager
     from app.core.jobs.service import TrainingService
-    from app.training.view import TrainView
+    from app.views.train import TrainView
 
     service = TrainingService(tmp_path / "datasets", tmp_path / "runs", gpus=0)
     service.jobs = JobManager(service.jobs.jobs_root, service.runs_root, require_module=None)

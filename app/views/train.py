@@ -15,7 +15,7 @@ import pandas as pd
 from ..core.jobs import form, monitor
 from ..core.jobs.manager import ACTIVE, NO_GPU_MESSAGE, JobError
 from ..core.jobs.service import POLL_SECONDS, TrainingService
-from ..updates import choices_keeping
+from .updates import choices_keeping
 
 MAX_PLOT_POINTS = 400  # per series; longer curves are thinned for the browser
 LOSS_COLUMNS, LR_COLUMNS = ["iteration", "value", "series"], ["iteration", "lr"]

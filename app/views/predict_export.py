@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .core.models.predictors import RawPrediction
+    from ..core.models.predictors import RawPrediction
 
 FOLDER_PREFIX = "multimask-predict-"
 

@@ -31,9 +31,9 @@ from ..core.datasets.propose import propose
 from ..core.models.predictors import PredictorCache
 from ..core.models.runs import RunNotFoundError, find_runs, get_run
 from ..core.roots import inside, locate, scrub, shown
-from ..updates import choices_keeping
 from .editor import editor_document_dict, make_editor
 from .gallery import gallery_value, make_gallery
+from .updates import choices_keeping
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from .core.models.predictors import RawPrediction
+    from ..core.models.predictors import RawPrediction
 
 BASE_COLUMNS = ["#", "class", "score", "x0", "y0", "x1", "y1"]
 # A small image is drawn this many times larger (nearest-neighbour pixels) that its longer side reaches

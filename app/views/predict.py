@@ -21,15 +21,15 @@ from gradio.data_classes import ImageData
 
 from multimask.data.images import MAX_IMAGE_PIXELS, ImageTooLargeError, read_image_bgr, to_uint8
 
-from .core.models.predictors import (
+from ..core.models.predictors import (
     RAW_SCORE_THRESHOLD,
     PredictorCache,
     RawPrediction,
     image_digest,
     run_model,
 )
-from .core.models.runs import RunInfo, RunNotFoundError, RunProgress, find_runs, get_run, run_progress
-from .core.roots import scrub, shown
+from ..core.models.runs import RunInfo, RunNotFoundError, RunProgress, find_runs, get_run, run_progress
+from ..core.roots import scrub, shown
 from .predict_draw import empty_table, render, select
 from .predict_export import remove_folder, session_folder, write_downloads
 from .updates import choices_keeping

@@ -1,1 +1,0 @@
-"""The Train tab: its view over `app.core.jobs`."""
