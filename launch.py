@@ -114,19 +114,20 @@ def main(argv: list[str] | None = None) -> None:
         print(NO_AUTH_WARNING.format(host=args.host, url=public_url(args.host, args.port)), file=sys.stderr, flush=True)
     from app import build_app
 
-    demo = build_app(args.data_root, args.runs_root, args.import_root, logout=login)
-    lock, other = claim_data_root(demo.data_root)
+    mm = build_app(args.data_root, args.runs_root, args.import_root, logout=login)
+    lock, other = claim_data_root(mm.data_root)
     if other is not None:
         print(
-            f"warning: another multimask app ({other}) serves {demo.data_root} too. Saves stay safe (each dataset "
+            f"warning: another multimask app ({other}) serves {mm.data_root} too. Saves stay safe (each dataset "
             "is locked while it is written), but two apps start queued training jobs and show each other's "
             "changes only on refresh.",
             file=sys.stderr,
             flush=True,
         )
+    mm.start()  # the training jobs are checked (queued ones started) while the app runs
     served = serve(
-        demo,
-        demo.data_root,
+        mm.blocks,
+        mm.data_root,
         ServeOptions(
             host=args.host,
             port=args.port,
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         served.close()
     finally:
+        mm.stop()
         if lock is not None:
             lock.close()
 

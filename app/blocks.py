@@ -1,7 +1,8 @@
-"""`build_app(data_root, runs_root)`: the Blocks that `launch.py` serves, one tab per task."""
+"""`build_app(data_root, runs_root)`: the app that `launch.py` serves, one tab per task, and its lifetime."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -9,32 +10,54 @@ import gradio as gr
 from .core.jobs.service import POLL_SECONDS, TrainingService
 from .core.models.predictors import PredictorCache
 from .core.models.runs import RunNotFoundError, get_run
-from .views.label import LabelView, build_label_tab
-from .views.predict import PredictView, build_predict_tab
-from .views.train import TrainView, build_train_tab
+from .views.label import LabelTab, LabelView, build_label_tab
+from .views.predict import PredictTab, PredictView, build_predict_tab
+from .views.train import TrainTab, TrainView, build_train_tab
 
 TITLE = "multimask"
 APP_CSS = (Path(__file__).parent / "style.css").read_text(encoding="utf-8")
+
+
+@dataclass
+class MultimaskApp:
+    """The Blocks to serve, the folders behind them, each tab's handles, and the training service whose poller
+    starts queued jobs (`start` / `stop`: the caller owns it; `launch.py` starts it before serving)."""
+
+    blocks: gr.Blocks
+    data_root: Path
+    runs_root: Path
+    training: TrainingService
+    label: LabelTab
+    train: TrainTab
+    predict: PredictTab
+
+    def start(self, poll_seconds: float = POLL_SECONDS) -> None:
+        """Check the training jobs every `poll_seconds` (starting queued ones), page open or not."""
+        self.training.start_poller(poll_seconds)
+
+    def stop(self) -> None:
+        """Stop checking the jobs (they run on: each is a process of its own)."""
+        self.training.stop_poller()
 
 
 def build_app(
     data_root: str | Path = "datasets",
     runs_root: str | Path = "runs",
     import_roots: list[str | Path] | None = None,
-    poll_seconds: float = POLL_SECONDS,
     logout: bool = False,
-) -> gr.Blocks:
-    """The app's Blocks: one tab per task. Theme, css and head go to `launch()` (Gradio 6).
+) -> MultimaskApp:
+    """The app: one tab per task. Theme, css and head go to `launch()` (Gradio 6).
 
     `data_root` holds the labelling datasets (its images are served to the editor); `import_roots` are further
-    server folders the Label tab may read images and datasets from. Training jobs are kept in
-    `runs_root/.jobs`; a thread checks them every `poll_seconds` (starting queued ones), page open or not.
-    `logout`: show a "Log out" link (when the app is served with logins).
+    server folders the Label tab may read images and datasets from. Training jobs are kept in `runs_root/.jobs`.
+    `logout`: show a "Log out" link (when the app is served with logins). Nothing runs in the background until
+    `MultimaskApp.start`.
     """
     data_root = Path(data_root).resolve()
     data_root.mkdir(parents=True, exist_ok=True)
     gr.set_static_paths([str(data_root)])
     predictors = PredictorCache()
+    training = TrainingService(data_root, runs_root, weights_roots=import_roots or [])
     with gr.Blocks(title=TITLE, fill_width=True) as demo:
         gr.HTML("", head=f"<style>{APP_CSS}</style>", visible="hidden")
         with gr.Row(elem_id="mm-header-row"):
@@ -50,28 +73,18 @@ def build_app(
                     elem_id="mm-logout",
                 )
         with gr.Tabs() as tabs:
-            with gr.Tab("Label", id="label") as label_tab:
-                demo.label_view = LabelView(data_root, runs_root, import_roots, predictors)
-                demo.editor = build_label_tab(demo, demo.label_view)
-                label_tab.select(
-                    demo.label_view.refresh_runs,
-                    [demo.label_view.run_dropdown],
-                    [demo.label_view.run_dropdown],
-                    api_visibility="private",
-                )
-            with gr.Tab("Train", id="train") as train_tab:
-                demo.training = TrainingService(data_root, runs_root, weights_roots=import_roots or [])
-                train = build_train_tab(demo, TrainView(demo.training), train_tab)
-            with gr.Tab("Predict", id="predict") as predict_tab:
-                demo.predict_view = build_predict_tab(demo, runs_root, PredictView(runs_root, predictors), predict_tab)
-        _link_run_buttons(tabs, train, demo.predict_view, demo.label_view, runs_root)
-    demo.training.start_poller(poll_seconds)
-    demo.data_root, demo.runs_root = data_root, Path(runs_root)
-    return demo
+            with gr.Tab("Label", id="label") as tab:
+                label = build_label_tab(demo, LabelView(data_root, runs_root, import_roots, predictors), tab)
+            with gr.Tab("Train", id="train") as tab:
+                train = build_train_tab(demo, TrainView(training), tab)
+            with gr.Tab("Predict", id="predict") as tab:
+                predict = build_predict_tab(demo, PredictView(runs_root, predictors), tab)
+        _link_run_buttons(tabs, train, predict, label, runs_root)
+    return MultimaskApp(demo, data_root, Path(runs_root), training, label, train, predict)
 
 
 def _link_run_buttons(
-    tabs: gr.Tabs, train: dict, predict_view: PredictView, label_view: LabelView, runs_root: str | Path
+    tabs: gr.Tabs, train: TrainTab, predict: PredictTab, label: LabelTab, runs_root: str | Path
 ) -> None:
     """The Train tab's "Open in Predict" and "Use for labelling": switch tab with the run chosen there."""
 
@@ -91,15 +104,15 @@ def _link_run_buttons(
 
         return open_run
 
-    train["open_predict"].click(
-        opener("predict", predict_view.run_choices),
-        [train["run"]],
-        [tabs, predict_view.run_dropdown, train["message"]],
+    train.open_predict.click(
+        opener("predict", predict.view.run_choices),
+        [train.run],
+        [tabs, predict.run, train.message],
         api_visibility="private",
     )
-    train["open_label"].click(
-        opener("label", label_view.run_choices, open_panel=True),
-        [train["run"]],
-        [tabs, label_view.run_dropdown, train["message"], label_view.propose_panel],
+    train.open_label.click(
+        opener("label", label.view.run_choices, open_panel=True),
+        [train.run],
+        [tabs, label.run, train.message, label.propose_panel],
         api_visibility="private",
     )

@@ -60,12 +60,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_app(demo, port: int | None = None, data_root=None, **options):
-    """`demo` served as launch.py serves it (behind the request guard) on 127.0.0.1:`port` (default: a free one);
-    `data_root` defaults to the app's. Returns the running server (`.local_url`, `.close()`)."""
+def serve_app(target, port: int | None = None, data_root=None, **options):
+    """`target` (the app `build_app` makes, or bare Blocks with `data_root`) served as launch.py serves it (behind
+    the request guard) on 127.0.0.1:`port` (default: a free one). The app's job poller runs until the server is
+    closed. Returns the running server (`.local_url`, `.close()`)."""
+    from app.blocks import MultimaskApp
     from app.serving.server import ServeOptions, serve
 
-    return serve(demo, data_root or demo.data_root, ServeOptions(port=port or free_port(), **options))
+    if not isinstance(target, MultimaskApp):
+        return serve(target, data_root, ServeOptions(port=port or free_port(), **options))
+    target.start()
+    served = serve(target.blocks, data_root or target.data_root, ServeOptions(port=port or free_port(), **options))
+    close = served.close
+
+    def close_all() -> None:
+        close()
+        target.stop()
+
+    served.close = close_all
+    return served
 
 
 @pytest.fixture(scope="module")

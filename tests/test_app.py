@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import threading
 
 import numpy as np
 import pandas as pd
@@ -324,6 +325,19 @@ def test_no_runs_yet(tmp_path, image):
     assert "python -m multimask train" in empty.predict(None, image, 0.5, None, None)[2]
     assert "python -m multimask train" in empty.select_run(None)[1]
     assert build_app(tmp_path / "data", tmp_path / "runs") is not None
+
+
+def test_the_app_checks_jobs_only_between_start_and_stop(tmp_path):
+    def pollers():
+        return [t for t in threading.enumerate() if t.name == "multimask-train-poller"]
+
+    before = len(pollers())
+    mm = build_app(tmp_path / "data", tmp_path / "runs")
+    assert len(pollers()) == before, "building the app starts nothing"
+    mm.start(poll_seconds=0.05)
+    assert len(pollers()) == before + 1
+    mm.stop()  # waits for the poller to end
+    assert len(pollers()) == before
 
 
 def test_launch_parser_defaults_to_localhost():

@@ -179,7 +179,7 @@ def test_the_served_predict_tab_names_a_bad_upload_instead_of_a_bare_error(base,
     from gradio_client import Client, handle_file
 
     with gr.Blocks() as demo:
-        build_predict_tab(demo, base / "runs")
+        build_predict_tab(demo, PredictView(base / "runs"))
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)

@@ -34,7 +34,7 @@ def served(tmp_path_factory):
     _make_run(root / "runs" / "exp1")
     for name, (h, w) in (("small", (120, 160)), ("photo", (1080, 1920))):
         cv2.imwrite(str(root / f"{name}.png"), _image(h, w, 0))
-    demo = build_app(root / "data", root / "runs")
+    demo = build_app(root / "data", root / "runs").blocks
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/", root

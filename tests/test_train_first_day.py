@@ -327,7 +327,7 @@ def test_the_progress_panel_and_run_selector_never_show_gradios_progress(service
     """Every event writing the progress panel or the Run selector above it hides Gradio's "processing" text."""
     from app import build_app
 
-    demo = build_app(service.store.root, service.runs_root)
+    demo = build_app(service.store.root, service.runs_root).blocks
     ids = {c._id for c in demo.blocks.values() if getattr(c, "elem_id", None) in ("mm-train-progress", "mm-train-run")}
     deps = [d for d in demo.config["dependencies"] if ids & set(d["outputs"])]
     assert len(ids) == 2 and len(deps) >= 8

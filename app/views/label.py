@@ -13,6 +13,7 @@ import secrets
 import tempfile
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -594,8 +595,19 @@ HOW_TO = """\
 """
 
 
-def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
-    """Add the Label tab's components and events to the current Blocks; returns the editor.
+@dataclass(frozen=True)
+class LabelTab:
+    """The Label tab's handles: its handlers, the editor, and the run picker of Propose with its panel (the Train
+    tab's "Use for labelling" sets the run and opens the panel)."""
+
+    view: LabelView
+    editor: gr.HTML
+    run: gr.Dropdown
+    propose_panel: gr.Accordion
+
+
+def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
+    """Add the Label tab's components and events to the current Blocks (inside `tab`); returns its handles.
 
     A narrow column of panels (gallery first, the rest folded) beside the editor, which fills the rest of the
     window and stays in view while the column scrolls. Results show as toasts and next to their button.
@@ -654,10 +666,9 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
                     renamed = gr.Textbox(label="to", scale=2)
                     rename = gr.Button("Rename", scale=1, size="sm")
                 classes_message = gr.Markdown()
-            with gr.Accordion("Model-assisted labelling", open=False) as view.propose_panel:
+            with gr.Accordion("Model-assisted labelling", open=False) as propose_panel:
                 runs = view.run_choices()
                 run = gr.Dropdown(runs, value=None, label="Run used by Propose", elem_id="mm-label-run")
-                view.run_dropdown = run  # the Train tab's "Use for labelling" sets it
                 threshold = gr.Slider(
                     0.05,
                     1.0,
@@ -746,7 +757,8 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
     ).then(**opened)
     for trigger in (run.change, threshold.change):
         trigger(view.choose_run, [run, threshold], run_info, **private)
-    view.propose_panel.expand(view.refresh_runs, [run], run, **private)
+    propose_panel.expand(view.refresh_runs, [run], run, **private)
+    tab.select(view.refresh_runs, [run], [run], **private)
     do_import.click(
         view.import_data,
         [dataset, kind, import_path, import_root, mapping, import_class],
@@ -760,4 +772,4 @@ def build_label_tab(demo: gr.Blocks, view: LabelView) -> gr.HTML:
         api_name="export_data",
     )
     gr.Timer(SUMMARY_SECONDS).tick(**regallery)
-    return editor
+    return LabelTab(view, editor, run, propose_panel)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -383,16 +384,22 @@ def _summary(raw: RawPrediction, shown: int, threshold: float, seconds: float | 
     return text + (f" · model ran in {seconds:.2f} s" if seconds is not None else "")
 
 
-def build_predict_tab(
-    demo: gr.Blocks, runs_root: str | Path, view: PredictView | None = None, tab: gr.Tab | None = None
-) -> PredictView:
-    """Add the Predict tab's components and events to the current Blocks; returns its handlers.
+@dataclass(frozen=True)
+class PredictTab:
+    """The Predict tab's handles: its handlers and its run picker (the Train tab's "Open in Predict" sets it)."""
+
+    view: PredictView
+    run: gr.Dropdown
+
+
+def build_predict_tab(demo: gr.Blocks, view: PredictView, tab: gr.Tab | None = None) -> PredictTab:
+    """Add the Predict tab's components and events to the current Blocks (inside `tab`); returns its handles.
 
     API endpoints: `predict` (run, image, threshold, masks), `redraw` (threshold, masks; uses the session's
     last prediction), `list_runs` and `select_run`. The run list is re-read on page load, every
     RUNS_POLL_SECONDS, and when `tab` (the Predict tab, when given) is selected.
     """
-    view = view or PredictView(runs_root)
+    runs_root = view.runs_root
     choices = view.run_choices()
     first = choices[0][1] if choices else None
     first_masks = list(get_run(runs_root, first).mask_names) if first else []
@@ -502,5 +509,4 @@ def build_predict_tab(
     gr.Timer(RUNS_POLL_SECONDS).tick(**poll)
     if tab is not None:
         tab.select(**poll)
-    view.run_dropdown = run  # the Train tab's "Open in Predict" sets it
-    return view
+    return PredictTab(view, run)

@@ -7,6 +7,7 @@ reload or by another tab, and survives an app restart.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -392,8 +393,20 @@ def progress_html(job: dict, prog: dict, seconds: float, n_jobs: int) -> str:
     )
 
 
-def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, Any]:
-    """Add the Train tab's content to the current Blocks; returns the components `build_app` links to other tabs.
+@dataclass(frozen=True)
+class TrainTab:
+    """The Train tab's handles: its handlers, the chosen run, the message line, and the buttons that open the run
+    in another tab."""
+
+    view: TrainView
+    run: gr.Dropdown
+    message: gr.Markdown
+    open_predict: gr.Button
+    open_label: gr.Button
+
+
+def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> TrainTab:
+    """Add the Train tab's content to the current Blocks (inside `tab`); returns its handles.
 
     Opening the tab refreshes the datasets, starting points and runs (made or finished meanwhile); the timer
     adds runs that appear. Choosing a starting point or device sets the fields that follow them (see
@@ -571,7 +584,7 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> dict[str, 
         weights_file,
     ]
     _wire(demo, view, tab, locals())
-    return {"run": run, "message": message, "open_predict": open_predict, "open_label": open_label}
+    return TrainTab(view, run, message, open_predict, open_label)
 
 
 def _wire(demo: gr.Blocks, view: TrainView, tab: gr.Tab, c: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ import json
 import logging
 import shutil
 import threading
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,22 +69,32 @@ class TrainingService:
         self.jobs = JobManager(jobs_root, self.runs_root, gpus=self.gpus)
         self._start_lock = threading.Lock()
         self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
 
     def start_poller(self, interval: float = POLL_SECONDS) -> None:
-        """Start queued jobs and record ended ones every `interval` s, browser or not (a daemon thread)."""
+        """Start queued jobs and record ended ones every `interval` s, browser or not (a daemon thread), until
+        `stop_poller`. Jobs run on without it: they are processes of their own."""
         if self._poller is not None:
             return
+        stop = self._stop_polling = threading.Event()
 
         def loop() -> None:
-            while True:
+            while not stop.is_set():
                 try:
                     self.jobs.start_next()  # updates the states of running jobs first
                 except Exception:  # a broken record must not stop the queue
                     logger.exception("polling training jobs failed")
-                time.sleep(interval)
+                stop.wait(interval)
 
         self._poller = threading.Thread(target=loop, name="multimask-train-poller", daemon=True)
         self._poller.start()
+
+    def stop_poller(self, timeout: float = 60.0) -> None:
+        """Stop the poller started by `start_poller` (waiting up to `timeout` s for a check in progress)."""
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            self._stop_polling.set()
+            poller.join(timeout)
 
     # -- lookups -----------------------------------------------------------------------------------------------
 
