@@ -20,6 +20,19 @@ def is_valid_mask_name(name: object) -> bool:
     return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
 
 
+def check_mask_names(names: Sequence[object], what: str) -> list[str]:
+    """`names` as a list if they are one or more distinct valid mask names, else ValueError starting with `what`."""
+    names = list(names)
+    if not names:
+        raise ValueError(f"{what}: no mask names given")
+    bad = [n for n in names if not is_valid_mask_name(n)]
+    if bad:
+        raise ValueError(f"{what}: {bad} are not valid mask names (letters, digits and '_', not starting with a digit)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what}: duplicate mask names {names}")
+    return names
+
+
 def add_multimask_config(cfg: CN) -> None:
     """Add `MODEL.ROI_MULTI_MASK_HEAD` (and the multimask meta-architecture defaults) to `cfg`."""
     cfg.MODEL.ROI_MULTI_MASK_HEAD = CN()
@@ -82,14 +95,7 @@ def validate_multimask_config(cfg: CN) -> None:
     names = list(head.MASK_NAMES)
     if len(names) != k:
         raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES has {len(names)} names {names} but NUM_MASK is {k}")
-    bad = [n for n in names if not is_valid_mask_name(n)]
-    if bad:
-        raise ValueError(
-            f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES: {bad} are not valid names "
-            "(letters, digits and '_', not starting with a digit)"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES has duplicates: {names}")
+    check_mask_names(names, "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES")
     if len(head.LOSS_WEIGHTS) != k:
         raise ValueError(
             f"MODEL.ROI_MULTI_MASK_HEAD.LOSS_WEIGHTS has {len(head.LOSS_WEIGHTS)} weights but NUM_MASK is {k}"

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-from ..config import is_valid_mask_name
+from ..config import check_mask_names
 from ..io import DatasetError, atomic_write_json, read_json
 from .dataset_json import (
     DEFAULT_MASK_NAMES,
@@ -34,7 +34,7 @@ from .dataset_json import (
 )
 from .geometry import Report, clean_polygons, clean_segmentation, to_rle, traced_polygons
 from .import_report import ImportReport
-from .mapping import NAME_RULE, SourceMap, Target, build_map
+from .mapping import SourceMap, Target, build_map
 
 # The rule of MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES (see multimask/config.py).
 # Key that export_labelme adds to each labelme file (labelme keeps unknown keys when it saves).
@@ -239,7 +239,7 @@ def labelme_document(
     if mask_names is None:
         recorded = [d[LABELME_NAMES_KEY] for _, d in docs if isinstance(d.get(LABELME_NAMES_KEY), list)]
         mask_names = smap.mask_names if smap else recorded[0] if recorded else DEFAULT_MASK_NAMES
-    names = _check_names(mask_names, "mask_names")
+    names = check_mask_names(mask_names, "mask_names")
     unknown = [m for m in (smap.mask_names if smap else []) if m not in names]
     if unknown:
         raise ValueError(f"label map: mask names {unknown} are not among mask_names {names}")
@@ -371,18 +371,6 @@ def export_labelme(src_json: str | Path, out_folder: str | Path, *, image_root: 
             indent=2,
         )
     return report
-
-
-def _check_names(names: Sequence[Any], what: str) -> list[str]:
-    names = list(names)
-    if not names:
-        raise ValueError(f"{what}: no mask names given")
-    bad = [n for n in names if not is_valid_mask_name(n)]
-    if bad:
-        raise ValueError(f"{what}: {bad} are not valid mask names ({NAME_RULE})")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{what}: duplicate mask names {names}")
-    return names
 
 
 def _targets(shape: dict, smap: SourceMap | None, names: list[str]) -> tuple[Target, ...] | str:

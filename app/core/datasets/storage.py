@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from multimask.config import is_valid_mask_name
+from multimask.config import check_mask_names, is_valid_mask_name
 from multimask.data.geometry import (
     clip_parts,
     instance_warnings,
@@ -138,15 +138,7 @@ class LabelStore:
         classes = [check_class_name(c) for c in classes]
         if len(set(classes)) != len(classes):
             raise ValueError(f"duplicate class names in {classes}")
-        names = list(mask_names)
-        bad = [n for n in names if not is_valid_mask_name(n) or "\n" in n]
-        if bad or not names:
-            raise ValueError(
-                f"mask names {bad or names} are not valid (letters, digits and '_', not starting "
-                "with a digit; at least one)"
-            )
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate mask names in {names}")
+        names = check_mask_names(mask_names, "mask names")
         folder = self.root / name
         self.root.mkdir(parents=True, exist_ok=True)
         try:
