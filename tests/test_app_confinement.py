@@ -243,9 +243,8 @@ def train(tmp_path):
 
 
 def _form(**values):
-    """The Train button's arguments, in the form's order."""
-    values = {**form.DEFAULTS, "dataset": "shapes", "start": "tiny", "device": "cpu", "amp": False, **values}
-    return [values[f] for f in form.FIELDS]
+    """The Train form's values by field name."""
+    return {**form.DEFAULTS, "dataset": "shapes", "start": "tiny", "device": "cpu", "amp": False, **values}
 
 
 def test_a_dataset_linking_outside_the_data_root_is_neither_offered_nor_trained(train, tmp_path):
@@ -255,7 +254,7 @@ def test_a_dataset_linking_outside_the_data_root_is_neither_offered_nor_trained(
         "shapes"
     ]
     assert service.mask_names("evil") == [] and service.split("evil", 0.5) == (0, 0)
-    message, _ = train.start(*_form(dataset="evil", run_name="r"))
+    message, _ = train.start(_form(dataset="evil", run_name="r"))
     assert message == "⚠️ dataset 'evil' does not exist (any more); refresh the list"
     assert not (tmp_path / "runs" / "r").exists()
 
@@ -272,7 +271,7 @@ def test_a_jobs_folder_linking_outside_the_runs_root_is_refused(tmp_path):
 def test_a_hostile_run_name_is_refused_by_every_train_handler(train, tmp_path, name):
     name = str(tmp_path / "outside" / "run") if name == "ABSOLUTE" else name
     assert sorted(train.service.run_names()) == ["cli", "leak"]
-    assert "No run called" in train.status(name)[0]
+    assert "No run called" in train.status(name)["progress"]
     for action in ("stop", "resume", "retry_on_cpu"):
         assert train.act(action)(name).startswith("⚠️ no run called")
     assert train.delete(name, True)[0].startswith("⚠️ no run called")
@@ -282,15 +281,15 @@ def test_a_hostile_run_name_is_refused_by_every_train_handler(train, tmp_path, n
 
 def test_the_train_tab_names_paths_from_their_roots_and_shows_no_log_from_outside(train, tmp_path):
     out = train.status("cli")
-    log, record = out[7], out[8]
+    log, record = out["log"], out["record"]
     assert log == (
         "$ python -m multimask train --output-dir runs/cli\nerror: datasets/shapes/images/a.png: cannot read the image"
     )
     assert record["run_dir"] == "runs/cli" and str(tmp_path) not in json.dumps(record)
-    assert train.status("leak")[7] == "", "a log.txt linking outside the runs root is not read"
+    assert train.status("leak")["log"] == "", "a log.txt linking outside the runs root is not read"
     secret = str(tmp_path / "secret.txt")
-    message, _ = train.start(*_form(start="local", weights_file=secret))
+    message, _ = train.start(_form(start="local", weights_file=secret))
     assert message.startswith("⚠️ local weights file") and str(tmp_path) not in message.replace(secret, "")
-    assert train.estimate(*_form(start="local", weights_file="")).startswith(
+    assert train.estimate(_form(start="local", weights_file="")).startswith(
         "⚠️ local weights file: give the path of a .pth or .pkl file in `runs/` or `datasets/`"
     )

@@ -100,19 +100,19 @@ def test_the_monitor_shows_a_cli_run_without_stop_or_resume(service):
     run = _cli_run(service.runs_root, "cli-run", metrics=3)
     (run / "log.txt").write_text("".join(f"line {i}\n" for i in range(100)))
     out = TrainView(service).status("cli-run")
-    assert "data-state='external'" in out[0] and "python -m multimask train" in out[0]
-    assert out[7].endswith("line 99"), "its log.txt is the log"
-    assert out[10]["interactive"] is False and out[11]["interactive"] is False, "no Stop, no Resume"
+    assert "data-state='external'" in out["progress"] and "python -m multimask train" in out["progress"]
+    assert out["log"].endswith("line 99"), "its log.txt is the log"
+    assert out["stop"]["interactive"] is False and out["resume"]["interactive"] is False, "no Stop, no Resume"
 
 
 def test_the_timer_sends_the_run_list_only_when_runs_appear(service):
     view = TrainView(service)
     first = view.tick(None, None, None)
-    assert first[-2]["choices"] == [] and first[-1] == []
-    assert view.tick(None, first[-3], first[-1])[-2] == {"__type__": "update"}, "unchanged: skipped"
+    assert first["run"]["choices"] == [] and first["names"] == []
+    assert view.tick(None, first["shown"], first["names"])["run"] == {"__type__": "update"}, "unchanged: skipped"
     _cli_run(service.runs_root, "cli-run", metrics=1)
-    later = view.tick(None, first[-3], first[-1])
-    assert later[-2]["choices"] == ["cli-run"] and later[-1] == ["cli-run"]
+    later = view.tick(None, first["shown"], first["names"])
+    assert later["run"]["choices"] == ["cli-run"] and later["names"] == ["cli-run"]
     assert view.run_choices(None)["choices"] == ["cli-run"]
     assert view.refresh_form("shapes", "tiny", None)[2]["choices"] == ["cli-run"], "tab select, ↻"
 
@@ -260,10 +260,10 @@ def test_a_job_that_could_not_download_its_weights_names_the_forms_option():
 def test_resume_needs_a_checkpoint(service):
     view = TrainView(service)
     _job(service, "crashed", "import sys; sys.exit(1)")
-    assert view.status("crashed")[11]["interactive"] is False, "Resume is disabled"
+    assert view.status("crashed")["resume"]["interactive"] is False, "Resume is disabled"
     assert "nothing to resume" in view.act("resume")("crashed")
     (service.runs_root / "crashed" / "last_checkpoint").write_text("model_0000004.pth")
-    assert view.status("crashed")[11]["interactive"] is True
+    assert view.status("crashed")["resume"]["interactive"] is True
     assert "resuming from its last checkpoint" in view.act("resume")("crashed")
 
 

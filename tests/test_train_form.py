@@ -251,7 +251,7 @@ def test_a_job_without_a_gpu_is_offered_the_cpu(tmp_path):
     view, job = _view_with_job(tmp_path, "import sys; print('RuntimeError: Found no NVIDIA driver'); sys.exit(1)")
     assert job["state"] == "failed" and job["error"] == "no usable GPU: run on the CPU (device cpu)"
     out = view.status("r1")
-    assert out[-1]["visible"] is True, "the 'Run on the CPU instead' button is shown"
+    assert out["cpu"]["visible"] is True, "the 'Run on the CPU instead' button is shown"
     assert "running on the CPU" in view.act("retry_on_cpu")("r1")
     new = view.service.latest("r1")
     assert new["resumed_from"] == job["id"] and new["dataset"] == "shapes" and new["max_iter"] == 10
@@ -263,7 +263,7 @@ def test_a_job_without_a_gpu_is_offered_the_cpu(tmp_path):
 def test_only_no_gpu_failures_are_retried_on_the_cpu(tmp_path):
     view, job = _view_with_job(tmp_path, "import sys; sys.exit(1)")
     assert job["state"] == "failed"
-    assert view.status("r1")[-1]["visible"] is False
+    assert view.status("r1")["cpu"]["visible"] is False
     retry = view.act("retry_on_cpu")
     assert retry("r1") == "⚠️ run r1 did not fail for want of a GPU"
     assert retry("../r1").startswith("⚠️ no run called")
@@ -337,18 +337,20 @@ def test_a_run_starts_from_a_previous_runs_weights(tmp_path):
 
 
 def test_the_timer_resends_curves_and_log_only_when_the_run_changed(tmp_path):
+    from app.views.train import DETAILS
+
     view, job = _view_with_job(tmp_path, "print('done')")
     metrics = Path(job["run_dir"]) / "metrics.json"
     _write_lines(metrics, [{"iteration": 0, "total_loss": 1.0, "lr": 0.1}])
     first = view.tick("r1", None, None)
-    assert len(first[1]) == 1 and "done" in first[7], "the first tick sends everything"
-    again = view.tick("r1", first[-3], first[-1])
-    assert all(again[i] == {"__type__": "update"} for i in range(1, 8)), "unchanged: skipped"
-    assert again[0] == first[0] and again[8] == first[8], "progress and record are always sent"
+    assert len(first["total_plot"]) == 1 and "done" in first["log"], "the first tick sends everything"
+    again = view.tick("r1", first["shown"], first["names"])
+    assert all(again[k] == {"__type__": "update"} for k in DETAILS), "unchanged: skipped"
+    assert again["progress"] == first["progress"] and again["record"] == first["record"], "always sent"
     _write_lines(metrics, [{"iteration": i, "total_loss": 1.0, "lr": 0.1} for i in range(2)])
-    changed = view.tick("r1", again[-3], again[-1])
-    assert len(changed[1]) == 2, "a changed metrics.json is sent"
-    assert view.tick("other", changed[-3], changed[-1])[0].startswith("<p>No run called other")
+    changed = view.tick("r1", again["shown"], again["names"])
+    assert len(changed["total_plot"]) == 2, "a changed metrics.json is sent"
+    assert view.tick("other", changed["shown"], changed["names"])["progress"].startswith("<p>No run called other")
 
 
 @pytest.mark.slow

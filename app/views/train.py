@@ -7,6 +7,8 @@ reload or by another tab, and survives an app restart.
 from __future__ import annotations
 
 import html
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,9 @@ AP_COLUMNS = ["iteration", "AP", "series"]
 TOTAL_LOSS = "total_loss"
 # The form fields a run's recorded settings fill in (not the run name: a new run needs a new one).
 FILLED_FIELDS = tuple(f for f in form.FIELDS if f != "run_name")
+# What the run monitor shows, by the name of its component; DETAILS are sent only when the run's files changed.
+DETAILS = ("total_plot", "loss_plot", "lr_plot", "ap_plot", "eval_caption", "ap_table", "log")
+MONITOR = ("progress", *DETAILS, "record", "runs_table", "stop", "resume", "cpu")
 FOLLOWING_FIELDS = ("iterations", "batch_size", "lr", "image_size", "eval_period")  # set by form.form_defaults
 # Disabled buttons look disabled (Gradio draws them like enabled ones).
 TAB_CSS = """<style>
@@ -95,9 +100,9 @@ class TrainView:
         gr.Info(note[:1].upper() + note[1:])
         return gr.update(value=period)
 
-    def estimate(self, *values: Any) -> str:
-        """The estimate and notes next to the Train button, for the form's current values."""
-        return self.service.estimate(dict(zip(form.FIELDS, values)))
+    def estimate(self, values: dict[str, Any]) -> str:
+        """The estimate and notes next to the Train button, for the form's values by field name."""
+        return self.service.estimate(values)
 
     def refresh_form(self, dataset: str | None, start: str | None, run: str | None) -> tuple[Any, Any, Any]:
         """Datasets, starting points and runs made or finished meanwhile (tab opened, ↻)."""
@@ -142,53 +147,9 @@ class TrainView:
                 out.append(gr.update(value=value))
         return tuple(out)
 
-    def start(
-        self,
-        dataset: str | None,
-        run_name: str | None,
-        start: str | None,
-        iterations: Any,
-        batch_size: Any,
-        lr: Any,
-        schedule: str | None,
-        image_size: Any,
-        val_fraction: Any,
-        seed: Any,
-        device: str | None,
-        num_gpus: Any,
-        amp: Any,
-        eval_period: Any,
-        patience: Any,
-        best_metric: str | None,
-        advanced: str | None,
-        weights_file: str | None = "",
-    ) -> tuple[str, Any]:
-        """The Train button: (message, run selector update); the outcome is also shown as a toast."""
-        values = dict(
-            zip(
-                form.FIELDS,
-                (
-                    dataset,
-                    run_name,
-                    start,
-                    iterations,
-                    batch_size,
-                    lr,
-                    schedule,
-                    image_size,
-                    val_fraction,
-                    seed,
-                    device,
-                    num_gpus,
-                    amp,
-                    eval_period,
-                    patience,
-                    best_metric,
-                    advanced,
-                    weights_file,
-                ),
-            )
-        )
+    def start(self, values: dict[str, Any]) -> tuple[str, Any]:
+        """The Train button: (message, run selector update) for the form's values by field name (`form.FIELDS`);
+        the outcome is also shown as a toast."""
         try:
             job, notes = self.service.start(values)
         except (form.FormError, JobError, ValueError, OSError) as e:
@@ -220,21 +181,22 @@ class TrainView:
         (gr.Info if confirm is True else gr.Warning)(message)
         return message, self.run_choices(run_name), gr.update(value=False)
 
-    def status(self, run_name: str | None) -> tuple:
-        """Everything the monitor shows for a run: progress, curves, evaluation, log, record, runs table."""
+    def status(self, run_name: str | None) -> dict[str, Any]:
+        """Everything the monitor shows for a run, by MONITOR name: progress, curves, evaluation, log, record,
+        runs table, and the Stop, Resume and retry-on-CPU buttons."""
         return self._outputs(run_name, None)[0]
 
-    def tick(self, run_name: str | None, last: list | None, names: list | None) -> tuple:
+    def tick(self, run_name: str | None, last: list | None, names: list | None) -> dict[str, Any]:
         """The timer's refresh: like `status`, but the curves, evaluation and log are built and sent only when
         the run's files changed since this page's last tick (re-sending them would redraw the plots and reset a
-        zoom); then the new signature, the run list when runs appeared or went (else skipped), and that list,
-        both kept in the page's state."""
+        zoom); also "shown" (the new signature), "run" (the run list when runs appeared or went, else skipped)
+        and "names" (that list), the last and first kept in the page's state."""
         out, sig = self._outputs(run_name, last)
         now = self.service.run_names()
         choices = gr.update(choices=now) if now != names else gr.skip()
-        return (*out, sig, choices, now)
+        return {**out, "shown": sig, "run": choices, "names": now}
 
-    def _outputs(self, run_name: str | None, last: list | None) -> tuple[tuple, list]:
+    def _outputs(self, run_name: str | None, last: list | None) -> tuple[dict[str, Any], list]:
         runs = self.runs_table()
         snap = self.service.snapshot(run_name, last)
         job = snap["job"]
@@ -244,8 +206,7 @@ class TrainView:
                 if not run_name
                 else f"No run called {html.escape(str(run_name))}."
             )
-            return (
-                f"<p>{hint}</p>",
+            empty = (
                 _frame([], LOSS_COLUMNS),
                 _frame([], LOSS_COLUMNS),
                 _frame([], LR_COLUMNS),
@@ -253,15 +214,19 @@ class TrainView:
                 "",
                 eval_table({}),
                 "",
-                {},
-                runs,
-                gr.update(interactive=False),
-                gr.update(interactive=False),
-                gr.update(visible=False),
-            ), snap["signature"]
+            )
+            return {
+                "progress": f"<p>{hint}</p>",
+                **dict(zip(DETAILS, empty)),
+                "record": {},
+                "runs_table": runs,
+                "stop": gr.update(interactive=False),
+                "resume": gr.update(interactive=False),
+                "cpu": gr.update(visible=False),
+            }, snap["signature"]
         rows, record, details = snap["rows"], snap["record"], snap["details"]
         if details is None:  # unchanged: loss, lr and AP plots, evaluation caption and table, log
-            heavy = (gr.skip(),) * 7
+            heavy = (gr.skip(),) * len(DETAILS)
         else:
             caption = details["eval_caption"]
             losses = _frame(monitor.loss_points(rows), LOSS_COLUMNS)
@@ -274,15 +239,15 @@ class TrainView:
                 eval_table(details["results"]),
                 details["log"],
             )
-        return (
-            progress_html(job, record["progress"], record["seconds"], len(record["jobs"])),
-            *heavy,
-            record,
-            runs,
-            gr.update(interactive=job["state"] in ("queued", *ACTIVE) and not record["external"]),
-            gr.update(interactive=record["can_resume"]),
-            gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE),
-        ), snap["signature"]
+        return {
+            "progress": progress_html(job, record["progress"], record["seconds"], len(record["jobs"])),
+            **dict(zip(DETAILS, heavy, strict=True)),
+            "record": record,
+            "runs_table": runs,
+            "stop": gr.update(interactive=job["state"] in ("queued", *ACTIVE) and not record["external"]),
+            "resume": gr.update(interactive=record["can_resume"]),
+            "cpu": gr.update(visible=job["state"] == "failed" and job.get("error") == NO_GPU_MESSAGE),
+        }, snap["signature"]
 
     def runs_table(self) -> pd.DataFrame:
         """One row per run: state, dataset, iterations, start, duration, final AP per task."""
@@ -298,6 +263,26 @@ class TrainView:
             )
         cols = ["run", "state", "dataset", "iterations", "started", "duration", *map(_ap_header, tasks)]
         return pd.DataFrame(rows, columns=cols)
+
+
+def _by_field(fn: Callable[[dict[str, Any]], Any], defaults: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """`fn(values)` as a Gradio handler of the form's inputs in `form.FIELDS` order: one parameter per field,
+    named after it, so that the API endpoint's parameters keep the fields' names (`defaults`: optional ones)."""
+
+    def handler(*args: Any) -> Any:
+        return fn(dict(zip(form.FIELDS, args)))
+
+    handler.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                f, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=(defaults or {}).get(f, inspect.Parameter.empty)
+            )
+            for f in form.FIELDS
+        ]
+    )
+    handler.__name__ = fn.__name__
+    handler.__doc__ = fn.__doc__
+    return handler
 
 
 def _ap_header(task: str) -> str:
@@ -563,26 +548,27 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> TrainTab:
                 confirm = gr.Checkbox(label="confirm", scale=1)
                 delete = gr.Button("Delete run", variant="stop", scale=1)
     gr.HTML(TAB_CSS, elem_id="mm-train-css", js_on_load=None)
-    form_inputs = [
-        dataset,
-        run_name,
-        start,
-        iterations,
-        batch,
-        lr,
-        schedule,
-        image_size,
-        val_fraction,
-        seed,
-        device,
-        num_gpus,
-        amp,
-        eval_period,
-        patience,
-        best_metric,
-        advanced,
-        weights_file,
-    ]
+    fields = {  # the form's components by field name (`form.FIELDS`)
+        "dataset": dataset,
+        "run_name": run_name,
+        "start": start,
+        "iterations": iterations,
+        "batch_size": batch,
+        "lr": lr,
+        "schedule": schedule,
+        "image_size": image_size,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "device": device,
+        "num_gpus": num_gpus,
+        "amp": amp,
+        "eval_period": eval_period,
+        "patience": patience,
+        "best_metric": best_metric,
+        "advanced": advanced,
+        "weights_file": weights_file,
+    }
+    form_inputs = [fields[f] for f in form.FIELDS]
     _wire(demo, view, tab, locals())
     return TrainTab(view, run, message, open_predict, open_label)
 
@@ -593,37 +579,29 @@ def _wire(demo: gr.Blocks, view: TrainView, tab: gr.Tab, c: dict[str, Any]) -> N
     hidden = {"show_progress": "hidden"}
     private = {**hidden, "api_visibility": "private"}
     run = c["run"]
-    status_io = {
-        "fn": view.status,
-        "inputs": [run],
-        "outputs": [
-            c[k]
-            for k in (
-                "progress",
-                "total_plot",
-                "loss_plot",
-                "lr_plot",
-                "ap_plot",
-                "eval_caption",
-                "ap_table",
-                "log",
-                "record",
-                "runs_table",
-                "stop",
-                "resume",
-                "cpu",
-            )
-        ],
-        **hidden,
-    }
-    filled = [c["form_inputs"][form.FIELDS.index(f)] for f in FILLED_FIELDS]
-    following = [c[{"batch_size": "batch"}.get(f, f)] for f in FOLLOWING_FIELDS]
-    c["train"].click(view.start, c["form_inputs"], [c["message"], run], api_name="train_start", **hidden).then(
-        **status_io, api_visibility="private"
-    )
-    run.change(**status_io, api_name="train_status").then(view.fill_form, [run], filled, **private)
+    monitor = {k: c[k] for k in MONITOR}
+
+    def status(run_name: str | None) -> dict:
+        return {monitor[k]: v for k, v in view.status(run_name).items()}
+
+    status_io = {"fn": status, "inputs": [run], "outputs": list(monitor.values()), **hidden}
     shown, names = gr.State(None), gr.State(view.service.run_names())  # what this page shows (TrainView.tick)
-    gr.Timer(POLL_SECONDS).tick(view.tick, [run, shown, names], [*status_io["outputs"], shown, run, names], **private)
+    ticked = {**monitor, "shown": shown, "run": run, "names": names}
+
+    def tick(run_name: str | None, last: list | None, listed: list | None) -> dict:
+        return {ticked[k]: v for k, v in view.tick(run_name, last, listed).items()}
+
+    filled = [c["fields"][f] for f in FILLED_FIELDS]
+    following = [c[{"batch_size": "batch"}.get(f, f)] for f in FOLLOWING_FIELDS]
+    c["train"].click(
+        _by_field(view.start, {"weights_file": ""}),
+        c["form_inputs"],
+        [c["message"], run],
+        api_name="train_start",
+        **hidden,
+    ).then(**status_io, api_visibility="private")
+    run.change(**status_io, api_name="train_status").then(view.fill_form, [run], filled, **private)
+    gr.Timer(POLL_SECONDS).tick(tick, [run, shown, names], list(ticked.values()), **private)
     for name, action in (("stop", "stop"), ("resume", "resume"), ("cpu", "retry_on_cpu")):
         c[name].click(view.act(action), [run], c["message"], api_name=f"train_{action}", **hidden).then(
             **status_io, api_visibility="private"
@@ -640,7 +618,7 @@ def _wire(demo: gr.Blocks, view: TrainView, tab: gr.Tab, c: dict[str, Any]) -> N
     estimated = [x for x in c["form_inputs"] if x not in (c["run_name"], c["advanced"])]
     gr.on(
         [x.change for x in estimated] + [demo.load, tab.select],
-        view.estimate,
+        _by_field(view.estimate),
         c["form_inputs"],
         c["estimate"],
         trigger_mode="always_last",
