@@ -88,10 +88,7 @@ def clean_polygons(parts: Any, height: int, width: int, where: str, report: Repo
             continue
         if any(len(p.interiors) for p in rings):
             report.add("repaired polygons", here, "a hole appeared; polygons keep the outer ring only")
-        for p in rings:
-            coords = np.asarray(p.exterior.coords)[:-1]
-            if len(coords) >= 3:
-                out.append([round(float(v), 3) for v in coords.reshape(-1)])
+        out += outer_rings(rings, 3)
     return out
 
 
@@ -134,6 +131,17 @@ def polygon_iou(a: list, b: list) -> float:
     ga, gb = parts_union(a), parts_union(b)
     union = ga.union(gb).area
     return ga.intersection(gb).area / union if union > 0 else 0.0
+
+
+def outer_rings(polygons: list[Polygon], ndigits: int) -> list[list[float]]:
+    """The outer ring of each polygon as a flat COCO list [x1, y1, ...] rounded to `ndigits`; rings of fewer than
+    3 points are left out."""
+    out = []
+    for p in polygons:
+        coords = np.asarray(p.exterior.coords)[:-1]
+        if len(coords) >= 3:
+            out.append([round(float(v), ndigits) for v in coords.reshape(-1)])
+    return out
 
 
 def polygon_parts(geom) -> list[Polygon]:
@@ -338,10 +346,5 @@ def _part_problem(part: list[float]) -> str | None:
 
 def clip_parts(parts: list[list[float]], width: int, height: int) -> list[list[float]]:
     """Polygon parts cut to the image [0, width] x [0, height]; parts left without area are dropped."""
-    frame, out = box(0, 0, width, height), []
-    for part in parts:
-        for p in polygon_parts(flat_polygon(part).intersection(frame)):
-            coords = np.asarray(p.exterior.coords)[:-1]
-            if len(coords) >= 3:
-                out.append([round(float(v), 2) for v in coords.reshape(-1)])
-    return out
+    frame = box(0, 0, width, height)
+    return [ring for part in parts for ring in outer_rings(polygon_parts(flat_polygon(part).intersection(frame)), 2)]
