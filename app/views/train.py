@@ -106,7 +106,7 @@ class TrainView:
 
     def refresh_form(self, dataset: str | None, start: str | None, run: str | None) -> tuple[Any, Any, Any]:
         """Datasets, starting points and runs made or finished meanwhile (tab opened, ↻)."""
-        datasets = self.service.store.list_datasets()
+        datasets = self.service.datasets()
         starts = self.start_choices()
         return (
             choices_keeping(datasets, dataset, datasets, datasets[0] if datasets else None),
@@ -120,7 +120,7 @@ class TrainView:
         return choices_keeping(names, run, names, names[0] if names else None)
 
     def on_load(self) -> tuple[Any, Any, Any]:
-        datasets = self.service.store.list_datasets()
+        datasets = self.service.datasets()
         return (
             gr.update(choices=self.service.run_names(), value=self.service.default_run()),
             gr.update(choices=datasets, value=datasets[0] if datasets else None),
@@ -133,7 +133,7 @@ class TrainView:
         settings = self.service.settings(run_name)
         if settings is None:
             return tuple(gr.update() for _ in FILLED_FIELDS)
-        datasets = self.service.store.list_datasets()
+        datasets = self.service.datasets()
         starts = [k for _, k in self.start_choices()]
         out = []
         for f in FILLED_FIELDS:
@@ -400,7 +400,7 @@ def build_train_tab(demo: gr.Blocks, view: TrainView, tab: gr.Tab) -> TrainTab:
     API endpoints: `train_start` (the form), `train_status` (run), `train_stop`, `train_resume`,
     `train_retry_on_cpu`, `train_delete` (run, confirm) and `train_runs`.
     """
-    datasets = view.service.store.list_datasets()
+    datasets = view.service.datasets()
     d = {**form.DEFAULTS, "start": view.default_start(), **view.defaults(view.default_start(), "auto")}
     with gr.Row(elem_id="mm-train-tab"):
         with gr.Column(scale=1, min_width=320):

@@ -102,6 +102,10 @@ class TrainingService:
         """Runs with weights (any, not only this app's), by name: possible starting points."""
         return {r.name: r.path for r in find_runs(self.runs_root)}
 
+    def datasets(self) -> list[str]:
+        """The labelling datasets a run can be trained on."""
+        return self.store.list_datasets()
+
     def mask_names(self, dataset: Any) -> list[str]:
         if not isinstance(dataset, str) or dataset not in self.store.list_datasets():
             return []
