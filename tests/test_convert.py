@@ -17,6 +17,7 @@ from multimask.data.convert import (
     import_coco_fields,
     import_labelme,
     labelme_document,
+    labelme_documents,
 )
 from multimask.data.dataset_json import load_multimask_json, make_annotation, multimask_dicts, write_multimask_json
 from multimask.data.geometry import Report, to_rle
@@ -301,6 +302,9 @@ def test_labelme_round_trip(tmp_path):
 
     doc = json.loads((exported / "b.json").read_text())
     assert doc["imagePath"] == "../lm/pics/b.png" and doc["imageData"] is None
+    as_data = labelme_documents(first)  # the same files as data, nothing written
+    assert as_data.keys() == {"a.json", "b.json"} and as_data["b.json"]["imagePath"] == str(folder / "pics" / "b.png")
+    assert as_data["b.json"]["shapes"] == doc["shapes"]
     assert (doc["imageHeight"], doc["imageWidth"]) == (50, 70)
     shapes = [(s["label"], s["group_id"], s["shape_type"]) for s in doc["shapes"]]
     assert shapes == [("fruit/primary", 1, "polygon")]

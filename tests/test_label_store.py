@@ -537,6 +537,12 @@ def test_export(ds, tmp_path):
     assert ann["bbox"] == [10.0, 10.0, 40.0, 40.0]
 
     assert _split(ds.export(tmp_path / "again", val_fraction=0.25, seed=1)) == (train, val)
+    docs = ds.export_documents(val_fraction=0.25, seed=1)  # the same, as data: nothing written
+    assert (
+        sorted(i["label_id"] for i in docs["val"]["images"]) == val
+        and docs["train"]["annotations"] == raw["annotations"]
+    )
+    assert all(Path(i["file_name"]) == ds.image_path(i["label_id"]) for i in docs["train"]["images"])
     others = [_split(ds.export(tmp_path / f"seed{k}", val_fraction=0.25, seed=k)) for k in (2, 3, 4)]
     assert any(o != (train, val) for o in others)  # ids are random: one other seed could match by chance
     done = _split(ds.export(tmp_path / "done", val_fraction=0.25, seed=1, only_done=True))

@@ -2,7 +2,8 @@
 
 - `import_coco`: plain COCO instances (`segmentation` -> one mask name).
 - `import_coco_fields`: COCO files that keep each mask in its own annotation field (UOAIS, KINS, ...).
-- `import_labelme` / `export_labelme`: a folder of labelme JSON files, one per image.
+- `import_labelme` / `export_labelme`: a folder of labelme JSON files, one per image (`labelme_documents`: the
+  files as data).
 
 Each importer comes in two forms: `*_document` returns the multimask dataset as data (a dict, image paths
 absolute) and leaves writing to the caller (the app's Label store adds it to a dataset); `import_*` writes it
@@ -31,6 +32,7 @@ from .dataset_json import (
     load_multimask_json,
     make_annotation,
     multimask_document,
+    write_document,
 )
 from .geometry import Report, clean_polygons, clean_segmentation, to_rle, traced_polygons
 from .import_report import ImportReport
@@ -312,25 +314,37 @@ def labelme_document(
 
 
 def _write_document(out_json: str | Path, doc: dict, report: ImportReport) -> None:
-    """Write an importer's dataset with its image paths relative to `out_json`'s folder, and its report."""
-    out_json = Path(out_json)
-    images = [{**img, "file_name": _relative(Path(img["file_name"]), out_json)} for img in doc["images"]]
-    atomic_write_json(out_json, {**doc, "images": images})
+    """Write an importer's dataset (image paths relative to `out_json`'s folder) and its report."""
+    write_document(out_json, doc)
     report.write_json(out_json)
 
 
 def export_labelme(src_json: str | Path, out_folder: str | Path, *, image_root: str | Path | None = None) -> Report:
-    """Multimask JSON -> labelme folder: one JSON per image, images not copied.
-
-    Shapes are labelled "class/mask" with `group_id` = the instance number in the image (from 1);
-    `imagePath` is relative to the output file and `imageData` is null. RLE masks become polygons via
-    OpenCV contours; labelme polygons cannot have holes, so holes are filled and reported.
-    """
+    """Multimask JSON -> labelme folder: one JSON per image (`labelme_documents`), images not copied;
+    `imagePath` is relative to the output file."""
     report = Report()
-    dicts, meta = load_multimask_json(src_json, image_root, check_images=False, report=report)
-    names, classes = meta["mask_names"], meta["thing_classes"]
+    docs = labelme_documents(src_json, image_root=image_root, report=report)
     out_folder = Path(out_folder)
     out_folder.mkdir(parents=True, exist_ok=True)
+    for name, doc in docs.items():
+        image = os.path.relpath(doc["imagePath"], os.path.abspath(out_folder))
+        atomic_write_json(out_folder / name, {**doc, "imagePath": image}, indent=2)
+    return report
+
+
+def labelme_documents(
+    src_json: str | Path, *, image_root: str | Path | None = None, report: Report | None = None
+) -> dict[str, dict]:
+    """A multimask JSON as labelme files: {file name: labelme document}, `imagePath` absolute.
+
+    Shapes are labelled "class/mask" with `group_id` = the instance number in the image (from 1); `imageData` is
+    null. RLE masks become polygons via OpenCV contours; labelme polygons cannot have holes, so holes are filled
+    and reported (in `report`, with missing images).
+    """
+    report = report if report is not None else Report()
+    dicts, meta = load_multimask_json(src_json, image_root, check_images=False, report=report)
+    names, classes = meta["mask_names"], meta["thing_classes"]
+    docs: dict[str, dict] = {}
     used: set[str] = set()
     for rec in dicts:
         image, h, w = Path(rec["file_name"]), rec["height"], rec["width"]
@@ -356,21 +370,17 @@ def export_labelme(src_json: str | Path, out_folder: str | Path, *, image_root: 
                             "description": "",
                         }
                     )
-        atomic_write_json(
-            out_folder / f"{stem}.json",
-            {
-                "version": "5.4.1",
-                "flags": {},
-                "shapes": shapes,
-                "imagePath": os.path.relpath(os.path.abspath(image), os.path.abspath(out_folder)),
-                "imageData": None,
-                "imageHeight": h,
-                "imageWidth": w,
-                LABELME_NAMES_KEY: list(names),
-            },
-            indent=2,
-        )
-    return report
+        docs[f"{stem}.json"] = {
+            "version": "5.4.1",
+            "flags": {},
+            "shapes": shapes,
+            "imagePath": os.path.abspath(image),
+            "imageData": None,
+            "imageHeight": h,
+            "imageWidth": w,
+            LABELME_NAMES_KEY: list(names),
+        }
+    return docs
 
 
 def _targets(shape: dict, smap: SourceMap | None, names: list[str]) -> tuple[Target, ...] | str:
@@ -422,11 +432,6 @@ def _check_image(path: Path, name: str, where: str, report: ImportReport) -> Pat
         report.images_missing.append(name)
         report.add("missing images", where, f"image not found: {name}")
     return path
-
-
-def _relative(image: Path, out_json: Path) -> str:
-    """The image's path relative to the folder of `out_json` (where the loader looks by default)."""
-    return Path(os.path.relpath(os.path.abspath(image), os.path.abspath(out_json.parent))).as_posix()
 
 
 def _looks_like_segmentation(value: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,6 +235,17 @@ def multimask_document(
         "categories": categories,
         "annotations": annotations,
     }
+
+
+def write_document(path: str | Path, doc: dict) -> None:
+    """Write a dataset held as data (`multimask_document`, image paths absolute or relative to the working
+    directory) atomically, its image `file_name`s made relative to the file's folder, where loading looks."""
+    folder = os.path.abspath(Path(path).parent)
+    images = [
+        {**img, "file_name": Path(os.path.relpath(os.path.abspath(img["file_name"]), folder)).as_posix()}
+        for img in doc["images"]
+    ]
+    atomic_write_json(path, {**doc, "images": images})
 
 
 def write_multimask_json(

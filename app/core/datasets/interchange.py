@@ -8,7 +8,6 @@ polygons within its limits.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -17,7 +16,13 @@ import orjson
 from shapely.geometry import Polygon
 
 from multimask.data import convert
-from multimask.data.dataset_json import load_multimask_json, make_annotation, multimask_dicts, write_multimask_json
+from multimask.data.dataset_json import (
+    load_multimask_json,
+    make_annotation,
+    multimask_dicts,
+    multimask_document,
+    write_document,
+)
 from multimask.data.geometry import (
     Report,
     clean_polygons,
@@ -51,14 +56,27 @@ class Interchange:
         only_done: bool = False,
         report: Report | None = None,
     ) -> dict[str, Path]:
-        """Write `train.json` and `val.json` (multimask COCO format) to `out_dir`; returns their paths.
+        """Write `train.json` and `val.json` (`export_documents`) to `out_dir`, their `file_name`s relative to it
+        (pointing into this dataset's images/); returns their paths."""
+        docs = self.export_documents(val_fraction, seed, only_done, report)
+        out_dir = Path(out_dir).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {split: out_dir / f"{split}.json" for split in docs}
+        for split, doc in docs.items():
+            write_document(paths[split], doc)
+        return paths
+
+    def export_documents(
+        self, val_fraction: float = 0.2, seed: int = 0, only_done: bool = False, report: Report | None = None
+    ) -> dict[str, dict]:
+        """The dataset as {"train": ..., "val": ...} multimask datasets (data; image paths absolute).
 
         Exported images: those with instances, and those marked "done" without any (checked negatives);
         images without instances that are not "done" are not labelled yet and are left out. With
         `only_done`, only "done" images. The split is by image: images are ordered by a hash of (seed, image
         id) and the first round(n * val_fraction) go to val, so one seed always gives the same split and
-        adding images moves few others. `file_name`s are relative to `out_dir` (pointing into this dataset's
-        images/). Polygons that cross themselves are repaired on the way (recorded in `report`).
+        adding images moves few others. Polygons that cross themselves are repaired on the way (recorded in
+        `report`).
         """
         check_val_fraction(val_fraction)
         report = report if report is not None else Report()
@@ -67,8 +85,6 @@ class Interchange:
             classes, names = self.classes, self.mask_names
         if not classes:
             raise ValueError(f"dataset {self.name!r} has no classes yet: add one before exporting")
-        out_dir = Path(out_dir).resolve()
-        out_dir.mkdir(parents=True, exist_ok=True)
         chosen = []
         for e in entries:
             if only_done and e["status"] != "done":
@@ -79,7 +95,7 @@ class Interchange:
         val_ids = seeded_val_ids([e["id"] for e, _ in chosen], val_fraction, seed)
         cat_ids = {c: i + 1 for i, c in enumerate(classes)}
         categories = [{"id": i, "name": c} for c, i in cat_ids.items()]
-        paths = {}
+        docs = {}
         for split in ("train", "val"):
             images, anns = [], []
             for e, instances in chosen:  # index order within a split
@@ -90,7 +106,7 @@ class Interchange:
                 images.append(
                     {
                         "id": image_num,
-                        "file_name": os.path.relpath(self.image_path(e["id"]), out_dir),
+                        "file_name": str(self.image_path(e["id"])),
                         "height": h,
                         "width": w,
                         "label_id": e["id"],
@@ -108,9 +124,7 @@ class Interchange:
                         report.add("skipped annotations", where, "no usable mask")
                         continue
                     anns.append(make_annotation(len(anns) + 1, image_num, cat_ids[inst["class"]], masks, h, w, names))
-            paths[split] = out_dir / f"{split}.json"
-            write_multimask_json(
-                paths[split],
+            docs[split] = multimask_document(
                 images,
                 categories,
                 anns,
@@ -123,7 +137,7 @@ class Interchange:
             )
         if report:
             logger.warning("%s export: %s", self.name, report.summary())
-        return paths
+        return docs
 
     def import_multimask(
         self,
