@@ -318,13 +318,20 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> None:
     from .data import Report, load_multimask_json
+    from .data.health import dataset_health, format_health
     from .data.stats import dataset_stats, format_stats
 
     report = Report()
     dicts, meta = load_multimask_json(args.src, args.image_root, report=report)
+    classes, names = meta["thing_classes"], meta["mask_names"]
+    health = dataset_health(dicts, classes, names, args.tiny_area)
+    root = Path(args.image_root or Path(args.src).parent)
+    for finding in health.findings:  # images named as in the JSON
+        finding.file_name = os.path.relpath(finding.file_name, root)
     print(
-        f"{format_stats(dataset_stats(dicts, meta['thing_classes'], meta['mask_names']))}\n"
-        f"{report.summary(max_messages=50)}"
+        f"{format_stats(dataset_stats(dicts, classes, names))}\n\n"
+        f"{format_health(health, args.max_images)}\n\n"
+        f"loading: {report.summary(max_messages=50)}"
     )
 
 
@@ -426,9 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-root", help="folder image file names are relative to (default: the JSON's folder)")
     s.set_defaults(func=cmd_split)
 
-    s = sub.add_parser("stats", help="count instances per class and mask name, missing masks, empty images")
+    s = sub.add_parser(
+        "stats",
+        help="a dataset's health: instances per class and mask name, missing or tiny masks, parts outside their "
+        "object, part-to-object area ratios, empty images, with the images concerned",
+    )
     s.add_argument("src", help="multimask JSON")
     s.add_argument("--image-root", help="folder image file names are relative to (default: the JSON's folder)")
+    s.add_argument("--tiny-area", type=float, default=16.0, help="masks below this many pixels are reported")
+    s.add_argument("--max-images", type=int, default=10, help="images named per finding (default 10)")
     s.set_defaults(func=cmd_stats)
     return p
 

@@ -737,3 +737,18 @@ def test_an_image_whose_instances_were_all_deleted_is_unlabelled_again(ds):
     assert ds.save(image, 1, [], "in_progress")["status"] == "unlabelled"  # what an older editor sent
     assert ds.images()[0]["status"] == "unlabelled"
     assert ds.save(image, 2, [], "done")["status"] == "done", "a checked negative stays done"
+
+
+def test_the_health_check_names_each_finding_s_image_by_id_and_file(ds):
+    ids = _add(ds, 4)
+    ds.save(ids[0], 0, [_inst("a", secondary=[INNER]), _inst("b", secondary=[OUTSIDE])])
+    ds.save(ids[1], 0, [_inst("c")])
+    ds.save(ids[2], 0, [], status="done")  # a checked negative; ids[3] is not labelled: not checked
+    health = ds.health()
+    found = [(f.kind, f.image_id, f.file_name, f.instance) for f in health.findings]
+    assert found == [
+        ("secondary outside primary", ids[0], "img0.png", 1),
+        ("no secondary", ids[1], "img1.png", 0),
+        ("image without instances", ids[2], "img2.png", None),
+    ]
+    assert len(health.ratios["leaf"]) == 2 and min(health.ratios["leaf"]) < 0.1

@@ -30,6 +30,7 @@ from multimask.data.geometry import (
     polygon_parts,
     traced_polygons,
 )
+from multimask.data.health import TINY_AREA, DatasetHealth, dataset_health
 from multimask.data.import_report import ImportReport
 from multimask.data.mapping import build_map
 from multimask.data.split import check_val_fraction, seeded_val_ids
@@ -138,6 +139,17 @@ class Interchange:
         if report:
             logger.warning("%s export: %s", self.name, report.summary())
         return docs
+
+    def health(self, tiny_area: float = TINY_AREA) -> DatasetHealth:
+        """The health check (`multimask.data.health`) of the labelled images (those an export takes); each finding
+        names the image by its id in this dataset and its file name."""
+        doc = self.export_documents(val_fraction=0.0)["train"]
+        dicts, meta = multimask_dicts(doc, "/", source=self.name, check_images=False)
+        health = dataset_health(dicts, meta["thing_classes"], meta["mask_names"], tiny_area)
+        ids = {img["id"]: (img["label_id"], Path(img["file_name"]).name) for img in doc["images"]}
+        for f in health.findings:
+            f.image_id, f.file_name = ids[f.image_id]
+        return health
 
     def import_multimask(
         self,
