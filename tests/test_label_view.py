@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app.views.label import LabelView
+from app.views.label import RATIO_LABELS, LabelView
 from multimask.data import Report, load_multimask_json
 from tests.test_app import CLASSES, _make_run
 
@@ -314,3 +314,22 @@ def test_an_unknown_image_id_is_named_not_a_stop_iteration(view, tmp_path, image
     view.upload("leaves", [_png(tmp_path)])
     reply = asyncio.run(_spread_arguments(view.load_image)(["leaves", image_id, None]))
     assert reply["ok"] is False and "StopIteration" not in reply["error"] and "image" in reply["error"], reply
+
+
+def test_the_health_panel_lists_findings_that_open_their_image(view, tmp_path):
+    view.upload("leaves", [_png(tmp_path, "a.png"), _png(tmp_path, "b.png")])
+    ds = view.store.open("leaves")
+    first, second = (e["id"] for e in ds.images())
+    part_outside = {"primary": [[10, 10, 40, 10, 40, 40, 10, 40]], "secondary": [[60, 50, 80, 50, 80, 70, 60, 70]]}
+    ds.save(first, 0, [{"id": "a", "class": "leaf", "masks": part_outside}])
+    ds.save(second, 0, [{"id": "b", "class": "fruit", "masks": {**part_outside, "secondary": []}}])
+    summary, findings, ratios = view.check_health("leaves")
+    assert summary.startswith("Checked 2 labelled image(s).")
+    assert "**secondary outside primary**: 1 in 1 image(s)" in summary and "**no secondary**: 1 in 1" in summary
+    labels = [label for label, _ in findings["choices"]]
+    assert labels == ["secondary outside primary · a.png · instance #1", "no secondary · b.png · instance #1"]
+    assert set(ratios["ratio"]) <= set(RATIO_LABELS) and ratios["instances"].sum() == 1  # one instance has both
+    opened = json.loads(view.open_finding("leaves", findings["choices"][1][1]))
+    assert opened["image_id"] == second and opened["dataset"] == "leaves"
+    assert view.open_finding("leaves", None) == gr.skip()
+    assert view.check_health("gone")[0].startswith("⚠️ no labelling dataset named 'gone'")

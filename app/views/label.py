@@ -19,8 +19,11 @@ from typing import Any
 
 import cv2
 import gradio as gr
+import numpy as np
+import pandas as pd
 
 from multimask.data import convert
+from multimask.data.health import RATIO_BINS
 from multimask.data.images import read_image_bgr
 from multimask.data.import_report import ImportReport
 from multimask.data.mapping import split_pairs
@@ -390,6 +393,40 @@ class LabelView:
             return "No image open."
         return f"Open in the editor: **{entry['file_name']}**"
 
+    # ----- health check -----------------------------------------------------------------------------------
+
+    def check_health(self, name: str | None) -> tuple[str, Any, pd.DataFrame]:
+        """The health panel: (findings by kind, the findings to open one by one, part-to-object area ratios)."""
+        try:
+            health = self._dataset(name).health()
+        except ValueError as e:
+            return notify(f"⚠️ {e}"), gr.update(choices=[], value=None), _ratio_frame({})
+        lines = [
+            f"- **{kind}**: {len(found)} in {len({f.image_id for f in found})} image(s)"
+            for kind, found in health.by_kind().items()
+        ]
+        head = f"Checked {health.images} labelled image(s). " + (
+            "Pick a finding below to open its image." if lines else "No findings."
+        )
+        choices = [
+            (
+                f"{f.kind} · {f.file_name}" + (f" · instance #{f.instance + 1}" if f.instance is not None else ""),
+                f"{f.image_id}:{i}",
+            )
+            for i, f in enumerate(health.findings)
+        ]
+        return "\n".join([head, *lines]), gr.update(choices=choices, value=None), _ratio_frame(health.ratios)
+
+    def open_finding(self, name: str | None, finding: str | None) -> Any:
+        """The editor showing the image of a finding picked in the health panel (its value: "<image id>:<n>")."""
+        if not isinstance(finding, str) or ":" not in finding:
+            return gr.skip()
+        try:
+            return self._document_json(self._dataset(name), finding.rpartition(":")[0])
+        except ValueError as e:
+            gr.Warning(str(e))
+            return gr.skip()
+
     # ----- images -----------------------------------------------------------------------------------------
 
     def upload(self, name: str, files: list | None):
@@ -562,6 +599,21 @@ class LabelView:
         )
 
 
+_RATIO_EDGES = [*RATIO_BINS, np.inf]
+RATIO_LABELS = [f"{a:g}-{b:g}" if np.isfinite(b) else f">{a:g}" for a, b in zip(_RATIO_EDGES, _RATIO_EDGES[1:])]
+
+
+def _ratio_frame(ratios: dict[str, list[float]]) -> pd.DataFrame:
+    """Instances per part-to-object area ratio bin (`multimask.data.health.RATIO_BINS`) and class, for a bar plot."""
+    rows = [
+        {"ratio": label, "instances": int(n), "class": cls}
+        for cls, values in ratios.items()
+        if values
+        for label, n in zip(RATIO_LABELS, np.histogram(values, bins=_RATIO_EDGES)[0])
+    ]
+    return pd.DataFrame(rows, columns=["ratio", "instances", "class"])
+
+
 def _export_folder(ds: LabelDataset, folder_name: Any) -> Path:
     """`<dataset>/exports/<folder_name>`; ValueError for a name that is not a plain folder name, or when exports/
     or the folder is a link leading elsewhere (resolved paths are compared)."""
@@ -666,6 +718,21 @@ def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
                     renamed = gr.Textbox(label="to", scale=2)
                     rename = gr.Button("Rename", scale=1, size="sm")
                 classes_message = gr.Markdown()
+            with gr.Accordion("Health check", open=False):
+                check = gr.Button("Check the dataset", size="sm", elem_id="mm-health-check")
+                health_summary = gr.Markdown(elem_id="mm-health-summary")
+                finding = gr.Dropdown(
+                    [], value=None, label="Findings (pick one to open its image)", elem_id="mm-health-findings"
+                )
+                ratio_plot = gr.BarPlot(
+                    _ratio_frame({}),
+                    x="ratio",
+                    y="instances",
+                    color="class",
+                    label="Part-to-object area ratio",
+                    x_label_angle=-45,
+                    sort=RATIO_LABELS,
+                )
             with gr.Accordion("Model-assisted labelling", open=False) as propose_panel:
                 runs = view.run_choices()
                 run = gr.Dropdown(runs, value=None, label="Run used by Propose", elem_id="mm-label-run")
@@ -771,5 +838,7 @@ def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
         io_message,
         api_name="export_data",
     )
+    check.click(view.check_health, [dataset], [health_summary, finding, ratio_plot], api_name="health_check")
+    finding.input(view.open_finding, [dataset, finding], editor, **private)
     gr.Timer(SUMMARY_SECONDS).tick(**regallery)
     return LabelTab(view, editor, run, propose_panel)
