@@ -70,6 +70,8 @@ class Harness:
             self.delay = 0.0  # seconds each save takes
             self.fail: str | None = None  # an error every save reports
             self.propose_sessions: list[str | None] = []
+            self.assist_delay = 0.0  # seconds each assist request waits before it runs
+            self.assist_requests: list[dict] = []
 
     def ds(self):
         return self.view.store.open(self.dataset)
@@ -77,7 +79,7 @@ class Harness:
     def document_json(self, k: int) -> str:
         return json.dumps(self.view.document(self.ds(), self.ids[k]))
 
-    # The four server functions (their names are the contract).
+    # The server functions (their names are the contract).
     def save_annotations(self, dataset, image_id, base_revision, instances, status):
         time.sleep(self.delay)
         with self.lock:
@@ -91,6 +93,12 @@ class Harness:
 
     def copy_previous(self, dataset, image_id):
         return self.view.copy_previous(dataset, image_id)
+
+    def assist(self, dataset, image_id, request):
+        time.sleep(self.assist_delay)
+        with self.lock:
+            self.assist_requests.append(copy.deepcopy(request))
+        return self.view.assist(dataset, image_id, request)
 
     def propose(self, dataset, image_id, request: gr.Request | None = None):
         with self.lock:
@@ -112,12 +120,35 @@ def quiet_editor_log():
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------------
+OBJECT_CIRCLE = ((300, 240), 120)  # every test image: an object (a disc) with a part (a rectangle) inside it
+PART_RECT = ((260, 200), (340, 290))
+
+
 def _image_png(seed: int) -> bytes:
     yy, xx = np.mgrid[0:H, 0:W]
     img = np.stack([(xx * 255 // W), (yy * 255 // H), np.full_like(xx, 60 + 60 * seed)], axis=2).astype(np.uint8)
-    cv2.circle(img, (300, 240), 120, (40, 160, 220), -1)
-    cv2.rectangle(img, (260, 200), (340, 290), (200, 80, 60), -1)
+    cv2.circle(img, *OBJECT_CIRCLE, (40, 160, 220), -1)
+    cv2.rectangle(img, *PART_RECT, (200, 80, 60), -1)
     return cv2.imencode(".png", img)[1].tobytes()
+
+
+def truth(kind: str) -> np.ndarray:
+    """(H, W) bool: the test images' object ("primary") or part ("secondary")."""
+    mask = np.zeros((H, W), np.uint8)
+    if kind == "primary":
+        cv2.circle(mask, *OBJECT_CIRCLE, 1, -1)
+    else:
+        cv2.rectangle(mask, *PART_RECT, 1, -1)
+    return mask.astype(bool)
+
+
+def iou(parts: list, kind: str) -> float:
+    """IoU of stored polygon parts (flat lists, pixel-centre coordinates) with the truth."""
+    mask = np.zeros((H, W), np.uint8)
+    for part in parts:
+        cv2.fillPoly(mask, [np.round(np.asarray(part).reshape(-1, 2) - 0.5).astype(np.int32)], 1)
+    t = truth(kind)
+    return float((mask.astype(bool) & t).sum() / (mask.astype(bool) | t).sum())
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +156,9 @@ def app(tmp_path_factory):
     store = Harness(tmp_path_factory.mktemp("datasets"), [_image_png(k) for k in range(3)])
     with gr.Blocks() as demo:
         gr.Textbox(label="notes", elem_id="notes")
-        editor = make_editor([store.save_annotations, store.load_image, store.copy_previous, store.propose])
+        editor = make_editor(
+            [store.save_annotations, store.load_image, store.copy_previous, store.propose, store.assist]
+        )
         show_img2 = gr.Button("show img2", elem_id="show-img2")  # Python setting the value (e.g. a gallery)
         demo.load(lambda: store.document_json(0), outputs=editor)
         show_img2.click(lambda: store.document_json(2), outputs=editor)
@@ -653,3 +686,136 @@ def test_slow_saves_coalesce_and_errors_show(app, page):
         pg.wait_for_function("() => document.querySelector('#mm-editor .mm-toast').textContent.includes('failed')")
     assert "model not found" in pg.inner_text("#mm-editor .mm-toast")
     assert len(state(pg)["instances"]) == 1
+
+
+# ---- assists ------------------------------------------------------------------------------------------------
+def wait_assists(pg):
+    pg.wait_for_function("() => window.mmEditor.state().assist.working === 0")
+
+
+@pytest.mark.slow
+def test_box_refine_and_part_in_object(app, page):
+    """B, a box dragged around the object: its primary (IoU >= 0.85), one undoable edit; clicks refine it; I:
+    its secondary inside it; every result an ordinary polygon saved with the image."""
+    store, _ = app
+    pg = page
+    rect = image_rect(pg)
+    pg.hover("#mm-editor .mm-stage")
+    pg.keyboard.press("b")
+    assert state(pg)["tool"] == "box"
+    drag(pg, rect, (170, 110), (430, 370))
+    rec = wait_store(store, lambda r: r["instances"])
+    assert iou(rec["instances"][0]["masks"]["primary"], "primary") >= 0.85
+    assert state(pg)["undo"] == 1 and state(pg)["session"]["kind"] == "grabcut"
+    # An exclude click (Shift) on the object's body refines the same polygon: its part is left.
+    pg.keyboard.down("Shift")
+    click_at(pg, rect, 300, 160)
+    pg.keyboard.up("Shift")
+    rec = wait_store(store, lambda r: r["instances"] and iou(r["instances"][0]["masks"]["primary"], "secondary") > 0.85)
+    assert len(rec["instances"]) == 1 and len(rec["instances"][0]["masks"]["primary"]) == 1
+    assert state(pg)["undo"] == 2 and state(pg)["session"]["bg"] == 1
+    pg.keyboard.press("Control+z")  # back to the box's result, one step
+    rec = wait_store(store, lambda r: r["instances"] and iou(r["instances"][0]["masks"]["primary"], "primary") > 0.85)
+    pg.keyboard.press("Escape")
+    assert state(pg)["session"] is None
+    # I: the part proposed inside the active instance's primary.
+    pg.keyboard.press("i")
+    rec = wait_store(store, lambda r: r["instances"][0]["masks"]["secondary"])
+    assert iou(rec["instances"][0]["masks"]["secondary"], "secondary") >= 0.85
+    assert [r["kind"] for r in store.assist_requests] == ["grabcut", "grabcut", "part"]
+    pg.keyboard.press("Control+z")
+    wait_store(store, lambda r: not r["instances"][0]["masks"]["secondary"])
+
+
+@pytest.mark.slow
+def test_lasso_wand_and_clip(app, page):
+    """L: four clicks on the object's outline, closed on the first, trace it (a square through them would cover
+    64 % of it); W: a click in the part fills it; C clips a part drawn across its object's outline."""
+    store, _ = app
+    pg = page
+    rect = image_rect(pg)
+    (cx, cy), radius = OBJECT_CIRCLE
+    pg.hover("#mm-editor .mm-stage")
+    pg.keyboard.press("l")
+    for angle in (0, 90, 180, 270, 0):
+        click_at(pg, rect, cx + radius * math.cos(math.radians(angle)), cy + radius * math.sin(math.radians(angle)))
+        wait_assists(pg)
+    rec = wait_store(store, lambda r: r["instances"])
+    assert iou(rec["instances"][0]["masks"]["primary"], "primary") >= 0.85
+    assert state(pg)["undo"] == 1 and state(pg)["drawing"] == 0
+    # W in the secondary slot of the same instance: the part's colour region.
+    pg.keyboard.press("w")
+    pg.keyboard.press("2")
+    click_at(pg, rect, 300, 245)
+    rec = wait_store(store, lambda r: r["instances"][0]["masks"]["secondary"])
+    assert len(rec["instances"]) == 1 and iou(rec["instances"][0]["masks"]["secondary"], "secondary") >= 0.85
+    # A part across the object's outline, drawn by hand; C clips it to the object.
+    pg.keyboard.press("Control+z")
+    pg.keyboard.press("p")
+    pg.keyboard.press("2")
+    for x, y in [(380, 220), (470, 220), (470, 260), (380, 260)]:
+        click_at(pg, rect, x, y)
+    pg.keyboard.press("Enter")
+    wait_store(store, lambda r: r["instances"][0]["masks"]["secondary"])
+    pg.keyboard.press("c")
+    rec = wait_store(store, lambda r: max(pairs(r["instances"][0]["masks"]["secondary"][0]))[0] <= cx + radius + 1)
+    xs = [x for x, _ in pairs(rec["instances"][0]["masks"]["secondary"][0])]
+    assert 415 <= max(xs) <= 421, "clipped at the disc's outline"
+    assert pg.locator("#mm-editor .mm-toast").inner_text().startswith("#1 clipped")
+
+
+@pytest.mark.slow
+def test_a_superseded_assist_is_dropped_and_the_editor_stays_responsive(app, page):
+    store, _ = app
+    pg = page
+    rect = image_rect(pg)
+    with store.lock:
+        store.assist_delay = 0.6
+    pg.hover("#mm-editor .mm-stage")
+    pg.keyboard.press("b")
+    drag(pg, rect, (170, 110), (430, 370))
+    pg.wait_for_function("() => window.mmEditor.state().assist.working === 1")
+    assert "working" in pg.inner_text("#mm-editor .mm-mode")
+    pg.keyboard.down("Shift")
+    click_at(pg, rect, 300, 160)  # queued behind the box's request ...
+    click_at(pg, rect, 200, 240)  # ... and replaced by this one, which has both clicks
+    pg.keyboard.up("Shift")
+    pg.keyboard.press("Tab")  # keys still work meanwhile
+    assert state(pg)["mask_name"] == "secondary"
+    wait_assists(pg)
+    s = state(pg)
+    assert s["assist"]["dropped"] == 1, "the box's reply, superseded by the clicks, was dropped"
+    assert [len(r.get("background", [])) for r in store.assist_requests] == [0, 2]
+    assert s["undo"] == 1 and s["session"]["bg"] == 2
+    rec = wait_store(store, lambda r: r["instances"])
+    assert iou(rec["instances"][0]["masks"]["primary"], "secondary") >= 0.85
+
+
+def test_then_its_second_mask_and_the_instance_kept_across_copies(app, page):
+    """With "then draw its second mask" on, the polygon after a primary goes to the same instance's secondary,
+    and the next one starts a new instance; Copy previous keeps the instance that was active selected."""
+    store, _ = app
+    pg = page
+    rect = image_rect(pg)
+    pg.check("#mm-editor .mm-part-next")
+
+    def polygon(x, y, size=40):
+        for dx, dy in [(0, 0), (size, 0), (size, size), (0, size)]:
+            click_at(pg, rect, x + dx, y + dy)
+        pg.keyboard.press("Enter")
+
+    polygon(50, 50, 100)
+    assert state(pg)["mask_name"] == "secondary" and state(pg)["target"] == 0
+    polygon(70, 70)
+    assert state(pg)["mask_name"] == "primary" and state(pg)["target"] == -1
+    polygon(250, 50, 100)
+    polygon(270, 70)
+    rec = wait_store(store, lambda r: len(r["instances"]) == 2 and r["instances"][1]["masks"]["secondary"])
+    assert [(len(i["masks"]["primary"]), len(i["masks"]["secondary"])) for i in rec["instances"]] == [(1, 1)] * 2
+    pg.locator("#mm-editor .mm-item").nth(1).click()  # the second object stays selected on the next image
+    pg.keyboard.press("d")
+    wait_image(pg, store, 1)
+    pg.click("#mm-editor button[data-act=copy]")
+    wait_store(store, lambda r: len(r["instances"]) == 2, 1)
+    assert state(pg)["active"] == 1 and state(pg)["target"] == 1
+    assert pg.evaluate("() => localStorage.getItem('mm-editor-part-next')") == "1"

@@ -440,7 +440,9 @@ def test_navigation_and_previous_instances(ds):
         ds.next_image(a, "sideways")
 
     assert ds.previous_instances(a) == []
-    copied = ds.previous_instances(c)
+    sources: dict[str, str] = {}
+    copied = ds.previous_instances(c, sources)
+    assert [sources[i["id"]] for i in copied] == [i["id"] for i in ds.load(b)["instances"]]
     assert [(i["class"], i["masks"]) for i in copied] == [(i["class"], i["masks"]) for i in ds.load(b)["instances"]]
     assert {i["id"] for i in copied}.isdisjoint({"x", "y"}) and len({i["id"] for i in copied}) == 2
     assert ds.save(c, 1, copied)["revision"] == 2  # what it returns is a valid payload

@@ -10,6 +10,8 @@ component's server functions (`server.<name>(...)` in the JS), never per click:
   ``direction`` is None, "prev", "next" or "next_unlabelled" relative to ``image_id``.
 - ``copy_previous(dataset, image_id)`` and ``propose(dataset, image_id)`` -> ``{"ok": True, "instances": [...]}``
   or ``{"ok": False, "error": str}``.
+- ``assist(dataset, image_id, request)`` -> ``{"ok": True, "parts": [[x1, y1, ...], ...]}`` (a lasso segment:
+  ``"points"``) or ``{"ok": False, "error": str}``; the requests are `app.core.assists.service`'s.
 
 The component's value is an *editor document*, a JSON string built by `editor_document` (empty string: nothing
 loaded). Python sets it to show an image; the JS sets it to the document it loaded itself (A/D navigation), so
@@ -42,7 +44,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 EDITOR_JS = (STATIC_DIR / "editor.js").read_text(encoding="utf-8")
 EDITOR_CSS = (STATIC_DIR / "editor.css").read_text(encoding="utf-8")
 
-SERVER_FUNCTION_NAMES = ("save_annotations", "load_image", "copy_previous", "propose")
+SERVER_FUNCTION_NAMES = ("save_annotations", "load_image", "copy_previous", "propose", "assist")
 PALETTE_SIZE = len(PALETTE)  # instance_color(i) cycles through all of them
 SVG_DASHES = {"-": None, "--": "8 5", ":": "2 4"}  # matplotlib line styles as SVG stroke-dasharray
 
@@ -66,6 +68,19 @@ HTML_TEMPLATE = """
       <button type="button" data-act="redo" title="Redo (Ctrl+Shift+Z, Ctrl+Y)">&#8631; Redo</button>
       <button type="button" data-act="delete" title="Delete the selected vertex or part (Delete)">Delete</button>
       <button type="button" data-act="fit" title="Fit the image to the window (F)">Fit</button>
+    </span>
+    <span class="mm-group mm-tools">
+      <button type="button" data-act="tool" data-tool="polygon" title="Polygon: click its vertices (P)">Polygon</button>
+      <button type="button" data-act="tool" data-tool="box"
+        title="Box: drag a box around an object; then click to include, Shift+click to exclude (B)">Box</button>
+      <button type="button" data-act="tool" data-tool="lasso"
+        title="Magnetic lasso: click along an edge, the path follows the image (L)">Lasso</button>
+      <button type="button" data-act="tool" data-tool="wand" title="Wand: click a region of one colour (W)">Wand</button>
+      <label class="mm-tol-label" title="Wand tolerance: how far a colour may differ">tol
+        <input type="range" class="mm-tolerance" min="1" max="80" value="12"></label>
+      <button type="button" data-act="part"
+        title="Propose the second mask inside the active instance's first; then click to include or exclude (I)">Part</button>
+      <button type="button" data-act="clip" title="Clip the active instance's later masks to its first (C)">Clip</button>
     </span>
     <span class="mm-group">
       <button type="button" data-act="copy" title="Add the previous image's instances">Copy previous</button>
@@ -91,6 +106,9 @@ HTML_TEMPLATE = """
     <div class="mm-side">
       <div class="mm-info"></div>
       <div class="mm-legend"></div>
+      <label class="mm-part-next-label" title="After closing an instance's first mask, the next polygon or assist
+        goes to its second mask">
+        <input type="checkbox" class="mm-part-next"> then draw its second mask</label>
       <div class="mm-list-title">Instances</div>
       <ol class="mm-list"></ol>
       <div class="mm-warnings"></div>
@@ -104,6 +122,9 @@ HTML_TEMPLATE = """
           <li>Click an outline to select its part; drag inside the selected part to move it;
             Delete: the selected vertex (or the part); Shift+Delete: the part</li>
           <li>N: new instance; 1 / 2 / Tab: mask slot; H: hide or show the active instance</li>
+          <li>Tools: P polygon; B box (drag around an object); L magnetic lasso; W wand (click a region).
+            After Box or Part: click to include, Shift+click to exclude; Enter or Esc: done</li>
+          <li>I: the active instance's second mask proposed inside its first; C: clip it to the first</li>
           <li>Ctrl+Z, Ctrl+Shift+Z / Ctrl+Y: undo, redo</li>
           <li>Wheel: zoom; middle or right drag, or Space+drag: pan; F: fit</li>
           <li>A / D: previous / next image</li>
@@ -252,8 +273,8 @@ def make_editor(
 ) -> gr.HTML:
     """The polygon editor: a `gr.HTML` whose value is an editor document (JSON string, "" = nothing loaded).
 
-    `server_functions` are plain Python functions named save_annotations, load_image, copy_previous and
-    propose (see the module docstring for their contract); the browser calls them with positional arguments.
+    `server_functions` are plain Python functions named save_annotations, load_image, copy_previous, propose
+    and assist (see the module docstring for their contract); the browser calls them with positional arguments.
     A missing one only disables what needs it (e.g. no `propose`: the Propose button reports it).
     Further keyword arguments go to `gr.HTML`.
     """

@@ -30,6 +30,7 @@ from multimask.data.mapping import split_pairs
 from multimask.data.synth import generate_synthetic_dataset
 from multimask.io import atomic_write_bytes
 
+from ..core.assists import AssistService
 from ..core.datasets import DUPLICATE_NOTE, ConflictError, LabelDataset, LabelStore
 from ..core.datasets.propose import propose
 from ..core.models.predictors import PredictorCache
@@ -132,6 +133,7 @@ class LabelView:
         # Server folders images and datasets may be imported from: the data root and what launch.py allows.
         self.import_roots = [Path(data_root).resolve()] + [Path(p).resolve() for p in import_roots or []]
         self.predictors = predictors or PredictorCache()
+        self.assists = AssistService()
         self._session_runs: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
@@ -201,8 +203,18 @@ class LabelView:
             }
         return self.document(ds, target)
 
+    def assist(self, dataset: str, image_id: str, request: Any) -> dict:
+        """A labelling assist's polygon parts on the image (see `app.core.assists.service` for requests)."""
+        try:
+            return self.assists.run(self._dataset(dataset).image_path(image_id), request)
+        except ValueError as e:  # a bad request or image id, named
+            return {"ok": False, "error": str(e)}
+
     def copy_previous(self, dataset: str, image_id: str) -> dict:
-        return {"ok": True, "instances": self._dataset(dataset).previous_instances(image_id)}
+        """The previous image's instances with fresh ids; `sources` maps each to its id there."""
+        sources: dict[str, str] = {}
+        instances = self._dataset(dataset).previous_instances(image_id, sources)
+        return {"ok": True, "instances": instances, "sources": sources}
 
     def propose(self, dataset: str, image_id: str, request: gr.Request | None = None) -> dict:
         """The chosen run's predictions on the image as instances (the run chosen in this browser tab), leaving
@@ -775,7 +787,9 @@ def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
                 do_export = gr.Button("Export", size="sm")
                 io_message = gr.Markdown()
         with gr.Column(scale=4, elem_id="mm-label-main"):
-            editor = make_editor([view.save_annotations, view.load_image, view.copy_previous, view.propose])
+            editor = make_editor(
+                [view.save_annotations, view.load_image, view.copy_previous, view.propose, view.assist]
+            )
     last = gr.BrowserState(
         {"dataset": None, "image_id": None}, storage_key="multimask-label", secret=browser_secret(view.runs_root)
     )

@@ -105,7 +105,7 @@ def validate_instances(
             total += sum(len(p) for p in parts if isinstance(p, (list, tuple))) // 2  # counted before the work
             if total > MAX_TOTAL_POINTS:
                 raise PayloadError(f"{here}: too many points in this image (more than {MAX_TOTAL_POINTS})")
-            clean[name] = [_part(p, width, height, f"{here}, part {j + 1}") for j, p in enumerate(parts)]
+            clean[name] = [check_polygon(p, width, height, f"{here}, part {j + 1}") for j, p in enumerate(parts)]
         if not any(clean.values()):
             if dropped is not None:
                 dropped.append(f"{where} has no mask drawn: it was not saved")
@@ -114,7 +114,8 @@ def validate_instances(
     return out
 
 
-def _part(part: Any, width: int, height: int, where: str) -> list[float]:
+def check_polygon(part: Any, width: int, height: int, where: str) -> list[float]:
+    """One polygon part, a flat [x1, y1, ...] list: checked (PayloadError naming `where`), clipped and rounded."""
     if not isinstance(part, (list, tuple)):
         raise PayloadError(f"{where}: a polygon must be a flat list [x1, y1, x2, y2, ...], got {type(part).__name__}")
     n = len(part)

@@ -258,8 +258,9 @@ class LabelDataset(ImageIntake, Interchange):
                     return index[j]["id"]
             return None
 
-    def previous_instances(self, image_id: str) -> list[dict]:
-        """The instances of the image just before `image_id` in index order, with fresh ids ([] for the first).
+    def previous_instances(self, image_id: str, sources: dict[str, str] | None = None) -> list[dict]:
+        """The instances of the image just before `image_id` in index order, with fresh ids ([] for the first);
+        `sources`, when given, gets each fresh id's instance id on the previous image.
 
         When the two images differ in size, the polygons are clipped to this image and parts left without
         area are dropped (instances left without any mask too).
@@ -281,6 +282,8 @@ class LabelDataset(ImageIntake, Interchange):
             while new_id in used:
                 new_id = secrets.token_hex(4)
             used.add(new_id)
+            if sources is not None:
+                sources[new_id] = inst["id"]
             out.append(
                 {
                     "id": new_id,

@@ -1,6 +1,6 @@
 // Polygon editor for multimask: several named masks (mask slots) per instance, drawn over an image.
 // Runs as a gr.HTML js_on_load body: `element`, `props`, `server` and `watch` come from Gradio.
-// All drawing happens here; Python is called only through `server.<fn>(...)` (load, save, copy, propose).
+// All drawing happens here; Python is called only through `server.<fn>(...)` (load, save, copy, propose, assist).
 // Coordinates are kept in ORIGINAL image pixels; zoom/pan is only the transform of the SVG world group.
 (function () {
   'use strict';
@@ -15,7 +15,10 @@
   const DUP_PX = 3;             // a vertex this close to the previous one is a duplicate (double-click)
   const MIN_MID_EDGE_PX = 24;   // edges shorter than this on screen get no midpoint handle
   const MIN_SCALE = 0.01, MAX_SCALE = 64, UNDO_LIMIT = 300, LATENCY_LIMIT = 2000;
-  const TIMEOUT_MS = { save_annotations: 60000, load_image: 30000, copy_previous: 30000, propose: 300000 };
+  const TIMEOUT_MS = { save_annotations: 60000, load_image: 30000, copy_previous: 30000, propose: 300000, assist: 30000 };
+  // Tools: what a press on the image does. Polygon draws vertices; the assists ask the server for a polygon.
+  const TOOLS = { polygon: 'Polygon', box: 'Box → object', lasso: 'Magnetic lasso', wand: 'Wand' };
+  const PART_NEXT_KEY = 'mm-editor-part-next';  // localStorage: after a first mask, go on to its second
   // Statuses, the instance id pattern, the palette and the mask slots' styles come in the editor document.
 
   const q = (sel) => element.querySelector(sel);
@@ -24,7 +27,7 @@
     image: q('.mm-image'), shapes: q('.mm-shapes'), overlay: q('.mm-overlay'), draw: q('.mm-draw'),
     hint: q('.mm-hint'), mode: q('.mm-mode'), zoom: q('.mm-zoom'), toast: q('.mm-toast'), info: q('.mm-info'), legend: q('.mm-legend'),
     list: q('.mm-list'), warnings: q('.mm-warnings'), save: q('.mm-save'), reload: q('.mm-reload'),
-    classSel: q('.mm-class'), done: q('.mm-done'),
+    classSel: q('.mm-class'), done: q('.mm-done'), tolerance: q('.mm-tolerance'), partNext: q('.mm-part-next'),
   };
   const uid = Math.random().toString(36).slice(2, 8);  // keeps SVG pattern ids unique on the page
 
@@ -45,7 +48,14 @@
     view: { s: 1, tx: 0, ty: 0, fitted: true },
     generation: 0,        // bumped at every document load: replies meant for an older one are dropped
     busy: {}, space: false, hover: false, leaveAnyway: false, warnings: [],
+    tool: 'polygon',
+    session: null,        // the assist being refined: {kind, instId, name, box | object | point, fg, bg, placed}
+    lasso: null,          // the magnetic lasso's clicks: [{pt, path (null until the server's path arrives)}]
+    carryId: null,        // id of the instance active when the previous image was left (kept by Copy previous)
   };
+  // Assist requests: one in flight; a newer one replaces the queued one, and a reply that a newer request has
+  // superseded is dropped.
+  const assists = { token: 0, inflight: false, queued: null, working: 0, dropped: 0, seconds: [] };
   const saver = { revision: 0, inflight: false, pending: false, savedKey: '', blocked: false, error: '', waiters: [] };
   const latencies = [];
 
@@ -195,6 +205,7 @@
   // Records the change since `before` as one undoable edit, then redraws and autosaves.
   function record(before) {
     if (contentKey(before) === contentKey(st)) { validateSelection(); renderAll(); return false; }
+    if (!assists.placing) st.session = null;  // another edit: clicks no longer refine the assist's result
     if (st.status === 'unlabelled' && st.instances.length) st.status = 'in_progress';
     if (st.status === 'in_progress' && !st.instances.length) st.status = 'unlabelled';
     st.undo.push(before);
@@ -210,6 +221,7 @@
     const s = from.pop();
     if (!s) return;
     to.push(snapshot());
+    st.session = null;
     st.instances = cloneInstances(s.instances);
     st.status = s.status;
     st.active = s.active < st.instances.length ? s.active : -1;
@@ -298,8 +310,11 @@
       return;
     }
     st.generation += 1;
+    const left = st.instances[st.active];
+    if (left && (!doc || !st.doc || doc.image_id !== st.doc.image_id)) st.carryId = left.id;
     Object.assign(st, { doc, drawing: null, gesture: null, undo: [], redo: [], active: -1, fresh: false, slot: 0,
-      sel: null, warnings: [], leaveAnyway: false, instances: [] });
+      sel: null, warnings: [], leaveAnyway: false, instances: [], session: null, lasso: null });
+    assists.queued = null;
     st.hidden.clear();
     Object.assign(saver, { revision: doc ? doc.revision : 0, inflight: false, pending: false, blocked: false, error: '' });
     if (doc) {
@@ -380,7 +395,204 @@
     const added = importInstances(reply.instances, st.instances.map((i) => i.id), true);
     if (!added.length) { toast(`${label}: nothing to add.${notes}`, notes ? 6000 : 2500); return; }
     edit(() => { st.instances.push(...added); });
+    const sources = reply.sources && typeof reply.sources === 'object' ? reply.sources : {};
+    const kept = st.instances.findIndex((inst) => added.includes(inst) && st.carryId && sources[inst.id] === st.carryId);
+    if (kept >= 0) { Object.assign(st, { active: kept, fresh: false, sel: null }); renderAll(); }
     toast(`${label}: ${added.length} instance(s) added — Ctrl+Z removes them.${notes}`, notes ? 8000 : 4000);
+  }
+
+  // ---- assists: the server proposes a polygon; it lands in the current mask slot as one undoable edit --------
+  const flat = (parts) => parts.map((part) => part.flatMap((p) => [round2(p[0]), round2(p[1])]));
+  const instIndex = (id) => st.instances.findIndex((inst) => inst.id === id);
+
+  // Sends an assist request; `onReply` gets the reply unless the editor moved on to another image or a newer
+  // request (same `channel`) superseded it meanwhile.
+  async function requestAssist(request, onReply) {
+    if (!st.doc) return;
+    assists.queued = { request, onReply, token: ++assists.token };
+    if (assists.inflight) return;
+    assists.inflight = true;
+    while (assists.queued) {
+      const job = assists.queued, gen = st.generation, doc = st.doc;
+      assists.queued = null;
+      setWorking(1);
+      const reply = await call('assist', [doc.dataset, doc.image_id, job.request]);
+      setWorking(-1);
+      if (gen !== st.generation) continue;
+      if (job.token !== assists.token) { assists.dropped += 1; continue; }
+      if (finite(reply.seconds)) assists.seconds.push(reply.seconds);
+      if (reply.ok === false) { toast(`${TOOLS[st.tool] || 'Assist'}: ${errorText(reply)}`, 5000); continue; }
+      job.onReply(reply);
+    }
+    assists.inflight = false;
+  }
+  function setWorking(delta) {
+    assists.working = Math.max(0, assists.working + delta);
+    ui.stage.classList.toggle('mm-working', assists.working > 0);
+    renderMode();
+  }
+
+  // The parts of a reply, as editor polygons; null (with a toast) when there are none.
+  function replyParts(reply, what) {
+    const parts = (Array.isArray(reply.parts) ? reply.parts : []).map(importPart).filter(Boolean);
+    if (!parts.length) toast(`${what}: nothing found — click inside (include) or Shift+click (exclude) to guide it`, 5000);
+    return parts.length ? parts : null;
+  }
+
+  // The primary (first mask) parts of instance i that a later mask must stay inside, per the dataset's rule.
+  function withinFor(i, name) {
+    const inst = st.instances[i];
+    if (!inst || name === names()[0] || !st.doc.rules.secondary_inside_primary) return [];
+    return flat(inst.masks[names()[0]] || []);
+  }
+
+  // Runs the refinable session (GrabCut in a box, or the part in its object) and puts its result in place of
+  // the previous one.
+  function runSession() {
+    const s = st.session;
+    if (!s) return;
+    const i = instIndex(s.instId);
+    const request = s.kind === 'part'
+      ? { kind: 'part', object: s.object, foreground: s.fg, background: s.bg }
+      : { kind: s.kind, box: s.box, point: s.point, tolerance: Number(ui.tolerance.value), foreground: s.fg,
+        background: s.bg, within: withinFor(i, s.name) };
+    renderOverlay();
+    requestAssist(request, (reply) => {
+      if (st.session !== s) return;  // ended meanwhile
+      const parts = replyParts(reply, s.label);
+      if (parts) placeSession(s, parts);
+    });
+  }
+
+  // Puts a session's parts in: in place of its previous result if that is still there untouched, else added.
+  function placeSession(s, parts) {
+    assists.placing = true;
+    try {
+      edit(() => {
+        const i = instIndex(s.instId), prev = s.placed, list = i >= 0 && st.instances[i].masks[s.name];
+        if (prev && list && JSON.stringify(list.slice(prev.start, prev.start + prev.count)) === prev.key) {
+          list.splice(prev.start, prev.count, ...parts);
+          Object.assign(st, { active: i, sel: { inst: i, name: s.name, part: prev.start, vertex: -1 } });
+          s.placed = { ...prev, count: parts.length };
+        } else {
+          s.placed = addParts(i, s.name, parts);
+          s.instId = s.placed.instId;
+        }
+        s.placed.key = JSON.stringify(parts);
+      });
+    } finally {
+      assists.placing = false;
+    }
+  }
+
+  function startSession(kind, fields) {
+    const target = targetInstance();
+    st.session = { kind, instId: target >= 0 ? st.instances[target].id : null, name: names()[st.slot], fg: [],
+      bg: [], placed: null, label: TOOLS[st.tool] || 'Assist', ...fields };
+    runSession();
+  }
+
+  // A click while a session runs: include (plain) or exclude (Shift) the clicked place, then refine.
+  function refineClick(e, pt) {
+    const s = st.session;
+    (e.shiftKey || e.altKey ? s.bg : s.fg).push([round2(pt[0]), round2(pt[1])]);
+    runSession();
+  }
+  function endSession() {
+    if (!st.session) return false;
+    st.session = null;
+    renderAll();
+    return true;
+  }
+
+  // I: the second mask proposed inside the active instance's first mask.
+  function partInObject() {
+    if (st.drawing) closeOrCancelDrawing();
+    const i = st.active, inst = st.instances[i], first = names()[0];
+    if (names().length < 2) { toast('This dataset has one mask name: there is no part to propose'); return; }
+    if (!inst || !(inst.masks[first] || []).length) {
+      toast(`Pick an instance with a ${first} first (click its outline or its row)`, 4000);
+      return;
+    }
+    const name = st.slot > 0 ? names()[st.slot] : names()[1];
+    st.session = { kind: 'part', instId: inst.id, name, object: flat(inst.masks[first]), fg: [], bg: [],
+      placed: null, label: `${name} in its ${first}` };
+    runSession();
+  }
+
+  // C: the active instance's later masks clipped to its first mask, as one edit.
+  function clipToObject() {
+    const i = st.active, inst = st.instances[i], first = names()[0];
+    if (!inst) { toast('Pick an instance first'); return; }
+    const object = flat(inst.masks[first] || []);
+    if (!object.length) { toast(`#${i + 1} has no ${first} to clip to`); return; }
+    const later = names().slice(1).filter((n) => (inst.masks[n] || []).length);
+    if (!later.length) { toast(`#${i + 1} has nothing but its ${first}`); return; }
+    const id = inst.id, before = JSON.stringify(later.map((n) => flat(inst.masks[n])));
+    Promise.all(later.map((n) => new Promise((resolve) => {
+      const doc = st.doc;
+      setWorking(1);
+      call('assist', [doc.dataset, doc.image_id, { kind: 'clip', part: flat(inst.masks[n]), object }])
+        .then((reply) => { setWorking(-1); resolve(reply); });
+    }))).then((replies) => {
+      const k = instIndex(id), now = st.instances[k];
+      if (!now || JSON.stringify(later.map((n) => flat(now.masks[n]))) !== before) return;  // edited meanwhile
+      const bad = replies.find((r) => r.ok === false);
+      if (bad) { toast(`Clip: ${errorText(bad)}`, 5000); return; }
+      const clipped = replies.map((r) => (Array.isArray(r.parts) ? r.parts : []).map(importPart).filter(Boolean));
+      if (JSON.stringify(clipped.map(flat)) === before) { toast(`#${k + 1}: already inside its ${first}`); return; }
+      edit(() => { later.forEach((n, j) => { now.masks[n] = clipped[j]; }); st.active = k; st.sel = null; });
+      toast(`#${k + 1} clipped to its ${first} — Ctrl+Z restores it`, 4000);
+    });
+  }
+
+  // The magnetic lasso: clicks as for a polygon; between two clicks the server traces the image's edges.
+  function lassoClick(p) {
+    const pt = clampPt(...toImage(p)), L = st.lasso;
+    st.cursor = p;
+    if (!L) { st.lasso = [{ pt, path: [] }]; st.sel = null; syncLasso(); return; }
+    if (L.length >= 2 && dist(toScreen(L[0].pt), p) <= SNAP_PX) { closeLasso(); return; }
+    if (dist(toScreen(L[L.length - 1].pt), p) < DUP_PX) return;
+    lassoSegment(pt);
+  }
+  function lassoSegment(pt) {
+    const L = st.lasso, from = L[L.length - 1].pt, item = { pt, path: null }, gen = st.generation, doc = st.doc;
+    L.push(item);
+    syncLasso();
+    setWorking(1);
+    item.pending = call('assist', [doc.dataset, doc.image_id, { kind: 'lasso', start: from, end: pt }]).then((reply) => {
+      setWorking(-1);
+      if (gen !== st.generation || st.lasso !== L || !L.includes(item)) return;
+      if (reply.ok === false || !Array.isArray(reply.points)) { toast(`Lasso: ${errorText(reply)}`, 4000); item.path = [pt]; }
+      else item.path = reply.points.filter((q) => Array.isArray(q) && finite(q[0]) && finite(q[1])).map((q) => clampPt(q[0], q[1]));
+      syncLasso();
+    });
+  }
+  function syncLasso() {
+    st.drawing = st.lasso ? st.lasso.flatMap((it, k) => (k === 0 ? [it.pt] : it.path || [it.pt])) : null;
+    renderOverlay();
+    renderDraw();
+    renderPanel();
+  }
+  // Closes the lasso along the edges back to its first click, once every path has arrived.
+  async function closeLasso() {
+    const L = st.lasso;
+    if (!L || L.length < 2) { toast('The lasso needs at least 2 clicks before it closes'); return; }
+    lassoSegment(L[0].pt);
+    await Promise.all(L.map((it) => it.pending));
+    if (st.lasso !== L) return;
+    const pts = st.drawing.slice(0, -1);  // the last point is the first one again
+    st.drawing = pts;
+    closeDrawing();
+  }
+
+  function setTool(tool) {
+    if (!TOOLS[tool]) return;
+    if (st.drawing) closeOrCancelDrawing();
+    st.tool = tool;
+    st.session = null;
+    renderAll();
+    focusEditor();
   }
 
   // ---- view: zoom and pan ----------------------------------------------------------------------------------
@@ -505,6 +717,7 @@
       svgEl('text', { x: p.x + 2, y: Math.max(p.y - 4, 12), class: 'mm-label', fill: rgb(c) }, ui.overlay)
         .textContent = `${inst.class} #${i + 1}`;
     });
+    renderSession();
     const inst = st.instances[st.active];
     if (st.drawing || !inst || st.hidden.has(inst.id)) return;
     const c = rgb(colorOf(st.active)), mids = [], verts = [], s = st.sel;
@@ -523,10 +736,30 @@
     st.handles = verts.concat(mids);  // vertices first: they win over midpoints
   }
 
+  // The running assist: its box and its include (+) / exclude (-) clicks.
+  function renderSession() {
+    const s = st.session;
+    if (!s) return;
+    if (s.box) {
+      const a = toScreen(s.box.slice(0, 2)), b = toScreen(s.box.slice(2));
+      svgEl('rect', { x: a.x, y: a.y, width: b.x - a.x, height: b.y - a.y, class: 'mm-box mm-box-set' }, ui.overlay);
+    }
+    [[s.fg, 'mm-click-in', '+'], [s.bg, 'mm-click-out', '−']].forEach(([pts, cls, sign]) => pts.forEach((pt) => {
+      const c = toScreen(pt);
+      svgEl('circle', { cx: c.x, cy: c.y, r: 7, class: cls }, ui.overlay);
+      svgEl('text', { x: c.x, y: c.y + 4, class: 'mm-click-sign' }, ui.overlay).textContent = sign;
+    }));
+  }
+
   // The polygon being drawn, in screen space.
   function renderDraw() {
     ui.draw.textContent = '';
     st.drawEls = null;
+    if (st.boxDrag) {
+      const [a, b] = st.boxDrag;
+      svgEl('rect', { x: Math.min(a.x, b.x), y: Math.min(a.y, b.y), width: Math.abs(b.x - a.x),
+        height: Math.abs(b.y - a.y), class: 'mm-box' }, ui.draw);
+    }
     if (!st.drawing || !st.doc) return;
     st.drawEls = { line: svgEl('polyline', { class: 'mm-draw-line' }, ui.draw),
       rubber: svgEl('line', { class: 'mm-draw-rubber' }, ui.draw), dots: svgEl('g', {}, ui.draw) };
@@ -562,7 +795,9 @@
       b.disabled = !doc || (act === 'undo' && !st.undo.length && !st.drawing) || (act === 'redo' && !st.redo.length)
         || (act === 'copy' && !!st.busy.copy_previous) || (act === 'propose' && !!st.busy.propose)
         || (nav.includes(act) && !!st.busy.nav);
+      if (b.dataset.tool) b.classList.toggle('mm-tool-on', b.dataset.tool === st.tool);
     });
+    ui.tolerance.disabled = !doc;
     ui.classSel.disabled = !doc;
     ui.done.classList.toggle('mm-on', !!doc && st.status === 'done');
     ui.done.textContent = doc && st.status === 'done' ? 'Done ✓' : 'Done';
@@ -599,11 +834,17 @@
     if (!st.doc) return;
     const t = targetInstance(), inst = st.instances[t], name = names()[st.slot];
     htmlEl('span', { class: 'mm-swatch', style: `background:${rgb(inst ? colorOf(t) : [255, 255, 255])}` }, ui.mode);
-    let text = `${inst ? `#${t + 1} ${inst.class}` : `new instance (${defaultClass()})`} · ${name}`;
-    if (st.drawing) text += ` · ${st.drawing.length} point(s): click the first point, Enter or double-click to close`;
+    const s = st.session;
+    let text = `${TOOLS[st.tool]} · ${inst ? `#${t + 1} ${inst.class}` : `new instance (${defaultClass()})`} · ${name}`;
+    if (s) text = `${s.label} · click: include, Shift+click: exclude · Enter or Esc: done`;
+    else if (st.drawing) text += ` · ${st.drawing.length} point(s): click the first point, Enter or double-click to close`;
     else if (!inst && st.slot > 0) text += ` · press 1 to draw its ${names()[0]} first`;
+    else if (st.tool === 'box') text += ' · drag a box around it';
+    else if (st.tool === 'wand') text += ' · click a region of one colour';
+    else if (st.tool === 'lasso') text += ' · click along its edge';
     else if (!inst && st.fresh && names().length > 1) text += ` · or press 2 to add a ${names()[1]} to #${st.active + 1}`;
     htmlEl('span', {}, ui.mode, text);
+    if (assists.working) htmlEl('span', { class: 'mm-spinner', title: 'working' }, ui.mode, ' working…');
   }
 
   // Legend of the mask styles, which is also the mask slot picker.
@@ -756,33 +997,51 @@
   function closeDrawing() {
     if (!st.drawing) return false;
     if (st.drawing.length < 3) { toast('A polygon needs at least 3 points'); return false; }
-    const pts = st.drawing, name = names()[st.slot];
+    const pts = st.drawing;
     st.drawing = null;
-    edit(() => {
-      let i = targetInstance();
-      if (i < 0) {
-        const masks = Object.fromEntries(names().map((n) => [n, []]));
-        st.instances.push({ id: newId(new Set(st.instances.map((x) => x.id))), class: defaultClass(), masks });
-        i = st.instances.length - 1;
-        st.fresh = true;
-      }
-      const inst = st.instances[i];
-      st.active = i;
-      st.hidden.delete(inst.id);
-      (inst.masks[name] = inst.masks[name] || []).push(pts);
-      st.sel = { inst: i, name, part: inst.masks[name].length - 1, vertex: -1 };
-      if (st.fresh && st.slot > 0) st.slot = 0;
-    });
+    st.lasso = null;
+    edit(() => { addParts(-1, names()[st.slot], [pts]); });
     return true;
+  }
+
+  // Adds `parts` to mask `name` of instance `i` (-1: the target instance, a new one if none), inside an edit.
+  // Returns where they went. After a just-drawn instance's first mask, the slot moves on to its second (when
+  // that setting is on); after a later mask, back to the first, so the next polygon starts a new instance.
+  function addParts(i, name, parts) {
+    if (i < 0) i = targetInstance();
+    if (i < 0) {
+      const masks = Object.fromEntries(names().map((n) => [n, []]));
+      st.instances.push({ id: newId(new Set(st.instances.map((x) => x.id))), class: defaultClass(), masks });
+      i = st.instances.length - 1;
+      st.fresh = true;
+    }
+    const inst = st.instances[i], list = (inst.masks[name] = inst.masks[name] || []), start = list.length;
+    st.active = i;
+    st.hidden.delete(inst.id);
+    list.push(...parts);
+    st.sel = { inst: i, name, part: start, vertex: -1 };
+    if (st.fresh) {
+      const first = name === names()[0];
+      st.slot = first && ui.partNext.checked && names().length > 1 ? 1 : 0;
+    }
+    return { instId: inst.id, name, start, count: parts.length };
   }
   function cancelDrawing() {
     st.drawing = null;
+    st.lasso = null;
     renderAll();
   }
   function closeOrCancelDrawing() {
     if (!(st.drawing && st.drawing.length >= 3 && closeDrawing())) cancelDrawing();
   }
+  const finishDrawing = () => (st.lasso ? closeLasso() : closeDrawing());
   function popVertex() {
+    if (st.lasso) {  // the lasso's last click and its path
+      st.lasso.pop();
+      if (!st.lasso.length) { cancelDrawing(); return; }
+      syncLasso();
+      return;
+    }
     st.drawing.pop();
     if (!st.drawing.length) { cancelDrawing(); return; }
     renderDraw();
@@ -838,8 +1097,12 @@
       ui.stage.classList.add('mm-panning');
     } else if (e.button !== 0) {
       return;
-    } else if (!st.drawing && !e.shiftKey) {
-      g = pressOnShapes(e, g) || g;
+    } else if (st.tool === 'polygon' && !st.session) {
+      if (!st.drawing && !e.shiftKey) g = pressOnShapes(e, g) || g;
+    } else if (!st.drawing && !e.shiftKey && hitHandle(p)) {
+      g = pressOnShapes(e, g) || g;  // the assists' polygons are ordinary ones: their vertices drag
+    } else if (st.tool === 'box') {
+      g = { ...g, kind: 'box' };
     }
     e.preventDefault();
     st.gesture = g;
@@ -880,6 +1143,9 @@
     if (g.kind === 'pan') {
       Object.assign(st.view, { tx: g.tx + p.x - g.start.x, ty: g.ty + p.y - g.start.y, fitted: false });
       applyView();
+    } else if (g.kind === 'box') {
+      st.boxDrag = [g.start, p];
+      renderDraw();
     } else if (g.kind === 'vertex') {
       selectedPart()[st.sel.vertex] = clampPt(...toImage(p));
       requestDragRender();
@@ -898,21 +1164,39 @@
     if (!g || g.id !== e.pointerId) return;
     st.gesture = null;
     ui.stage.classList.remove('mm-panning');
-    if (g.kind === 'vertex' || (g.kind === 'move' && g.moved)) {
+    if (g.kind === 'box' && g.moved) {
+      const a = clampPt(...toImage(g.start)), b = clampPt(...toImage(local(e)));
+      st.boxDrag = null;
+      renderDraw();
+      const box = [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])].map(round2);
+      if (box[2] - box[0] < 2 || box[3] - box[1] < 2) { toast('Drag a box around the object'); return; }
+      startSession('grabcut', { box });
+    } else if (g.kind === 'vertex' || (g.kind === 'move' && g.moved)) {
       record(g.before);  // one undoable edit per drag (a midpoint insert included)
     } else if (g.kind === 'select' && !g.moved) {
       const ed = g.edge;
       Object.assign(st, { active: ed.inst, fresh: false, slot: names().indexOf(ed.name),
         sel: { inst: ed.inst, name: ed.name, part: ed.part, vertex: -1 } });
       renderAll();
-    } else if ((g.kind === 'click' || g.kind === 'move') && !g.moved) {
-      clickVertex(e, local(e));
+    } else if ((g.kind === 'click' || g.kind === 'move' || g.kind === 'box') && !g.moved) {
+      onClick(e, local(e));
     }
+  }
+
+  // A click on the image: refines the running assist, or does what the tool does.
+  function onClick(e, p) {
+    const pt = clampPt(...toImage(p)), s = st.session;
+    if (s && (s.kind === 'part' || (s.kind === 'grabcut' && st.tool === 'box'))) refineClick(e, pt);
+    else if (st.tool === 'wand') startSession('flood', { point: [round2(pt[0]), round2(pt[1])] });
+    else if (st.tool === 'lasso') { lassoClick(p); recordLatency(e); renderMode(); }
+    else if (st.tool === 'box') toast('Drag a box around the object');
+    else clickVertex(e, p);
   }
 
   function onPointerCancel() {
     const g = st.gesture;
     st.gesture = null;
+    st.boxDrag = null;
     ui.stage.classList.remove('mm-panning');
     if (g && g.before) { st.instances = cloneInstances(g.before.instances); validateSelection(); renderAll(); }
   }
@@ -920,7 +1204,8 @@
   function onDoubleClick(e) {
     if (!st.doc) return;
     e.preventDefault();
-    if (st.drawing) { closeDrawing(); return; }
+    if (st.drawing) { finishDrawing(); return; }
+    if (st.tool !== 'polygon' || st.session) return;
     const p = local(e), h = hitHandle(p);
     if (h && h.type === 'v') return;  // the double-click landed on a vertex it has just made
     const edge = hitEdge(p);
@@ -956,8 +1241,8 @@
     if (ctrl && (k === 'z' || k === 'Z')) { if (e.shiftKey) redo(); else undo(); }
     else if (ctrl && (k === 'y' || k === 'Y')) redo();
     else if (ctrl || e.altKey) handled = false;  // other browser shortcuts stay
-    else if (k === 'Enter') { if (st.drawing) closeDrawing(); else handled = false; }
-    else if (k === 'Escape') { if (st.drawing) cancelDrawing(); else { st.sel = null; renderAll(); } }
+    else if (k === 'Enter') { if (st.drawing) finishDrawing(); else if (!endSession()) handled = false; }
+    else if (k === 'Escape') { if (st.drawing) cancelDrawing(); else if (!endSession()) { st.sel = null; renderAll(); } }
     else if (k === 'Backspace' && st.drawing) popVertex();
     else if (k === 'Backspace' || k === 'Delete') deleteSelection(e.shiftKey);
     else if (k === 'n' || k === 'N') newInstance();
@@ -965,12 +1250,16 @@
     else if (/^[1-9]$/.test(k) && Number(k) <= names().length) setSlot(Number(k) - 1);
     else if (k === 'f' || k === 'F') fit();
     else if (k === 'h' || k === 'H') { if (st.active >= 0) toggleHidden(st.active); }
+    else if (TOOL_KEYS[k.toLowerCase()]) setTool(TOOL_KEYS[k.toLowerCase()]);
+    else if (k === 'i' || k === 'I') partInObject();
+    else if (k === 'c' || k === 'C') clipToObject();
     else if (k === 'a' || k === 'A') navigate('prev');
     else if (k === 'd' || k === 'D') navigate('next');
     else if (k === ' ') { st.space = true; ui.stage.classList.add('mm-panning'); }
     else handled = false;
     if (handled) { e.preventDefault(); e.stopPropagation(); }
   }
+  const TOOL_KEYS = { p: 'polygon', b: 'box', l: 'lasso', w: 'wand' };
   function endSpace() {
     st.space = false;
     if (!st.gesture) ui.stage.classList.remove('mm-panning');
@@ -981,15 +1270,16 @@
     prev: () => navigate('prev'), next: () => navigate('next'), next_unlabelled: () => navigate('next_unlabelled'),
     reload: () => navigate(null), new: newInstance, undo, redo, delete: () => deleteSelection(false), fit,
     copy: () => addFromServer('copy_previous', 'Copy previous'), propose: () => addFromServer('propose', 'Propose'),
+    part: partInObject, clip: clipToObject,
     done: () => edit(() => {
       st.status = st.status === 'done' ? (st.instances.length ? 'in_progress' : 'unlabelled') : 'done';
     }),
   };
   function onToolbarClick(e) {
     const b = e.target.closest('button[data-act]');
-    if (!b || b.disabled || !actions[b.dataset.act]) return;
+    if (!b || b.disabled || !(actions[b.dataset.act] || b.dataset.tool)) return;
     focusEditor();  // keys keep working, and Space/Enter do not press the button again
-    actions[b.dataset.act]();
+    if (b.dataset.tool) setTool(b.dataset.tool); else actions[b.dataset.act]();
   }
 
   // ---- wiring ----------------------------------------------------------------------------------------------
@@ -1003,12 +1293,20 @@
     [q('.mm-toolbar'), 'click', onToolbarClick], [ui.zoom, 'click', () => { fit(); focusEditor(); }],
     [ui.save, 'click', () => { if (saver.error && !saver.blocked) scheduleSave(); }],
     [ui.classSel, 'change', () => { renderMode(); focusEditor(); }],
+    [ui.tolerance, 'input', () => { if (st.session && st.session.kind === 'flood') runSession(); }],
+    [ui.tolerance, 'change', focusEditor],
+    [ui.partNext, 'change', () => {
+      try { localStorage.setItem(PART_NEXT_KEY, ui.partNext.checked ? '1' : '0'); } catch (err) { /* private mode */ }
+      renderMode();
+      focusEditor();
+    }],
     [ui.image, 'error', () => { if (st.doc) toast(`Could not load the image ${st.doc.image_url}`, 6000); }],
     [document, 'keydown', onKeyDown, true], [document, 'keyup', (e) => { if (e.key === ' ') endSpace(); }, true],
     [window, 'blur', endSpace],
     [window, 'beforeunload', (e) => { if (saver.inflight || saver.pending || saver.error) e.preventDefault(); }],
   ];
   listeners.forEach(([target, type, fn, opts]) => target.addEventListener(type, fn, opts));
+  try { ui.partNext.checked = localStorage.getItem(PART_NEXT_KEY) === '1'; } catch (err) { /* private mode */ }
   const resizeObserver = new ResizeObserver(() => { if (st.view.fitted) fit(); else applyView(); });
   resizeObserver.observe(ui.stage);
   function detach() {  // the component was unmounted: drop the document-level listeners
@@ -1024,7 +1322,10 @@
       slot: st.slot,
       mask_name: names()[st.slot], drawing: st.drawing ? st.drawing.length : 0, save: ui.save.dataset.state,
       saving: saver.inflight || saver.pending, undo: st.undo.length, redo: st.redo.length, hidden: [...st.hidden],
-      view: { ...st.view }, warnings: st.warnings.slice(),
+      view: { ...st.view }, warnings: st.warnings.slice(), tool: st.tool,
+      session: st.session ? { kind: st.session.kind, name: st.session.name, fg: st.session.fg.length,
+        bg: st.session.bg.length } : null,
+      assist: { working: assists.working, dropped: assists.dropped, seconds: assists.seconds.slice(-20) },
     }),
     lastLatencies: latencies,
     drawingPoints: () => (st.drawing ? st.drawing.map((p) => [p[0], p[1]]) : []),
