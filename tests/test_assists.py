@@ -15,8 +15,7 @@ from app.core.assists import (
     grabcut_part,
     lasso_path,
 )
-from multimask.data.geometry import mask_to_polygons
-from multimask.data.geometry import parts_union
+from multimask.data.geometry import mask_to_polygons, parts_union
 
 H, W = 480, 640
 

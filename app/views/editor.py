@@ -75,12 +75,15 @@ HTML_TEMPLATE = """
         title="Box: drag a box around an object; then click to include, Shift+click to exclude (B)">Box</button>
       <button type="button" data-act="tool" data-tool="lasso"
         title="Magnetic lasso: click along an edge, the path follows the image (L)">Lasso</button>
-      <button type="button" data-act="tool" data-tool="wand" title="Wand: click a region of one colour (W)">Wand</button>
+      <button type="button" data-act="tool" data-tool="wand"
+        title="Wand: click a region of one colour (W)">Wand</button>
       <label class="mm-tol-label" title="Wand tolerance: how far a colour may differ">tol
         <input type="range" class="mm-tolerance" min="1" max="80" value="12"></label>
       <button type="button" data-act="part"
-        title="Propose the second mask inside the active instance's first; then click to include or exclude (I)">Part</button>
-      <button type="button" data-act="clip" title="Clip the active instance's later masks to its first (C)">Clip</button>
+        title="Propose the second mask inside the active instance's first; then click to include or exclude (I)"
+        >Part</button>
+      <button type="button" data-act="clip"
+        title="Clip the active instance's later masks to its first (C)">Clip</button>
     </span>
     <span class="mm-group">
       <button type="button" data-act="copy" title="Add the previous image's instances">Copy previous</button>
