@@ -19,11 +19,13 @@ import numpy as np
 from multimask.data.geometry import mask_to_polygons, outer_rings, parts_union, polygon_parts
 
 WORK_SIDE = 320  # px: the longer side GrabCut works at
+PART_WORK_SIDE = 256  # px: the same for a part in its object (its colours overlap more: a slower cut)
 MARGIN = 0.15  # share of the box added on each side as background context
 CLICK_RADIUS = 4  # px in the work image: a foreground / background click marks a disc this large, and
 CLICK_TOLERANCE = 10.0  # the connected region within this colour distance (per channel) of the clicked pixel
 MIN_PART_AREA = 9.0  # px: smaller traced parts are dropped
 EPSILON = 1.0  # px: polygon simplification of traced masks
+KMEANS_SAMPLE = 8000  # object pixels the part's colour clusters are fitted on
 
 Point = tuple[float, float]
 
@@ -95,7 +97,7 @@ def grabcut_part(
     if x1 - x0 < 3 or y1 - y0 < 3:
         return []
     crop = img[y0:y1, x0:x1]
-    scale = min(1.0, WORK_SIDE / max(crop.shape[:2]))
+    scale = min(1.0, PART_WORK_SIDE / max(crop.shape[:2]))
     work = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else crop
     inside = np.zeros(work.shape[:2], np.uint8)
     cv2.fillPoly(inside, [np.round((p - (x0, y0)) * scale).astype(np.int32) for p in pts], 1)
@@ -125,8 +127,9 @@ def _part_cluster(work: np.ndarray, inside: np.ndarray, clicks: list[tuple[int, 
     lab = cv2.cvtColor(work, cv2.COLOR_BGR2LAB)[ys, xs].astype(np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
     cv2.setRNGSeed(0)  # the same image and clicks give the same proposal
-    _, labels, _ = cv2.kmeans(lab, 2, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
-    labels = labels.ravel()
+    sample = lab[:: max(1, len(lab) // KMEANS_SAMPLE)]  # the centres from a sample, every pixel to the nearest
+    _, _, centres = cv2.kmeans(sample, 2, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    labels = np.argmin(((lab[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
     which = np.full(work.shape[:2], -1, np.int32)
     which[ys, xs] = labels
     click = next(((x, y) for x, y in clicks if 0 <= x < work.shape[1] and 0 <= y < work.shape[0]), None)
