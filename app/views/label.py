@@ -38,6 +38,7 @@ from ..core.models.runs import RunNotFoundError, find_runs, get_run
 from ..core.roots import inside, locate, scrub, shown
 from .editor import editor_document_dict, make_editor
 from .gallery import gallery_value, make_gallery
+from .review import ReviewQueue, build_review_panel
 from .updates import choices_keeping
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class LabelView:
         self.import_roots = [Path(data_root).resolve()] + [Path(p).resolve() for p in import_roots or []]
         self.predictors = predictors or PredictorCache()
         self.assists = AssistService()
+        self.review = ReviewQueue(self)
         self._session_runs: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
@@ -757,6 +759,7 @@ def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
                     elem_id="mm-label-threshold",
                 )
                 run_info = gr.Markdown("Choose a run to enable **Propose** in the editor.")
+                wire_review = build_review_panel(view.review, dataset, run, threshold)
             with gr.Accordion("Import / export", open=False):
                 kind = gr.Radio(
                     ["multimask JSON", "COCO", "COCO with mask fields", "labelme folder"],
@@ -790,6 +793,7 @@ def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
             editor = make_editor(
                 [view.save_annotations, view.load_image, view.copy_previous, view.propose, view.assist]
             )
+    wire_review(editor)
     last = gr.BrowserState(
         {"dataset": None, "image_id": None}, storage_key="multimask-label", secret=browser_secret(view.runs_root)
     )
