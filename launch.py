@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a further host name that browsers use to reach the app (a DNS alias, a proxy); the "
         "machine's own names and the address a request arrives on are always allowed",
     )
+    p.add_argument(
+        "--sam-checkpoint",
+        metavar="FILE",
+        help="a Segment-Anything checkpoint of yours (e.g. sam_vit_b_01ec64.pth) for the Label editor's SAM tool; "
+        "needs `pip install segment-anything`; nothing is downloaded",
+    )
     p.add_argument("--session-hours", type=float, default=12.0, help="a login lasts this long (default 12)")
     return p
 
@@ -114,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         print(NO_AUTH_WARNING.format(host=args.host, url=public_url(args.host, args.port)), file=sys.stderr, flush=True)
     from app import build_app
 
-    mm = build_app(args.data_root, args.runs_root, args.import_root, logout=login)
+    mm = build_app(args.data_root, args.runs_root, args.import_root, logout=login, sam_checkpoint=args.sam_checkpoint)
     lock, other = claim_data_root(mm.data_root)
     if other is not None:
         print(

@@ -45,12 +45,14 @@ def build_app(
     runs_root: str | Path = "runs",
     import_roots: list[str | Path] | None = None,
     logout: bool = False,
+    sam_checkpoint: str | Path | None = None,
 ) -> MultimaskApp:
     """The app: one tab per task. Theme, css and head go to `launch()` (Gradio 6).
 
     `data_root` holds the labelling datasets (its images are served to the editor); `import_roots` are further
     server folders the Label tab may read images and datasets from. Training jobs are kept in `runs_root/.jobs`.
-    `logout`: show a "Log out" link (when the app is served with logins). Nothing runs in the background until
+    `logout`: show a "Log out" link (when the app is served with logins). `sam_checkpoint`: a Segment-Anything
+    checkpoint for the editor's SAM tool (see `app.core.assists.sam`). Nothing runs in the background until
     `MultimaskApp.start`.
     """
     data_root = Path(data_root).resolve()
@@ -74,7 +76,9 @@ def build_app(
                 )
         with gr.Tabs() as tabs:
             with gr.Tab("Label", id="label") as tab:
-                label = build_label_tab(demo, LabelView(data_root, runs_root, import_roots, predictors), tab)
+                label = build_label_tab(
+                    demo, LabelView(data_root, runs_root, import_roots, predictors, sam_checkpoint), tab
+                )
             with gr.Tab("Train", id="train") as tab:
                 train = build_train_tab(demo, TrainView(training), tab)
             with gr.Tab("Predict", id="predict") as tab:

@@ -77,6 +77,9 @@ HTML_TEMPLATE = """
         title="Magnetic lasso: click along an edge, the path follows the image (L)">Lasso</button>
       <button type="button" data-act="tool" data-tool="wand"
         title="Wand: click a region of one colour (W)">Wand</button>
+      <button type="button" data-act="tool" data-tool="sam"
+        title="Segment-Anything, with a checkpoint of yours: click or drag a box; then include / exclude (S)"
+        >SAM</button>
       <label class="mm-tol-label" title="Wand tolerance: how far a colour may differ">tol
         <input type="range" class="mm-tolerance" min="1" max="80" value="12"></label>
       <button type="button" data-act="part"
@@ -125,8 +128,9 @@ HTML_TEMPLATE = """
           <li>Click an outline to select its part; drag inside the selected part to move it;
             Delete: the selected vertex (or the part); Shift+Delete: the part</li>
           <li>N: new instance; 1 / 2 / Tab: mask slot; H: hide or show the active instance</li>
-          <li>Tools: P polygon; B box (drag around an object); L magnetic lasso; W wand (click a region).
-            After Box or Part: click to include, Shift+click to exclude; Enter or Esc: done</li>
+          <li>Tools: P polygon; B box (drag around an object); L magnetic lasso; W wand (click a region);
+            S Segment-Anything (a click or a box; needs a checkpoint). After Box, SAM or Part: click to include,
+            Shift+click to exclude; Enter or Esc: done</li>
           <li>I: the active instance's second mask proposed inside its first; C: clip it to the first</li>
           <li>Ctrl+Z, Ctrl+Shift+Z / Ctrl+Y: undo, redo</li>
           <li>Wheel: zoom; middle or right drag, or Space+drag: pan; F: fit</li>

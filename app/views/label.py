@@ -31,6 +31,7 @@ from multimask.data.synth import generate_synthetic_dataset
 from multimask.io import atomic_write_bytes
 
 from ..core.assists import AssistService
+from ..core.assists.sam import SamAssist, SamUnavailable
 from ..core.datasets import DUPLICATE_NOTE, ConflictError, LabelDataset, LabelStore
 from ..core.datasets.propose import propose
 from ..core.models.predictors import PredictorCache
@@ -128,6 +129,7 @@ class LabelView:
         runs_root: str | Path,
         import_roots: list[str | Path] | None = None,
         predictors: PredictorCache | None = None,
+        sam_checkpoint: str | Path | None = None,
     ):
         self.store = LabelStore(data_root)
         self.runs_root = Path(runs_root)
@@ -136,6 +138,8 @@ class LabelView:
         self.predictors = predictors or PredictorCache()
         self.assists = AssistService()
         self.review = ReviewQueue(self)
+        if sam_checkpoint:  # the operator's own file (--sam-checkpoint): a failure is said, the app still starts
+            self._start_sam(Path(sam_checkpoint))
         self._session_runs: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
@@ -211,6 +215,30 @@ class LabelView:
             return self.assists.run(self._dataset(dataset).image_path(image_id), request)
         except ValueError as e:  # a bad request or image id, named
             return {"ok": False, "error": str(e)}
+
+    def _start_sam(self, path: Path) -> str:
+        from multimask.config import default_device
+
+        try:
+            self.assists.sam = SamAssist.from_checkpoint(path, self.predictors.device or default_device())
+        except SamUnavailable as e:
+            logger.warning("Segment-Anything is off: %s", e)
+            self.assists.sam, self.assists.sam_note = None, str(e)
+            return f"⚠️ {e}"
+        return f"The **SAM** tool (S) uses {self.assists.sam.name}."
+
+    def sam_status(self) -> str:
+        """What the SAM tool uses, or what it needs."""
+        sam = self.assists.sam
+        return f"The **SAM** tool (S) uses {sam.name}." if sam else self._scrub(f"SAM is off. {self.assists.sam_note}")
+
+    def load_sam(self, path: str) -> str:
+        """Load a SAM checkpoint from a server folder this app may read (its weights only: no code runs)."""
+        try:
+            file, _ = self._allowed(path)
+        except ValueError as e:
+            return f"⚠️ {self._scrub(str(e))}"
+        return self._scrub(self._start_sam(file))
 
     def copy_previous(self, dataset: str, image_id: str) -> dict:
         """The previous image's instances with fresh ids; `sources` maps each to its id there."""
@@ -759,6 +787,15 @@ def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
                     elem_id="mm-label-threshold",
                 )
                 run_info = gr.Markdown("Choose a run to enable **Propose** in the editor.")
+                with gr.Row(equal_height=True):
+                    sam_path = gr.Textbox(
+                        label="SAM checkpoint (a server file)",
+                        placeholder="models/sam_vit_b_01ec64.pth",
+                        scale=3,
+                        elem_id="mm-sam-path",
+                    )
+                    sam_load = gr.Button("Load", size="sm", scale=1, elem_id="mm-sam-load")
+                sam_info = gr.Markdown(view.sam_status(), elem_id="mm-sam-info")
                 wire_review = build_review_panel(view.review, dataset, run, threshold)
             with gr.Accordion("Import / export", open=False):
                 kind = gr.Radio(
@@ -843,6 +880,7 @@ def build_label_tab(demo: gr.Blocks, view: LabelView, tab: gr.Tab) -> LabelTab:
     for trigger in (run.change, threshold.change):
         trigger(view.choose_run, [run, threshold], run_info, **private)
     propose_panel.expand(view.refresh_runs, [run], run, **private)
+    sam_load.click(view.load_sam, [sam_path], sam_info, api_name="load_sam")
     tab.select(view.refresh_runs, [run], [run], **private)
     do_import.click(
         view.import_data,

@@ -69,7 +69,7 @@ def grabcut_object(
         return []
     full = np.zeros((h, w), np.uint8)
     full[cy0:cy1, cx0:cx1] = cv2.resize(found, (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_NEAREST)
-    return _polygons(full)
+    return mask_polygons(full)
 
 
 def grabcut_part(
@@ -118,7 +118,7 @@ def grabcut_part(
     found = cv2.morphologyEx(found, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     full = np.zeros((h, w), np.uint8)
     full[y0:y1, x0:x1] = cv2.resize(found, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
-    return _polygons(full)
+    return mask_polygons(full)
 
 
 def _part_cluster(work: np.ndarray, inside: np.ndarray, clicks: list[tuple[int, int]]) -> np.ndarray:
@@ -175,7 +175,7 @@ def flood_region(image: np.ndarray, point: Point, tolerance: float = 12.0) -> li
     x, y = int(point[0]), int(point[1])
     if not (0 <= x < w and 0 <= y < h):
         return []
-    return _polygons(_similar(img, (x, y), tolerance))
+    return mask_polygons(_similar(img, (x, y), tolerance))
 
 
 def _similar(img: np.ndarray, seed: tuple[int, int], tolerance: float) -> np.ndarray:
@@ -209,6 +209,7 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"assists need a grey, BGR or BGRA image, got shape {img.shape}")
 
 
-def _polygons(mask: np.ndarray) -> list[list[float]]:
+def mask_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Polygon parts (flat lists, 2 decimals) of a binary mask; small parts are dropped, holes filled."""
     parts, _ = mask_to_polygons(mask, EPSILON, MIN_PART_AREA)
     return [[round(v, 2) for v in part] for part in parts]

@@ -7,6 +7,8 @@ A request is a dict with a "kind" and that kind's fields, all in image pixels:
 - ``{"kind": "flood", "point": [x, y], "tolerance": 0-255}``
 - ``{"kind": "lasso", "start": [x, y], "end": [x, y]}``
 - ``{"kind": "clip", "part": [[x1, y1, ...], ...], "object": [...]}``
+- ``{"kind": "sam", "foreground": [...], "background": [...], "box": [x0, y0, x1, y1] (optional)}``: only when
+  a SAM model is loaded (`sam.SamAssist`)
 
 Any kind but lasso may carry ``"within": [[x1, y1, ...], ...]``: the result is clipped to those parts (a
 second mask drawn where the dataset's rule keeps it inside its object). The reply is ``{"ok": True, "parts":
@@ -29,8 +31,9 @@ from multimask.data.images import read_image_bgr
 from ..datasets.payload import MAX_PARTS, PayloadError, check_polygon
 from .lasso import lasso_path
 from .regions import clip_to_object, flood_region, grabcut_object, grabcut_part
+from .sam import INSTALL_NOTE, SamAssist
 
-KINDS = ("grabcut", "part", "flood", "lasso", "clip")
+KINDS = ("grabcut", "part", "flood", "lasso", "clip", "sam")
 MAX_CLICKS = 50  # foreground or background clicks per request
 CACHED_IMAGES = 4  # decoded images kept: a few annotators on a few images each
 
@@ -44,31 +47,34 @@ class ImageCache:
 
     def __init__(self, size: int = CACHED_IMAGES):
         self.size = size
-        self._images: OrderedDict[Path, tuple[tuple[int, int], np.ndarray]] = OrderedDict()
+        self._images: OrderedDict[Path, tuple[tuple, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> np.ndarray:
+    def get(self, path: Path) -> tuple[tuple, np.ndarray]:
+        """(a key that changes with the file, its BGR pixels)."""
         stat = path.stat()
-        key = (stat.st_mtime_ns, stat.st_size)
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
         with self._lock:
             hit = self._images.get(path)
             if hit is not None and hit[0] == key:
                 self._images.move_to_end(path)
-                return hit[1]
+                return hit
         image = read_image_bgr(path, max_pixels=None)  # an image of the dataset: it was checked on intake
         with self._lock:
             self._images[path] = (key, image)
             self._images.move_to_end(path)
             while len(self._images) > self.size:
                 self._images.popitem(last=False)
-        return image
+        return key, image
 
 
 class AssistService:
     """Runs checked assist requests on dataset images (see the module docstring)."""
 
-    def __init__(self, cache: ImageCache | None = None):
+    def __init__(self, cache: ImageCache | None = None, sam: SamAssist | None = None):
         self.images = cache or ImageCache()
+        self.sam = sam  # Segment-Anything, when the user has loaded a checkpoint
+        self.sam_note = INSTALL_NOTE  # what the "sam" kind answers while `sam` is None
 
     def run(self, image_path: Path, request: Any) -> dict:
         """The reply to `request` on the image at `image_path`; AssistError naming a bad field."""
@@ -78,7 +84,9 @@ class AssistService:
         kind = request.get("kind")
         if kind not in KINDS:
             raise AssistError(f"unknown assist {str(kind)[:40]!r} (known: {', '.join(KINDS)})")
-        image = self.images.get(image_path)
+        if kind == "sam" and self.sam is None:
+            raise AssistError(self.sam_note)
+        key, image = self.images.get(image_path)
         h, w = image.shape[:2]
         fields = _Fields(request, w, h)
         if kind == "lasso":
@@ -93,6 +101,13 @@ class AssistService:
             ),
             "flood": lambda: flood_region(image, fields.point("point"), fields.number("tolerance", 0, 255, 12)),
             "clip": lambda: clip_to_object(fields.parts("part", required=True), fields.parts("object", required=True)),
+            "sam": lambda: self.sam.segment(
+                key,
+                image,
+                fields.points("foreground"),
+                fields.points("background"),
+                fields.box("box") if request.get("box") is not None else None,
+            ),
         }
         parts = runners[kind]()
         within = fields.parts("within")

@@ -17,7 +17,8 @@
   const MIN_SCALE = 0.01, MAX_SCALE = 64, UNDO_LIMIT = 300, LATENCY_LIMIT = 2000;
   const TIMEOUT_MS = { save_annotations: 60000, load_image: 30000, copy_previous: 30000, propose: 300000, assist: 30000 };
   // Tools: what a press on the image does. Polygon draws vertices; the assists ask the server for a polygon.
-  const TOOLS = { polygon: 'Polygon', box: 'Box → object', lasso: 'Magnetic lasso', wand: 'Wand' };
+  const TOOLS = { polygon: 'Polygon', box: 'Box → object', lasso: 'Magnetic lasso', wand: 'Wand',
+    sam: 'Segment-Anything' };
   const PART_NEXT_KEY = 'mm-editor-part-next';  // localStorage: after a first mask, go on to its second
   // Statuses, the instance id pattern, the palette and the mask slots' styles come in the editor document.
 
@@ -421,7 +422,11 @@
       if (gen !== st.generation) continue;
       if (job.token !== assists.token) { assists.dropped += 1; continue; }
       if (finite(reply.seconds)) assists.seconds.push(reply.seconds);
-      if (reply.ok === false) { toast(`${TOOLS[st.tool] || 'Assist'}: ${errorText(reply)}`, 5000); continue; }
+      if (reply.ok === false) {
+        const text = `${TOOLS[st.tool] || 'Assist'}: ${errorText(reply)}`;
+        toast(text, Math.max(5000, text.length * 60));  // long enough to read what to install
+        continue;
+      }
       job.onReply(reply);
     }
     assists.inflight = false;
@@ -840,6 +845,7 @@
     else if (st.drawing) text += ` · ${st.drawing.length} point(s): click the first point, Enter or double-click to close`;
     else if (!inst && st.slot > 0) text += ` · press 1 to draw its ${names()[0]} first`;
     else if (st.tool === 'box') text += ' · drag a box around it';
+    else if (st.tool === 'sam') text += ' · click it, or drag a box around it';
     else if (st.tool === 'wand') text += ' · click a region of one colour';
     else if (st.tool === 'lasso') text += ' · click along its edge';
     else if (!inst && st.fresh && names().length > 1) text += ` · or press 2 to add a ${names()[1]} to #${st.active + 1}`;
@@ -1101,7 +1107,7 @@
       if (!st.drawing && !e.shiftKey) g = pressOnShapes(e, g) || g;
     } else if (!st.drawing && !e.shiftKey && hitHandle(p)) {
       g = pressOnShapes(e, g) || g;  // the assists' polygons are ordinary ones: their vertices drag
-    } else if (st.tool === 'box') {
+    } else if (st.tool === 'box' || st.tool === 'sam') {
       g = { ...g, kind: 'box' };
     }
     e.preventDefault();
@@ -1170,7 +1176,7 @@
       renderDraw();
       const box = [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])].map(round2);
       if (box[2] - box[0] < 2 || box[3] - box[1] < 2) { toast('Drag a box around the object'); return; }
-      startSession('grabcut', { box });
+      startSession(st.tool === 'sam' ? 'sam' : 'grabcut', { box });
     } else if (g.kind === 'vertex' || (g.kind === 'move' && g.moved)) {
       record(g.before);  // one undoable edit per drag (a midpoint insert included)
     } else if (g.kind === 'select' && !g.moved) {
@@ -1186,7 +1192,9 @@
   // A click on the image: refines the running assist, or does what the tool does.
   function onClick(e, p) {
     const pt = clampPt(...toImage(p)), s = st.session;
-    if (s && (s.kind === 'part' || (s.kind === 'grabcut' && st.tool === 'box'))) refineClick(e, pt);
+    if (s && (s.kind === 'part' || (s.kind === 'grabcut' && st.tool === 'box') || (s.kind === 'sam' && st.tool === 'sam'))) {
+      refineClick(e, pt);
+    } else if (st.tool === 'sam') startSession('sam', { fg: [[round2(pt[0]), round2(pt[1])]] });
     else if (st.tool === 'wand') startSession('flood', { point: [round2(pt[0]), round2(pt[1])] });
     else if (st.tool === 'lasso') { lassoClick(p); recordLatency(e); renderMode(); }
     else if (st.tool === 'box') toast('Drag a box around the object');
@@ -1259,7 +1267,7 @@
     else handled = false;
     if (handled) { e.preventDefault(); e.stopPropagation(); }
   }
-  const TOOL_KEYS = { p: 'polygon', b: 'box', l: 'lasso', w: 'wand' };
+  const TOOL_KEYS = { p: 'polygon', b: 'box', l: 'lasso', w: 'wand', s: 'sam' };
   function endSpace() {
     st.space = false;
     if (!st.gesture) ui.stage.classList.remove('mm-panning');
