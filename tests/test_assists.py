@@ -142,7 +142,7 @@ def test_the_service_runs_each_kind_and_clips_to_within(tmp_path):
     ("request_", "message"),
     [
         ("grabcut", "must be an object"),
-        ({"kind": "sam"}, "unknown assist 'sam'"),
+        ({"kind": "magic"}, "unknown assist 'magic'"),
         ({"kind": "grabcut", "box": [0, 0, 10]}, r"box must be \[x0, y0, x1, y1\]"),
         ({"kind": "grabcut", "box": [0, 0, 10, 1e9]}, "outside the 640x480 image"),
         ({"kind": "grabcut", "box": [0, 0, 10, True]}, "must be a point"),

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from app.core.datasets import storage as store_module
-from app.core.datasets.payload import MAX_SAVE_BYTES, MAX_TOTAL_POINTS, PayloadError, _checked_values, _part
+from app.core.datasets.payload import MAX_SAVE_BYTES, MAX_TOTAL_POINTS, PayloadError, _checked_values, check_polygon
 from app.core.datasets.storage import LOCK_FILE, LabelStore
 from app.views.label import LabelView
 from multimask.data.dataset_json import make_annotation, write_multimask_json
@@ -290,7 +290,7 @@ def test_fast_coordinate_checks_round_and_refuse_as_the_exact_ones():
     part = [rng.uniform(-0.5, 800.5) for _ in range(4000)]
     part += [round(rng.uniform(0, 800), 3) for _ in range(4000)]  # many ties at the third decimal (2.675)
     part += [rng.randint(0, 800) for _ in range(2000)]
-    fast, exact = _part(part, 800, 800, "w"), _checked_values(part, 800, 800, "w")
+    fast, exact = check_polygon(part, 800, 800, "w"), _checked_values(part, 800, 800, "w")
     assert fast == exact and all(type(v) is float for v in fast)
     for bad, match in (
         (800.6, r"point 2 is outside the image \(x = 800.6"),
@@ -299,7 +299,7 @@ def test_fast_coordinate_checks_round_and_refuse_as_the_exact_ones():
         (True, "coordinate 2 is not a number"),
     ):
         with pytest.raises(PayloadError, match=match):
-            _part([1.0, 2.0, bad, 4.0, 5.0, 6.0], 800, 800, "w")
+            check_polygon([1.0, 2.0, bad, 4.0, 5.0, 6.0], 800, 800, "w")
 
 
 def test_a_maximal_legal_payload_fits_the_request_size_limit():
