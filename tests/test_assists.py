@@ -1,6 +1,8 @@
 """Assists without weights (app/core/assists) on synthetic images with known truth: IoU with the truth."""
 
 import os
+import tempfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -174,3 +176,16 @@ def test_the_image_is_decoded_once_and_again_when_its_file_changes(tmp_path, mon
     os.utime(path, ns=(0, 123))  # a new mtime even on a coarse clock
     service.run(path, {"kind": "flood", "point": [5, 5]})
     assert len(reads) == 2
+
+
+def test_a_rough_outline_snaps_to_the_object():
+    img, obj, _ = _scene()
+    ring = np.asarray(_outline(obj)[0]).reshape(-1, 2)
+    centre = ring.mean(axis=0)
+    rough = ring[:: max(1, len(ring) // 8)]  # 8 points ...
+    rough = centre + (rough - centre) * np.array([0.8, 1.15])  # ... squashed and stretched: IoU well under 0.85
+    assert _iou([rough.reshape(-1).tolist()], obj) < 0.8
+    parts = grabcut_object(img, None, outline=[rough.reshape(-1).tolist()])
+    assert _iou(parts, obj) >= 0.9
+    service, path = _service_with_image(Path(tempfile.mkdtemp()), img)
+    assert _iou(service.run(path, {"kind": "grabcut", "outline": [rough.reshape(-1).tolist()]})["parts"], obj) >= 0.9

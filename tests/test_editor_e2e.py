@@ -819,3 +819,30 @@ def test_then_its_second_mask_and_the_instance_kept_across_copies(app, page):
     wait_store(store, lambda r: len(r["instances"]) == 2, 1)
     assert state(pg)["active"] == 1 and state(pg)["target"] == 1
     assert pg.evaluate("() => localStorage.getItem('mm-editor-part-next')") == "1"
+
+
+@pytest.mark.slow
+def test_snap_a_rough_outline_and_sam_without_a_checkpoint(app, page):
+    """G snaps a roughly drawn polygon to the object around it, in place (one edit); S without a SAM checkpoint
+    says what it needs."""
+    store, _ = app
+    pg = page
+    rect = image_rect(pg)
+    (cx, cy), radius = OBJECT_CIRCLE
+    rough = [(cx + 0.8 * radius * math.cos(a), cy + 1.15 * radius * math.sin(a)) for a in np.linspace(0, 6, 8)]
+    for x, y in rough:
+        click_at(pg, rect, x, y)
+    pg.keyboard.press("Enter")
+    drawn = wait_store(store, lambda r: r["instances"])["instances"][0]["masks"]["primary"]
+    assert iou(drawn, "primary") < 0.8
+    pg.keyboard.press("g")
+    rec = wait_store(store, lambda r: iou(r["instances"][0]["masks"]["primary"], "primary") >= 0.85)
+    assert len(rec["instances"]) == 1 and len(rec["instances"][0]["masks"]["primary"]) == 1, "replaced in place"
+    assert store.assist_requests[-1]["kind"] == "grabcut" and "outline" in store.assist_requests[-1]
+    pg.keyboard.press("Control+z")
+    wait_store(store, lambda r: r["instances"][0]["masks"]["primary"] == drawn)
+    pg.keyboard.press("s")
+    click_at(pg, rect, 300, 240)
+    toast = pg.locator("#mm-editor .mm-toast")
+    toast.get_by_text("pip install segment-anything").wait_for()
+    assert "--sam-checkpoint" in toast.inner_text() and state(pg)["tool"] == "sam"

@@ -60,6 +60,10 @@ def test_findings_name_their_image_instance_and_what_is_wrong():
     crossing = next(f for f in health.findings if f.kind == "secondary crossing primary")
     assert crossing.detail == "50% of its secondary lies outside its primary"
     assert health.ratios["cell"] == [100 / 1600]
+    assert health.counts == {
+        "cell": {"instances": 2, "primary": 2, "secondary": 1},
+        "leaf": {"instances": 2, "primary": 2, "secondary": 2},
+    }
     assert np.allclose(health.ratios["leaf"], [600 / 900, 100 / 4])
     text = format_health(health, max_images=1)
     assert "leaf: secondary / primary area over 2 instances" in text and "> 1.00" in text

@@ -326,6 +326,7 @@ def test_the_health_panel_lists_findings_that_open_their_image(view, tmp_path):
     summary, findings, ratios = view.check_health("leaves")
     assert summary.startswith("Checked 2 labelled image(s).")
     assert "**secondary outside primary**: 1 in 1 image(s)" in summary and "**no secondary**: 1 in 1" in summary
+    assert "| leaf | 1 | 50% | 1 | 1 |" in summary and "| fruit | 1 | 50% | 1 | 0 |" in summary  # class balance
     labels = [label for label, _ in findings["choices"]]
     assert labels == ["secondary outside primary · a.png · instance #1", "no secondary · b.png · instance #1"]
     assert set(ratios["ratio"]) <= set(RATIO_LABELS) and ratios["instances"].sum() == 1  # one instance has both

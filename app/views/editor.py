@@ -85,6 +85,9 @@ HTML_TEMPLATE = """
       <button type="button" data-act="part"
         title="Propose the second mask inside the active instance's first; then click to include or exclude (I)"
         >Part</button>
+      <button type="button" data-act="snap"
+        title="Snap the selected outline (a rough one) to the object around it; then include / exclude (G)"
+        >Snap</button>
       <button type="button" data-act="clip"
         title="Clip the active instance's later masks to its first (C)">Clip</button>
     </span>
@@ -131,7 +134,8 @@ HTML_TEMPLATE = """
           <li>Tools: P polygon; B box (drag around an object); L magnetic lasso; W wand (click a region);
             S Segment-Anything (a click or a box; needs a checkpoint). After Box, SAM or Part: click to include,
             Shift+click to exclude; Enter or Esc: done</li>
-          <li>I: the active instance's second mask proposed inside its first; C: clip it to the first</li>
+          <li>I: the active instance's second mask proposed inside its first; C: clip it to the first;
+            G: snap the selected outline (drawn roughly) to the object around it</li>
           <li>Ctrl+Z, Ctrl+Shift+Z / Ctrl+Y: undo, redo</li>
           <li>Wheel: zoom; middle or right drag, or Space+drag: pan; F: fit</li>
           <li>A / D: previous / next image</li>

@@ -450,6 +450,7 @@ class LabelView:
         head = f"Checked {health.images} labelled image(s). " + (
             "Pick a finding below to open its image." if lines else "No findings."
         )
+        lines += ["", _counts_table(health.counts, health.mask_names)]
         choices = [
             (
                 f"{f.kind} · {f.file_name}" + (f" · instance #{f.instance + 1}" if f.instance is not None else ""),
@@ -643,6 +644,19 @@ class LabelView:
 
 _RATIO_EDGES = [*RATIO_BINS, np.inf]
 RATIO_LABELS = [f"{a:g}-{b:g}" if np.isfinite(b) else f">{a:g}" for a, b in zip(_RATIO_EDGES, _RATIO_EDGES[1:])]
+
+
+def _counts_table(counts: dict[str, dict[str, int]], mask_names: list[str]) -> str:
+    """Instances per class (their share: the class balance) and how many have each mask, as a Markdown table."""
+    total = sum(c["instances"] for c in counts.values()) or 1
+    rows = [
+        f"| {cls} | {c['instances']} | {c['instances'] / total:.0%} | "
+        + " | ".join(str(c[n]) for n in mask_names)
+        + " |"
+        for cls, c in counts.items()
+    ]
+    head = "| class | instances | share | " + " | ".join(mask_names) + " |"
+    return "\n".join([head, "|---" * (3 + len(mask_names)) + "|", *rows])
 
 
 def _ratio_frame(ratios: dict[str, list[float]]) -> pd.DataFrame:

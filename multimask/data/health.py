@@ -34,12 +34,14 @@ class Finding:
 
 @dataclass
 class DatasetHealth:
-    """Findings in image order, and part-to-object area ratios per class (instances having both masks)."""
+    """Findings in image order, part-to-object area ratios per class (instances having both masks), and counts per
+    class: {"instances": n, <mask name>: instances with that mask}."""
 
     mask_names: list[str]
     images: int
     findings: list[Finding] = field(default_factory=list)
     ratios: dict[str, list[float]] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def by_kind(self) -> dict[str, list[Finding]]:
         """Findings grouped by kind, kinds in order of first appearance."""
@@ -54,7 +56,12 @@ def dataset_health(
 ) -> DatasetHealth:
     """Check dataset dicts as `load_multimask_json` returns them (contiguous `category_id`, `multimask`)."""
     names = list(mask_names)
-    health = DatasetHealth(names, len(dicts), ratios={c: [] for c in classes})
+    health = DatasetHealth(
+        names,
+        len(dicts),
+        ratios={c: [] for c in classes},
+        counts={c: dict.fromkeys(["instances", *names], 0) for c in classes},
+    )
     for d in dicts:
         h, w, file_name = d["height"], d["width"], d["file_name"]
 
@@ -66,6 +73,9 @@ def dataset_health(
         for k, ann in enumerate(d["annotations"]):
             cls = classes[ann["category_id"]]
             rles = {n: to_rle(ann["multimask"][n], h, w) for n in names if not is_empty(ann["multimask"].get(n))}
+            health.counts[cls]["instances"] += 1
+            for n in rles:
+                health.counts[cls][n] += 1
             for n in names:
                 if n not in rles:
                     add(f"no {n}", k, f"a {cls} without its {n} mask")

@@ -1,6 +1,6 @@
 """Region assists that need no model weights (OpenCV and shapely): each returns editor polygon parts.
 
-- `grabcut_object`: the object in a box, refined by foreground / background clicks.
+- `grabcut_object`: the object in a box or around a rough outline, refined by foreground / background clicks.
 - `grabcut_part`: the part (a later mask) inside its object (the first mask), refined by clicks.
 - `flood_region`: the region of similar colour around a click.
 - `clip_to_object`: a part cut to its object, per the dataset's rule.
@@ -21,6 +21,7 @@ from multimask.data.geometry import mask_to_polygons, outer_rings, parts_union, 
 WORK_SIDE = 320  # px: the longer side GrabCut works at
 PART_WORK_SIDE = 256  # px: the same for a part in its object (its colours overlap more: a slower cut)
 MARGIN = 0.15  # share of the box added on each side as background context
+OUTLINE_SLACK = 0.1  # share of a rough outline's box it may grow by on each side
 CLICK_RADIUS = 4  # px in the work image: a foreground / background click marks a disc this large, and
 CLICK_TOLERANCE = 10.0  # the connected region within this colour distance (per channel) of the clicked pixel
 MIN_PART_AREA = 9.0  # px: smaller traced parts are dropped
@@ -32,12 +33,15 @@ Point = tuple[float, float]
 
 def grabcut_object(
     image: np.ndarray,
-    box: Sequence[float],
+    box: Sequence[float] | None,
     foreground: Sequence[Point] = (),
     background: Sequence[Point] = (),
     iterations: int = 4,
+    outline: Sequence[Sequence[float]] = (),
 ) -> list[list[float]]:
-    """Polygon parts of the object inside `box` (x0, y0, x1, y1 in image pixels) of a BGR or grey image.
+    """Polygon parts of the object inside `box` (x0, y0, x1, y1 in image pixels) of a BGR or grey image, or
+    around a rough `outline` (flat [x1, y1, ...] parts; the box is then theirs, OUTLINE_SLACK larger, and what
+    lies outside them is probably not the object).
 
     A `foreground` / `background` click (image pixels) fixes its place, and the connected region of its colour
     around it (CLICK_TOLERANCE), as object or not: one click on the object around a part leaves the part. Empty
@@ -45,6 +49,13 @@ def grabcut_object(
     """
     img = as_bgr(image)
     h, w = img.shape[:2]
+    rings = [np.asarray(p, np.float64).reshape(-1, 2) for p in outline if len(p) >= 6]
+    if rings:
+        lo, hi = np.min([r.min(0) for r in rings], axis=0), np.max([r.max(0) for r in rings], axis=0)
+        slack = (hi - lo) * OUTLINE_SLACK
+        box = (*(lo - slack), *(hi + slack))
+    if box is None:
+        return []
     x0, y0, x1, y1 = (float(v) for v in box)
     x0, x1 = sorted((min(max(x0, 0), w), min(max(x1, 0), w)))
     y0, y1 = sorted((min(max(y0, 0), h), min(max(y1, 0), h)))
@@ -62,7 +73,11 @@ def grabcut_object(
 
     mask = np.full(work.shape[:2], cv2.GC_BGD, np.uint8)
     (rx0, ry0), (rx1, ry1) = to_work(x0, y0), to_work(x1, y1)
-    mask[max(ry0, 0) : ry1, max(rx0, 0) : rx1] = cv2.GC_PR_FGD
+    if rings:
+        mask[max(ry0, 0) : ry1, max(rx0, 0) : rx1] = cv2.GC_PR_BGD
+        cv2.fillPoly(mask, [np.round((r - (cx0, cy0)) * scale).astype(np.int32) for r in rings], int(cv2.GC_PR_FGD))
+    else:
+        mask[max(ry0, 0) : ry1, max(rx0, 0) : rx1] = cv2.GC_PR_FGD
     _mark_clicks(work, mask, to_work, foreground, background)
     found = _grabcut(work, mask, iterations)
     if found is None:

@@ -2,7 +2,8 @@
 
 A request is a dict with a "kind" and that kind's fields, all in image pixels:
 
-- ``{"kind": "grabcut", "box": [x0, y0, x1, y1], "foreground": [[x, y], ...], "background": [...]}``
+- ``{"kind": "grabcut", "box": [x0, y0, x1, y1], "foreground": [[x, y], ...], "background": [...]}``, or with
+  ``"outline": [[x1, y1, ...], ...]`` (a rough outline) instead of the box
 - ``{"kind": "part", "object": [[x1, y1, ...], ...], "foreground": [...], "background": [...]}``
 - ``{"kind": "flood", "point": [x, y], "tolerance": 0-255}``
 - ``{"kind": "lasso", "start": [x, y], "end": [x, y]}``
@@ -94,7 +95,11 @@ class AssistService:
             return {"ok": True, "points": points, "seconds": round(time.perf_counter() - t0, 4)}
         runners: dict[str, Callable[[], list[list[float]]]] = {
             "grabcut": lambda: grabcut_object(
-                image, fields.box("box"), fields.points("foreground"), fields.points("background")
+                image,
+                fields.box("box") if not request.get("outline") else None,
+                fields.points("foreground"),
+                fields.points("background"),
+                outline=fields.parts("outline"),
             ),
             "part": lambda: grabcut_part(
                 image, fields.parts("object", required=True), fields.points("foreground"), fields.points("background")

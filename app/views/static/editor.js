@@ -459,8 +459,8 @@
     const i = instIndex(s.instId);
     const request = s.kind === 'part'
       ? { kind: 'part', object: s.object, foreground: s.fg, background: s.bg }
-      : { kind: s.kind, box: s.box, point: s.point, tolerance: Number(ui.tolerance.value), foreground: s.fg,
-        background: s.bg, within: withinFor(i, s.name) };
+      : { kind: s.kind, box: s.box, outline: s.outline, point: s.point, tolerance: Number(ui.tolerance.value),
+        foreground: s.fg, background: s.bg, within: withinFor(i, s.name) };
     renderOverlay();
     requestAssist(request, (reply) => {
       if (st.session !== s) return;  // ended meanwhile
@@ -521,7 +521,19 @@
     }
     const name = st.slot > 0 ? names()[st.slot] : names()[1];
     st.session = { kind: 'part', instId: inst.id, name, object: flat(inst.masks[first]), fg: [], bg: [],
-      placed: null, label: `${name} in its ${first}` };
+      placed: null, label: `${name} in its ${first}`, anyTool: true };
+    runSession();
+  }
+
+  // G: the selected part, a rough outline, snapped to the object around it (GrabCut); clicks then refine it.
+  function snapSelected() {
+    if (st.drawing) closeOrCancelDrawing();
+    const s = st.sel, inst = s && st.instances[s.inst];
+    if (!inst) { toast('Select an outline first (click it), then press G'); return; }
+    const part = inst.masks[s.name][s.part];
+    st.session = { kind: 'grabcut', instId: inst.id, name: s.name, outline: flat([part]), fg: [], bg: [],
+      placed: { start: s.part, count: 1, key: JSON.stringify([part]) }, label: `${s.name} snapped to the image`,
+      anyTool: true };
     runSession();
   }
 
@@ -1103,7 +1115,7 @@
       ui.stage.classList.add('mm-panning');
     } else if (e.button !== 0) {
       return;
-    } else if (st.tool === 'polygon' && !st.session) {
+    } else if (st.tool === 'polygon' && !(st.session && st.session.anyTool)) {
       if (!st.drawing && !e.shiftKey) g = pressOnShapes(e, g) || g;
     } else if (!st.drawing && !e.shiftKey && hitHandle(p)) {
       g = pressOnShapes(e, g) || g;  // the assists' polygons are ordinary ones: their vertices drag
@@ -1192,7 +1204,7 @@
   // A click on the image: refines the running assist, or does what the tool does.
   function onClick(e, p) {
     const pt = clampPt(...toImage(p)), s = st.session;
-    if (s && (s.kind === 'part' || (s.kind === 'grabcut' && st.tool === 'box') || (s.kind === 'sam' && st.tool === 'sam'))) {
+    if (s && (s.anyTool || (s.kind === 'grabcut' && st.tool === 'box') || (s.kind === 'sam' && st.tool === 'sam'))) {
       refineClick(e, pt);
     } else if (st.tool === 'sam') startSession('sam', { fg: [[round2(pt[0]), round2(pt[1])]] });
     else if (st.tool === 'wand') startSession('flood', { point: [round2(pt[0]), round2(pt[1])] });
@@ -1261,6 +1273,7 @@
     else if (TOOL_KEYS[k.toLowerCase()]) setTool(TOOL_KEYS[k.toLowerCase()]);
     else if (k === 'i' || k === 'I') partInObject();
     else if (k === 'c' || k === 'C') clipToObject();
+    else if (k === 'g' || k === 'G') snapSelected();
     else if (k === 'a' || k === 'A') navigate('prev');
     else if (k === 'd' || k === 'D') navigate('next');
     else if (k === ' ') { st.space = true; ui.stage.classList.add('mm-panning'); }
@@ -1278,7 +1291,7 @@
     prev: () => navigate('prev'), next: () => navigate('next'), next_unlabelled: () => navigate('next_unlabelled'),
     reload: () => navigate(null), new: newInstance, undo, redo, delete: () => deleteSelection(false), fit,
     copy: () => addFromServer('copy_previous', 'Copy previous'), propose: () => addFromServer('propose', 'Propose'),
-    part: partInObject, clip: clipToObject,
+    part: partInObject, clip: clipToObject, snap: snapSelected,
     done: () => edit(() => {
       st.status = st.status === 'done' ? (st.instances.length ? 'in_progress' : 'unlabelled') : 'done';
     }),
