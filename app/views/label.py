@@ -698,7 +698,8 @@ HOW_TO = """\
 2. Add images: drop files under **Images**, or import a labelled dataset under **Import / export**.
 3. In the editor, click around an object to draw its **primary** polygon (close it on the first point, with
    Enter or a double-click); press **2** and draw its **secondary**. The next polygon starts a new object.
-   Everything saves by itself; **A** / **D** go to the previous / next image.
+   Faster: press **B** and drag a box around the object, then **I** for its part inside it (click to include,
+   Shift+click to exclude). Everything saves by itself; **A** / **D** go to the previous / next image.
 4. **Train** a model in the next tab; use it here with **Propose** to pre-label the remaining images.
 """
 
