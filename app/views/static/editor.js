@@ -56,7 +56,7 @@
   };
   // Assist requests: one in flight; a newer one replaces the queued one, and a reply that a newer request has
   // superseded is dropped.
-  const assists = { token: 0, inflight: false, queued: null, working: 0, dropped: 0, seconds: [] };
+  const assists = { token: 0, inflight: false, queued: null, working: 0, dropped: 0, seconds: [], placing: false };
   const saver = { revision: 0, inflight: false, pending: false, savedKey: '', blocked: false, error: '', waiters: [] };
   const latencies = [];
 
@@ -407,7 +407,7 @@
   const instIndex = (id) => st.instances.findIndex((inst) => inst.id === id);
 
   // Sends an assist request; `onReply` gets the reply unless the editor moved on to another image or a newer
-  // request (same `channel`) superseded it meanwhile.
+  // request superseded it meanwhile.
   async function requestAssist(request, onReply) {
     if (!st.doc) return;
     assists.queued = { request, onReply, token: ++assists.token };
