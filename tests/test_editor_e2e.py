@@ -243,6 +243,13 @@ def drag(pg, rect, start, end, steps=6):
     return to_image(rect, *s), to_image(rect, *e)
 
 
+def square(pg, rect, x, y, size=40):
+    """Draw a square polygon by its four corners (image pixels) and close it with Enter."""
+    for dx, dy in [(0, 0), (size, 0), (size, size), (0, size)]:
+        click_at(pg, rect, x + dx, y + dy)
+    pg.keyboard.press("Enter")
+
+
 def pairs(flat):
     return [tuple(flat[i : i + 2]) for i in range(0, len(flat), 2)]
 
@@ -591,25 +598,20 @@ def test_the_next_object_is_a_new_instance_without_pressing_n(app, page):
     pg = page
     rect = image_rect(pg)
 
-    def polygon(x, y, size=40):
-        for dx, dy in [(0, 0), (size, 0), (size, size), (0, size)]:
-            click_at(pg, rect, x + dx, y + dy)
-        pg.keyboard.press("Enter")
-
-    polygon(50, 50, 100)  # object 1
+    square(pg, rect, 50, 50, 100)  # object 1
     pg.keyboard.press("2")
-    polygon(70, 70)  # its part
+    square(pg, rect, 70, 70)  # its part
     assert state(pg)["slot"] == 0 and state(pg)["target"] == -1, "back to the first slot of a new instance"
     assert "or press 2 to add a secondary to #1" in pg.inner_text("#mm-editor .mm-mode")
-    polygon(250, 50, 100)  # object 2, no N pressed
-    polygon(400, 50, 100)  # object 3
+    square(pg, rect, 250, 50, 100)  # object 2, no N pressed
+    square(pg, rect, 400, 50, 100)  # object 3
     rec = wait_store(store, lambda r: len(r["instances"]) == 3)
     masks = [i["masks"] for i in rec["instances"]]
     assert [(len(m["primary"]), len(m["secondary"])) for m in masks] == [(1, 1), (1, 0), (1, 0)]
     # Picking instance 1 in the list: a further primary polygon is a second part of it.
     pg.locator("#mm-editor .mm-item").nth(0).click()
     assert state(pg)["target"] == 0
-    polygon(50, 300, 60)
+    square(pg, rect, 50, 300, 60)
     rec = wait_store(store, lambda r: len(r["instances"][0]["masks"]["primary"]) == 2)
     assert len(rec["instances"]) == 3
     # A secondary with no instance to go to: the status line says to draw the primary first.
@@ -799,17 +801,12 @@ def test_then_its_second_mask_and_the_instance_kept_across_copies(app, page):
     rect = image_rect(pg)
     pg.check("#mm-editor .mm-part-next")
 
-    def polygon(x, y, size=40):
-        for dx, dy in [(0, 0), (size, 0), (size, size), (0, size)]:
-            click_at(pg, rect, x + dx, y + dy)
-        pg.keyboard.press("Enter")
-
-    polygon(50, 50, 100)
+    square(pg, rect, 50, 50, 100)
     assert state(pg)["mask_name"] == "secondary" and state(pg)["target"] == 0
-    polygon(70, 70)
+    square(pg, rect, 70, 70)
     assert state(pg)["mask_name"] == "primary" and state(pg)["target"] == -1
-    polygon(250, 50, 100)
-    polygon(270, 70)
+    square(pg, rect, 250, 50, 100)
+    square(pg, rect, 270, 70)
     rec = wait_store(store, lambda r: len(r["instances"]) == 2 and r["instances"][1]["masks"]["secondary"])
     assert [(len(i["masks"]["primary"]), len(i["masks"]["secondary"])) for i in rec["instances"]] == [(1, 1)] * 2
     pg.locator("#mm-editor .mm-item").nth(1).click()  # the second object stays selected on the next image
