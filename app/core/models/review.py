@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_util
 
+from multimask.data.geometry import to_rle
+
 from .predictors import RawPrediction
 
 MATCH_IOU = 0.5
@@ -70,7 +72,7 @@ def labelled_objects(
         for name in mask_names:
             parts = [list(np.asarray(p, dtype=np.float64) / scale) for p in inst["masks"].get(name) or []]
             parts = [p for p in parts if len(p) >= 6]
-            obj[name] = mask_util.merge(mask_util.frPyObjects(parts, height, width)) if parts else None
+            obj[name] = to_rle(parts, height, width) if parts else None
         out.append(obj)
     return out
 
