@@ -189,3 +189,14 @@ def test_a_rough_outline_snaps_to_the_object():
     assert _iou(parts, obj) >= 0.9
     service, path = _service_with_image(Path(tempfile.mkdtemp()), img)
     assert _iou(service.run(path, {"kind": "grabcut", "outline": [rough.reshape(-1).tolist()]})["parts"], obj) >= 0.9
+
+
+def test_the_cache_drops_the_least_recently_used():
+    from app.core.lru import LruCache
+
+    cache = LruCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (1, None, 3, 2)

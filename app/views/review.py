@@ -4,8 +4,6 @@ them (`app.core.models.review`), then step through them in the editor, worst fir
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +12,7 @@ import pandas as pd
 
 from multimask.data.images import read_image_bgr
 
+from ..core.lru import LruCache
 from ..core.models.predictors import run_model
 from ..core.models.review import ImageReview, Objects, labelled_objects, predicted_objects, ranked, review_image
 from ..core.models.runs import RunNotFoundError, get_run
@@ -35,8 +34,7 @@ class ReviewQueue:
 
     def __init__(self, view):
         self.view = view
-        self._predictions: OrderedDict[tuple, tuple[list[float], Objects, float, tuple[int, int]]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._predictions: LruCache[tuple[list[float], Objects, float, tuple[int, int]]] = LruCache(CACHED_PREDICTIONS)
 
     def rank(
         self, dataset: str | None, run_name: str | None, threshold: Any, progress: Callable = _no_progress
@@ -84,19 +82,15 @@ class ReviewQueue:
         path = ds.image_path(image_id)
         stat = path.stat()
         key = (run.key, str(path), stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            if key in self._predictions:
-                self._predictions.move_to_end(key)
-                return self._predictions[key]
+        found = self._predictions.get(key)
+        if found is not None:
+            return found
         rgb = read_image_bgr(path, max_pixels=None)[:, :, ::-1]
         predictor = self.view.predictors.get(run)
         raw = run_model(predictor, rgb, run, self.view.predictors.inference_lock)
         scores, objects = predicted_objects(raw, ds.mask_names)
         found = (scores, objects, raw.scale, raw.image.shape[:2])
-        with self._lock:
-            self._predictions[key] = found
-            while len(self._predictions) > CACHED_PREDICTIONS:
-                self._predictions.popitem(last=False)
+        self._predictions.put(key, found)
         return found
 
     def open_at(self, dataset: str | None, queue: list[str] | None, position: Any) -> tuple[Any, int, str]:

@@ -9,13 +9,13 @@ alone, which takes tens of milliseconds on a CPU.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..lru import LruCache
 from .regions import Point, as_bgr, mask_polygons
 
 INSTALL_NOTE = (
@@ -47,7 +47,7 @@ class SamAssist:
         self.predictor = sam_package().SamPredictor(model.eval())
         self.name = name
         self.embeddings = 0  # how many image embeddings were computed (for tests and logs)
-        self._cache: OrderedDict[Any, tuple] = OrderedDict()
+        self._cache: LruCache[tuple] = LruCache(CACHED_EMBEDDINGS)
         self._lock = threading.Lock()  # one image in the predictor at a time
 
     @classmethod
@@ -107,9 +107,6 @@ class SamAssist:
             p.set_image(np.ascontiguousarray(as_bgr(image)[:, :, ::-1]))  # SAM takes RGB
             self.embeddings += 1
             hit = (p.features, p.original_size, p.input_size)
-            self._cache[key] = hit
-            while len(self._cache) > CACHED_EMBEDDINGS:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
+            self._cache.put(key, hit)
         p.features, p.original_size, p.input_size = hit
         p.is_image_set = True

@@ -18,9 +18,7 @@ second mask drawn where the dataset's rule keeps it inside its object). The repl
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import numpy as np
 from multimask.data.images import read_image_bgr
 
 from ..datasets.payload import MAX_PARTS, PayloadError, check_polygon
+from ..lru import LruCache
 from .lasso import lasso_path
 from .regions import clip_to_object, flood_region, grabcut_object, grabcut_part
 from .sam import INSTALL_NOTE, SamAssist
@@ -44,28 +43,19 @@ class AssistError(ValueError):
 
 
 class ImageCache:
-    """Decoded images by path, dropped when the file changes; the least recently used go first."""
+    """Decoded images by file version (path, mtime, size); the least recently used go first."""
 
     def __init__(self, size: int = CACHED_IMAGES):
-        self.size = size
-        self._images: OrderedDict[Path, tuple[tuple, np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._images: LruCache[np.ndarray] = LruCache(size)
 
     def get(self, path: Path) -> tuple[tuple, np.ndarray]:
         """(a key that changes with the file, its BGR pixels)."""
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            hit = self._images.get(path)
-            if hit is not None and hit[0] == key:
-                self._images.move_to_end(path)
-                return hit
-        image = read_image_bgr(path, max_pixels=None)  # an image of the dataset: it was checked on intake
-        with self._lock:
-            self._images[path] = (key, image)
-            self._images.move_to_end(path)
-            while len(self._images) > self.size:
-                self._images.popitem(last=False)
+        image = self._images.get(key)
+        if image is None:
+            image = read_image_bgr(path, max_pixels=None)  # an image of the dataset: it was checked on intake
+            self._images.put(key, image)
         return key, image
 
 
