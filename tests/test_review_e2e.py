@@ -55,7 +55,8 @@ def test_rank_then_step_through_the_queue_worst_first(served, browser):
         pg.wait_for_function(
             "f => document.querySelector('#mm-editor .mm-info .mm-file')?.innerText === f", arg=files[k]
         )
-        assert pg.inner_text("#mm-review-where") == f"Image {k + 1} of 24 in the queue."
+        # Gradio's queue overlay ("queue: 1/1") covers the text while the event runs: wait for the text.
+        pg.locator("#mm-review-where").get_by_text(f"Image {k + 1} of 24 in the queue.", exact=True).wait_for()
     cell(2, 1).click()
     pg.wait_for_function("f => document.querySelector('#mm-editor .mm-info .mm-file')?.innerText === f", arg=files[2])
     pg.click("#mm-review-next")  # from the clicked row on
